@@ -1,0 +1,98 @@
+/*
+ * config.h - chatd configuration: defaults, TOML loading, validation.
+ *
+ * The TOML parser (toml++) lives in one C++17 file (src/config.cpp); this
+ * header is the whole C API. A struct config is plain data: every string and
+ * array in it is heap-owned by the struct and released by config_free().
+ */
+#ifndef CHATD_CONFIG_H
+#define CHATD_CONFIG_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum config_slow_policy {
+	CONFIG_SLOW_CLOSE = 0,      /* close the session with 1008 "slow consumer" */
+	CONFIG_SLOW_DROP_OLDEST = 1 /* drop the session's oldest queued message events */
+};
+
+enum config_log_format {
+	CONFIG_LOG_TEXT = 0,
+	CONFIG_LOG_JSON = 1
+};
+
+/* Log levels, most severe first; a level lets through itself and above. */
+enum config_log_level {
+	CONFIG_LOG_ERROR = 0,
+	CONFIG_LOG_WARN = 1,
+	CONFIG_LOG_INFO = 2,
+	CONFIG_LOG_DEBUG = 3
+};
+
+struct config {
+	/* [server] */
+	char *listen;                 /* "127.0.0.1" */
+	int port;                     /* 8080, 0..65535 */
+	char *node_id;                /* hostname */
+	double handshake_timeout;     /* 10 s, > 0 */
+	double shutdown_timeout;      /* 5 s, >= 0 */
+	long max_connections;         /* 10000, >= 1 */
+	long max_connections_per_ip;  /* 0 = unlimited */
+	char **allowed_origins;       /* [] = any; each entry heap-owned */
+	size_t allowed_origins_count;
+
+	/* [heartbeat] */
+	double heartbeat_interval;    /* 25 s, > 0 */
+	double heartbeat_timeout;     /* 60 s, > interval */
+
+	/* [limits] */
+	long max_message_bytes;       /* 4096, >= 1 */
+	long max_frame_bytes;         /* 65536, >= max_message_bytes + 256 */
+	long send_queue_messages;     /* 256, >= 1 */
+	long send_queue_bytes;        /* 1048576, >= 1 */
+	long long total_queue_bytes;  /* 268435456, >= 1 */
+	enum config_slow_policy slow_consumer;  /* "close" */
+	double rate;                  /* 20 commands/s, > 0 */
+	double burst;                 /* 40, >= 1 */
+	long sessions_per_name;       /* 1, >= 1 */
+
+	/* [history] */
+	long messages_per_room;       /* 1000, >= 0 */
+	long dedup_window;            /* 1000, >= 0 */
+
+	/* [log] */
+	enum config_log_level log_level;    /* "info" */
+	enum config_log_format log_format;  /* "text" */
+};
+
+/* Fill *cfg with the documented defaults (node_id = gethostname()).
+ * Returns 0, or -1 on allocation failure. */
+int config_defaults(struct config *cfg);
+
+/*
+ * Load path over the defaults into *cfg. On success returns 0 and *cfg owns
+ * its strings. On failure returns -1, leaves *cfg zeroed (nothing to free),
+ * and writes one line into err: "FILE:LINE: KEY: what is wrong", e.g.
+ *   "conf/chatd.toml:12: limits.rate: expected a number > 0"
+ *   "conf/chatd.toml:3: server.prot: unknown key"
+ * Unknown tables and keys are errors, so a typo is never ignored.
+ * *cfg is overwritten, not freed: to reload, load into a fresh struct and
+ * config_free() the old one once the new one is in use.
+ */
+int config_load(const char *path, struct config *cfg, char *err, size_t errlen);
+
+/* Release everything *cfg owns and zero it. Safe on a zeroed struct. */
+void config_free(struct config *cfg);
+
+/* Names for printing. */
+const char *config_log_level_name(enum config_log_level level);
+const char *config_slow_policy_name(enum config_slow_policy p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CHATD_CONFIG_H */

@@ -1,0 +1,120 @@
+/*
+ * hub.h - the chat hub: sessions, names, rooms, and every state change of
+ * the chat. Plain C with no libwebsockets inside: the transport (server.c)
+ * turns frames into hub_session_input() calls and drains session queues;
+ * unit tests drive the hub directly with a fake transport.
+ *
+ * Threading: one loop thread owns the hub; nothing here locks.
+ *
+ * Life of a session: hub_session_register() when a WebSocket is established
+ * -> hub_session_input() per text frame -> output lands in the session's
+ * queue and the hub calls transport->wake() -> the transport writes with
+ * hub_session_peek()/hub_session_pop() -> hub_session_unregister() from the
+ * transport's one release path, whatever ended the connection.
+ *
+ * Accepting a message is split in two steps, submit and commit, so that an
+ * engine (storage with group commit, or a cluster) can complete it later;
+ * the sender may be gone by then, so a pending message names its sender by
+ * session number, never by pointer.
+ */
+#ifndef CHATD_HUB_H
+#define CHATD_HUB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "metrics.h"
+#include "msgbuf.h"
+#include "session.h"
+
+struct hub;
+
+struct hub_transport {
+	/* s has output queued: arrange for hub_session_peek/pop to be called. */
+	void (*wake)(void *ctx, void *conn);
+	/* Close the connection with a WebSocket close code. The transport must
+	 * NOT call hub_session_unregister from inside this call: it does so
+	 * later, from its release path. */
+	void (*close)(void *ctx, void *conn, int code, const char *reason);
+	/* Wall clock, seconds since the epoch (the loop's cached time). */
+	double (*now)(void *ctx);
+	void *ctx;
+};
+
+/* The limits the hub applies; copied from the config at start and reload. */
+struct hub_limits {
+	size_t max_message_bytes;
+	uint32_t send_queue_messages;
+	size_t send_queue_bytes;
+	uint64_t total_queue_bytes;
+	enum config_slow_policy slow_consumer;
+	double rate, burst;
+	uint32_t sessions_per_name;
+	uint32_t messages_per_room;
+	uint32_t dedup_window;
+	double heartbeat_interval;
+};
+
+/* A message on its way from submit to commit. Owned by the hub. */
+struct hub_pending {
+	uint64_t sender;                 /* session number; may be gone at commit */
+	char from[PROTO_NAME_MAX + 1];
+	char room[PROTO_ROOM_MAX + 1];
+	char id[PROTO_ID_MAX + 1];
+	char ref[PROTO_REF_MAX + 1];
+	int has_ref;
+	uint64_t seq;                    /* set by the engine */
+	uint64_t ts;                     /* server ms since the epoch */
+	size_t body_len;
+	char *body;                      /* NUL-terminated */
+};
+
+/*
+ * The engine sequences and persists accepted messages. It must call
+ * hub_commit() exactly once per submitted message, in seq order per room,
+ * now or later. The default (NULL engine) is the in-memory engine: the next
+ * seq of the room, committed at once.
+ */
+struct hub_engine {
+	void (*submit)(void *ctx, struct hub *hub, struct hub_pending *p);
+	void *ctx;
+};
+
+struct hub *hub_new(const struct config *cfg, const struct hub_transport *tp,
+		    struct metrics *metrics);
+/* Free the hub. Every session must have been unregistered first. */
+void hub_free(struct hub *hub);
+void hub_set_engine(struct hub *hub, const struct hub_engine *engine);
+/* Apply the live-changeable parts of a new config. */
+void hub_reconfigure(struct hub *hub, const struct config *cfg);
+void hub_limits_from_config(struct hub_limits *l, const struct config *cfg);
+
+/* A new, not yet authenticated session bound to conn; NULL on ENOMEM. */
+struct session *hub_session_register(struct hub *hub, void *conn);
+/* The one release path: leave every room (presence leave to the others),
+ * drop the name, free the queue and the session. s is invalid afterwards. */
+void hub_session_unregister(struct hub *hub, struct session *s);
+/* One complete text frame from the client. */
+void hub_session_input(struct hub *hub, struct session *s, const char *data, size_t len);
+
+/* Output: the next frame to write, or NULL; then pop it once written. */
+struct msgbuf *hub_session_peek(const struct session *s);
+void hub_session_pop(struct hub *hub, struct session *s);
+
+/* Ask the transport to close s (code, reason) and stop queueing to it. */
+void hub_session_close(struct hub *hub, struct session *s, int code, const char *reason);
+
+/* Complete a submitted message (engine callback). status PROTO_OK commits
+ * p->seq/p->ts; anything else answers the sender with that error. Frees p. */
+void hub_commit(struct hub *hub, struct hub_pending *p, enum proto_err status);
+
+/* Gauges. */
+uint64_t hub_session_count(const struct hub *hub);   /* after hello */
+uint64_t hub_room_count(const struct hub *hub);
+uint64_t hub_queue_bytes(const struct hub *hub);
+uint64_t hub_queue_messages(const struct hub *hub);
+const char *hub_node_id(const struct hub *hub);
+const struct hub_limits *hub_limits(const struct hub *hub);
+
+#endif

@@ -1,0 +1,52 @@
+/*
+ * metrics.h - counters and gauges, rendered in the Prometheus text format.
+ *
+ * Counters are plain integers bumped by the module that sees the event (one
+ * thread). Gauges are read at render time from their owners, so they can
+ * never drift from the truth.
+ */
+#ifndef CHATD_METRICS_H
+#define CHATD_METRICS_H
+
+#include <stdint.h>
+
+#include "msgbuf.h"
+#include "proto.h"
+
+enum metrics_refusal {
+	METRICS_REFUSED_MAX_CONNECTIONS,
+	METRICS_REFUSED_MAX_PER_IP,
+	METRICS_REFUSED_ORIGIN,
+	METRICS_REFUSED_SHUTTING_DOWN,
+	METRICS_REFUSED_COUNT
+};
+
+struct metrics {
+	uint64_t connections_total;       /* WebSocket connections accepted */
+	uint64_t frames_in, frames_out;
+	uint64_t messages_in;             /* accepted send + dm */
+	uint64_t messages_out;            /* message + direct events queued */
+	uint64_t slow_consumer_closes;
+	uint64_t slow_consumer_drops;     /* message events dropped by drop_oldest */
+	uint64_t heartbeat_evictions;
+	uint64_t handshake_timeouts;
+	uint64_t rate_limited;
+	uint64_t refused[METRICS_REFUSED_COUNT];
+	uint64_t errors[PROTO_ERR_COUNT];
+	uint64_t reloads, reload_failures;
+};
+
+struct metrics_gauges {
+	uint64_t connections;
+	uint64_t sessions;
+	uint64_t rooms;
+	uint64_t queue_bytes;
+	uint64_t queued_messages;
+	double start_time;                /* unix seconds */
+};
+
+/* Render into a new msgbuf (owned by the caller); NULL on ENOMEM. */
+struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
+			      const char *node_id);
+
+#endif

@@ -1,0 +1,44 @@
+/*
+ * msgbuf.h - immutable, reference-counted output buffers.
+ *
+ * A broadcast encodes its JSON once into one msgbuf and every recipient's
+ * queue holds a reference to it: no copy per recipient. MSGBUF_HEADROOM bytes
+ * sit in front of the payload so that the WebSocket layer can write the frame
+ * header in place (libwebsockets' LWS_PRE). Only the loop thread touches a
+ * msgbuf, so the count is a plain integer.
+ */
+#ifndef CHATD_MSGBUF_H
+#define CHATD_MSGBUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MSGBUF_HEADROOM 16
+
+struct msgbuf {
+	uint32_t refs;
+	uint32_t len;                          /* payload bytes */
+	unsigned char pre[MSGBUF_HEADROOM];    /* frame header space */
+	unsigned char data[];                  /* payload, then a NUL */
+};
+
+/* A new buffer with room for cap payload bytes, refs = 1, len = 0. NULL on ENOMEM. */
+struct msgbuf *msgbuf_new(size_t cap);
+/* A new buffer holding a copy of p[0..len). */
+struct msgbuf *msgbuf_from(const void *p, size_t len);
+/* Grow an unshared buffer (refs == 1) to cap payload bytes; may move it. */
+struct msgbuf *msgbuf_reserve(struct msgbuf *mb, size_t cap);
+
+static inline struct msgbuf *msgbuf_ref(struct msgbuf *mb)
+{
+	mb->refs++;
+	return mb;
+}
+
+/* Drop one reference; the last one frees the buffer. NULL is ignored. */
+void msgbuf_unref(struct msgbuf *mb);
+
+/* Buffers alive now (leak checks in tests and the /metrics gauge). */
+long msgbuf_live(void);
+
+#endif

@@ -1,0 +1,52 @@
+/*
+ * queue.h - a session's send queue: a FIFO of msgbuf references.
+ *
+ * The queue itself is unbounded plain data; the bounds (messages, bytes,
+ * global bytes) and the slow-consumer policy are applied by the hub before
+ * every push, so they are never overshot. Entries are small nodes taken from
+ * a free list, not one malloc per recipient.
+ */
+#ifndef CHATD_QUEUE_H
+#define CHATD_QUEUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "msgbuf.h"
+
+struct queue_node;
+
+struct queue {
+	struct queue_node *head, *tail;
+	uint32_t count;       /* entries */
+	size_t bytes;         /* sum of payload lengths */
+};
+
+void queue_init(struct queue *q);
+
+/*
+ * Append mb; the queue takes its own reference (the caller keeps its own).
+ * droppable marks a room message event, which the drop_oldest policy may
+ * discard; replies and presence are never dropped. Returns 0, -1 on ENOMEM.
+ */
+int queue_push(struct queue *q, struct msgbuf *mb, int droppable);
+
+/* The oldest entry, or NULL. The reference stays the queue's. */
+struct msgbuf *queue_peek(const struct queue *q);
+
+/* Remove the oldest entry and drop its reference. No-op when empty. */
+void queue_pop(struct queue *q);
+
+/*
+ * Drop the oldest droppable entries until count <= max_count and
+ * bytes <= max_bytes, or none is left. Returns the number dropped.
+ */
+size_t queue_drop_oldest(struct queue *q, uint32_t max_count, size_t max_bytes);
+
+/* Drop every entry. */
+void queue_clear(struct queue *q);
+
+/* Release the node free list (at exit, so leak checkers see nothing). */
+void queue_pool_drain(void);
+
+#endif

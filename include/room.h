@@ -1,0 +1,77 @@
+/*
+ * room.h - a room: its members, its sequence counter and epoch, a bounded
+ * ring of recent messages (already encoded frames), and the dedup window of
+ * client message ids.
+ *
+ * Rooms are owned by the hub's room table. A membership links one session
+ * and one room and sits in two hashes (room->members, session->rooms); it is
+ * created by room_member_add and freed by room_member_remove only.
+ */
+#ifndef CHATD_ROOM_H
+#define CHATD_ROOM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uthash.h>
+
+#include "msgbuf.h"
+#include "proto.h"
+
+struct session;
+
+struct membership {
+	struct room *room;
+	struct session *sess;
+	UT_hash_handle hh_room;   /* room->members, keyed by sess */
+	UT_hash_handle hh_sess;   /* sess->rooms, keyed by room */
+};
+
+/* A growable circular array of pointers, bounded by a maximum length. */
+struct room_ring {
+	void **v;
+	uint32_t cap, head, len;
+};
+
+struct room_dedup;
+
+struct room {
+	char name[PROTO_ROOM_MAX + 1];
+	char epoch[17];
+	uint64_t seq;                   /* latest accepted seq; 0 = none yet */
+	struct membership *members;
+	uint32_t member_count;
+	struct room_ring ring;          /* msgbuf refs of the last messages, seq order */
+	uint64_t ring_first_seq;        /* seq of ring element 0 */
+	struct room_ring dedup_fifo;    /* struct room_dedup *, oldest first */
+	struct room_dedup *dedup;       /* hash of (from, id) -> seq */
+	UT_hash_handle hh;              /* hub->rooms */
+};
+
+struct room *room_new(const char *name, size_t len, const char *epoch);
+/* Free a room with no members: its ring references and dedup entries. */
+void room_free(struct room *r);
+
+struct membership *room_member_find(struct room *r, struct session *s);
+/* Link s into r. NULL on ENOMEM. */
+struct membership *room_member_add(struct room *r, struct session *s);
+/* Unlink and free m. */
+void room_member_remove(struct membership *m);
+
+/* Record an accepted message whose seq the caller has already stored in
+ * r->seq; the ring takes its own reference to frame. Keeps at most max_ring
+ * frames and max_dedup ids (smaller limits after a reload apply here).
+ * Returns -1 on ENOMEM. */
+int room_append(struct room *r, struct msgbuf *frame, const char *from, size_t from_len,
+		const char *id, size_t id_len, uint32_t max_ring, uint32_t max_dedup);
+
+/* The seq a (from, id) pair was accepted with, or 0 if not in the window. */
+uint64_t room_dedup_find(struct room *r, const char *from, size_t from_len,
+			 const char *id, size_t id_len);
+
+/* Oldest seq still held in the ring (r->seq + 1 when the ring is empty). */
+uint64_t room_oldest_seq(const struct room *r);
+/* The frame for seq, or NULL if not held. */
+struct msgbuf *room_frame(const struct room *r, uint64_t seq);
+
+#endif

@@ -1,0 +1,50 @@
+/*
+ * session.h - one client as the hub sees it: identity, send queue, rate
+ * limit, room memberships.
+ *
+ * Ownership: the hub creates sessions (hub_session_register) and frees them
+ * in exactly one place (hub_session_unregister). The transport keeps a
+ * pointer to its session until it calls that function, and never after.
+ * session->conn is the transport's handle, opaque to the hub.
+ */
+#ifndef CHATD_SESSION_H
+#define CHATD_SESSION_H
+
+#include <stdint.h>
+
+#include <uthash.h>
+
+#include "proto.h"
+#include "queue.h"
+
+struct membership;
+struct hub_user;
+
+struct session {
+	uint64_t num;                    /* key in hub->sessions */
+	char id[20];                     /* opaque id shown to clients and in logs */
+	char name[PROTO_NAME_MAX + 1];   /* "" until hello */
+	void *conn;                      /* transport handle */
+	struct queue q;                  /* frames waiting for the socket */
+	double tokens, tokens_at;        /* token bucket */
+	struct membership *rooms;        /* hash by room, via membership.hh_sess */
+	struct hub_user *user;           /* name entry, NULL until hello */
+	struct session *user_prev, *user_next;  /* other sessions of the same name */
+	struct session *qb_prev, *qb_next;      /* hub queue-size bucket list */
+	int qb_idx;                      /* bucket index, -1 when the queue is empty */
+	unsigned closing : 1;            /* close requested: no more output */
+	UT_hash_handle hh;               /* hub->sessions */
+};
+
+/* A new session (not yet in any table), or NULL on ENOMEM. */
+struct session *session_new(uint64_t num, uint64_t salt, double now, double burst);
+/* Free the session and its queue. It must be out of every table already. */
+void session_free(struct session *s);
+/* Token bucket: 1 if a command may run now (and take a token), 0 if limited. */
+int session_take_token(struct session *s, double now, double rate, double burst);
+static inline int session_authenticated(const struct session *s)
+{
+	return s->name[0] != '\0';
+}
+
+#endif

@@ -1,0 +1,481 @@
+/*
+ * config.cpp - chatd configuration: defaults, TOML loading (toml++), validation.
+ *
+ * The only C++ in chatd. Everything is behind the C API in config.h (declared
+ * extern "C" there); no exception ever leaves this file. Keys are described
+ * once, in the `keys` table below: where the value goes and what it must be.
+ */
+#include "config.h"
+
+#include <toml++/toml.h>
+
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <cstdarg>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+
+#include <unistd.h>
+
+namespace {
+
+const size_t max_file_bytes = 1 << 20; /* a config file is small; /dev/zero is not */
+
+const char *const level_names[] = {"error", "warn", "info", "debug", nullptr};
+const char *const slow_names[] = {"close", "drop_oldest", nullptr};
+const char *const format_names[] = {"text", "json", nullptr};
+
+static_assert(sizeof(enum config_log_level) == sizeof(int) &&
+	      sizeof(enum config_slow_policy) == sizeof(int) &&
+	      sizeof(enum config_log_format) == sizeof(int), "enum fields are stored as int");
+
+/* ---- value checks ------------------------------------------------------ */
+
+bool no_nul(const std::string &s) { return s.find('\0') == std::string::npos; }
+
+bool non_empty(const std::string &s) { return !s.empty() && no_nul(s); }
+
+bool node_char(char ch)
+{
+	return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+	       ch == '_' || ch == '.' || ch == ':' || ch == '-';
+}
+
+bool valid_node_id(const std::string &s)
+{
+	if (s.empty() || s.size() > 64)
+		return false;
+	for (char ch : s)
+		if (!node_char(ch))
+			return false;
+	return true;
+}
+
+/* ---- the key table ----------------------------------------------------- */
+
+enum Kind { INT, LONG, LLONG, NUM, STR, STRS, ENUM };
+
+struct Key {
+	const char *table, *name;
+	Kind kind;
+	size_t off;                          /* offset of the field in struct config */
+	double lo = 0;                       /* INT..NUM: lower bound */
+	bool lo_open = false;                /* NUM: value must be > lo, not >= lo */
+	long long hi = 0;                    /* INT..LLONG: upper bound, 0 = none but the field type's */
+	const char *const *names = nullptr;  /* ENUM: accepted strings; index = enum value */
+	bool (*ok)(const std::string &) = nullptr; /* STR, STRS: check on each string */
+	const char *what = nullptr;          /* STR, STRS: message when ok() fails */
+	size_t count_off = 0;                /* STRS: offset of the size_t count */
+};
+
+Key integer(const char *t, const char *n, Kind k, size_t off, long long lo, long long hi = 0)
+{
+	Key key{t, n, k, off};
+	key.lo = (double)lo;
+	key.hi = hi;
+	return key;
+}
+
+Key number(const char *t, const char *n, size_t off, bool open, double lo)
+{
+	Key key{t, n, NUM, off};
+	key.lo = lo;
+	key.lo_open = open;
+	return key;
+}
+
+Key string(const char *t, const char *n, size_t off, bool (*ok)(const std::string &), const char *what)
+{
+	Key key{t, n, STR, off};
+	key.ok = ok;
+	key.what = what;
+	return key;
+}
+
+Key strings(const char *t, const char *n, size_t off, size_t count_off)
+{
+	Key key{t, n, STRS, off};
+	key.ok = non_empty;
+	key.what = "expected an array of non-empty strings";
+	key.count_off = count_off;
+	return key;
+}
+
+Key choice(const char *t, const char *n, size_t off, const char *const *names)
+{
+	Key key{t, n, ENUM, off};
+	key.names = names;
+	return key;
+}
+
+#define F(field) offsetof(struct config, field)
+const bool GT = true, GE = false;
+
+const Key keys[] = {
+	string("server", "listen", F(listen), non_empty, "expected a non-empty string"),
+	integer("server", "port", INT, F(port), 0, 65535),
+	string("server", "node_id", F(node_id), valid_node_id, "expected 1..64 bytes of [A-Za-z0-9_.:-]"),
+	number("server", "handshake_timeout", F(handshake_timeout), GT, 0),
+	number("server", "shutdown_timeout", F(shutdown_timeout), GE, 0),
+	integer("server", "max_connections", LONG, F(max_connections), 1),
+	integer("server", "max_connections_per_ip", LONG, F(max_connections_per_ip), 0),
+	strings("server", "allowed_origins", F(allowed_origins), F(allowed_origins_count)),
+
+	number("heartbeat", "interval", F(heartbeat_interval), GT, 0),
+	number("heartbeat", "timeout", F(heartbeat_timeout), GT, 0),
+
+	integer("limits", "max_message_bytes", LONG, F(max_message_bytes), 1),
+	integer("limits", "max_frame_bytes", LONG, F(max_frame_bytes), 64),
+	integer("limits", "send_queue_messages", LONG, F(send_queue_messages), 1),
+	integer("limits", "send_queue_bytes", LONG, F(send_queue_bytes), 1),
+	integer("limits", "total_queue_bytes", LLONG, F(total_queue_bytes), 1),
+	choice("limits", "slow_consumer", F(slow_consumer), slow_names),
+	number("limits", "rate", F(rate), GT, 0),
+	number("limits", "burst", F(burst), GE, 1),
+	integer("limits", "sessions_per_name", LONG, F(sessions_per_name), 1),
+
+	integer("history", "messages_per_room", LONG, F(messages_per_room), 0),
+	integer("history", "dedup_window", LONG, F(dedup_window), 0),
+
+	choice("log", "level", F(log_level), level_names),
+	choice("log", "format", F(log_format), format_names),
+};
+#undef F
+
+const Key *find_key(std::string_view table, std::string_view name)
+{
+	for (const Key &k : keys)
+		if (table == k.table && name == k.name)
+			return &k;
+	return nullptr;
+}
+
+bool known_table(std::string_view table)
+{
+	for (const Key &k : keys)
+		if (table == k.table)
+			return true;
+	return false;
+}
+
+/* ---- loading ----------------------------------------------------------- */
+
+char *dup_or_throw(const std::string &s)
+{
+	char *p = strdup(s.c_str());
+	if (!p)
+		throw std::bad_alloc();
+	return p;
+}
+
+void free_strings(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+std::string fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char *f, ...)
+{
+	char buf[256];
+	va_list ap;
+	va_start(ap, f);
+	vsnprintf(buf, sizeof buf, f, ap);
+	va_end(ap);
+	return buf;
+}
+
+/* Loads values into c and remembers the error nearest the top of the file
+ * (toml++ tables iterate in key order, not file order). */
+struct Loader {
+	struct config c {};
+	bool failed = false;
+	uint32_t line = 0;
+	std::string msg; /* "KEY: what is wrong" */
+
+	void fail(const toml::source_region &src, const std::string &key, const std::string &what)
+	{
+		if (failed && src.begin.line >= line)
+			return;
+		failed = true;
+		line = src.begin.line;
+		msg = key + ": " + what;
+	}
+
+	void set(const Key &k, const toml::node &n, const std::string &key);
+	void cross_checks(const toml::table &root);
+};
+
+void Loader::set(const Key &k, const toml::node &n, const std::string &key)
+{
+	char *field = reinterpret_cast<char *>(&c) + k.off;
+	switch (k.kind) {
+	case INT:
+	case LONG:
+	case LLONG: {
+		const auto *v = n.as_integer();
+		long long lo = (long long)k.lo;
+		long long hi = k.hi ? k.hi : k.kind == INT ? INT_MAX : k.kind == LONG ? LONG_MAX : LLONG_MAX;
+		if (!v || v->get() < lo || v->get() > hi)
+			return fail(n.source(), key, k.hi ? fmt("expected an integer in %lld..%lld", lo, hi)
+						   : fmt("expected an integer >= %lld", lo));
+		if (k.kind == INT)
+			*reinterpret_cast<int *>(field) = (int)v->get();
+		else if (k.kind == LONG)
+			*reinterpret_cast<long *>(field) = (long)v->get();
+		else
+			*reinterpret_cast<long long *>(field) = (long long)v->get();
+		return;
+	}
+	case NUM: {
+		double d = n.is_integer() ? (double)n.as_integer()->get()
+			 : n.is_floating_point() ? n.as_floating_point()->get() : NAN;
+		if (!std::isfinite(d) || (k.lo_open ? d <= k.lo : d < k.lo))
+			return fail(n.source(), key, fmt("expected a number %s %g", k.lo_open ? ">" : ">=", k.lo));
+		*reinterpret_cast<double *>(field) = d;
+		return;
+	}
+	case STR: {
+		const auto *s = n.as_string();
+		if (!s || !k.ok(s->get()))
+			return fail(n.source(), key, k.what);
+		char *p = dup_or_throw(s->get());
+		char **dst = reinterpret_cast<char **>(field);
+		free(*dst);
+		*dst = p;
+		return;
+	}
+	case STRS: {
+		const auto *a = n.as_array();
+		if (!a)
+			return fail(n.source(), key, k.what);
+		for (const toml::node &e : *a)
+			if (!e.is_string() || !k.ok(e.as_string()->get()))
+				return fail(e.source(), key, k.what);
+		char ***dst = reinterpret_cast<char ***>(field);
+		size_t *count = reinterpret_cast<size_t *>(reinterpret_cast<char *>(&c) + k.count_off);
+		free_strings(*dst, *count);
+		*dst = nullptr;
+		*count = 0;
+		if (a->empty())
+			return;
+		if (!(*dst = static_cast<char **>(calloc(a->size(), sizeof **dst))))
+			throw std::bad_alloc();
+		for (const toml::node &e : *a)
+			(*dst)[(*count)++] = dup_or_throw(e.as_string()->get());
+		return;
+	}
+	case ENUM: {
+		const auto *s = n.as_string();
+		for (int i = 0; s && k.names[i]; i++)
+			if (s->get() == k.names[i]) {
+				memcpy(field, &i, sizeof i);
+				return;
+			}
+		std::string what = "expected one of";
+		for (int i = 0; k.names[i]; i++)
+			what += std::string(i ? ", \"" : " \"") + k.names[i] + "\"";
+		return fail(n.source(), key, what);
+	}
+	}
+}
+
+/* Rules between keys; blame the key the file sets (the later one if both). */
+void Loader::cross_checks(const toml::table &root)
+{
+	auto at = [&](const char *t, const char *k) { return root[t][k].node(); };
+
+	if (!(c.heartbeat_timeout > c.heartbeat_interval)) {
+		if (const toml::node *n = at("heartbeat", "timeout"))
+			fail(n->source(), "heartbeat.timeout",
+			     fmt("must be greater than heartbeat.interval (%g)", c.heartbeat_interval));
+		else
+			fail(at("heartbeat", "interval")->source(), "heartbeat.interval",
+			     fmt("must be less than heartbeat.timeout (%g)", c.heartbeat_timeout));
+	}
+	/* max_frame_bytes >= 64, so the subtraction cannot overflow. */
+	if (c.max_frame_bytes - 256 < c.max_message_bytes) {
+		if (const toml::node *n = at("limits", "max_frame_bytes"))
+			fail(n->source(), "limits.max_frame_bytes",
+			     fmt("must be >= limits.max_message_bytes + 256 (%lld)",
+				 (long long)c.max_message_bytes + 256));
+		else
+			fail(at("limits", "max_message_bytes")->source(), "limits.max_message_bytes",
+			     fmt("must be <= limits.max_frame_bytes - 256 (%ld)", c.max_frame_bytes - 256));
+	}
+}
+
+/* One line into err, truncated, control characters (e.g. from a quoted key) shown as '?'. */
+void put_err(char *err, size_t errlen, const char *f, ...) __attribute__((format(printf, 3, 4)));
+void put_err(char *err, size_t errlen, const char *f, ...)
+{
+	if (!err || !errlen)
+		return;
+	va_list ap;
+	va_start(ap, f);
+	vsnprintf(err, errlen, f, ap);
+	va_end(ap);
+	for (char *p = err; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
+}
+
+/* Reads the whole file; on failure returns false with errno set. */
+bool read_file(const char *path, std::string &out)
+{
+	std::unique_ptr<FILE, int (*)(FILE *)> f(fopen(path, "rb"), fclose);
+	if (!f)
+		return false;
+	char buf[8192];
+	size_t n;
+	while ((n = fread(buf, 1, sizeof buf, f.get())) > 0) {
+		out.append(buf, n);
+		if (out.size() > max_file_bytes) {
+			errno = EFBIG;
+			return false;
+		}
+	}
+	if (ferror(f.get()))
+		return false; /* errno from the failed read, e.g. EISDIR */
+	return true;
+}
+
+} // namespace
+
+int config_defaults(struct config *cfg)
+{
+	memset(cfg, 0, sizeof *cfg);
+	cfg->port = 8080;
+	cfg->handshake_timeout = 10;
+	cfg->shutdown_timeout = 5;
+	cfg->max_connections = 10000;
+	cfg->max_connections_per_ip = 0;
+	cfg->heartbeat_interval = 25;
+	cfg->heartbeat_timeout = 60;
+	cfg->max_message_bytes = 4096;
+	cfg->max_frame_bytes = 65536;
+	cfg->send_queue_messages = 256;
+	cfg->send_queue_bytes = 1048576;
+	cfg->total_queue_bytes = 268435456;
+	cfg->slow_consumer = CONFIG_SLOW_CLOSE;
+	cfg->rate = 20;
+	cfg->burst = 40;
+	cfg->sessions_per_name = 1;
+	cfg->messages_per_room = 1000;
+	cfg->dedup_window = 1000;
+	cfg->log_level = CONFIG_LOG_INFO;
+	cfg->log_format = CONFIG_LOG_TEXT;
+
+	/* node_id = the hostname, made to fit the node_id rules. */
+	char host[256] = "";
+	if (gethostname(host, sizeof host - 1) != 0 || !host[0])
+		strcpy(host, "chatd");
+	host[64] = '\0';
+	for (char *p = host; *p; p++)
+		if (!node_char(*p))
+			*p = '_';
+
+	cfg->listen = strdup("127.0.0.1");
+	cfg->node_id = strdup(host);
+	if (!cfg->listen || !cfg->node_id) {
+		config_free(cfg);
+		return -1;
+	}
+	return 0;
+}
+
+int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
+{
+	if (err && errlen)
+		err[0] = '\0';
+	if (!cfg)
+		return -1;
+	memset(cfg, 0, sizeof *cfg);
+	if (!path) {
+		put_err(err, errlen, "(null): cannot read: no file name");
+		return -1;
+	}
+
+	Loader L;
+	try {
+		std::string text;
+		if (!read_file(path, text)) {
+			put_err(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+			return -1;
+		}
+		toml::table root = toml::parse(text, std::string(path));
+
+		if (config_defaults(&L.c) != 0)
+			throw std::bad_alloc();
+		for (auto &&[tkey, tnode] : root) {
+			std::string tname(tkey.str());
+			if (!known_table(tname)) {
+				L.fail(tkey.source(), tname,
+				       tnode.is_table() || tnode.is_array_of_tables() ? "unknown table" : "unknown key");
+				continue;
+			}
+			const toml::table *t = tnode.as_table();
+			if (!t) {
+				L.fail(tnode.source(), tname, "expected a table");
+				continue;
+			}
+			for (auto &&[kkey, knode] : *t) {
+				std::string name = tname + "." + std::string(kkey.str());
+				if (const Key *k = find_key(tname, kkey.str()))
+					L.set(*k, knode, name);
+				else
+					L.fail(kkey.source(), name, "unknown key");
+			}
+		}
+		if (!L.failed)
+			L.cross_checks(root);
+		if (L.failed) {
+			put_err(err, errlen, "%s:%u: %s", path, (unsigned)L.line, L.msg.c_str());
+			config_free(&L.c);
+			return -1;
+		}
+	} catch (const toml::parse_error &e) {
+		put_err(err, errlen, "%s:%u: syntax error: %s", path, (unsigned)e.source().begin.line,
+			std::string(e.description()).c_str());
+		config_free(&L.c);
+		return -1;
+	} catch (const std::bad_alloc &) {
+		put_err(err, errlen, "%s: out of memory", path);
+		config_free(&L.c);
+		return -1;
+	} catch (...) {
+		put_err(err, errlen, "%s: internal error while loading", path);
+		config_free(&L.c);
+		return -1;
+	}
+	*cfg = L.c;
+	return 0;
+}
+
+void config_free(struct config *cfg)
+{
+	if (!cfg)
+		return;
+	free(cfg->listen);
+	free(cfg->node_id);
+	free_strings(cfg->allowed_origins, cfg->allowed_origins_count);
+	memset(cfg, 0, sizeof *cfg);
+}
+
+const char *config_log_level_name(enum config_log_level level)
+{
+	return (unsigned)level < 4 ? level_names[level] : "unknown";
+}
+
+const char *config_slow_policy_name(enum config_slow_policy p)
+{
+	return (unsigned)p < 2 ? slow_names[p] : "unknown";
+}

@@ -1,0 +1,922 @@
+/*
+ * hub.c - registry of sessions, names and rooms; command dispatch; bounded
+ * fan-out with the slow-consumer policy.
+ */
+#include "hub.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "jsonw.h"
+#include "log.h"
+#include "proto.h"
+#include "room.h"
+
+/* Sessions that share a name (limits.sessions_per_name). */
+struct hub_user {
+	char name[PROTO_NAME_MAX + 1];
+	struct session *sessions;
+	uint32_t count;
+	uint64_t mark;               /* de-duplicates names in member lists */
+	UT_hash_handle hh;
+};
+
+/* Sessions bucketed by floor(log2(queued bytes)), to find the largest
+ * queues in O(1) when the global cap is reached. */
+#define HUB_QB_BUCKETS 64
+
+struct hub {
+	struct hub_limits lim;
+	char node_id[65];
+	struct hub_transport tp;
+	struct hub_engine engine;
+	struct metrics *m;
+	struct session *sessions;    /* every registered session, by num */
+	struct hub_user *users;      /* authenticated names */
+	struct room *rooms;
+	uint64_t next_num, salt, rng, mark;
+	uint64_t authed;
+	uint64_t queue_bytes, queue_msgs;
+	struct session *qb[HUB_QB_BUCKETS];
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static uint64_t hub_random(struct hub *h)
+{
+	/* xorshift64*: epochs and id salts need uniqueness, not secrecy. */
+	h->rng ^= h->rng >> 12;
+	h->rng ^= h->rng << 25;
+	h->rng ^= h->rng >> 27;
+	return h->rng * 0x2545F4914F6CDD1DULL;
+}
+
+static double hub_now(struct hub *h)
+{
+	return h->tp.now(h->tp.ctx);
+}
+
+static struct room *hub_room_find(struct hub *h, const char *name, size_t len)
+{
+	struct room *r = NULL;
+
+	HASH_FIND(hh, h->rooms, name, len, r);
+	return r;
+}
+
+static struct hub_user *hub_user_find(struct hub *h, const char *name, size_t len)
+{
+	struct hub_user *u = NULL;
+
+	HASH_FIND(hh, h->users, name, len, u);
+	return u;
+}
+
+/* ---- queue accounting --------------------------------------------------- */
+
+static int hub_qb_index(size_t bytes)
+{
+	return bytes ? 63 - __builtin_clzll((unsigned long long)bytes) : -1;
+}
+
+/* Bring the global totals and s's size bucket up to date after s->q changed
+ * from (bytes0, count0). Every queue mutation goes through here. */
+static void hub_q_account(struct hub *h, struct session *s, size_t bytes0, uint32_t count0)
+{
+	int idx = hub_qb_index(s->q.bytes);
+
+	h->queue_bytes = h->queue_bytes - bytes0 + s->q.bytes;
+	h->queue_msgs = h->queue_msgs - count0 + s->q.count;
+	if (idx == s->qb_idx)
+		return;
+	if (s->qb_idx >= 0) {
+		if (s->qb_prev)
+			s->qb_prev->qb_next = s->qb_next;
+		else
+			h->qb[s->qb_idx] = s->qb_next;
+		if (s->qb_next)
+			s->qb_next->qb_prev = s->qb_prev;
+	}
+	s->qb_prev = s->qb_next = NULL;
+	if (idx >= 0) {
+		s->qb_next = h->qb[idx];
+		if (s->qb_next)
+			s->qb_next->qb_prev = s;
+		h->qb[idx] = s;
+	}
+	s->qb_idx = idx;
+}
+
+static void hub_q_clear(struct hub *h, struct session *s)
+{
+	size_t b = s->q.bytes;
+	uint32_t c = s->q.count;
+
+	queue_clear(&s->q);
+	hub_q_account(h, s, b, c);
+}
+
+/* Drop s's oldest message events down to the given bounds; returns how many. */
+static size_t hub_q_drop(struct hub *h, struct session *s, uint32_t max_count, size_t max_bytes)
+{
+	size_t b = s->q.bytes, n;
+	uint32_t c = s->q.count;
+
+	n = queue_drop_oldest(&s->q, max_count, max_bytes);
+	hub_q_account(h, s, b, c);
+	h->m->slow_consumer_drops += n;
+	if (n)
+		log_debug(s->id, "slow consumer: dropped %zu queued messages", n);
+	return n;
+}
+
+/* A session among those with the most bytes queued (within a factor 2). */
+static struct session *hub_qb_largest(struct hub *h)
+{
+	int i;
+
+	for (i = HUB_QB_BUCKETS - 1; i >= 0; i--)
+		if (h->qb[i])
+			return h->qb[i];
+	return NULL;
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+void hub_session_close(struct hub *h, struct session *s, int code, const char *reason)
+{
+	if (s->closing)
+		return;
+	s->closing = 1;
+	/* Its queue will never be written: give the memory back now. */
+	hub_q_clear(h, s);
+	h->tp.close(h->tp.ctx, s->conn, code, reason);
+}
+
+static void hub_slow_close(struct hub *h, struct session *s, const char *why)
+{
+	log_warn(s->id, "slow consumer (%s): %u frames, %zu bytes queued; closing",
+		 why, s->q.count, s->q.bytes);
+	h->m->slow_consumer_closes++;
+	hub_session_close(h, s, 1008, "slow consumer");
+}
+
+/* Make room for one frame of len bytes in s's own queue; -1 if s was closed. */
+static int hub_make_room(struct hub *h, struct session *s, size_t len)
+{
+	const struct hub_limits *l = &h->lim;
+
+	if (s->q.count < l->send_queue_messages && s->q.bytes + len <= l->send_queue_bytes)
+		return 0;
+	if (l->slow_consumer == CONFIG_SLOW_DROP_OLDEST && len <= l->send_queue_bytes) {
+		hub_q_drop(h, s, l->send_queue_messages - 1, l->send_queue_bytes - len);
+		if (s->q.count < l->send_queue_messages && s->q.bytes + len <= l->send_queue_bytes)
+			return 0;
+	}
+	hub_slow_close(h, s, "session queue full");
+	return -1;
+}
+
+/* Keep all queues together under total_queue_bytes by applying the policy
+ * to the largest queues first; -1 if that closed s itself. */
+static int hub_global_room(struct hub *h, struct session *s, size_t len)
+{
+	uint64_t cap = h->lim.total_queue_bytes;
+
+	while (h->queue_bytes + len > cap) {
+		struct session *big = hub_qb_largest(h);
+		uint64_t excess = h->queue_bytes + len - cap;
+
+		if (!big) {
+			/* Nothing queued anywhere and still too big: refuse s. */
+			hub_slow_close(h, s, "frame larger than the global queue cap");
+			return -1;
+		}
+		if (h->lim.slow_consumer != CONFIG_SLOW_DROP_OLDEST ||
+		    !hub_q_drop(h, big, UINT32_MAX, big->q.bytes > excess ? big->q.bytes - excess : 0))
+			hub_slow_close(h, big, "global queue cap reached");
+		if (s->closing)
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * Queue mb (the caller keeps its reference) for s, applying the per-session
+ * and global bounds first, so they are never overshot. droppable marks a
+ * message event. Returns 0 if queued, -1 if not (s closing or closed).
+ */
+static int hub_enqueue(struct hub *h, struct session *s, struct msgbuf *mb, int droppable)
+{
+	size_t b, len = mb->len;
+	uint32_t c;
+
+	if (s->closing)
+		return -1;
+	if (hub_make_room(h, s, len) || hub_global_room(h, s, len))
+		return -1;
+	b = s->q.bytes;
+	c = s->q.count;
+	if (queue_push(&s->q, mb, droppable)) {
+		log_error(s->id, "out of memory queueing a frame; closing");
+		hub_session_close(h, s, 1011, "out of memory");
+		return -1;
+	}
+	hub_q_account(h, s, b, c);
+	if (c == 0)
+		h->tp.wake(h->tp.ctx, s->conn);
+	return 0;
+}
+
+/* Would a frame of len bytes fit without invoking the policy, keeping
+ * reserve frames and bytes free for what must follow? */
+static int hub_fits(struct hub *h, struct session *s, size_t len, uint32_t reserve_n,
+		    size_t reserve_b)
+{
+	const struct hub_limits *l = &h->lim;
+
+	return s->q.count + 1 + reserve_n <= l->send_queue_messages &&
+	       s->q.bytes + len + reserve_b <= l->send_queue_bytes &&
+	       h->queue_bytes + len + reserve_b <= l->total_queue_bytes;
+}
+
+struct msgbuf *hub_session_peek(const struct session *s)
+{
+	return queue_peek(&s->q);
+}
+
+void hub_session_pop(struct hub *h, struct session *s)
+{
+	size_t b = s->q.bytes;
+	uint32_t c = s->q.count;
+
+	queue_pop(&s->q);
+	hub_q_account(h, s, b, c);
+	h->m->frames_out++;
+}
+
+/* ---- encoding ----------------------------------------------------------- */
+
+static void hub_w_begin(struct jsonw *w, const char *type, size_t hint)
+{
+	jsonw_init(w, hint);
+	jsonw_obj_open(w);
+	jsonw_kv_cstr(w, "type", type);
+}
+
+static void hub_w_ref(struct jsonw *w, const struct proto_str *ref)
+{
+	if (ref->p)
+		jsonw_kv_str(w, "ref", ref->p, ref->len);
+}
+
+/* Finish w and queue it to s as a reply (never dropped by drop_oldest). */
+static void hub_w_reply(struct hub *h, struct session *s, struct jsonw *w)
+{
+	struct msgbuf *mb;
+
+	jsonw_obj_close(w);
+	mb = jsonw_finish(w);
+	if (!mb) {
+		log_error(s->id, "out of memory encoding a reply; closing");
+		hub_session_close(h, s, 1011, "out of memory");
+		return;
+	}
+	hub_enqueue(h, s, mb, 0);
+	msgbuf_unref(mb);
+}
+
+static void hub_error(struct hub *h, struct session *s, const struct proto_str *ref,
+		      enum proto_err code, const char *message)
+{
+	struct jsonw w;
+
+	h->m->errors[code < PROTO_ERR_COUNT ? code : PROTO_ERR_INTERNAL]++;
+	log_debug(s->id, "error %s: %s", proto_err_name(code), message);
+	hub_w_begin(&w, "error", 128 + strlen(message));
+	jsonw_kv_cstr(&w, "code", proto_err_name(code));
+	jsonw_kv_cstr(&w, "message", message);
+	hub_w_ref(&w, ref);
+	hub_w_reply(h, s, &w);
+}
+
+/* Send a finished frame to every member of r but except (NULL for all). */
+static void hub_room_broadcast(struct hub *h, struct room *r, struct msgbuf *mb,
+			       struct session *except, int droppable)
+{
+	struct membership *m, *tmp;
+
+	HASH_ITER(hh_room, r->members, m, tmp) {
+		if (m->sess == except)
+			continue;
+		if (hub_enqueue(h, m->sess, mb, droppable) == 0 && droppable)
+			h->m->messages_out++;
+	}
+}
+
+static void hub_presence(struct hub *h, struct room *r, struct session *s, const char *state)
+{
+	struct msgbuf *mb;
+	struct jsonw w;
+
+	if (!r->member_count || (r->member_count == 1 && room_member_find(r, s)))
+		return;
+	hub_w_begin(&w, "presence", 128);
+	jsonw_kv_cstr(&w, "room", r->name);
+	jsonw_kv_cstr(&w, "name", s->name);
+	jsonw_kv_cstr(&w, "state", state);
+	jsonw_obj_close(&w);
+	mb = jsonw_finish(&w);
+	if (!mb)
+		return;
+	hub_room_broadcast(h, r, mb, s, 0);
+	msgbuf_unref(mb);
+}
+
+/* Member names of r, each once. */
+static void hub_w_names(struct hub *h, struct jsonw *w, struct room *r)
+{
+	struct membership *m, *tmp;
+
+	h->mark++;
+	jsonw_arr_open(w);
+	HASH_ITER(hh_room, r->members, m, tmp) {
+		struct hub_user *u = m->sess->user;
+		if (!u || u->mark == h->mark)
+			continue;
+		u->mark = h->mark;
+		jsonw_cstr(w, u->name);
+	}
+	jsonw_arr_close(w);
+}
+
+/* ---- rooms -------------------------------------------------------------- */
+
+static struct room *hub_room_get(struct hub *h, const char *name, size_t len)
+{
+	struct room *r = hub_room_find(h, name, len);
+	char epoch[17];
+
+	if (r)
+		return r;
+	/* A new epoch whenever a room's seq history starts from nothing, so
+	 * that a (seq, epoch) pair never names two different messages. */
+	snprintf(epoch, sizeof(epoch), "%016llx", (unsigned long long)hub_random(h));
+	r = room_new(name, len, epoch);
+	if (!r)
+		return NULL;
+	HASH_ADD(hh, h->rooms, name[0], len, r);
+	log_debug(NULL, "room %s created, epoch %s", r->name, r->epoch);
+	return r;
+}
+
+/* Rooms that never carried a message are forgotten when the last member
+ * leaves; rooms with history stay, so seq and epoch remain meaningful. */
+static void hub_room_maybe_free(struct hub *h, struct room *r)
+{
+	if (r->member_count || r->seq)
+		return;
+	HASH_DEL(h->rooms, r);
+	room_free(r);
+}
+
+static void hub_member_leave(struct hub *h, struct membership *m)
+{
+	struct room *r = m->room;
+	struct session *s = m->sess;
+
+	room_member_remove(m);
+	hub_presence(h, r, s, "leave");
+	hub_room_maybe_free(h, r);
+}
+
+/* ---- commands ----------------------------------------------------------- */
+
+static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_cmd *c)
+{
+	struct hub_user *u;
+	struct jsonw w;
+	char msg[96];
+
+	if (session_authenticated(s)) {
+		hub_error(h, s, &c->ref, PROTO_ERR_BAD_REQUEST, "hello was already accepted");
+		return;
+	}
+	if (!c->name.p) {
+		hub_error(h, s, &c->ref, PROTO_ERR_BAD_REQUEST, "token authentication is not enabled; give a name");
+		return;
+	}
+	u = hub_user_find(h, c->name.p, c->name.len);
+	if (u && u->count >= h->lim.sessions_per_name) {
+		snprintf(msg, sizeof(msg), "name %.*s is already online", (int)c->name.len, c->name.p);
+		hub_error(h, s, &c->ref, PROTO_ERR_CONFLICT, msg);
+		return;
+	}
+	if (!u) {
+		u = calloc(1, sizeof(*u));
+		if (!u) {
+			hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+			return;
+		}
+		memcpy(u->name, c->name.p, c->name.len);
+		HASH_ADD(hh, h->users, name[0], c->name.len, u);
+	}
+	memcpy(s->name, c->name.p, c->name.len);
+	s->name[c->name.len] = '\0';
+	s->user = u;
+	s->user_next = u->sessions;
+	if (u->sessions)
+		u->sessions->user_prev = s;
+	u->sessions = s;
+	u->count++;
+	h->authed++;
+	log_info(s->id, "hello name=%s", s->name);
+
+	hub_w_begin(&w, "welcome", 160);
+	jsonw_kv_cstr(&w, "session", s->id);
+	jsonw_kv_cstr(&w, "name", s->name);
+	jsonw_key(&w, "heartbeat");
+	jsonw_num(&w, h->lim.heartbeat_interval);
+	jsonw_kv_cstr(&w, "node", h->node_id);
+	hub_w_ref(&w, &c->ref);
+	hub_w_reply(h, s, &w);
+}
+
+/* Replay r's messages after since to s, oldest first, as far as s's queue
+ * takes them without tripping the slow-consumer policy. Returns 1 if all
+ * were queued, 0 if it stopped early. */
+static int hub_replay(struct hub *h, struct session *s, struct room *r, uint64_t since)
+{
+	uint64_t seq = since + 1, oldest = room_oldest_seq(r);
+
+	if (seq < oldest)
+		seq = oldest;
+	for (; seq <= r->seq; seq++) {
+		struct msgbuf *mb = room_frame(r, seq);
+		/* Keep one frame and some bytes free for the joined reply. */
+		if (!mb || !hub_fits(h, s, mb->len, 1, 4096))
+			return 0;
+		if (hub_enqueue(h, s, mb, 1))
+			return 0;
+	}
+	return 1;
+}
+
+static void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cmd *c)
+{
+	struct room *r = hub_room_get(h, c->room.p, c->room.len);
+	int recovered = 0, complete = 1;
+	struct jsonw w;
+
+	if (!r) {
+		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+		return;
+	}
+	if (c->has_since) {
+		int same_epoch = !c->epoch.p ||
+			(c->epoch.len == strlen(r->epoch) && memcmp(c->epoch.p, r->epoch, c->epoch.len) == 0);
+		if (same_epoch && c->since <= r->seq) {
+			recovered = room_oldest_seq(r) <= c->since + 1;
+			complete = hub_replay(h, s, r, c->since);
+		}
+	}
+	if (!room_member_find(r, s)) {
+		if (!room_member_add(r, s)) {
+			hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+			hub_room_maybe_free(h, r);
+			return;
+		}
+		log_debug(s->id, "joined %s", r->name);
+		hub_presence(h, r, s, "join");
+	}
+	hub_w_begin(&w, "joined", 256 + 40 * r->member_count);
+	jsonw_kv_cstr(&w, "room", r->name);
+	jsonw_kv_u64(&w, "seq", r->seq);
+	jsonw_kv_cstr(&w, "epoch", r->epoch);
+	jsonw_key(&w, "members");
+	hub_w_names(h, &w, r);
+	if (c->has_since) {
+		jsonw_key(&w, "recovered");
+		jsonw_bool(&w, recovered);
+		if (!complete) {
+			jsonw_key(&w, "truncated");
+			jsonw_bool(&w, 1);
+		}
+	}
+	hub_w_ref(&w, &c->ref);
+	hub_w_reply(h, s, &w);
+}
+
+/* The room named in c if s is a member of it, else NULL (error sent). */
+static struct room *hub_member_room(struct hub *h, struct session *s,
+				    const struct proto_cmd *c, enum proto_err code)
+{
+	struct room *r = hub_room_find(h, c->room.p, c->room.len);
+
+	if (r && room_member_find(r, s))
+		return r;
+	hub_error(h, s, &c->ref, code, "not a member of this room; join it first");
+	return NULL;
+}
+
+static void hub_cmd_leave(struct hub *h, struct session *s, const struct proto_cmd *c)
+{
+	struct room *r = hub_member_room(h, s, c, PROTO_ERR_NOT_FOUND);
+	struct jsonw w;
+
+	if (!r)
+		return;
+	hub_w_begin(&w, "left", 128);
+	jsonw_kv_cstr(&w, "room", r->name);
+	hub_w_ref(&w, &c->ref);
+	hub_member_leave(h, room_member_find(r, s));   /* may free r */
+	hub_w_reply(h, s, &w);
+}
+
+static void hub_ack(struct hub *h, struct session *s, const char *id, const char *room,
+		    uint64_t seq, const char *ref)
+{
+	struct jsonw w;
+
+	hub_w_begin(&w, "ack", 160);
+	jsonw_kv_cstr(&w, "id", id);
+	if (room) {
+		jsonw_kv_cstr(&w, "room", room);
+		jsonw_kv_u64(&w, "seq", seq);
+	}
+	if (ref)
+		jsonw_kv_cstr(&w, "ref", ref);
+	hub_w_reply(h, s, &w);
+}
+
+static void hub_copy(char *dst, const struct proto_str *src)
+{
+	memcpy(dst, src->p, src->len);
+	dst[src->len] = '\0';
+}
+
+static void hub_mem_submit(struct hub *h, struct hub_pending *p)
+{
+	struct room *r = hub_room_find(h, p->room, strlen(p->room));
+
+	p->seq = r ? r->seq + 1 : 1;
+	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
+	hub_commit(h, p, PROTO_OK);
+}
+
+static void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
+{
+	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);
+	struct hub_pending *p;
+	uint64_t seq;
+	char id[PROTO_ID_MAX + 1], ref[PROTO_REF_MAX + 1];
+
+	if (!r)
+		return;
+	seq = room_dedup_find(r, s->name, strlen(s->name), c->id.p, c->id.len);
+	if (seq) {
+		/* A retry of a message already accepted: same ack, no broadcast. */
+		hub_copy(id, &c->id);
+		if (c->ref.p)
+			hub_copy(ref, &c->ref);
+		hub_ack(h, s, id, r->name, seq, c->ref.p ? ref : NULL);
+		return;
+	}
+	p = calloc(1, sizeof(*p));
+	if (p)
+		p->body = malloc(c->body.len + 1);
+	if (!p || !p->body) {
+		if (p)
+			free(p);
+		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+		return;
+	}
+	p->sender = s->num;
+	strcpy(p->from, s->name);
+	strcpy(p->room, r->name);
+	hub_copy(p->id, &c->id);
+	if (c->ref.p) {
+		hub_copy(p->ref, &c->ref);
+		p->has_ref = 1;
+	}
+	memcpy(p->body, c->body.p, c->body.len);
+	p->body[c->body.len] = '\0';
+	p->body_len = c->body.len;
+	if (h->engine.submit)
+		h->engine.submit(h->engine.ctx, h, p);
+	else
+		hub_mem_submit(h, p);
+}
+
+void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
+{
+	struct session *sender = NULL;
+	struct msgbuf *mb = NULL;
+	struct room *r;
+	struct jsonw w;
+	uint64_t num = p->sender;
+
+	HASH_FIND(hh, h->sessions, &num, sizeof(num), sender);
+	if (sender && sender->closing)
+		sender = NULL;
+	if (status != PROTO_OK) {
+		if (sender) {
+			struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
+			hub_error(h, sender, &ref, status, "the message could not be stored");
+		}
+		goto out;
+	}
+	r = hub_room_get(h, p->room, strlen(p->room));
+	if (!r) {
+		if (sender) {
+			struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
+			hub_error(h, sender, &ref, PROTO_ERR_INTERNAL, "out of memory");
+		}
+		goto out;
+	}
+	r->seq = p->seq;
+	hub_w_begin(&w, "message", 160 + p->body_len + p->body_len / 8);
+	jsonw_kv_cstr(&w, "room", r->name);
+	jsonw_kv_u64(&w, "seq", p->seq);
+	jsonw_kv_cstr(&w, "from", p->from);
+	jsonw_kv_cstr(&w, "id", p->id);
+	jsonw_kv_str(&w, "body", p->body, p->body_len);
+	jsonw_kv_u64(&w, "ts", p->ts);
+	jsonw_obj_close(&w);
+	mb = jsonw_finish(&w);
+	if (!mb || room_append(r, mb, p->from, strlen(p->from), p->id, strlen(p->id),
+			       h->lim.messages_per_room, h->lim.dedup_window)) {
+		/* The seq is spent (never reused); history will show the gap. */
+		log_error(sender ? sender->id : NULL, "out of memory storing message %s/%llu",
+			  r->name, (unsigned long long)p->seq);
+		if (!mb)
+			goto out;
+	}
+	h->m->messages_in++;
+	if (sender)
+		hub_ack(h, sender, p->id, r->name, p->seq, p->has_ref ? p->ref : NULL);
+	hub_room_broadcast(h, r, mb, NULL, 1);
+out:
+	msgbuf_unref(mb);
+	free(p->body);
+	free(p);
+}
+
+static void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
+{
+	struct hub_user *u = hub_user_find(h, c->to.p, c->to.len);
+	struct session *t;
+	struct msgbuf *mb;
+	struct jsonw w;
+	char id[PROTO_ID_MAX + 1], ref[PROTO_REF_MAX + 1];
+
+	if (!u) {
+		hub_error(h, s, &c->ref, PROTO_ERR_NOT_FOUND, "no such user online");
+		return;
+	}
+	hub_w_begin(&w, "direct", 160 + c->body.len + c->body.len / 8);
+	jsonw_kv_cstr(&w, "from", s->name);
+	jsonw_kv_str(&w, "id", c->id.p, c->id.len);
+	jsonw_kv_str(&w, "body", c->body.p, c->body.len);
+	jsonw_kv_u64(&w, "ts", (uint64_t)llround(hub_now(h) * 1000.0));
+	jsonw_obj_close(&w);
+	mb = jsonw_finish(&w);
+	if (!mb) {
+		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+		return;
+	}
+	h->m->messages_in++;
+	hub_copy(id, &c->id);
+	if (c->ref.p)
+		hub_copy(ref, &c->ref);
+	hub_ack(h, s, id, NULL, 0, c->ref.p ? ref : NULL);
+	for (t = u->sessions; t; t = t->user_next)
+		if (hub_enqueue(h, t, mb, 1) == 0)
+			h->m->messages_out++;
+	msgbuf_unref(mb);
+}
+
+static void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c)
+{
+	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);
+	uint64_t lo, hi, seq, oldest;
+	size_t total = 0, budget;
+	struct jsonw w;
+
+	if (!r)
+		return;
+	oldest = room_oldest_seq(r);
+	if (c->has_after) {
+		lo = c->after + 1 > oldest ? c->after + 1 : oldest;
+		hi = lo + c->limit - 1 < r->seq ? lo + c->limit - 1 : r->seq;
+	} else {
+		hi = c->has_before ? (c->before ? c->before - 1 : 0) : r->seq;
+		if (hi > r->seq)
+			hi = r->seq;
+		lo = hi >= c->limit ? hi - c->limit + 1 : 1;
+		if (lo < oldest)
+			lo = oldest;
+	}
+	/* One reply frame must fit in the session's queue: cut it to the
+	 * budget, keeping the messages nearest to the requested bound. */
+	budget = h->lim.send_queue_bytes > s->q.bytes + 512 ? h->lim.send_queue_bytes - s->q.bytes - 512 : 0;
+	for (seq = lo; seq <= hi; seq++)
+		total += room_frame(r, seq)->len + 1;
+	while (lo <= hi && total > budget) {
+		if (c->has_after)
+			total -= room_frame(r, hi--)->len + 1;
+		else
+			total -= room_frame(r, lo++)->len + 1;
+	}
+	hub_w_begin(&w, "history", 128 + total);
+	jsonw_kv_cstr(&w, "room", r->name);
+	jsonw_key(&w, "messages");
+	jsonw_arr_open(&w);
+	for (seq = lo; seq <= hi; seq++) {
+		struct msgbuf *mb = room_frame(r, seq);
+		jsonw_raw(&w, (const char *)mb->data, mb->len);
+	}
+	jsonw_arr_close(&w);
+	hub_w_ref(&w, &c->ref);
+	hub_w_reply(h, s, &w);
+}
+
+static void hub_cmd_members(struct hub *h, struct session *s, const struct proto_cmd *c)
+{
+	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);
+	struct jsonw w;
+
+	if (!r)
+		return;
+	hub_w_begin(&w, "members", 128 + 40 * r->member_count);
+	jsonw_kv_cstr(&w, "room", r->name);
+	jsonw_key(&w, "names");
+	hub_w_names(h, &w, r);
+	hub_w_ref(&w, &c->ref);
+	hub_w_reply(h, s, &w);
+}
+
+static void hub_cmd_ping(struct hub *h, struct session *s, const struct proto_cmd *c)
+{
+	struct jsonw w;
+
+	hub_w_begin(&w, "pong", 64);
+	hub_w_ref(&w, &c->ref);
+	hub_w_reply(h, s, &w);
+}
+
+void hub_session_input(struct hub *h, struct session *s, const char *data, size_t len)
+{
+	struct proto_error err;
+	struct proto_cmd c;
+	int rc;
+
+	if (s->closing)
+		return;
+	h->m->frames_in++;
+	rc = proto_decode(data, len, h->lim.max_message_bytes, &c, &err);
+	if (!session_take_token(s, hub_now(h), h->lim.rate, h->lim.burst)) {
+		h->m->rate_limited++;
+		hub_error(h, s, &c.ref, PROTO_ERR_RATE_LIMITED, "too many commands; slow down");
+		goto out;
+	}
+	if (rc) {
+		hub_error(h, s, &c.ref, err.code, err.message);
+		goto out;
+	}
+	if (!session_authenticated(s) && c.type != PROTO_HELLO) {
+		hub_error(h, s, &c.ref, PROTO_ERR_NOT_AUTHENTICATED, "say hello first");
+		goto out;
+	}
+	switch (c.type) {
+	case PROTO_HELLO: hub_cmd_hello(h, s, &c); break;
+	case PROTO_JOIN: hub_cmd_join(h, s, &c); break;
+	case PROTO_LEAVE: hub_cmd_leave(h, s, &c); break;
+	case PROTO_SEND: hub_cmd_send(h, s, &c); break;
+	case PROTO_DM: hub_cmd_dm(h, s, &c); break;
+	case PROTO_HISTORY: hub_cmd_history(h, s, &c); break;
+	case PROTO_MEMBERS: hub_cmd_members(h, s, &c); break;
+	case PROTO_PING: hub_cmd_ping(h, s, &c); break;
+	}
+out:
+	proto_cmd_free(&c);
+}
+
+/* ---- registry ----------------------------------------------------------- */
+
+struct session *hub_session_register(struct hub *h, void *conn)
+{
+	struct session *s = session_new(++h->next_num, h->salt, hub_now(h), h->lim.burst);
+
+	if (!s)
+		return NULL;
+	s->conn = conn;
+	HASH_ADD(hh, h->sessions, num, sizeof(s->num), s);
+	return s;
+}
+
+void hub_session_unregister(struct hub *h, struct session *s)
+{
+	struct membership *m, *tmp;
+	struct hub_user *u = s->user;
+
+	/* Leave first so that the others see presence leave; s is closing so
+	 * nothing is queued to it meanwhile. */
+	s->closing = 1;
+	log_info(s->id, "session ended%s%s", u ? " name=" : "", u ? s->name : "");
+	HASH_ITER(hh_sess, s->rooms, m, tmp)
+		hub_member_leave(h, m);
+	if (u) {
+		if (s->user_prev)
+			s->user_prev->user_next = s->user_next;
+		else
+			u->sessions = s->user_next;
+		if (s->user_next)
+			s->user_next->user_prev = s->user_prev;
+		if (--u->count == 0) {
+			HASH_DEL(h->users, u);
+			free(u);
+		}
+		h->authed--;
+	}
+	hub_q_clear(h, s);
+	HASH_DEL(h->sessions, s);
+	session_free(s);
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+void hub_limits_from_config(struct hub_limits *l, const struct config *cfg)
+{
+	l->max_message_bytes = (size_t)cfg->max_message_bytes;
+	l->send_queue_messages = (uint32_t)cfg->send_queue_messages;
+	l->send_queue_bytes = (size_t)cfg->send_queue_bytes;
+	l->total_queue_bytes = (uint64_t)cfg->total_queue_bytes;
+	l->slow_consumer = cfg->slow_consumer;
+	l->rate = cfg->rate;
+	l->burst = cfg->burst;
+	l->sessions_per_name = (uint32_t)cfg->sessions_per_name;
+	l->messages_per_room = (uint32_t)cfg->messages_per_room;
+	l->dedup_window = (uint32_t)cfg->dedup_window;
+	l->heartbeat_interval = cfg->heartbeat_interval;
+}
+
+struct hub *hub_new(const struct config *cfg, const struct hub_transport *tp,
+		    struct metrics *metrics)
+{
+	struct hub *h = calloc(1, sizeof(*h));
+
+	if (!h)
+		return NULL;
+	hub_limits_from_config(&h->lim, cfg);
+	snprintf(h->node_id, sizeof(h->node_id), "%s", cfg->node_id);
+	h->tp = *tp;
+	h->m = metrics;
+	if (getrandom(&h->rng, sizeof(h->rng), GRND_NONBLOCK) != sizeof(h->rng))
+		h->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+	h->rng |= 1;  /* xorshift must not start at 0 */
+	h->salt = hub_random(h);
+	return h;
+}
+
+void hub_set_engine(struct hub *h, const struct hub_engine *engine)
+{
+	if (engine)
+		h->engine = *engine;
+	else
+		memset(&h->engine, 0, sizeof(h->engine));
+}
+
+void hub_reconfigure(struct hub *h, const struct config *cfg)
+{
+	hub_limits_from_config(&h->lim, cfg);
+}
+
+void hub_free(struct hub *h)
+{
+	struct session *s, *stmp;
+	struct room *r, *rtmp;
+
+	if (!h)
+		return;
+	HASH_ITER(hh, h->sessions, s, stmp)
+		hub_session_unregister(h, s);
+	HASH_ITER(hh, h->rooms, r, rtmp) {
+		HASH_DEL(h->rooms, r);
+		room_free(r);
+	}
+	free(h);
+	queue_pool_drain();
+}
+
+uint64_t hub_session_count(const struct hub *h) { return h->authed; }
+uint64_t hub_room_count(const struct hub *h) { return HASH_COUNT(h->rooms); }
+uint64_t hub_queue_bytes(const struct hub *h) { return h->queue_bytes; }
+uint64_t hub_queue_messages(const struct hub *h) { return h->queue_msgs; }
+const char *hub_node_id(const struct hub *h) { return h->node_id; }
+const struct hub_limits *hub_limits(const struct hub *h) { return &h->lim; }

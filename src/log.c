@@ -1,0 +1,119 @@
+/*
+ * log.c - stderr logger. Writes are line-buffered stdio writes: one fprintf
+ * per event, so lines from chatd never interleave (there is one thread).
+ */
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libwebsockets.h>
+
+static enum config_log_level log_level = CONFIG_LOG_INFO;
+static enum config_log_format log_format = CONFIG_LOG_TEXT;
+static int log_journal;  /* stderr is the journal: it stamps time itself */
+
+void log_setup(enum config_log_level level, enum config_log_format format)
+{
+	log_level = level;
+	log_format = format;
+	log_journal = getenv("JOURNAL_STREAM") != NULL;
+}
+
+int log_enabled(enum config_log_level level)
+{
+	return level <= log_level;
+}
+
+/* Append s to out as JSON string content (no quotes), truncating at cap. */
+static size_t log_json_escape(char *out, size_t cap, const char *s)
+{
+	size_t n = 0;
+
+	for (; *s && n + 7 < cap; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			out[n++] = '\\';
+			out[n++] = (char)c;
+		} else if (c < 0x20) {
+			n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
+		} else {
+			out[n++] = (char)c;
+		}
+	}
+	out[n] = '\0';
+	return n;
+}
+
+static void log_timestamp(char *buf, size_t cap)
+{
+	struct timespec ts;
+	struct tm tm;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ",
+		 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+		 tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+}
+
+/* syslog priorities, so that journalctl -p works under systemd. */
+static const int log_syslog_prio[] = { 3, 4, 6, 7 };
+
+void log_write(enum config_log_level level, const char *session, const char *fmt, ...)
+{
+	char msg[1024], ts[40];
+	va_list ap;
+
+	if (!log_enabled(level))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_timestamp(ts, sizeof(ts));
+
+	if (log_format == CONFIG_LOG_JSON) {
+		char emsg[sizeof(msg) * 2], esess[80];
+		log_json_escape(emsg, sizeof(emsg), msg);
+		if (session) {
+			log_json_escape(esess, sizeof(esess), session);
+			fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"session\":\"%s\",\"msg\":\"%s\"}\n",
+				ts, config_log_level_name(level), esess, emsg);
+		} else {
+			fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"%s\"}\n",
+				ts, config_log_level_name(level), emsg);
+		}
+		return;
+	}
+	if (log_journal)
+		fprintf(stderr, "<%d>%s%s%s%s\n", log_syslog_prio[level],
+			session ? "session=" : "", session ? session : "",
+			session ? " " : "", msg);
+	else
+		fprintf(stderr, "%s %-5s %s%s%s%s\n", ts, config_log_level_name(level),
+			session ? "session=" : "", session ? session : "",
+			session ? " " : "", msg);
+}
+
+void log_lws_emit(int lws_level, const char *line)
+{
+	enum config_log_level level = CONFIG_LOG_DEBUG;
+	char buf[512];
+	size_t n;
+
+	if (lws_level & LLL_ERR)
+		level = CONFIG_LOG_ERROR;
+	else if (lws_level & LLL_WARN)
+		level = CONFIG_LOG_WARN;
+	if (!log_enabled(level))
+		return;
+	/* lws lines end with a newline; ours add one. */
+	snprintf(buf, sizeof(buf), "%s", line);
+	n = strlen(buf);
+	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		buf[--n] = '\0';
+	log_write(level, NULL, "lws: %s", buf);
+}

@@ -1,0 +1,81 @@
+#include "metrics.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "jsonw.h"
+
+static const char *const metrics_refusal_names[METRICS_REFUSED_COUNT] = {
+	"max_connections", "max_connections_per_ip", "origin", "shutting_down",
+};
+
+/* printf into the writer's buffer as plain text (the writer only grows it). */
+static void metrics_printf(struct jsonw *w, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void metrics_printf(struct jsonw *w, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(line))
+		n = sizeof(line) - 1;
+	jsonw_append(w, line, (size_t)n);
+}
+
+static void metrics_one(struct jsonw *w, const char *name, const char *type,
+			const char *help, uint64_t v)
+{
+	metrics_printf(w, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n",
+		       name, help, name, type, name, v);
+}
+
+struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
+			      const char *node_id)
+{
+	struct jsonw w;
+	int i;
+
+	jsonw_init(&w, 4096);
+	metrics_printf(&w, "# HELP chatd_info Build and node information.\n# TYPE chatd_info gauge\n"
+		       "chatd_info{version=\"%s\",node=\"%s\"} 1\n", CHATD_VERSION, node_id);
+	metrics_printf(&w, "# HELP chatd_start_time_seconds Unix time the process started.\n"
+		       "# TYPE chatd_start_time_seconds gauge\nchatd_start_time_seconds %.3f\n",
+		       g->start_time);
+	metrics_one(&w, "chatd_connections", "gauge", "Open WebSocket connections.", g->connections);
+	metrics_one(&w, "chatd_sessions", "gauge", "Sessions that completed hello.", g->sessions);
+	metrics_one(&w, "chatd_rooms", "gauge", "Rooms held in memory.", g->rooms);
+	metrics_one(&w, "chatd_queue_bytes", "gauge", "Bytes held in all send queues.", g->queue_bytes);
+	metrics_one(&w, "chatd_queue_messages", "gauge", "Frames held in all send queues.", g->queued_messages);
+	metrics_one(&w, "chatd_connections_total", "counter", "WebSocket connections accepted.", m->connections_total);
+	metrics_one(&w, "chatd_frames_in_total", "counter", "Text frames received.", m->frames_in);
+	metrics_one(&w, "chatd_frames_out_total", "counter", "Frames written to clients.", m->frames_out);
+	metrics_one(&w, "chatd_messages_in_total", "counter", "Messages accepted (send and dm).", m->messages_in);
+	metrics_one(&w, "chatd_messages_out_total", "counter", "Message and direct events queued to recipients.", m->messages_out);
+	metrics_one(&w, "chatd_slow_consumer_closes_total", "counter", "Sessions closed because their send queue was full.", m->slow_consumer_closes);
+	metrics_one(&w, "chatd_slow_consumer_drops_total", "counter", "Queued message events dropped by the drop_oldest policy.", m->slow_consumer_drops);
+	metrics_one(&w, "chatd_heartbeat_evictions_total", "counter", "Connections closed for missing heartbeats.", m->heartbeat_evictions);
+	metrics_one(&w, "chatd_handshake_timeouts_total", "counter", "Connections closed for not sending hello in time.", m->handshake_timeouts);
+	metrics_one(&w, "chatd_rate_limited_total", "counter", "Commands refused by the rate limit.", m->rate_limited);
+	metrics_one(&w, "chatd_reloads_total", "counter", "Successful configuration reloads.", m->reloads);
+	metrics_one(&w, "chatd_reload_failures_total", "counter", "Configuration reloads refused (old config kept).", m->reload_failures);
+	metrics_printf(&w, "# HELP chatd_connections_refused_total WebSocket upgrades refused, by reason.\n"
+		       "# TYPE chatd_connections_refused_total counter\n");
+	for (i = 0; i < METRICS_REFUSED_COUNT; i++)
+		metrics_printf(&w, "chatd_connections_refused_total{reason=\"%s\"} %" PRIu64 "\n",
+			       metrics_refusal_names[i], m->refused[i]);
+	metrics_printf(&w, "# HELP chatd_errors_total Error replies sent, by code.\n"
+		       "# TYPE chatd_errors_total counter\n");
+	for (i = 1; i < PROTO_ERR_COUNT; i++)
+		metrics_printf(&w, "chatd_errors_total{code=\"%s\"} %" PRIu64 "\n",
+			       proto_err_name((enum proto_err)i), m->errors[i]);
+	return jsonw_finish(&w);
+}

@@ -1,0 +1,273 @@
+#include "proto.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+static const char *const proto_err_names[PROTO_ERR_COUNT] = {
+	"ok", "bad_request", "not_authenticated", "forbidden", "not_found",
+	"conflict", "rate_limited", "too_large", "unavailable", "internal",
+};
+
+static const struct {
+	const char *name;
+	enum proto_type type;
+} proto_types[] = {
+	{ "hello", PROTO_HELLO },     { "join", PROTO_JOIN },
+	{ "leave", PROTO_LEAVE },     { "send", PROTO_SEND },
+	{ "dm", PROTO_DM },           { "history", PROTO_HISTORY },
+	{ "members", PROTO_MEMBERS }, { "ping", PROTO_PING },
+};
+
+const char *proto_err_name(enum proto_err code)
+{
+	return code < PROTO_ERR_COUNT ? proto_err_names[code] : "internal";
+}
+
+const char *proto_type_name(enum proto_type type)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(proto_types) / sizeof(proto_types[0]); i++)
+		if (proto_types[i].type == type)
+			return proto_types[i].name;
+	return "?";
+}
+
+static int proto_charset(const char *p, size_t len, size_t max, const char *extra)
+{
+	size_t i;
+
+	if (len < 1 || len > max)
+		return 0;
+	for (i = 0; i < len; i++) {
+		char c = p[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || (c && strchr(extra, c))))
+			return 0;
+	}
+	return 1;
+}
+
+int proto_valid_name(const char *p, size_t len)
+{
+	return proto_charset(p, len, PROTO_NAME_MAX, "_.-");
+}
+
+int proto_valid_room(const char *p, size_t len)
+{
+	return proto_charset(p, len, PROTO_ROOM_MAX, "_.:-");
+}
+
+static int proto_fail(struct proto_error *err, enum proto_err code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int proto_fail(struct proto_error *err, enum proto_err code, const char *fmt, ...)
+{
+	va_list ap;
+
+	err->code = code;
+	va_start(ap, fmt);
+	vsnprintf(err->message, sizeof(err->message), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/*
+ * cJSON decodes "\u0000" into a NUL byte inside a C string, which would
+ * silently cut the string short. Refuse such input instead of losing data:
+ * a \u0000 escape is a "u0000" preceded by an odd run of backslashes.
+ */
+static int proto_has_nul_escape(const char *data, size_t len)
+{
+	size_t i;
+
+	for (i = 1; i + 5 <= len; i++) {
+		size_t k, bs = 0;
+		if (data[i] != 'u' || memcmp(data + i, "u0000", 5) != 0)
+			continue;
+		for (k = i; k > 0 && data[k - 1] == '\\'; k--)
+			bs++;
+		if (bs % 2 == 1)
+			return 1;
+	}
+	return 0;
+}
+
+/* Optional string field; -1 if present but not a string or too long/short. */
+static int proto_get_str(const cJSON *obj, const char *key, size_t min, size_t max,
+			 struct proto_str *out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+	out->p = NULL;
+	out->len = 0;
+	if (!it)
+		return 0;
+	if (!cJSON_IsString(it) || !it->valuestring)
+		return -1;
+	out->p = it->valuestring;
+	out->len = strlen(it->valuestring);
+	if (out->len < min || out->len > max)
+		return -1;
+	return 1;
+}
+
+/* Optional non-negative integer field (JSON numbers are doubles: exact up to 2^53). */
+static int proto_get_u64(const cJSON *obj, const char *key, uint64_t *out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+	double v;
+
+	if (!it)
+		return 0;
+	if (!cJSON_IsNumber(it))
+		return -1;
+	v = it->valuedouble;
+	if (!(v >= 0) || v > 9007199254740992.0 || floor(v) != v)
+		return -1;
+	*out = (uint64_t)v;
+	return 1;
+}
+
+static int proto_need_room(const cJSON *o, struct proto_cmd *cmd, struct proto_error *err)
+{
+	int r = proto_get_str(o, "room", 1, PROTO_ROOM_MAX, &cmd->room);
+
+	if (r <= 0 || !proto_valid_room(cmd->room.p, cmd->room.len))
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST,
+				  "room must be 1..64 bytes of [A-Za-z0-9_.:-]");
+	return 0;
+}
+
+static int proto_need_id_body(const cJSON *o, size_t max_body, struct proto_cmd *cmd,
+			      struct proto_error *err)
+{
+	const cJSON *body;
+
+	if (proto_get_str(o, "id", 1, PROTO_ID_MAX, &cmd->id) <= 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "id must be a string of 1..64 bytes");
+	body = cJSON_GetObjectItemCaseSensitive(o, "body");
+	if (!cJSON_IsString(body) || !body->valuestring)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "body must be a string");
+	cmd->body.p = body->valuestring;
+	cmd->body.len = strlen(body->valuestring);
+	if (cmd->body.len > max_body)
+		return proto_fail(err, PROTO_ERR_TOO_LARGE, "body is %zu bytes, the limit is %zu",
+				  cmd->body.len, max_body);
+	return 0;
+}
+
+static int proto_decode_fields(const cJSON *o, size_t max_body, struct proto_cmd *cmd,
+			       struct proto_error *err)
+{
+	const cJSON *lim;
+	uint64_t v;
+	int r;
+
+	switch (cmd->type) {
+	case PROTO_HELLO:
+		if (proto_get_str(o, "token", 1, 8192, &cmd->token) < 0)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "token must be a string");
+		r = proto_get_str(o, "name", 1, PROTO_NAME_MAX, &cmd->name);
+		if (r < 0 || (r == 1 && !proto_valid_name(cmd->name.p, cmd->name.len)) ||
+		    (r == 0 && !cmd->token.p))
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST,
+					  "name must be 1..32 bytes of [A-Za-z0-9_.-]");
+		return 0;
+	case PROTO_JOIN:
+		if (proto_need_room(o, cmd, err))
+			return -1;
+		if ((r = proto_get_u64(o, "since", &cmd->since)) < 0)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "since must be an integer >= 0");
+		cmd->has_since = r;
+		if (proto_get_str(o, "epoch", 0, PROTO_EPOCH_MAX, &cmd->epoch) < 0)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "epoch must be a string");
+		return 0;
+	case PROTO_LEAVE:
+	case PROTO_MEMBERS:
+		return proto_need_room(o, cmd, err);
+	case PROTO_SEND:
+		if (proto_need_room(o, cmd, err))
+			return -1;
+		return proto_need_id_body(o, max_body, cmd, err);
+	case PROTO_DM:
+		r = proto_get_str(o, "to", 1, PROTO_NAME_MAX, &cmd->to);
+		if (r <= 0 || !proto_valid_name(cmd->to.p, cmd->to.len))
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST,
+					  "to must be 1..32 bytes of [A-Za-z0-9_.-]");
+		return proto_need_id_body(o, max_body, cmd, err);
+	case PROTO_HISTORY:
+		if (proto_need_room(o, cmd, err))
+			return -1;
+		if ((r = proto_get_u64(o, "before", &cmd->before)) < 0)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "before must be an integer >= 0");
+		cmd->has_before = r;
+		if ((r = proto_get_u64(o, "after", &cmd->after)) < 0)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "after must be an integer >= 0");
+		cmd->has_after = r;
+		if (cmd->has_before && cmd->has_after)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "give before or after, not both");
+		cmd->limit = PROTO_HISTORY_DEFAULT;
+		lim = cJSON_GetObjectItemCaseSensitive(o, "limit");
+		if (lim) {
+			if (proto_get_u64(o, "limit", &v) <= 0 || v < 1)
+				return proto_fail(err, PROTO_ERR_BAD_REQUEST, "limit must be an integer >= 1");
+			cmd->limit = v > PROTO_HISTORY_MAX ? PROTO_HISTORY_MAX : (unsigned)v;
+		}
+		return 0;
+	case PROTO_PING:
+		return 0;
+	}
+	return proto_fail(err, PROTO_ERR_INTERNAL, "unhandled type");
+}
+
+int proto_decode(const char *data, size_t len, size_t max_body,
+		 struct proto_cmd *cmd, struct proto_error *err)
+{
+	const cJSON *type, *ref;
+	cJSON *root;
+	size_t i;
+
+	memset(cmd, 0, sizeof(*cmd));
+	err->code = PROTO_OK;
+	err->message[0] = '\0';
+
+	root = cJSON_ParseWithLength(data, len);
+	if (!root)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "invalid JSON");
+	cmd->json = root;
+	if (!cJSON_IsObject(root))
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "a frame must be a JSON object");
+
+	/* ref first, so that every later error can echo it. */
+	ref = cJSON_GetObjectItemCaseSensitive(root, "ref");
+	if (ref) {
+		if (!cJSON_IsString(ref) || strlen(ref->valuestring) > PROTO_REF_MAX)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "ref must be a string of at most 64 bytes");
+		cmd->ref.p = ref->valuestring;
+		cmd->ref.len = strlen(ref->valuestring);
+	}
+	if (proto_has_nul_escape(data, len))
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "strings must not contain \\u0000");
+
+	type = cJSON_GetObjectItemCaseSensitive(root, "type");
+	if (!cJSON_IsString(type))
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "missing string field \"type\"");
+	for (i = 0; i < sizeof(proto_types) / sizeof(proto_types[0]); i++) {
+		if (strcmp(type->valuestring, proto_types[i].name) == 0) {
+			cmd->type = proto_types[i].type;
+			return proto_decode_fields(root, max_body, cmd, err);
+		}
+	}
+	return proto_fail(err, PROTO_ERR_BAD_REQUEST, "unknown type \"%.32s\"", type->valuestring);
+}
+
+void proto_cmd_free(struct proto_cmd *cmd)
+{
+	cJSON_Delete(cmd->json);
+	cmd->json = NULL;
+}

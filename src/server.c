@@ -1,0 +1,670 @@
+/*
+ * server.c - libwebsockets on chatd's libev loop.
+ *
+ * One lws protocol ("chat.v1") serves both HTTP and WebSocket, so a client
+ * that offers no subprotocol still gets v1. Per-connection state lives in
+ * lws' per-session data (struct conn); lws allocates and frees that memory,
+ * chatd owns what hangs off it and releases it in conn_release() only.
+ */
+#include "server.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libwebsockets.h>
+#include <uthash.h>
+
+#include "log.h"
+#include "proto.h"
+#include "session.h"
+
+static_assert(LWS_PRE <= MSGBUF_HEADROOM, "msgbuf headroom must hold LWS_PRE");
+
+/* Frames written per writable event before yielding to other connections. */
+#define SERVER_WRITE_BATCH 64
+/* A requested close that cannot be written (peer not reading) is forced
+ * after this many seconds. */
+#define SERVER_CLOSE_GRACE 1
+/* Reassembly buffers above this size are freed after each message. */
+#define SERVER_RX_KEEP 16384
+/* fds kept free for the listener, logs and later engines. */
+#define SERVER_FD_RESERVE 64
+
+struct server_ip {
+	char ip[48];
+	uint32_t count;
+	UT_hash_handle hh;
+};
+
+struct conn {
+	struct lws *wsi;
+	struct server *srv;
+	struct session *sess;          /* owned by the hub; NULL after release */
+	struct server_ip *ip;          /* per-IP count entry */
+	struct conn *prev, *next;      /* srv->conns */
+	ev_timer timer;                /* handshake deadline and heartbeat */
+	double opened, last_rx, last_ping;
+	char *rx;                      /* reassembly of a fragmented message */
+	size_t rx_len, rx_cap;
+	struct msgbuf *http_body;      /* HTTP response waiting for HTTP_WRITEABLE */
+	uint16_t close_code;           /* != 0: close requested */
+	char close_reason[32];
+	unsigned ping_due : 1;
+	unsigned close_flush : 1;      /* write the queue out before closing */
+	unsigned established : 1;
+};
+
+struct server {
+	struct ev_loop *loop;
+	const struct config *cfg;
+	struct metrics *m;
+	struct hub *hub;
+	struct lws_context *ctx;
+	struct lws_vhost *vh;
+	void *foreign_loops[1];
+	struct conn *conns;
+	size_t nconns;
+	long max_conns;                /* min(max_connections, what fits in fds) */
+	long fd_limit;
+	struct server_ip *ips;
+	int port;
+	int draining;
+	void (*on_drained)(void *);
+	void *drained_arg;
+	double started;
+};
+
+/* ---- transport callbacks for the hub ----------------------------------- */
+
+static void server_tp_wake(void *ctx, void *conn)
+{
+	struct conn *c = conn;
+
+	lws_callback_on_writable(c->wsi);
+}
+
+static void conn_request_close(struct conn *c, int code, const char *reason, int flush, int grace)
+{
+	if (c->close_code)
+		return;
+	c->close_code = (uint16_t)code;
+	c->close_flush = flush ? 1 : 0;
+	snprintf(c->close_reason, sizeof(c->close_reason), "%s", reason);
+	lws_callback_on_writable(c->wsi);
+	/* If the peer never lets us write the close frame, lws drops it. */
+	lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, grace);
+}
+
+static void server_tp_close(void *ctx, void *conn, int code, const char *reason)
+{
+	conn_request_close(conn, code, reason, 0, SERVER_CLOSE_GRACE);
+}
+
+static double server_tp_now(void *ctx)
+{
+	struct server *srv = ctx;
+
+	return ev_now(srv->loop);
+}
+
+/* ---- per-connection timer ---------------------------------------------- */
+
+/*
+ * One libev timer per connection, re-armed for its next deadline (handshake,
+ * next ping, heartbeat timeout). libev keeps timers in a heap, so the cost
+ * is O(log n) per re-arm and nothing runs per tick for idle connections.
+ * Incoming frames only store a timestamp; the timer checks it lazily.
+ */
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct conn *c = w->data;
+	struct server *srv = c->srv;
+	const struct config *cfg = srv->cfg;
+	double now = ev_now(loop), next;
+	int authed = session_authenticated(c->sess);
+
+	if (c->close_code)
+		return;
+	if (!authed && now - c->opened >= cfg->handshake_timeout) {
+		srv->m->handshake_timeouts++;
+		log_info(c->sess->id, "no hello within %.3gs; closing", cfg->handshake_timeout);
+		hub_session_close(srv->hub, c->sess, 1008, "handshake timeout");
+		return;
+	}
+	if (now - c->last_rx >= cfg->heartbeat_timeout) {
+		srv->m->heartbeat_evictions++;
+		log_info(c->sess->id, "nothing received for %.3gs; evicting", now - c->last_rx);
+		hub_session_close(srv->hub, c->sess, 1001, "heartbeat timeout");
+		return;
+	}
+	if (now - c->last_ping >= cfg->heartbeat_interval) {
+		c->ping_due = 1;
+		c->last_ping = now;
+		lws_callback_on_writable(c->wsi);
+	}
+	next = fmin(c->last_ping + cfg->heartbeat_interval, c->last_rx + cfg->heartbeat_timeout);
+	if (!authed)
+		next = fmin(next, c->opened + cfg->handshake_timeout);
+	next -= now;
+	ev_timer_set(w, next > 0.001 ? next : 0.001, 0.);
+	ev_timer_start(loop, w);
+}
+
+/* ---- connection lifecycle ---------------------------------------------- */
+
+static struct server_ip *server_ip_get(struct server *srv, const char *ip)
+{
+	struct server_ip *e = NULL;
+
+	HASH_FIND_STR(srv->ips, ip, e);
+	return e;
+}
+
+static void conn_http_reset(struct conn *c)
+{
+	if (c && c->http_body) {
+		msgbuf_unref(c->http_body);
+		c->http_body = NULL;
+	}
+}
+
+static int conn_open(struct server *srv, struct lws *wsi, struct conn *c)
+{
+	char ip[48];
+	double now = ev_now(srv->loop);
+
+	conn_http_reset(c);
+	memset(c, 0, sizeof(*c));
+	c->wsi = wsi;
+	c->srv = srv;
+	lws_get_peer_simple(wsi, ip, sizeof(ip));
+	c->ip = server_ip_get(srv, ip);
+	if (!c->ip) {
+		c->ip = calloc(1, sizeof(*c->ip));
+		if (!c->ip)
+			return -1;
+		snprintf(c->ip->ip, sizeof(c->ip->ip), "%s", ip);
+		HASH_ADD_STR(srv->ips, ip, c->ip);
+	}
+	c->ip->count++;
+	c->sess = hub_session_register(srv->hub, c);
+	if (!c->sess) {
+		log_error(NULL, "out of memory registering a session from %s", ip);
+		if (--c->ip->count == 0) {
+			HASH_DEL(srv->ips, c->ip);
+			free(c->ip);
+		}
+		return -1;
+	}
+	c->next = srv->conns;
+	if (c->next)
+		c->next->prev = c;
+	srv->conns = c;
+	srv->nconns++;
+	srv->m->connections_total++;
+	c->opened = c->last_rx = c->last_ping = now;
+	c->established = 1;
+	ev_timer_init(&c->timer, conn_timer_cb, 0., 0.);
+	c->timer.data = c;
+	ev_timer_set(&c->timer, fmin(srv->cfg->handshake_timeout, srv->cfg->heartbeat_interval), 0.);
+	ev_timer_start(srv->loop, &c->timer);
+	log_debug(c->sess->id, "connected from %s", ip);
+	return 0;
+}
+
+/* The one release path of a connection, whatever ended it. Idempotent:
+ * lws reports both CLOSED and WSI_DESTROY. */
+static void conn_release(struct server *srv, struct conn *c)
+{
+	conn_http_reset(c);
+	if (!c->established)
+		return;
+	c->established = 0;
+	ev_timer_stop(srv->loop, &c->timer);
+	free(c->rx);
+	c->rx = NULL;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		srv->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	srv->nconns--;
+	if (--c->ip->count == 0) {
+		HASH_DEL(srv->ips, c->ip);
+		free(c->ip);
+	}
+	c->ip = NULL;
+	log_debug(c->sess->id, "released");
+	hub_session_unregister(srv->hub, c->sess);
+	c->sess = NULL;
+	if (srv->draining && srv->nconns == 0 && srv->on_drained) {
+		void (*cb)(void *) = srv->on_drained;
+		srv->on_drained = NULL;
+		cb(srv->drained_arg);
+	}
+}
+
+static int conn_close_now(struct lws *wsi, enum lws_close_status code, const char *reason)
+{
+	lws_close_reason(wsi, code, (unsigned char *)reason, strlen(reason));
+	return -1;
+}
+
+static int conn_receive(struct server *srv, struct conn *c, const char *in, size_t len)
+{
+	size_t max = (size_t)srv->cfg->max_frame_bytes;
+	size_t remaining;
+
+	c->last_rx = ev_now(srv->loop);
+	if (!c->established || c->close_code)
+		return 0;
+	if (lws_frame_is_binary(c->wsi))
+		return conn_close_now(c->wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
+				      "binary frames are not supported");
+	remaining = lws_remaining_packet_payload(c->wsi);
+	if (c->rx_len + len + remaining > max)
+		return conn_close_now(c->wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message too big");
+	if (c->rx_len == 0 && lws_is_final_fragment(c->wsi)) {
+		/* The common case: a whole message in one piece, no copy. */
+		hub_session_input(srv->hub, c->sess, in, len);
+		return 0;
+	}
+	if (c->rx_len + len > c->rx_cap) {
+		size_t cap = c->rx_cap ? c->rx_cap : 1024;
+		char *p;
+		while (cap < c->rx_len + len)
+			cap *= 2;
+		if (cap > max)
+			cap = max;
+		p = realloc(c->rx, cap);
+		if (!p)
+			return conn_close_now(c->wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+		c->rx = p;
+		c->rx_cap = cap;
+	}
+	memcpy(c->rx + c->rx_len, in, len);
+	c->rx_len += len;
+	if (!lws_is_final_fragment(c->wsi))
+		return 0;
+	hub_session_input(srv->hub, c->sess, c->rx, c->rx_len);
+	c->rx_len = 0;
+	if (c->rx_cap > SERVER_RX_KEEP) {
+		free(c->rx);
+		c->rx = NULL;
+		c->rx_cap = 0;
+	}
+	return 0;
+}
+
+/* SERVER_WRITEABLE: a pending ping first, then as many queued frames as the
+ * socket takes (up to a batch), then a requested close once the queue is
+ * empty (or at once when the close does not flush). */
+static int conn_write(struct server *srv, struct conn *c)
+{
+	unsigned char ping[LWS_PRE + 1];
+	struct msgbuf *mb;
+	int n;
+
+	if (!c->established)
+		return -1;
+	if (c->ping_due) {
+		c->ping_due = 0;
+		if (lws_write(c->wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+			return -1;
+		if (lws_send_pipe_choked(c->wsi)) {
+			lws_callback_on_writable(c->wsi);
+			return 0;
+		}
+	}
+	if (c->close_code && !c->close_flush)
+		return conn_close_now(c->wsi, c->close_code, c->close_reason);
+	for (n = 0; n < SERVER_WRITE_BATCH && (mb = hub_session_peek(c->sess)); n++) {
+		if (lws_write(c->wsi, mb->data, mb->len, LWS_WRITE_TEXT) < 0)
+			return -1;
+		hub_session_pop(srv->hub, c->sess);
+		if (lws_send_pipe_choked(c->wsi))
+			break;
+	}
+	if (hub_session_peek(c->sess)) {
+		lws_callback_on_writable(c->wsi);
+		return 0;
+	}
+	if (c->close_code)
+		return conn_close_now(c->wsi, c->close_code, c->close_reason);
+	return 0;
+}
+
+/* ---- admission ---------------------------------------------------------- */
+
+static int server_refuse(struct server *srv, struct lws *wsi, unsigned status,
+			 enum metrics_refusal why, const char *what)
+{
+	char ip[48];
+
+	srv->m->refused[why]++;
+	lws_get_peer_simple(wsi, ip, sizeof(ip));
+	log_info(NULL, "refused WebSocket upgrade from %s: %s", ip, what);
+	if (lws_return_http_status(wsi, status, what))
+		return -1;
+	return 1;
+}
+
+static int server_origin_allowed(const struct config *cfg, struct lws *wsi)
+{
+	char origin[256];
+	size_t i;
+
+	if (!cfg->allowed_origins_count)
+		return 1;
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) >= (int)sizeof(origin) ||
+	    lws_hdr_copy(wsi, origin, sizeof(origin), WSI_TOKEN_ORIGIN) <= 0)
+		return 0;
+	for (i = 0; i < cfg->allowed_origins_count; i++)
+		if (strcmp(origin, cfg->allowed_origins[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/* HTTP_CONFIRM_UPGRADE: >0 refused with a response, <0 hang up, 0 go on. */
+static int server_admit(struct server *srv, struct lws *wsi)
+{
+	const struct config *cfg = srv->cfg;
+	struct server_ip *e;
+	char uri[64], ip[48];
+
+	if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, "/ws") != 0) {
+		if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, "WebSocket endpoint is /ws"))
+			return -1;
+		return 1;
+	}
+	if (srv->draining)
+		return server_refuse(srv, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE,
+				     METRICS_REFUSED_SHUTTING_DOWN, "server is shutting down");
+	if (!server_origin_allowed(cfg, wsi))
+		return server_refuse(srv, wsi, HTTP_STATUS_FORBIDDEN, METRICS_REFUSED_ORIGIN,
+				     "origin not allowed");
+	if ((long)srv->nconns >= srv->max_conns)
+		return server_refuse(srv, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE,
+				     METRICS_REFUSED_MAX_CONNECTIONS, "too many connections");
+	if (cfg->max_connections_per_ip > 0) {
+		lws_get_peer_simple(wsi, ip, sizeof(ip));
+		e = server_ip_get(srv, ip);
+		if (e && (long)e->count >= cfg->max_connections_per_ip)
+			return server_refuse(srv, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE,
+					     METRICS_REFUSED_MAX_PER_IP, "too many connections from this address");
+	}
+	return 0;
+}
+
+/* ---- HTTP --------------------------------------------------------------- */
+
+static const char server_index_html[] =
+	"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+	"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+	"<title>chatd</title></head><body><h1>chatd</h1>"
+	"<p>This is a chatd server. Connect a WebSocket client to <code>/ws</code> "
+	"(subprotocol <code>chat.v1</code>). Health: <a href=\"/healthz\">/healthz</a>, "
+	"metrics: <a href=\"/metrics\">/metrics</a>.</p></body></html>\n";
+
+static struct msgbuf *server_healthz(struct server *srv)
+{
+	char body[256];
+	int n = snprintf(body, sizeof(body),
+			 "{\"status\":\"%s\",\"node\":\"%s\",\"connections\":%zu,\"sessions\":%llu}\n",
+			 srv->draining ? "shutting_down" : "ok", srv->cfg->node_id, srv->nconns,
+			 (unsigned long long)hub_session_count(srv->hub));
+
+	return msgbuf_from(body, (size_t)n);
+}
+
+static struct msgbuf *server_metrics(struct server *srv)
+{
+	struct metrics_gauges g = {
+		.connections = srv->nconns,
+		.sessions = hub_session_count(srv->hub),
+		.rooms = hub_room_count(srv->hub),
+		.queue_bytes = hub_queue_bytes(srv->hub),
+		.queued_messages = hub_queue_messages(srv->hub),
+		.start_time = srv->started,
+	};
+
+	return metrics_render(srv->m, &g, srv->cfg->node_id);
+}
+
+static int server_http(struct server *srv, struct lws *wsi, struct conn *c, const char *uri)
+{
+	unsigned char hdr[LWS_PRE + 1024], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof(hdr) - 1;
+	unsigned status = HTTP_STATUS_OK;
+	const char *type;
+	struct msgbuf *body;
+
+	if (!c)
+		return -1;
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
+		if (lws_return_http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, "only GET is served"))
+			return -1;
+		return lws_http_transaction_completed(wsi) ? -1 : 0;
+	}
+	if (strcmp(uri, "/healthz") == 0) {
+		body = server_healthz(srv);
+		type = "application/json";
+		if (srv->draining)
+			status = HTTP_STATUS_SERVICE_UNAVAILABLE;
+	} else if (strcmp(uri, "/metrics") == 0) {
+		body = server_metrics(srv);
+		type = "text/plain; version=0.0.4; charset=utf-8";
+	} else if (strcmp(uri, "/") == 0) {
+		body = msgbuf_from(server_index_html, sizeof(server_index_html) - 1);
+		type = "text/html; charset=utf-8";
+	} else {
+		if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, "not found"))
+			return -1;
+		return lws_http_transaction_completed(wsi) ? -1 : 0;
+	}
+	if (!body)
+		return -1;
+	if (lws_add_http_common_headers(wsi, status, type, body->len, &p, end) ||
+	    lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+					(const unsigned char *)"no-store", 8, &p, end) ||
+	    lws_add_http_header_by_name(wsi, (const unsigned char *)"x-content-type-options:",
+					(const unsigned char *)"nosniff", 7, &p, end) ||
+	    lws_finalize_write_http_header(wsi, start, &p, end)) {
+		msgbuf_unref(body);
+		return -1;
+	}
+	conn_http_reset(c);
+	c->http_body = body;
+	lws_callback_on_writable(wsi);
+	return 0;
+}
+
+static int server_http_write(struct lws *wsi, struct conn *c)
+{
+	int n;
+
+	if (!c || !c->http_body)
+		return 0;
+	n = lws_write(wsi, c->http_body->data, c->http_body->len, LWS_WRITE_HTTP_FINAL);
+	conn_http_reset(c);
+	if (n < 0)
+		return -1;
+	return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+/* ---- the lws callback --------------------------------------------------- */
+
+static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
+			   void *user, void *in, size_t len)
+{
+	struct server *srv = lws_context_user(lws_get_context(wsi));
+	struct conn *c = user;
+
+	switch (reason) {
+	case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+		/* Draining: stop accepting at the socket. */
+		return srv->draining ? -1 : 0;
+	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+		return server_admit(srv, wsi);
+	case LWS_CALLBACK_HTTP:
+		return server_http(srv, wsi, c, in);
+	case LWS_CALLBACK_HTTP_WRITEABLE:
+		return server_http_write(wsi, c);
+	case LWS_CALLBACK_CLOSED_HTTP:
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		conn_http_reset(c);
+		break;
+	case LWS_CALLBACK_ESTABLISHED:
+		return conn_open(srv, wsi, c);
+	case LWS_CALLBACK_RECEIVE:
+		return c ? conn_receive(srv, c, in, len) : -1;
+	case LWS_CALLBACK_RECEIVE_PONG:
+		if (c)
+			c->last_rx = ev_now(srv->loop);
+		break;
+	case LWS_CALLBACK_SERVER_WRITEABLE:
+		return c ? conn_write(srv, c) : -1;
+	case LWS_CALLBACK_CLOSED:
+	case LWS_CALLBACK_WSI_DESTROY:
+		if (c)
+			conn_release(srv, c);
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+static const struct lws_protocols server_protocols[] = {
+	{ PROTO_SUBPROTOCOL, server_callback, sizeof(struct conn), 0, 0, NULL, 0 },
+	{ NULL, NULL, 0, 0, 0, NULL, 0 }
+};
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static void server_apply_limits(struct server *srv)
+{
+	long fit = srv->fd_limit - SERVER_FD_RESERVE;
+
+	srv->max_conns = srv->cfg->max_connections;
+	if (srv->fd_limit > 0 && fit < srv->max_conns) {
+		log_warn(NULL, "server.max_connections = %ld does not fit in the open-files limit (%ld): "
+			 "at most %ld connections will be accepted; raise LimitNOFILE / ulimit -n or "
+			 "lower max_connections", srv->cfg->max_connections, srv->fd_limit,
+			 fit > 0 ? fit : 0);
+		srv->max_conns = fit > 0 ? fit : 0;
+	}
+}
+
+struct server *server_new(struct ev_loop *loop, const struct config *cfg,
+			  struct metrics *metrics, long fd_limit, char *err, size_t errlen)
+{
+	struct lws_context_creation_info info;
+	struct hub_transport tp;
+	struct server *srv = calloc(1, sizeof(*srv));
+	int lws_levels = LLL_ERR | LLL_WARN;
+
+	if (!srv) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	srv->loop = loop;
+	srv->cfg = cfg;
+	srv->m = metrics;
+	srv->fd_limit = fd_limit;
+	srv->started = ev_time();
+	server_apply_limits(srv);
+	tp.wake = server_tp_wake;
+	tp.close = server_tp_close;
+	tp.now = server_tp_now;
+	tp.ctx = srv;
+	srv->hub = hub_new(cfg, &tp, metrics);
+	if (!srv->hub) {
+		snprintf(err, errlen, "out of memory");
+		free(srv);
+		return NULL;
+	}
+
+	/* lws' notice level is chatty; it joins chatd's log at debug only. */
+	if (cfg->log_level >= CONFIG_LOG_DEBUG)
+		lws_levels |= LLL_NOTICE;
+	lws_set_log_level(lws_levels, log_lws_emit);
+
+	memset(&info, 0, sizeof(info));
+	srv->foreign_loops[0] = loop;
+	info.options = LWS_SERVER_OPTION_LIBEV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
+		       LWS_SERVER_OPTION_VALIDATE_UTF8;
+	info.foreign_loops = srv->foreign_loops;
+	info.user = srv;
+	info.max_http_header_pool = 256;
+	info.timeout_secs_ah_idle = (unsigned)ceil(cfg->handshake_timeout);
+	srv->ctx = lws_create_context(&info);
+	if (!srv->ctx) {
+		snprintf(err, errlen, "cannot create the libwebsockets context (libev support missing?)");
+		hub_free(srv->hub);
+		free(srv);
+		return NULL;
+	}
+
+	info.port = cfg->port;   /* 0: the kernel picks one; see server_port() */
+	info.iface = cfg->listen;
+	info.protocols = server_protocols;
+	info.vhost_name = "chatd";
+	info.timeout_secs = (unsigned)ceil(cfg->handshake_timeout);
+	if (!strchr(cfg->listen, ':'))
+		info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+	srv->vh = lws_create_vhost(srv->ctx, &info);
+	if (!srv->vh) {
+		snprintf(err, errlen, "cannot listen on %s port %d (address in use or not available?)",
+			 cfg->listen, cfg->port);
+		lws_context_destroy(srv->ctx);
+		hub_free(srv->hub);
+		free(srv);
+		return NULL;
+	}
+	srv->port = lws_get_vhost_listen_port(srv->vh);
+	return srv;
+}
+
+void server_reconfigure(struct server *srv, const struct config *cfg)
+{
+	srv->cfg = cfg;
+	server_apply_limits(srv);
+	hub_reconfigure(srv->hub, cfg);
+}
+
+void server_shutdown(struct server *srv, void (*on_drained)(void *), void *arg)
+{
+	struct conn *c;
+	int grace = (int)ceil(srv->cfg->shutdown_timeout);
+
+	srv->draining = 1;
+	srv->on_drained = on_drained;
+	srv->drained_arg = arg;
+	log_info(NULL, "shutting down: closing %zu connections", srv->nconns);
+	for (c = srv->conns; c; c = c->next)
+		conn_request_close(c, 1001, "server shutdown", 1, grace > 0 ? grace : 1);
+	if (srv->nconns == 0 && srv->on_drained) {
+		srv->on_drained = NULL;
+		on_drained(arg);
+	}
+}
+
+void server_free(struct server *srv)
+{
+	if (!srv)
+		return;
+	/* Destroying the context closes every wsi; each goes through
+	 * conn_release and so through hub_session_unregister. */
+	srv->on_drained = NULL;
+	lws_context_destroy(srv->ctx);
+	hub_free(srv->hub);
+	free(srv);
+}
+
+int server_port(const struct server *srv) { return srv->port; }
+size_t server_connection_count(const struct server *srv) { return srv->nconns; }
+struct hub *server_hub(struct server *srv) { return srv->hub; }

@@ -1,0 +1,211 @@
+"""HTTP on the WebSocket port: /healthz, /metrics, /, 404s, admission (503 / 403)."""
+
+import asyncio
+import json
+
+import pytest
+
+from chatd_helpers import http_get, raw_upgrade, run, scaled, wait_until
+
+METRIC_NAMES = {
+    "chatd_connections": "gauge",
+    "chatd_sessions": "gauge",
+    "chatd_rooms": "gauge",
+    "chatd_messages_in_total": "counter",
+    "chatd_messages_out_total": "counter",
+    "chatd_frames_in_total": "counter",
+    "chatd_frames_out_total": "counter",
+    "chatd_slow_consumer_closes_total": "counter",
+    "chatd_slow_consumer_drops_total": "counter",
+    "chatd_heartbeat_evictions_total": "counter",
+    "chatd_handshake_timeouts_total": "counter",
+    "chatd_rate_limited_total": "counter",
+    "chatd_queue_bytes": "gauge",
+}
+
+
+def test_healthz(server):
+    status, hdrs, body = http_get(server.port, "/healthz")
+    assert status == 200
+    doc = json.loads(body)
+    assert doc["status"] == "ok", doc
+
+
+def test_index_page_is_html(server):
+    status, hdrs, body = http_get(server.port, "/")
+    assert status == 200
+    assert hdrs.get("content-type", "").startswith("text/html"), hdrs
+    assert b"<html" in body.lower(), body[:200]
+
+
+@pytest.mark.parametrize("path", ["/nope", "/healthzz", "/metrics/x", "/index.html.bak"])
+def test_unknown_path_404(server, path):
+    status, _, _ = http_get(server.port, path)
+    assert status == 404
+
+
+@pytest.mark.parametrize("path", ["/other", "/", "/ws2", "/ws/extra", "/healthz", "/metrics"])
+def test_upgrade_on_other_path_is_404(server, path):
+    status, hdrs, body = raw_upgrade(server.port, path=path)
+    assert status == 404, (status, hdrs, body)
+    assert http_get(server.port, "/healthz")[0] == 200
+
+
+def test_metrics_names_types_and_values(server):
+    status, hdrs, body = http_get(server.port, "/metrics")
+    assert status == 200
+    assert hdrs.get("content-type", "").startswith("text/plain"), hdrs
+    m = server.metrics()
+    for name, typ in METRIC_NAMES.items():
+        assert m.get(name) is not None, "missing metric %s" % name
+        family = name[:-len("_total")] if name.endswith("_total") else name
+        assert m.types.get(name, m.types.get(family)) == typ, "# TYPE of %s: %r" % (name, m.types)
+        assert m.get(name) == 0, "%s should start at 0, is %r" % (name, m.get(name))
+    for reason in ("max_connections", "max_connections_per_ip", "origin"):
+        v = m.get("chatd_connections_refused_total", reason=reason)
+        assert v in (None, 0), (reason, v)
+
+
+def test_metrics_follow_activity(server):
+    async def main():
+        a = await server.client()
+        b = await server.client()
+        m = await asyncio.to_thread(server.metrics)
+        assert m.value("chatd_connections") == 2
+        assert m.value("chatd_sessions") == 0
+        await a.hello("alice")
+        await b.hello("bob")
+        m = await asyncio.to_thread(server.metrics)
+        assert m.value("chatd_sessions") == 2
+        assert m.value("chatd_rooms") == 0
+        await a.join("r")
+        await b.join("r")
+        await a.expect("presence")
+        m = await asyncio.to_thread(server.metrics)
+        assert m.value("chatd_rooms") == 1
+        frames_in0 = m.value("chatd_frames_in_total")
+        frames_out0 = m.value("chatd_frames_out_total")
+        assert frames_in0 >= 4 and frames_out0 >= 5, (frames_in0, frames_out0)
+
+        await a.send({"type": "send", "room": "r", "id": "1", "body": "x"})
+        await a.expect_unordered(["ack", "message"])
+        await b.expect("message")
+        m = await asyncio.to_thread(server.metrics)
+        assert m.value("chatd_messages_in_total") == 1
+        assert m.value("chatd_messages_out_total") == 2          # alice and bob
+        assert m.value("chatd_frames_in_total") >= frames_in0 + 1
+        assert m.value("chatd_frames_out_total") >= frames_out0 + 3
+
+        await a.send({"type": "dm", "to": "bob", "id": "d", "body": "y"})
+        await a.expect("ack")
+        await b.expect("direct")
+        m = await asyncio.to_thread(server.metrics)
+        assert m.value("chatd_messages_in_total") == 2
+        assert m.value("chatd_messages_out_total") == 3
+
+        # rejected commands are not messages
+        await a.send({"type": "send", "room": "nope", "id": "2", "body": "x"})
+        await a.expect_error("forbidden")
+        await a.send_text("not json")
+        await a.expect_error("bad_request")
+        await a.send_text("{}")
+        await a.expect_error("bad_request")
+        m = await asyncio.to_thread(server.metrics)
+        assert m.value("chatd_messages_in_total") == 2
+        assert m.value("chatd_errors_total", code="bad_request") == 2
+        assert m.value("chatd_errors_total", code="forbidden") == 1
+
+        await a.close()
+        await b.close()
+
+    run(main())
+    wait_until(lambda: server.metrics().value("chatd_connections") == 0, scaled(5), what="connections back to 0")
+    wait_until(lambda: server.metrics().value("chatd_sessions") == 0, scaled(5), what="sessions back to 0")
+    m = server.metrics()
+    assert m.value("chatd_queue_bytes") == 0
+    assert m.value("chatd_messages_in_total") == 2
+
+
+# ---------------------------------------------------------------------------
+# admission
+
+
+def test_max_connections_503(chatd):
+    srv = chatd({"server": {"max_connections": 2}})
+
+    async def main():
+        a = await srv.client("alice")
+        b = await srv.client()
+        status, hdrs, body = await asyncio.to_thread(raw_upgrade, srv.port)
+        assert status == 503, (status, hdrs, body)
+        # plain HTTP is not an upgrade: still served while full
+        st, _, _ = await asyncio.to_thread(http_get, srv.port, "/healthz")
+        assert st == 200
+        m = await asyncio.to_thread(srv.metrics)
+        assert m.value("chatd_connections_refused_total", reason="max_connections") == 1
+        assert m.value("chatd_connections") == 2
+        await a.ping_pong()
+        await b.close()
+
+        # a slot frees up: accepted again
+        def accepted():
+            st, _, _ = raw_upgrade(srv.port)
+            return st == 101
+        await asyncio.to_thread(wait_until, accepted, scaled(5), 0.05, "a free slot after a close")
+        c = await srv.client("carol")
+        await c.ping_pong()
+        await c.close()
+        await a.close()
+
+    run(main())
+
+
+def test_max_connections_per_ip_503(chatd):
+    srv = chatd({"server": {"max_connections_per_ip": 2, "max_connections": 100}})
+
+    async def main():
+        a = await srv.client("alice")
+        b = await srv.client("bob")
+        status, _, body = await asyncio.to_thread(raw_upgrade, srv.port)
+        assert status == 503, (status, body)
+        m = await asyncio.to_thread(srv.metrics)
+        assert m.value("chatd_connections_refused_total", reason="max_connections_per_ip") == 1
+        assert m.get("chatd_connections_refused_total", reason="max_connections") in (None, 0)
+        await a.ping_pong()
+        await b.ping_pong()
+        await a.close()
+
+        def accepted():
+            st, _, _ = raw_upgrade(srv.port)
+            return st == 101
+        await asyncio.to_thread(wait_until, accepted, scaled(5), 0.05, "a free per-ip slot")
+        await b.close()
+
+    run(main())
+
+
+def test_allowed_origins(chatd):
+    srv = chatd({"server": {"allowed_origins": ["http://good.example", "https://also.example:8443"]}})
+    status, _, _ = raw_upgrade(srv.port, origin="http://evil.example")
+    assert status == 403
+    status, _, _ = raw_upgrade(srv.port, origin="http://good.example.evil.example")
+    assert status == 403
+    r = srv.raw(origin="http://good.example")
+    r.hello("alice")
+    r2 = srv.raw(origin="https://also.example:8443")
+    r2.hello("bob")
+
+    async def main():
+        c = await srv.client("carol", origin="http://good.example")
+        await c.ping_pong()
+        await c.close()
+
+    run(main())
+    m = srv.metrics()
+    assert m.value("chatd_connections_refused_total", reason="origin") == 2
+
+
+def test_any_origin_when_list_empty(chatd):
+    srv = chatd({"server": {"allowed_origins": []}})
+    r = srv.raw(origin="http://whatever.example")
+    r.hello("alice")
