@@ -11,7 +11,7 @@ each server log.
 
 import os
 import resource
-import signal
+import signal as _signal
 import subprocess
 import time
 
@@ -156,7 +156,7 @@ class ChatdServer:
         self.stopped = True
         return rc
 
-    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+    def stop(self, sig=_signal.SIGTERM, timeout=10.0):
         """Signal and wait; returns the exit code (does not assert it)."""
         if self.stopped:
             return self.returncode
@@ -165,8 +165,6 @@ class ChatdServer:
         return self.wait_exit(scaled(timeout))
 
     def log_text(self):
-        if self.logf:
-            self.logf.flush()
         try:
             with open(self.log_path, "rb") as f:
                 return f.read().decode("utf-8", "replace")
@@ -215,6 +213,7 @@ class ChatdServer:
                 problems.append("chatd exited with %r, expected 0" % rc)
         if self.logf:
             self.logf.close()
+            self.logf = None
         found = sanitizer_report(self.log_text())
         if found:
             problems.append("sanitizer report in the chatd log: %s" % ", ".join(found))

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up, build and run chatd in the foreground with the sample config.
+# Extra arguments are passed to chatd (e.g. -c other.toml replaces the config).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/build.sh build
+if [ $# -eq 0 ]; then set -- -c conf/chatd.toml; fi
+exec build/chatd "$@"
