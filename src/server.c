@@ -20,6 +20,7 @@
 #include "log.h"
 #include "proto.h"
 #include "session.h"
+#include "webassets.h"
 
 static_assert(LWS_PRE <= MSGBUF_HEADROOM, "msgbuf headroom must hold LWS_PRE");
 
@@ -402,14 +403,6 @@ static int server_admit(struct server *srv, struct lws *wsi)
 
 /* ---- HTTP --------------------------------------------------------------- */
 
-static const char server_index_html[] =
-	"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-	"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-	"<title>chatd</title></head><body><h1>chatd</h1>"
-	"<p>This is a chatd server. Connect a WebSocket client to <code>/ws</code> "
-	"(subprotocol <code>chat.v1</code>). Health: <a href=\"/healthz\">/healthz</a>, "
-	"metrics: <a href=\"/metrics\">/metrics</a>.</p></body></html>\n";
-
 static struct msgbuf *server_healthz(struct server *srv)
 {
 	char body[256];
@@ -435,20 +428,42 @@ static struct msgbuf *server_metrics(struct server *srv)
 	return metrics_render(srv->m, &g, srv->cfg->node_id);
 }
 
+/* Headers for the web client's files: they run in the browser, so they get
+ * a strict Content-Security-Policy (no inline script, no other origins). */
+static int server_add_page_headers(struct lws *wsi, const char *type, unsigned char **p,
+				   unsigned char *end)
+{
+	static const char csp[] = "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+				  "style-src 'self'; script-src 'self'; base-uri 'none'; "
+				  "form-action 'none'; frame-ancestors 'none'";
+
+	if (strncmp(type, "text/html", 9) != 0)
+		return 0;
+	return lws_add_http_header_by_name(wsi, (const unsigned char *)"content-security-policy:",
+					   (const unsigned char *)csp, (int)strlen(csp), p, end) ||
+	       lws_add_http_header_by_name(wsi, (const unsigned char *)"referrer-policy:",
+					   (const unsigned char *)"no-referrer", 11, p, end);
+}
+
+static int server_http_status(struct lws *wsi, unsigned status, const char *what)
+{
+	if (lws_return_http_status(wsi, status, what))
+		return -1;
+	return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
 static int server_http(struct server *srv, struct lws *wsi, struct conn *c, const char *uri)
 {
-	unsigned char hdr[LWS_PRE + 1024], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof(hdr) - 1;
+	unsigned char hdr[LWS_PRE + 1536], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof(hdr) - 1;
 	unsigned status = HTTP_STATUS_OK;
+	const struct webasset *asset;
 	const char *type;
 	struct msgbuf *body;
 
 	if (!c)
 		return -1;
-	if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0) {
-		if (lws_return_http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, "only GET is served"))
-			return -1;
-		return lws_http_transaction_completed(wsi) ? -1 : 0;
-	}
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0)
+		return server_http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, "only GET is served");
 	if (strcmp(uri, "/healthz") == 0) {
 		body = server_healthz(srv);
 		type = "application/json";
@@ -457,13 +472,11 @@ static int server_http(struct server *srv, struct lws *wsi, struct conn *c, cons
 	} else if (strcmp(uri, "/metrics") == 0) {
 		body = server_metrics(srv);
 		type = "text/plain; version=0.0.4; charset=utf-8";
-	} else if (strcmp(uri, "/") == 0) {
-		body = msgbuf_from(server_index_html, sizeof(server_index_html) - 1);
-		type = "text/html; charset=utf-8";
+	} else if ((asset = webasset_find(uri))) {
+		body = msgbuf_from(asset->data, asset->len);
+		type = asset->type;
 	} else {
-		if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, "not found"))
-			return -1;
-		return lws_http_transaction_completed(wsi) ? -1 : 0;
+		return server_http_status(wsi, HTTP_STATUS_NOT_FOUND, "not found");
 	}
 	if (!body)
 		return -1;
@@ -472,6 +485,7 @@ static int server_http(struct server *srv, struct lws *wsi, struct conn *c, cons
 					(const unsigned char *)"no-store", 8, &p, end) ||
 	    lws_add_http_header_by_name(wsi, (const unsigned char *)"x-content-type-options:",
 					(const unsigned char *)"nosniff", 7, &p, end) ||
+	    server_add_page_headers(wsi, type, &p, end) ||
 	    lws_finalize_write_http_header(wsi, start, &p, end)) {
 		msgbuf_unref(body);
 		return -1;
