@@ -197,6 +197,12 @@ static int hub_global_room(struct hub *h, struct session *s, size_t len)
 			hub_slow_close(h, s, "frame larger than the global queue cap");
 			return -1;
 		}
+		if (big->closing) {
+			/* Cannot happen (closing sessions hold no queue), but a
+			 * session that frees nothing must never be picked twice. */
+			hub_q_clear(h, big);
+			continue;
+		}
 		if (h->lim.slow_consumer != CONFIG_SLOW_DROP_OLDEST ||
 		    !hub_q_drop(h, big, UINT32_MAX, big->q.bytes > excess ? big->q.bytes - excess : 0))
 			hub_slow_close(h, big, "global queue cap reached");
@@ -829,6 +835,9 @@ void hub_session_unregister(struct hub *h, struct session *s)
 	 * nothing is queued to it meanwhile. */
 	s->closing = 1;
 	log_info(s->id, "session ended%s%s", u ? " name=" : "", u ? s->name : "");
+	/* Empty the queue before the presence fan-out below: that fan-out may
+	 * hit the global cap, which must not find s among the largest queues. */
+	hub_q_clear(h, s);
 	HASH_ITER(hh_sess, s->rooms, m, tmp)
 		hub_member_leave(h, m);
 	if (u) {

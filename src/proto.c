@@ -229,6 +229,7 @@ int proto_decode(const char *data, size_t len, size_t max_body,
 		 struct proto_cmd *cmd, struct proto_error *err)
 {
 	const cJSON *type, *ref;
+	const char *end = NULL;
 	cJSON *root;
 	size_t i;
 
@@ -236,14 +237,22 @@ int proto_decode(const char *data, size_t len, size_t max_body,
 	err->code = PROTO_OK;
 	err->message[0] = '\0';
 
-	root = cJSON_ParseWithLength(data, len);
+	root = cJSON_ParseWithLengthOpts(data, len, &end, 0);
 	if (!root)
 		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "invalid JSON");
 	cmd->json = root;
+	/* One frame is exactly one JSON value: trailing data is an error.
+	 * (cJSON's own check wants a NUL inside the length; frames have none.) */
+	while (end < data + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+		end++;
+	if (end != data + len)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "invalid JSON: data after the object");
 	if (!cJSON_IsObject(root))
 		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "a frame must be a JSON object");
 
-	/* ref first, so that every later error can echo it. */
+	if (proto_has_nul_escape(data, len))
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "strings must not contain \\u0000");
+	/* ref next, so that every later error can echo it. */
 	ref = cJSON_GetObjectItemCaseSensitive(root, "ref");
 	if (ref) {
 		if (!cJSON_IsString(ref) || strlen(ref->valuestring) > PROTO_REF_MAX)
@@ -251,8 +260,6 @@ int proto_decode(const char *data, size_t len, size_t max_body,
 		cmd->ref.p = ref->valuestring;
 		cmd->ref.len = strlen(ref->valuestring);
 	}
-	if (proto_has_nul_escape(data, len))
-		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "strings must not contain \\u0000");
 
 	type = cJSON_GetObjectItemCaseSensitive(root, "type");
 	if (!cJSON_IsString(type))

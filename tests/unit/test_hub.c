@@ -1,7 +1,1373 @@
+/*
+ * test_hub.c - the hub driven through a fake transport.
+ *
+ * The fake transport records wake() and close() calls (close does NOT
+ * unregister, as the real transport defers that to its release path) and
+ * serves a clock the tests move by hand. Frames go in with
+ * hub_session_input(); output is drained with hub_session_peek/pop and
+ * parsed with cJSON. Every parsed object is kept until teardown, so tests
+ * need not free them; teardown frees the hub and checks that no msgbuf is
+ * left alive.
+ */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
-static void t(void **s){(void)s;}
-int main(void){const struct CMUnitTest ts[]={cmocka_unit_test(t)};return cmocka_run_group_tests(ts,NULL,NULL);}
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "config.h"
+#include "hub.h"
+#include "log.h"
+#include "metrics.h"
+#include "msgbuf.h"
+#include "session.h"
+
+/* ---- fake transport ----------------------------------------------------- */
+
+struct closed {
+	void *conn;
+	int code;
+	char reason[64];
+};
+
+static struct {
+	double now;
+	void *woken[4096];
+	int nwoken;
+	struct closed closes[32];
+	int nclosed;
+} fk;
+
+static void fk_wake(void *ctx, void *conn)
+{
+	(void)ctx;
+	if (fk.nwoken < (int)(sizeof fk.woken / sizeof fk.woken[0]))
+		fk.woken[fk.nwoken++] = conn;
+}
+
+static void fk_close(void *ctx, void *conn, int code, const char *reason)
+{
+	struct closed *c;
+
+	(void)ctx;
+	assert_true(fk.nclosed < (int)(sizeof fk.closes / sizeof fk.closes[0]));
+	c = &fk.closes[fk.nclosed++];
+	c->conn = conn;
+	c->code = code;
+	snprintf(c->reason, sizeof c->reason, "%s", reason);
+}
+
+static double fk_now(void *ctx)
+{
+	(void)ctx;
+	return fk.now;
+}
+
+static const struct hub_transport fake_tp = { fk_wake, fk_close, fk_now, NULL };
+
+/* ---- fixture ------------------------------------------------------------ */
+
+static struct config cfg;
+static struct metrics metrics;
+static struct hub *hub;
+static int conns[64];      /* distinct addresses used as connection handles */
+static int nconns;
+static cJSON *kept[8192];  /* parsed frames, freed at teardown */
+static int nkept;
+
+static int setup(void **state)
+{
+	(void)state;
+	memset(&fk, 0, sizeof fk);
+	memset(&metrics, 0, sizeof metrics);
+	fk.now = 1000.5;
+	hub = NULL;
+	nconns = 0;
+	nkept = 0;
+	assert_int_equal(config_defaults(&cfg), 0);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	hub_free(hub);     /* unregisters every session, drains the node pool */
+	hub = NULL;
+	while (nkept)
+		cJSON_Delete(kept[--nkept]);
+	config_free(&cfg);
+	assert_int_equal(msgbuf_live(), 0);
+	return 0;
+}
+
+/* Create the hub from cfg (tests tweak cfg first). */
+static void start(void)
+{
+	hub = hub_new(&cfg, &fake_tp, &metrics);
+	assert_non_null(hub);
+}
+
+static struct session *connect_(void)
+{
+	struct session *s;
+
+	assert_true(nconns < (int)(sizeof conns / sizeof conns[0]));
+	s = hub_session_register(hub, &conns[nconns++]);
+	assert_non_null(s);
+	return s;
+}
+
+static void in(struct session *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void in(struct session *s, const char *fmt, ...)
+{
+	char buf[8192];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	assert_true(n > 0 && n < (int)sizeof buf);
+	hub_session_input(hub, s, buf, (size_t)n);
+}
+
+/* The next output frame of s, parsed, or NULL if its queue is empty. */
+static cJSON *next(struct session *s)
+{
+	struct msgbuf *mb = hub_session_peek(s);
+	cJSON *o;
+
+	if (!mb)
+		return NULL;
+	o = cJSON_ParseWithLength((const char *)mb->data, mb->len);
+	if (!o)
+		fail_msg("output is not JSON: %.*s", (int)mb->len, mb->data);
+	assert_true(cJSON_IsObject(o));
+	assert_true(nkept < (int)(sizeof kept / sizeof kept[0]));
+	kept[nkept++] = o;
+	hub_session_pop(hub, s);
+	return o;
+}
+
+static const char *str(const cJSON *o, const char *key)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	if (!cJSON_IsString(it))
+		fail_msg("field %s is not a string in %s", key, cJSON_PrintUnformatted(o));
+	return it->valuestring;
+}
+
+static double num(const cJSON *o, const char *key)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	if (!cJSON_IsNumber(it))
+		fail_msg("field %s is not a number", key);
+	return it->valuedouble;
+}
+
+static int has(const cJSON *o, const char *key)
+{
+	return cJSON_GetObjectItemCaseSensitive(o, key) != NULL;
+}
+
+/* The next frame of s, which must be of this type. */
+static cJSON *expect(struct session *s, const char *type)
+{
+	cJSON *o = next(s);
+
+	if (!o)
+		fail_msg("expected a %s frame, the queue is empty", type);
+	if (strcmp(str(o, "type"), type) != 0) {
+		char *txt = cJSON_PrintUnformatted(o);
+		print_error("got %s\n", txt);
+		free(txt);
+		fail_msg("expected a %s frame, got %s", type, str(o, "type"));
+	}
+	return o;
+}
+
+static cJSON *expect_error(struct session *s, const char *code)
+{
+	cJSON *o = expect(s, "error");
+
+	assert_string_equal(str(o, "code"), code);
+	assert_true(strlen(str(o, "message")) > 0);
+	return o;
+}
+
+static void expect_none(struct session *s)
+{
+	cJSON *o = next(s);
+
+	if (o) {
+		char *txt = cJSON_PrintUnformatted(o);
+		print_error("unexpected %s\n", txt);
+		free(txt);
+		fail_msg("expected no output");
+	}
+}
+
+/* Pop everything s has queued; returns how many frames. */
+static int drain(struct session *s)
+{
+	int n = 0;
+
+	while (next(s))
+		n++;
+	return n;
+}
+
+static struct session *login(const char *name)
+{
+	struct session *s = connect_();
+	cJSON *w;
+
+	in(s, "{\"type\":\"hello\",\"name\":\"%s\"}", name);
+	w = expect(s, "welcome");
+	assert_string_equal(str(w, "name"), name);
+	expect_none(s);
+	return s;
+}
+
+/* Join room; returns the joined reply; drains every other member's presence. */
+static cJSON *join(struct session *s, const char *room)
+{
+	cJSON *j;
+
+	in(s, "{\"type\":\"join\",\"room\":\"%s\"}", room);
+	j = expect(s, "joined");
+	assert_string_equal(str(j, "room"), room);
+	return j;
+}
+
+static void send_msg(struct session *s, const char *room, const char *id, const char *body)
+{
+	in(s, "{\"type\":\"send\",\"room\":\"%s\",\"id\":\"%s\",\"body\":\"%s\"}", room, id, body);
+}
+
+static int names_contain(const cJSON *arr, const char *name)
+{
+	const cJSON *it;
+
+	cJSON_ArrayForEach(it, arr)
+		if (cJSON_IsString(it) && strcmp(it->valuestring, name) == 0)
+			return 1;
+	return 0;
+}
+
+static int closes_of(void *conn)
+{
+	int i, n = 0;
+
+	for (i = 0; i < fk.nclosed; i++)
+		n += fk.closes[i].conn == conn;
+	return n;
+}
+
+/* ---- hello -------------------------------------------------------------- */
+
+static void test_hello_gets_welcome(void **state)
+{
+	struct session *s;
+	cJSON *w;
+
+	start();
+	s = connect_();
+	assert_int_equal(hub_session_count(hub), 0);
+	in(s, "{\"type\":\"hello\",\"name\":\"alice\",\"ref\":\"h1\"}");
+	w = expect(s, "welcome");
+	assert_string_equal(str(w, "name"), "alice");
+	assert_string_equal(str(w, "ref"), "h1");
+	assert_string_equal(str(w, "session"), s->id);
+	assert_true(strlen(str(w, "session")) > 0);
+	assert_true(num(w, "heartbeat") == cfg.heartbeat_interval);
+	assert_string_equal(str(w, "node"), cfg.node_id);
+	expect_none(s);
+	assert_int_equal(hub_session_count(hub), 1);
+	assert_int_equal(fk.nwoken, 1);
+	assert_ptr_equal(fk.woken[0], s->conn);
+}
+
+static void test_commands_before_hello_are_not_authenticated(void **state)
+{
+	struct session *s;
+
+	start();
+	s = connect_();
+	in(s, "{\"type\":\"ping\",\"ref\":\"p\"}");
+	assert_string_equal(str(expect_error(s, "not_authenticated"), "ref"), "p");
+	in(s, "{\"type\":\"join\",\"room\":\"r\"}");
+	expect_error(s, "not_authenticated");
+	send_msg(s, "r", "1", "x");
+	expect_error(s, "not_authenticated");
+	expect_none(s);
+	assert_int_equal(fk.nclosed, 0);      /* the connection stays open */
+	assert_int_equal(metrics.errors[PROTO_ERR_NOT_AUTHENTICATED], 3);
+	in(s, "{\"type\":\"hello\",\"name\":\"alice\"}");
+	expect(s, "welcome");
+}
+
+static void test_hello_twice_is_bad_request(void **state)
+{
+	struct session *s;
+
+	start();
+	s = login("alice");
+	in(s, "{\"type\":\"hello\",\"name\":\"bob\"}");
+	expect_error(s, "bad_request");
+	assert_string_equal(s->name, "alice");
+}
+
+static void test_bad_frame_is_an_error_not_a_close(void **state)
+{
+	struct session *s;
+
+	start();
+	s = login("alice");
+	in(s, "{not json");
+	expect_error(s, "bad_request");
+	in(s, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"%*s\",\"ref\":\"big\"}",
+	   (int)cfg.max_message_bytes + 1, "x");
+	assert_string_equal(str(expect_error(s, "too_large"), "ref"), "big");
+	assert_int_equal(fk.nclosed, 0);
+	in(s, "{\"type\":\"ping\"}");
+	expect(s, "pong");
+}
+
+static void test_duplicate_name_is_conflict(void **state)
+{
+	struct session *a, *b;
+
+	start();
+	a = login("alice");
+	b = connect_();
+	in(b, "{\"type\":\"hello\",\"name\":\"alice\",\"ref\":\"x\"}");
+	assert_string_equal(str(expect_error(b, "conflict"), "ref"), "x");
+	assert_int_equal(hub_session_count(hub), 1);
+	/* once the first is gone the name is free again */
+	hub_session_unregister(hub, a);
+	in(b, "{\"type\":\"hello\",\"name\":\"alice\"}");
+	expect(b, "welcome");
+}
+
+static void test_sessions_per_name_2_allows_two_sessions(void **state)
+{
+	struct session *a1, *a2, *b;
+	cJSON *m;
+
+	cfg.sessions_per_name = 2;
+	start();
+	a1 = login("alice");
+	a2 = login("alice");
+	b = connect_();
+	in(b, "{\"type\":\"hello\",\"name\":\"alice\"}");
+	expect_error(b, "conflict");
+	in(b, "{\"type\":\"hello\",\"name\":\"bob\"}");
+	expect(b, "welcome");
+	assert_int_equal(hub_session_count(hub), 3);
+
+	/* members lists a shared name once */
+	join(a1, "r");
+	join(a2, "r");
+	in(a2, "{\"type\":\"members\",\"room\":\"r\"}");
+	m = expect(a2, "members");
+	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(m, "names")), 1);
+	assert_true(names_contain(cJSON_GetObjectItem(m, "names"), "alice"));
+
+	/* a dm reaches every session of the name */
+	drain(a1);
+	in(b, "{\"type\":\"dm\",\"to\":\"alice\",\"id\":\"d\",\"body\":\"hi\"}");
+	expect(b, "ack");
+	assert_string_equal(str(expect(a1, "direct"), "body"), "hi");
+	assert_string_equal(str(expect(a2, "direct"), "body"), "hi");
+}
+
+/* ---- join / leave / members / ping -------------------------------------- */
+
+static void test_join_replies_joined_and_others_get_presence(void **state)
+{
+	struct session *a, *b;
+	cJSON *j, *p;
+
+	start();
+	a = login("alice");
+	in(a, "{\"type\":\"join\",\"room\":\"lobby\",\"ref\":\"j1\"}");
+	j = expect(a, "joined");
+	assert_string_equal(str(j, "room"), "lobby");
+	assert_string_equal(str(j, "ref"), "j1");
+	assert_true(num(j, "seq") == 0);
+	assert_true(strlen(str(j, "epoch")) > 0);
+	assert_false(has(j, "recovered"));
+	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "members")), 1);
+	assert_int_equal(hub_room_count(hub), 1);
+
+	b = login("bob");
+	j = join(b, "lobby");
+	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "members")), 2);
+	assert_true(names_contain(cJSON_GetObjectItem(j, "members"), "alice"));
+	assert_true(names_contain(cJSON_GetObjectItem(j, "members"), "bob"));
+	p = expect(a, "presence");
+	assert_string_equal(str(p, "room"), "lobby");
+	assert_string_equal(str(p, "name"), "bob");
+	assert_string_equal(str(p, "state"), "join");
+	expect_none(a);
+	expect_none(b);
+
+	/* joining again: joined again, no presence */
+	join(b, "lobby");
+	expect_none(a);
+}
+
+static void test_leave_replies_left_and_others_get_presence_leave(void **state)
+{
+	struct session *a, *b;
+	cJSON *p;
+
+	start();
+	a = login("alice");
+	b = login("bob");
+	join(a, "lobby");
+	join(b, "lobby");
+	drain(a);
+	in(b, "{\"type\":\"leave\",\"room\":\"lobby\",\"ref\":\"l\"}");
+	assert_string_equal(str(expect(b, "left"), "ref"), "l");
+	p = expect(a, "presence");
+	assert_string_equal(str(p, "name"), "bob");
+	assert_string_equal(str(p, "state"), "leave");
+	/* leaving again: not a member */
+	in(b, "{\"type\":\"leave\",\"room\":\"lobby\"}");
+	expect_error(b, "not_found");
+	in(b, "{\"type\":\"leave\",\"room\":\"nowhere\"}");
+	expect_error(b, "not_found");
+	/* the last member leaving a room that never had a message forgets it */
+	in(a, "{\"type\":\"leave\",\"room\":\"lobby\"}");
+	expect(a, "left");
+	expect_none(b);
+	assert_int_equal(hub_room_count(hub), 0);
+}
+
+static void test_members_and_ping(void **state)
+{
+	struct session *a, *b;
+	cJSON *m;
+
+	start();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	in(a, "{\"type\":\"ping\",\"ref\":\"p\"}");
+	drain(a);
+	in(a, "{\"type\":\"members\",\"room\":\"r\",\"ref\":\"m\"}");
+	m = expect(a, "members");
+	assert_string_equal(str(m, "room"), "r");
+	assert_string_equal(str(m, "ref"), "m");
+	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(m, "names")), 2);
+	in(a, "{\"type\":\"ping\",\"ref\":\"p2\"}");
+	assert_string_equal(str(expect(a, "pong"), "ref"), "p2");
+}
+
+static void test_members_and_history_require_membership(void **state)
+{
+	struct session *a, *b;
+
+	start();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	in(b, "{\"type\":\"members\",\"room\":\"r\"}");
+	expect_error(b, "forbidden");
+	in(b, "{\"type\":\"history\",\"room\":\"r\",\"ref\":\"h\"}");
+	assert_string_equal(str(expect_error(b, "forbidden"), "ref"), "h");
+	in(b, "{\"type\":\"history\",\"room\":\"nowhere\"}");
+	expect_error(b, "forbidden");
+}
+
+/* ---- send --------------------------------------------------------------- */
+
+static void test_send_acks_and_every_member_gets_messages_in_order(void **state)
+{
+	struct session *s[3];
+	const char *names[3] = { "alice", "bob", "carol" };
+	cJSON *o;
+	int i, k;
+
+	start();
+	for (i = 0; i < 3; i++) {
+		s[i] = login(names[i]);
+		join(s[i], "r");
+	}
+	for (i = 0; i < 3; i++)
+		drain(s[i]);
+	in(s[0], "{\"type\":\"send\",\"room\":\"r\",\"id\":\"m1\",\"body\":\"one\",\"ref\":\"x\"}");
+	send_msg(s[1], "r", "m2", "two");
+	send_msg(s[0], "r", "m3", "three \\\"q\\\"");
+
+	o = expect(s[0], "ack");
+	assert_string_equal(str(o, "id"), "m1");
+	assert_string_equal(str(o, "room"), "r");
+	assert_true(num(o, "seq") == 1);
+	assert_string_equal(str(o, "ref"), "x");
+
+	for (i = 0; i < 3; i++) {
+		static const char *const ids[3] = { "m1", "m2", "m3" };
+		static const char *const from[3] = { "alice", "bob", "alice" };
+		static const char *const body[3] = { "one", "two", "three \"q\"" };
+		for (k = 0; k < 3; k++) {
+			/* the sender's ack comes right before its own copy */
+			if ((i == 0 && k == 2) || (i == 1 && k == 1)) {
+				o = expect(s[i], "ack");
+				assert_true(num(o, "seq") == k + 1);
+			}
+			o = expect(s[i], "message");
+			assert_string_equal(str(o, "room"), "r");
+			assert_true(num(o, "seq") == k + 1);
+			assert_string_equal(str(o, "from"), from[k]);
+			assert_string_equal(str(o, "id"), ids[k]);
+			assert_string_equal(str(o, "body"), body[k]);
+			assert_true(num(o, "ts") == 1000500);
+		}
+		expect_none(s[i]);
+	}
+	assert_int_equal(metrics.messages_in, 3);
+	assert_int_equal(metrics.messages_out, 9);
+}
+
+static void test_resend_of_an_accepted_id_gets_same_ack_and_no_broadcast(void **state)
+{
+	struct session *a, *b;
+	cJSON *o;
+
+	start();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	send_msg(a, "r", "m1", "hello");
+	send_msg(a, "r", "m2", "again");
+	drain(a);
+	drain(b);
+	in(a, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"m1\",\"body\":\"hello\",\"ref\":\"retry\"}");
+	o = expect(a, "ack");
+	assert_string_equal(str(o, "id"), "m1");
+	assert_true(num(o, "seq") == 1);
+	assert_string_equal(str(o, "ref"), "retry");
+	expect_none(a);
+	expect_none(b);
+	assert_int_equal(metrics.messages_in, 2);
+	/* the same id from another sender is a different message */
+	send_msg(b, "r", "m1", "mine");
+	assert_true(num(expect(b, "ack"), "seq") == 3);
+	assert_true(num(expect(a, "message"), "seq") == 3);
+}
+
+static void test_dedup_survives_reconnect_under_the_same_name(void **state)
+{
+	struct session *a, *b, *a2;
+	cJSON *o;
+
+	start();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	send_msg(a, "r", "m1", "hello");
+	hub_session_unregister(hub, a);
+	drain(b);
+
+	a2 = login("alice");
+	join(a2, "r");
+	drain(b);
+	send_msg(a2, "r", "m1", "hello");
+	o = expect(a2, "ack");
+	assert_true(num(o, "seq") == 1);
+	assert_string_equal(str(o, "room"), "r");
+	expect_none(a2);
+	expect_none(b);
+}
+
+static void test_send_when_not_a_member_is_forbidden(void **state)
+{
+	struct session *a, *b;
+
+	start();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	in(b, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"x\",\"ref\":\"f\"}");
+	assert_string_equal(str(expect_error(b, "forbidden"), "ref"), "f");
+	send_msg(b, "nowhere", "1", "x");
+	expect_error(b, "forbidden");
+	expect_none(a);
+	assert_int_equal(metrics.messages_in, 0);
+}
+
+/* ---- dm ----------------------------------------------------------------- */
+
+static void test_dm_acks_and_delivers_direct(void **state)
+{
+	struct session *a, *b;
+	cJSON *o;
+
+	start();
+	a = login("alice");
+	b = login("bob");
+	in(a, "{\"type\":\"dm\",\"to\":\"bob\",\"id\":\"d1\",\"body\":\"psst\",\"ref\":\"r\"}");
+	o = expect(a, "ack");
+	assert_string_equal(str(o, "id"), "d1");
+	assert_string_equal(str(o, "ref"), "r");
+	assert_false(has(o, "seq"));
+	expect_none(a);
+	o = expect(b, "direct");
+	assert_string_equal(str(o, "from"), "alice");
+	assert_string_equal(str(o, "id"), "d1");
+	assert_string_equal(str(o, "body"), "psst");
+	assert_true(num(o, "ts") == 1000500);
+	expect_none(b);
+}
+
+static void test_dm_to_offline_name_is_not_found(void **state)
+{
+	struct session *a, *b;
+
+	start();
+	a = login("alice");
+	b = connect_();     /* connected but never said hello: not a name */
+	in(a, "{\"type\":\"dm\",\"to\":\"carol\",\"id\":\"d1\",\"body\":\"x\",\"ref\":\"n\"}");
+	assert_string_equal(str(expect_error(a, "not_found"), "ref"), "n");
+	expect_none(a);
+	expect_none(b);
+	assert_int_equal(metrics.messages_in, 0);
+}
+
+/* ---- history ------------------------------------------------------------ */
+
+static void expect_history(struct session *s, const char *req, int first, int count)
+{
+	cJSON *h, *msgs, *it;
+	int seq = first;
+
+	in(s, "%s", req);
+	h = expect(s, "history");
+	assert_string_equal(str(h, "room"), "r");
+	msgs = cJSON_GetObjectItem(h, "messages");
+	assert_true(cJSON_IsArray(msgs));
+	if (cJSON_GetArraySize(msgs) != count)
+		fail_msg("%s: %d messages, want %d", req, cJSON_GetArraySize(msgs), count);
+	cJSON_ArrayForEach(it, msgs) {
+		char body[16];
+		snprintf(body, sizeof body, "b%d", seq);
+		assert_string_equal(str(it, "type"), "message");
+		assert_true(num(it, "seq") == seq);
+		assert_string_equal(str(it, "body"), body);
+		assert_string_equal(str(it, "from"), "alice");
+		seq++;
+	}
+}
+
+static void test_history_before_after_limit(void **state)
+{
+	struct session *a;
+	char id[16], body[16];
+	int i;
+
+	start();
+	a = login("alice");
+	join(a, "r");
+	for (i = 1; i <= 10; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		snprintf(body, sizeof body, "b%d", i);
+		send_msg(a, "r", id, body);
+	}
+	drain(a);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\"}", 1, 10);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\",\"limit\":3}", 8, 3);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\",\"before\":5,\"limit\":2}", 3, 2);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\",\"before\":5}", 1, 4);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\",\"before\":1}", 1, 0);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\",\"before\":100,\"limit\":2}", 9, 2);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\",\"after\":5,\"limit\":2}", 6, 2);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\",\"after\":8}", 9, 2);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\",\"after\":0,\"limit\":1}", 1, 1);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\",\"after\":10}", 11, 0);
+	expect_none(a);
+}
+
+static void test_history_only_returns_what_the_ring_holds(void **state)
+{
+	struct session *a;
+	char id[16], body[16];
+	int i;
+
+	cfg.messages_per_room = 4;
+	start();
+	a = login("alice");
+	join(a, "r");
+	for (i = 1; i <= 10; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		snprintf(body, sizeof body, "b%d", i);
+		send_msg(a, "r", id, body);
+	}
+	drain(a);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\"}", 7, 4);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\",\"after\":2,\"limit\":2}", 7, 2);
+	expect_history(a, "{\"type\":\"history\",\"room\":\"r\",\"before\":6}", 1, 0);
+}
+
+/* ---- join with since ---------------------------------------------------- */
+
+/* alice joins r and sends n messages b1..bn; returns the room's epoch. */
+static const char *room_with_messages(struct session **alice, int n)
+{
+	const char *epoch;
+	char id[16], body[16];
+	int i;
+
+	*alice = login("alice");
+	epoch = str(join(*alice, "r"), "epoch");
+	for (i = 1; i <= n; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		snprintf(body, sizeof body, "b%d", i);
+		send_msg(*alice, "r", id, body);
+	}
+	drain(*alice);
+	return epoch;
+}
+
+static void test_join_since_replays_missed_messages_then_recovered(void **state)
+{
+	struct session *a, *b;
+	const char *epoch;
+	cJSON *j;
+	int seq;
+
+	start();
+	epoch = room_with_messages(&a, 5);
+	b = login("bob");
+	in(b, "{\"type\":\"join\",\"room\":\"r\",\"since\":2,\"epoch\":\"%s\",\"ref\":\"s\"}", epoch);
+	for (seq = 3; seq <= 5; seq++)
+		assert_true(num(expect(b, "message"), "seq") == seq);
+	j = expect(b, "joined");
+	assert_true(num(j, "seq") == 5);
+	assert_string_equal(str(j, "epoch"), epoch);
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "recovered")));
+	assert_false(has(j, "truncated"));
+	assert_string_equal(str(j, "ref"), "s");
+	expect_none(b);
+	assert_string_equal(str(expect(a, "presence"), "name"), "bob");
+}
+
+static void test_join_since_latest_seq_replays_nothing_and_recovers(void **state)
+{
+	struct session *a, *b;
+	const char *epoch;
+	cJSON *j;
+
+	start();
+	epoch = room_with_messages(&a, 3);
+	b = login("bob");
+	in(b, "{\"type\":\"join\",\"room\":\"r\",\"since\":3,\"epoch\":\"%s\"}", epoch);
+	j = expect(b, "joined");
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "recovered")));
+	expect_none(b);
+}
+
+static void test_join_since_with_another_epoch_is_not_recovered(void **state)
+{
+	struct session *a, *b;
+	cJSON *j;
+
+	start();
+	room_with_messages(&a, 5);
+	b = login("bob");
+	in(b, "{\"type\":\"join\",\"room\":\"r\",\"since\":2,\"epoch\":\"0000000000000000\"}");
+	j = expect(b, "joined");     /* nothing replayed */
+	assert_true(num(j, "seq") == 5);
+	assert_true(cJSON_IsFalse(cJSON_GetObjectItem(j, "recovered")));
+	expect_none(b);
+}
+
+static void test_join_since_a_gap_older_than_the_ring_is_not_recovered(void **state)
+{
+	struct session *a, *b;
+	const char *epoch;
+	cJSON *j;
+	int seq;
+
+	cfg.messages_per_room = 3;
+	start();
+	epoch = room_with_messages(&a, 6);
+	b = login("bob");
+	in(b, "{\"type\":\"join\",\"room\":\"r\",\"since\":1,\"epoch\":\"%s\"}", epoch);
+	for (seq = 4; seq <= 6; seq++)      /* what is still held */
+		assert_true(num(expect(b, "message"), "seq") == seq);
+	j = expect(b, "joined");
+	assert_true(cJSON_IsFalse(cJSON_GetObjectItem(j, "recovered")));
+	expect_none(b);
+}
+
+static void test_join_since_of_a_new_room_with_an_old_epoch_is_not_recovered(void **state)
+{
+	struct session *b;
+	cJSON *j;
+
+	start();
+	b = login("bob");
+	in(b, "{\"type\":\"join\",\"room\":\"fresh\",\"since\":7,\"epoch\":\"deadbeefdeadbeef\"}");
+	j = expect(b, "joined");
+	assert_true(num(j, "seq") == 0);
+	assert_string_not_equal(str(j, "epoch"), "deadbeefdeadbeef");
+	assert_true(cJSON_IsFalse(cJSON_GetObjectItem(j, "recovered")));
+}
+
+/* ---- rate limit --------------------------------------------------------- */
+
+static void test_rate_limit_burst_then_limited_then_refill(void **state)
+{
+	struct session *a;
+	int i;
+
+	cfg.rate = 1;
+	cfg.burst = 3;
+	start();
+	a = login("alice");                 /* hello takes a token */
+	in(a, "{\"type\":\"ping\"}");
+	in(a, "{\"type\":\"ping\"}");
+	expect(a, "pong");
+	expect(a, "pong");
+	in(a, "{\"type\":\"ping\",\"ref\":\"rl\"}");
+	assert_string_equal(str(expect_error(a, "rate_limited"), "ref"), "rl");
+	assert_int_equal(metrics.rate_limited, 1);
+	assert_int_equal(fk.nclosed, 0);
+
+	fk.now += 1.0;                      /* one token back */
+	in(a, "{\"type\":\"ping\"}");
+	expect(a, "pong");
+	in(a, "{\"type\":\"ping\"}");
+	expect_error(a, "rate_limited");
+
+	fk.now += 100.0;                    /* refills up to burst, not beyond */
+	for (i = 0; i < 3; i++) {
+		in(a, "{\"type\":\"ping\"}");
+		expect(a, "pong");
+	}
+	in(a, "{\"type\":\"ping\"}");
+	expect_error(a, "rate_limited");
+	assert_int_equal(metrics.rate_limited, 3);
+}
+
+/* ---- slow consumers ----------------------------------------------------- */
+
+static void test_slow_consumer_is_closed_while_others_get_every_message(void **state)
+{
+	struct session *slow, *b;
+	char id[16];
+	int i;
+
+	cfg.send_queue_messages = 5;
+	start();
+	slow = login("slow");
+	b = login("bob");
+	join(slow, "r");
+	join(b, "r");
+	/* slow never drains from here on (bob's presence join is queued);
+	 * bob drains after every send and gets every ack and message */
+	for (i = 1; i <= 10; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		send_msg(b, "r", id, "x");
+		assert_true(num(expect(b, "ack"), "seq") == i);
+		assert_true(num(expect(b, "message"), "seq") == i);
+		expect_none(b);
+		assert_true(slow->q.count <= 5);        /* never overshot */
+	}
+	assert_int_equal(fk.nclosed, 1);
+	assert_ptr_equal(fk.closes[0].conn, slow->conn);
+	assert_int_equal(fk.closes[0].code, 1008);
+	assert_string_equal(fk.closes[0].reason, "slow consumer");
+	assert_int_equal(metrics.slow_consumer_closes, 1);
+	/* nothing more is queued to a closing session, its queue is released */
+	expect_none(slow);
+	assert_int_equal(hub_queue_bytes(hub), 0);
+	/* the closed session's input is ignored too */
+	in(slow, "{\"type\":\"ping\"}");
+	expect_none(slow);
+}
+
+static void test_slow_consumer_byte_bound_closes(void **state)
+{
+	struct session *slow, *b;
+	char id[16], body[200];
+	int i;
+
+	cfg.send_queue_bytes = 1024;
+	start();
+	slow = login("slow");
+	b = login("bob");
+	join(slow, "r");
+	join(b, "r");
+	memset(body, 'z', 150);
+	body[150] = '\0';
+	for (i = 1; i <= 10; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		send_msg(b, "r", id, body);
+		assert_int_equal(drain(b), 2);          /* ack + message */
+		assert_true(slow->q.bytes <= 1024);     /* never overshot */
+	}
+	assert_int_equal(fk.nclosed, 1);
+	assert_int_equal(closes_of(slow->conn), 1);
+	assert_int_equal(fk.closes[0].code, 1008);
+	assert_int_equal(metrics.slow_consumer_closes, 1);
+}
+
+static void test_drop_oldest_keeps_the_newest_messages_and_counts_drops(void **state)
+{
+	struct session *slow, *b;
+	char id[16];
+	int i;
+
+	cfg.send_queue_messages = 4;
+	cfg.slow_consumer = CONFIG_SLOW_DROP_OLDEST;
+	start();
+	slow = login("slow");
+	b = login("bob");
+	join(slow, "r");
+	join(b, "r");
+	drain(slow);
+	for (i = 1; i <= 10; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		send_msg(b, "r", id, "x");
+		drain(b);
+	}
+	assert_int_equal(fk.nclosed, 0);
+	assert_int_equal(metrics.slow_consumer_closes, 0);
+	assert_int_equal(metrics.slow_consumer_drops, 6);
+	for (i = 7; i <= 10; i++)
+		assert_true(num(expect(slow, "message"), "seq") == i);
+	expect_none(slow);
+}
+
+static void test_drop_oldest_never_drops_replies(void **state)
+{
+	struct session *slow, *b;
+	int i;
+
+	cfg.send_queue_messages = 4;
+	cfg.slow_consumer = CONFIG_SLOW_DROP_OLDEST;
+	start();
+	slow = login("slow");
+	b = login("bob");
+	join(slow, "r");
+	join(b, "r");
+	drain(slow);
+	for (i = 0; i < 4; i++)             /* four pongs fill the queue */
+		in(slow, "{\"type\":\"ping\"}");
+	send_msg(b, "r", "m1", "x");
+	/* no message event to drop: the policy has to close */
+	assert_int_equal(closes_of(slow->conn), 1);
+	assert_int_equal(metrics.slow_consumer_closes, 1);
+	assert_int_equal(metrics.slow_consumer_drops, 0);
+}
+
+static void test_global_cap_handles_the_largest_queue_first(void **state)
+{
+	struct session *big, *small, *sender;
+	char id[16], body[128];
+	int i, seq, first_unread;
+	cJSON *o;
+
+	cfg.total_queue_bytes = 4000;
+	start();
+	big = login("big");
+	small = login("small");
+	sender = login("sender");
+	join(big, "r");
+	join(small, "r");
+	join(sender, "r");
+	drain(small);
+	memset(body, 'b', 100);
+	body[100] = '\0';
+	/* phase 1: only big lags */
+	for (i = 1; i <= 8; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		send_msg(sender, "r", id, body);
+		drain(sender);
+		drain(small);
+	}
+	assert_int_equal(fk.nclosed, 0);
+	first_unread = i;
+	/* phase 2: small lags too, until the global cap bites */
+	for (; i <= 30 && fk.nclosed == 0; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		send_msg(sender, "r", id, body);
+		drain(sender);
+		assert_true(hub_queue_bytes(hub) <= 4000);
+	}
+	assert_int_equal(fk.nclosed, 1);
+	assert_ptr_equal(fk.closes[0].conn, big->conn);
+	assert_int_equal(fk.closes[0].code, 1008);
+	assert_string_equal(fk.closes[0].reason, "slow consumer");
+	assert_int_equal(metrics.slow_consumer_closes, 1);
+	assert_true(small->q.count > 1);
+	/* the smaller queue kept every message */
+	for (seq = first_unread; seq < i; seq++) {
+		o = expect(small, "message");
+		assert_true(num(o, "seq") == seq);
+	}
+	expect_none(small);
+}
+
+static void test_global_cap_with_drop_oldest_drops_from_the_largest(void **state)
+{
+	struct session *big, *small, *sender;
+	char id[16], body[128];
+	int i;
+
+	cfg.total_queue_bytes = 4000;
+	cfg.slow_consumer = CONFIG_SLOW_DROP_OLDEST;
+	start();
+	big = login("big");
+	small = login("small");
+	sender = login("sender");
+	join(big, "r");
+	join(small, "r");
+	join(sender, "r");
+	drain(small);
+	memset(body, 'b', 100);
+	body[100] = '\0';
+	for (i = 1; i <= 30; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		send_msg(sender, "r", id, body);
+		drain(sender);
+		drain(small);
+		assert_true(hub_queue_bytes(hub) <= 4000);
+	}
+	assert_int_equal(fk.nclosed, 0);
+	assert_true(metrics.slow_consumer_drops > 0);
+	/* big keeps a suffix of the stream ending with the newest message */
+	{
+		cJSON *o, *last = NULL;
+		int prev = 0;
+		while ((o = next(big))) {
+			if (strcmp(str(o, "type"), "message") != 0)
+				continue;
+			if (prev)
+				assert_true(num(o, "seq") == prev + 1);
+			prev = (int)num(o, "seq");
+			last = o;
+		}
+		assert_non_null(last);
+		assert_true(num(last, "seq") == 30);
+	}
+}
+
+/* ---- unregister --------------------------------------------------------- */
+
+static void test_unregister_sends_presence_leave_and_frees_everything(void **state)
+{
+	struct session *a, *b, *c;
+	cJSON *p;
+
+	start();
+	a = login("alice");
+	b = login("bob");
+	c = login("carol");
+	join(a, "r");
+	join(a, "quiet");
+	join(b, "r");
+	join(c, "r");
+	send_msg(b, "r", "m1", "for everyone");
+	drain(b);
+	drain(c);
+	assert_true(hub_queue_bytes(hub) > 0);       /* alice never drained */
+	assert_int_equal(hub_room_count(hub), 2);
+
+	hub_session_unregister(hub, a);
+	assert_int_equal(hub_session_count(hub), 2);
+	assert_int_equal(hub_room_count(hub), 1);    /* "quiet" had no message */
+	p = expect(b, "presence");
+	assert_string_equal(str(p, "name"), "alice");
+	assert_string_equal(str(p, "state"), "leave");
+	p = expect(c, "presence");
+	assert_string_equal(str(p, "state"), "leave");
+	expect_none(b);
+	assert_int_equal(hub_queue_bytes(hub), 0);
+
+	in(b, "{\"type\":\"members\",\"room\":\"r\"}");
+	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(expect(b, "members"), "names")), 2);
+
+	hub_session_unregister(hub, b);
+	hub_session_unregister(hub, c);
+	assert_int_equal(hub_session_count(hub), 0);
+	assert_int_equal(hub_queue_bytes(hub), 0);
+	assert_int_equal(hub_queue_messages(hub), 0);
+	assert_int_equal(hub_room_count(hub), 1);    /* rooms with history stay */
+	assert_int_equal(fk.nclosed, 0);
+	hub_free(hub);
+	hub = NULL;
+	assert_int_equal(msgbuf_live(), 0);
+}
+
+static void test_hub_free_releases_sessions_still_registered(void **state)
+{
+	struct session *a, *b;
+
+	start();
+	a = login("alice");
+	b = connect_();
+	join(a, "r");
+	send_msg(a, "r", "m1", "x");
+	in(b, "{\"type\":\"ping\"}");
+	assert_true(msgbuf_live() > 0);
+	hub_free(hub);
+	hub = NULL;
+	assert_int_equal(msgbuf_live(), 0);
+}
+
+/* ---- deferred engine ---------------------------------------------------- */
+
+static struct {
+	struct hub_pending *held[16];
+	int n;
+	uint64_t seq;
+} eng;
+
+static void eng_submit(void *ctx, struct hub *h, struct hub_pending *p)
+{
+	(void)ctx;
+	(void)h;
+	assert_true(eng.n < 16);
+	p->seq = ++eng.seq;
+	p->ts = 777;
+	eng.held[eng.n++] = p;
+}
+
+static void start_with_deferred_engine(void)
+{
+	struct hub_engine e = { eng_submit, NULL };
+
+	memset(&eng, 0, sizeof eng);
+	start();
+	hub_set_engine(hub, &e);
+}
+
+static void test_deferred_engine_acks_and_broadcasts_at_commit(void **state)
+{
+	struct session *a, *b;
+	struct hub_pending *p;
+	cJSON *o;
+
+	start_with_deferred_engine();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	in(a, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"m1\",\"body\":\"later\",\"ref\":\"q\"}");
+	assert_int_equal(eng.n, 1);
+	p = eng.held[0];
+	assert_int_equal(p->sender, a->num);
+	assert_string_equal(p->from, "alice");
+	assert_string_equal(p->room, "r");
+	assert_string_equal(p->id, "m1");
+	assert_string_equal(p->body, "later");
+	assert_int_equal(p->body_len, 5);
+	assert_true(p->has_ref);
+	expect_none(a);                     /* nothing until the commit */
+	expect_none(b);
+
+	hub_commit(hub, p, PROTO_OK);
+	o = expect(a, "ack");
+	assert_true(num(o, "seq") == 1);
+	assert_string_equal(str(o, "ref"), "q");
+	assert_true(num(expect(a, "message"), "ts") == 777);
+	o = expect(b, "message");
+	assert_string_equal(str(o, "body"), "later");
+	assert_true(num(o, "seq") == 1);
+}
+
+static void test_deferred_commit_after_the_sender_is_gone_still_broadcasts(void **state)
+{
+	struct session *a, *b;
+	cJSON *o;
+
+	start_with_deferred_engine();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	send_msg(a, "r", "m1", "orphan");
+	assert_int_equal(eng.n, 1);
+	hub_session_unregister(hub, a);
+	assert_string_equal(str(expect(b, "presence"), "state"), "leave");
+
+	hub_commit(hub, eng.held[0], PROTO_OK);
+	o = expect(b, "message");
+	assert_string_equal(str(o, "from"), "alice");
+	assert_string_equal(str(o, "id"), "m1");
+	assert_string_equal(str(o, "body"), "orphan");
+	assert_true(num(o, "seq") == 1);
+	expect_none(b);
+	assert_int_equal(metrics.messages_in, 1);
+	/* the room moved on: a rejoin sees seq 1 */
+	assert_true(num(join(b, "r"), "seq") == 1);
+}
+
+static void test_deferred_commit_does_not_ack_a_new_session_with_the_same_name(void **state)
+{
+	struct session *a, *a2, *b;
+
+	start_with_deferred_engine();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	send_msg(a, "r", "m1", "x");
+	hub_session_unregister(hub, a);
+	a2 = login("alice");
+	join(a2, "r");
+	drain(b);
+	hub_commit(hub, eng.held[0], PROTO_OK);
+	/* a2 is a member so it gets the message, but no ack: it did not send */
+	assert_true(num(expect(a2, "message"), "seq") == 1);
+	expect_none(a2);
+	assert_true(num(expect(b, "message"), "seq") == 1);
+}
+
+static void test_deferred_commit_failure_answers_the_sender_only(void **state)
+{
+	struct session *a, *b;
+
+	start_with_deferred_engine();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	in(a, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"m1\",\"body\":\"x\",\"ref\":\"e\"}");
+	hub_commit(hub, eng.held[0], PROTO_ERR_UNAVAILABLE);
+	assert_string_equal(str(expect_error(a, "unavailable"), "ref"), "e");
+	expect_none(a);
+	expect_none(b);
+	assert_int_equal(metrics.messages_in, 0);
+}
+
+static void test_deferred_commit_failure_after_the_sender_is_gone(void **state)
+{
+	struct session *a, *b;
+
+	start_with_deferred_engine();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(b);
+	send_msg(a, "r", "m1", "x");
+	hub_session_unregister(hub, a);
+	drain(b);
+	hub_commit(hub, eng.held[0], PROTO_ERR_INTERNAL);
+	expect_none(b);
+}
+
+/* Regression tests for bugs these tests found. */
+#include <signal.h>
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+	static const char msg[] = "hub_session_unregister did not return (infinite loop)\n";
+	if (write(2, msg, sizeof msg - 1) < 0) {}
+	_exit(3);
+}
+
+/* Unregistering the session that holds the largest queue, while the global
+ * cap is nearly reached, must not hang: the presence leave to the others
+ * makes hub_global_room() pick the departing (closing) session as the
+ * largest; closing it again is a no-op that frees nothing, forever. */
+static void test_unregister_of_the_largest_queue_under_global_cap_returns(void **state)
+{
+	struct session *big, *b;
+	char id[16];
+	int i;
+
+	start();
+	big = login("big");
+	b = login("bob");
+	join(big, "r");
+	join(b, "r");
+	for (i = 1; i <= 10; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		send_msg(b, "r", id, "0123456789012345678901234567890123456789");
+		drain(b);
+	}
+	/* big holds almost everything; leave less room than a presence frame */
+	cfg.total_queue_bytes = (long long)hub_queue_bytes(hub) + 10;
+	hub_reconfigure(hub, &cfg);
+	signal(SIGALRM, on_alarm);
+	alarm(5);
+	hub_session_unregister(hub, big);
+	alarm(0);
+	assert_string_equal(str(expect(b, "presence"), "state"), "leave");
+	assert_int_equal(metrics.slow_consumer_closes, 0);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		T(test_hello_gets_welcome),
+		T(test_commands_before_hello_are_not_authenticated),
+		T(test_hello_twice_is_bad_request),
+		T(test_bad_frame_is_an_error_not_a_close),
+		T(test_duplicate_name_is_conflict),
+		T(test_sessions_per_name_2_allows_two_sessions),
+		T(test_join_replies_joined_and_others_get_presence),
+		T(test_leave_replies_left_and_others_get_presence_leave),
+		T(test_members_and_ping),
+		T(test_members_and_history_require_membership),
+		T(test_send_acks_and_every_member_gets_messages_in_order),
+		T(test_resend_of_an_accepted_id_gets_same_ack_and_no_broadcast),
+		T(test_dedup_survives_reconnect_under_the_same_name),
+		T(test_send_when_not_a_member_is_forbidden),
+		T(test_dm_acks_and_delivers_direct),
+		T(test_dm_to_offline_name_is_not_found),
+		T(test_history_before_after_limit),
+		T(test_history_only_returns_what_the_ring_holds),
+		T(test_join_since_replays_missed_messages_then_recovered),
+		T(test_join_since_latest_seq_replays_nothing_and_recovers),
+		T(test_join_since_with_another_epoch_is_not_recovered),
+		T(test_join_since_a_gap_older_than_the_ring_is_not_recovered),
+		T(test_join_since_of_a_new_room_with_an_old_epoch_is_not_recovered),
+		T(test_rate_limit_burst_then_limited_then_refill),
+		T(test_slow_consumer_is_closed_while_others_get_every_message),
+		T(test_slow_consumer_byte_bound_closes),
+		T(test_drop_oldest_keeps_the_newest_messages_and_counts_drops),
+		T(test_drop_oldest_never_drops_replies),
+		T(test_global_cap_handles_the_largest_queue_first),
+		T(test_global_cap_with_drop_oldest_drops_from_the_largest),
+		T(test_unregister_sends_presence_leave_and_frees_everything),
+		T(test_hub_free_releases_sessions_still_registered),
+		T(test_deferred_engine_acks_and_broadcasts_at_commit),
+		T(test_deferred_commit_after_the_sender_is_gone_still_broadcasts),
+		T(test_deferred_commit_does_not_ack_a_new_session_with_the_same_name),
+		T(test_deferred_commit_failure_answers_the_sender_only),
+		T(test_deferred_commit_failure_after_the_sender_is_gone),
+		T(test_unregister_of_the_largest_queue_under_global_cap_returns),
+	};
+
+	/* the hub logs every session event on stderr; keep test output readable */
+	log_setup(CONFIG_LOG_ERROR, CONFIG_LOG_TEXT);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

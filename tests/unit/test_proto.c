@@ -1,7 +1,595 @@
+/*
+ * test_proto.c - the chat.v1 frame decoder: every command with its fields,
+ * ref extraction, and every rejection rule of the wire contract.
+ */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
 #include <cmocka.h>
-static void t(void **s){(void)s;}
-int main(void){const struct CMUnitTest ts[]={cmocka_unit_test(t)};return cmocka_run_group_tests(ts,NULL,NULL);}
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "msgbuf.h"
+#include "proto.h"
+
+#define MAX_BODY 16
+
+static struct proto_cmd cmd;
+static struct proto_error err;
+
+static int decode_n(const char *json, size_t len, size_t max_body)
+{
+	return proto_decode(json, len, max_body, &cmd, &err);
+}
+
+static int decode(const char *json)
+{
+	return decode_n(json, strlen(json), MAX_BODY);
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	proto_cmd_free(&cmd);
+	assert_int_equal(msgbuf_live(), 0);
+	return 0;
+}
+
+#define assert_str(ps, lit)                                       \
+	do {                                                      \
+		assert_non_null((ps).p);                          \
+		assert_int_equal((ps).len, strlen(lit));          \
+		assert_memory_equal((ps).p, (lit), strlen(lit));  \
+	} while (0)
+
+#define assert_ok(json)                                                   \
+	do {                                                              \
+		int rc_ = decode(json);                                   \
+		if (rc_ != 0)                                             \
+			print_error("decode(%s) failed: %s\n", (json), err.message); \
+		assert_int_equal(rc_, 0);                                 \
+		assert_int_equal(err.code, PROTO_OK);                     \
+	} while (0)
+
+/* Decode json, expect failure with code; frees cmd for the next call. */
+#define assert_rejected(json, ecode)                                      \
+	do {                                                              \
+		proto_cmd_free(&cmd);                                     \
+		assert_int_equal(decode(json), -1);                       \
+		assert_int_equal(err.code, (ecode));                      \
+		assert_true(err.message[0] != '\0');                      \
+		proto_cmd_free(&cmd);                                     \
+	} while (0)
+
+#define assert_accepted(json)                                             \
+	do {                                                              \
+		proto_cmd_free(&cmd);                                     \
+		assert_ok(json);                                          \
+		proto_cmd_free(&cmd);                                     \
+	} while (0)
+
+/* ---- every command ------------------------------------------------------ */
+
+static void test_hello_decodes_name(void **state)
+{
+	assert_ok("{\"type\":\"hello\",\"name\":\"alice\"}");
+	assert_int_equal(cmd.type, PROTO_HELLO);
+	assert_str(cmd.name, "alice");
+	assert_null(cmd.ref.p);
+	assert_null(cmd.token.p);
+}
+
+static void test_join_decodes_room_since_epoch(void **state)
+{
+	assert_ok("{\"type\":\"join\",\"room\":\"lobby\"}");
+	assert_int_equal(cmd.type, PROTO_JOIN);
+	assert_str(cmd.room, "lobby");
+	assert_false(cmd.has_since);
+	assert_null(cmd.epoch.p);
+	proto_cmd_free(&cmd);
+
+	assert_ok("{\"type\":\"join\",\"room\":\"a:b\",\"since\":42,\"epoch\":\"00ff\"}");
+	assert_str(cmd.room, "a:b");
+	assert_true(cmd.has_since);
+	assert_int_equal(cmd.since, 42);
+	assert_str(cmd.epoch, "00ff");
+	proto_cmd_free(&cmd);
+
+	assert_ok("{\"type\":\"join\",\"room\":\"r\",\"since\":0}");
+	assert_true(cmd.has_since);
+	assert_int_equal(cmd.since, 0);
+}
+
+static void test_leave_decodes_room(void **state)
+{
+	assert_ok("{\"type\":\"leave\",\"room\":\"lobby\"}");
+	assert_int_equal(cmd.type, PROTO_LEAVE);
+	assert_str(cmd.room, "lobby");
+}
+
+static void test_send_decodes_room_id_body(void **state)
+{
+	assert_ok("{\"type\":\"send\",\"room\":\"lobby\",\"id\":\"m-1\",\"body\":\"hi \\\"you\\\"\"}");
+	assert_int_equal(cmd.type, PROTO_SEND);
+	assert_str(cmd.room, "lobby");
+	assert_str(cmd.id, "m-1");
+	assert_str(cmd.body, "hi \"you\"");
+}
+
+static void test_send_accepts_empty_body(void **state)
+{
+	assert_ok("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"\"}");
+	assert_int_equal(cmd.body.len, 0);
+	assert_non_null(cmd.body.p);
+}
+
+static void test_dm_decodes_to_id_body(void **state)
+{
+	assert_ok("{\"type\":\"dm\",\"to\":\"bob\",\"id\":\"d1\",\"body\":\"psst\"}");
+	assert_int_equal(cmd.type, PROTO_DM);
+	assert_str(cmd.to, "bob");
+	assert_str(cmd.id, "d1");
+	assert_str(cmd.body, "psst");
+}
+
+static void test_history_decodes_with_defaults(void **state)
+{
+	assert_ok("{\"type\":\"history\",\"room\":\"lobby\"}");
+	assert_int_equal(cmd.type, PROTO_HISTORY);
+	assert_str(cmd.room, "lobby");
+	assert_false(cmd.has_before);
+	assert_false(cmd.has_after);
+	assert_int_equal(cmd.limit, PROTO_HISTORY_DEFAULT);
+	assert_int_equal(cmd.limit, 50);
+}
+
+static void test_history_decodes_before_after_limit(void **state)
+{
+	assert_ok("{\"type\":\"history\",\"room\":\"r\",\"before\":10,\"limit\":3}");
+	assert_true(cmd.has_before);
+	assert_int_equal(cmd.before, 10);
+	assert_int_equal(cmd.limit, 3);
+	proto_cmd_free(&cmd);
+
+	assert_ok("{\"type\":\"history\",\"room\":\"r\",\"after\":7}");
+	assert_true(cmd.has_after);
+	assert_int_equal(cmd.after, 7);
+	assert_false(cmd.has_before);
+}
+
+static void test_history_limit_clamps_to_500(void **state)
+{
+	assert_ok("{\"type\":\"history\",\"room\":\"r\",\"limit\":500}");
+	assert_int_equal(cmd.limit, 500);
+	proto_cmd_free(&cmd);
+	assert_ok("{\"type\":\"history\",\"room\":\"r\",\"limit\":501}");
+	assert_int_equal(cmd.limit, PROTO_HISTORY_MAX);
+	proto_cmd_free(&cmd);
+	assert_ok("{\"type\":\"history\",\"room\":\"r\",\"limit\":1000000}");
+	assert_int_equal(cmd.limit, 500);
+	proto_cmd_free(&cmd);
+	assert_ok("{\"type\":\"history\",\"room\":\"r\",\"limit\":1}");
+	assert_int_equal(cmd.limit, 1);
+}
+
+static void test_history_limit_zero_rejected(void **state)
+{
+	assert_rejected("{\"type\":\"history\",\"room\":\"r\",\"limit\":0}", PROTO_ERR_BAD_REQUEST);
+}
+
+static void test_history_before_and_after_together_rejected(void **state)
+{
+	assert_rejected("{\"type\":\"history\",\"room\":\"r\",\"before\":5,\"after\":1}",
+			PROTO_ERR_BAD_REQUEST);
+}
+
+static void test_members_decodes_room(void **state)
+{
+	assert_ok("{\"type\":\"members\",\"room\":\"lobby\"}");
+	assert_int_equal(cmd.type, PROTO_MEMBERS);
+	assert_str(cmd.room, "lobby");
+}
+
+static void test_ping_decodes(void **state)
+{
+	assert_ok("{\"type\":\"ping\"}");
+	assert_int_equal(cmd.type, PROTO_PING);
+}
+
+static void test_type_names_round_trip(void **state)
+{
+	assert_string_equal(proto_type_name(PROTO_HELLO), "hello");
+	assert_string_equal(proto_type_name(PROTO_PING), "ping");
+	assert_string_equal(proto_err_name(PROTO_ERR_BAD_REQUEST), "bad_request");
+	assert_string_equal(proto_err_name(PROTO_ERR_NOT_AUTHENTICATED), "not_authenticated");
+	assert_string_equal(proto_err_name(PROTO_ERR_TOO_LARGE), "too_large");
+	assert_string_equal(proto_err_name(PROTO_ERR_INTERNAL), "internal");
+}
+
+/* ---- ref ---------------------------------------------------------------- */
+
+static void test_ref_is_extracted(void **state)
+{
+	assert_ok("{\"type\":\"ping\",\"ref\":\"r-17\"}");
+	assert_str(cmd.ref, "r-17");
+}
+
+static void test_ref_is_kept_when_the_command_fails(void **state)
+{
+	assert_int_equal(decode("{\"type\":\"join\",\"ref\":\"x9\",\"room\":\"bad room\"}"), -1);
+	assert_int_equal(err.code, PROTO_ERR_BAD_REQUEST);
+	assert_str(cmd.ref, "x9");
+	proto_cmd_free(&cmd);
+
+	assert_int_equal(decode("{\"type\":\"nope\",\"ref\":\"x10\"}"), -1);
+	assert_str(cmd.ref, "x10");
+	proto_cmd_free(&cmd);
+
+	assert_int_equal(decode("{\"ref\":\"x11\"}"), -1);
+	assert_str(cmd.ref, "x11");
+}
+
+static void test_ref_of_64_bytes_ok_65_rejected(void **state)
+{
+	char json[256], ref[80];
+
+	memset(ref, 'r', 64);
+	ref[64] = '\0';
+	snprintf(json, sizeof json, "{\"type\":\"ping\",\"ref\":\"%s\"}", ref);
+	assert_ok(json);
+	assert_int_equal(cmd.ref.len, 64);
+	proto_cmd_free(&cmd);
+
+	memset(ref, 'r', 65);
+	ref[65] = '\0';
+	snprintf(json, sizeof json, "{\"type\":\"ping\",\"ref\":\"%s\"}", ref);
+	assert_int_equal(decode(json), -1);
+	assert_int_equal(err.code, PROTO_ERR_BAD_REQUEST);
+	assert_null(cmd.ref.p);   /* an invalid ref is not echoed */
+}
+
+static void test_ref_not_a_string_rejected(void **state)
+{
+	assert_rejected("{\"type\":\"ping\",\"ref\":5}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"ping\",\"ref\":null}", PROTO_ERR_BAD_REQUEST);
+}
+
+/* ---- frame shape -------------------------------------------------------- */
+
+static void test_invalid_json_rejected(void **state)
+{
+	assert_rejected("", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"ping\",}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{type:\"ping\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("not json", PROTO_ERR_BAD_REQUEST);
+}
+
+static void test_decode_respects_len_not_nul(void **state)
+{
+	const char *json = "{\"type\":\"ping\"}GARBAGE";
+
+	/* only the first 15 bytes are the frame */
+	assert_int_equal(decode_n(json, 15, MAX_BODY), 0);
+	assert_int_equal(cmd.type, PROTO_PING);
+	proto_cmd_free(&cmd);
+	/* a frame cut short is invalid */
+	assert_int_equal(decode_n(json, 10, MAX_BODY), -1);
+	assert_int_equal(err.code, PROTO_ERR_BAD_REQUEST);
+}
+
+static void test_non_object_rejected(void **state)
+{
+	assert_rejected("[]", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("[{\"type\":\"ping\"}]", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("\"ping\"", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("42", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("null", PROTO_ERR_BAD_REQUEST);
+}
+
+static void test_missing_or_unknown_type_rejected(void **state)
+{
+	assert_rejected("{}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"name\":\"alice\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":7}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":null}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"shout\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"PING\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"Type\":\"ping\"}", PROTO_ERR_BAD_REQUEST);
+}
+
+static void test_unknown_fields_ignored(void **state)
+{
+	assert_ok("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"b\","
+		  "\"extra\":{\"nested\":[1,2,{\"x\":null}]},\"since\":\"junk\",\"to\":5}");
+	assert_int_equal(cmd.type, PROTO_SEND);
+	assert_str(cmd.body, "b");
+	proto_cmd_free(&cmd);
+	assert_accepted("{\"x\":1,\"type\":\"ping\",\"y\":[true,false]}");
+}
+
+static void test_deep_nesting_rejected_without_crashing(void **state)
+{
+	size_t n = 10000, i;
+	char *buf = malloc(2 * n + 64);
+	int rc;
+
+	assert_non_null(buf);
+	for (i = 0; i < n; i++)
+		buf[i] = '[';
+	rc = decode_n(buf, n, MAX_BODY);
+	assert_int_equal(rc, -1);
+	assert_int_equal(err.code, PROTO_ERR_BAD_REQUEST);
+	proto_cmd_free(&cmd);
+
+	/* balanced and deep, inside an otherwise valid frame */
+	i = (size_t)sprintf(buf, "{\"type\":\"ping\",\"x\":");
+	memset(buf + i, '[', n);
+	memset(buf + i + n, ']', n);
+	buf[i + 2 * n] = '}';
+	rc = decode_n(buf, i + 2 * n + 1, MAX_BODY);
+	free(buf);
+	assert_int_equal(rc, -1);
+	assert_int_equal(err.code, PROTO_ERR_BAD_REQUEST);
+}
+
+/* ---- names and rooms ---------------------------------------------------- */
+
+static void test_name_charset_and_length(void **state)
+{
+	char json[128], name[64];
+
+	assert_accepted("{\"type\":\"hello\",\"name\":\"A-z_0.9\"}");
+	assert_accepted("{\"type\":\"hello\",\"name\":\"a\"}");
+	memset(name, 'n', 32);
+	name[32] = '\0';
+	snprintf(json, sizeof json, "{\"type\":\"hello\",\"name\":\"%s\"}", name);
+	assert_accepted(json);
+	memset(name, 'n', 33);
+	name[33] = '\0';
+	snprintf(json, sizeof json, "{\"type\":\"hello\",\"name\":\"%s\"}", name);
+	assert_rejected(json, PROTO_ERR_BAD_REQUEST);
+
+	assert_rejected("{\"type\":\"hello\",\"name\":\"\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"hello\",\"name\":\"al ice\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"hello\",\"name\":\"a:b\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"hello\",\"name\":\"a/b\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"hello\",\"name\":\"\xc3\xa9t\xc3\xa9\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"hello\",\"name\":\"\\u00e9\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"hello\",\"name\":7}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"hello\"}", PROTO_ERR_BAD_REQUEST);
+}
+
+static void test_dm_to_uses_name_rules(void **state)
+{
+	assert_rejected("{\"type\":\"dm\",\"to\":\"b b\",\"id\":\"1\",\"body\":\"x\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"dm\",\"to\":\"\",\"id\":\"1\",\"body\":\"x\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"dm\",\"id\":\"1\",\"body\":\"x\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"dm\",\"to\":\"a:b\",\"id\":\"1\",\"body\":\"x\"}", PROTO_ERR_BAD_REQUEST);
+}
+
+static void test_room_charset_and_length(void **state)
+{
+	char json[160], room[80];
+
+	assert_accepted("{\"type\":\"join\",\"room\":\"A-z_0.9:x\"}");
+	memset(room, 'r', 64);
+	room[64] = '\0';
+	snprintf(json, sizeof json, "{\"type\":\"join\",\"room\":\"%s\"}", room);
+	assert_accepted(json);
+	memset(room, 'r', 65);
+	room[65] = '\0';
+	snprintf(json, sizeof json, "{\"type\":\"join\",\"room\":\"%s\"}", room);
+	assert_rejected(json, PROTO_ERR_BAD_REQUEST);
+
+	assert_rejected("{\"type\":\"join\",\"room\":\"\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"join\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"join\",\"room\":\"a b\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"join\",\"room\":\"a#b\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"join\",\"room\":[\"r\"]}", PROTO_ERR_BAD_REQUEST);
+	/* every command that names a room checks it */
+	assert_rejected("{\"type\":\"leave\",\"room\":\"a b\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"members\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"history\",\"room\":\"\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"send\",\"room\":\"a b\",\"id\":\"1\",\"body\":\"x\"}", PROTO_ERR_BAD_REQUEST);
+}
+
+static void test_validators(void **state)
+{
+	assert_true(proto_valid_name("bob", 3));
+	assert_false(proto_valid_name("bob", 0));
+	assert_false(proto_valid_name("b:b", 3));
+	assert_false(proto_valid_name("b\0b", 3));
+	assert_true(proto_valid_room("b:b", 3));
+	assert_false(proto_valid_room("b\0b", 3));
+	assert_false(proto_valid_room("x", 65));
+}
+
+/* ---- id and body -------------------------------------------------------- */
+
+static void test_id_length_1_to_64(void **state)
+{
+	char json[200], id[80];
+
+	memset(id, 'i', 64);
+	id[64] = '\0';
+	snprintf(json, sizeof json, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"%s\",\"body\":\"x\"}", id);
+	assert_accepted(json);
+	memset(id, 'i', 65);
+	id[65] = '\0';
+	snprintf(json, sizeof json, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"%s\",\"body\":\"x\"}", id);
+	assert_rejected(json, PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"send\",\"room\":\"r\",\"id\":\"\",\"body\":\"x\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"send\",\"room\":\"r\",\"body\":\"x\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"send\",\"room\":\"r\",\"id\":1,\"body\":\"x\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"dm\",\"to\":\"b\",\"id\":\"\",\"body\":\"x\"}", PROTO_ERR_BAD_REQUEST);
+}
+
+static void test_body_missing_or_not_string_rejected(void **state)
+{
+	assert_rejected("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\"}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":3}", PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"dm\",\"to\":\"b\",\"id\":\"1\",\"body\":null}", PROTO_ERR_BAD_REQUEST);
+}
+
+static void test_body_at_the_limit_ok_one_over_too_large(void **state)
+{
+	/* MAX_BODY = 16 bytes */
+	assert_ok("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"0123456789abcdef\"}");
+	assert_int_equal(cmd.body.len, MAX_BODY);
+	proto_cmd_free(&cmd);
+	assert_rejected("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"0123456789abcdefg\"}",
+			PROTO_ERR_TOO_LARGE);
+	assert_rejected("{\"type\":\"dm\",\"to\":\"b\",\"id\":\"1\",\"body\":\"0123456789abcdefg\"}",
+			PROTO_ERR_TOO_LARGE);
+}
+
+static void test_body_limit_counts_decoded_bytes(void **state)
+{
+	/* 16 escaped quotes = 16 bytes decoded, 32 in the source: fits */
+	assert_ok("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":"
+		  "\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\"}");
+	assert_int_equal(cmd.body.len, 16);
+	proto_cmd_free(&cmd);
+	/* 8 x U+00E9 = 16 UTF-8 bytes: fits; 9 = 18: too large */
+	assert_accepted("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":"
+			"\"\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\"}");
+	assert_rejected("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":"
+			"\"\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\\u00e9\"}",
+			PROTO_ERR_TOO_LARGE);
+}
+
+/* ---- integers ----------------------------------------------------------- */
+
+static void test_integers_must_be_non_negative_integers(void **state)
+{
+	static const char *const bad[] = { "1.5", "-1", "\"3\"", "true", "null", "[1]", "1e300", "-0.5" };
+	static const char *const fmt[] = {
+		"{\"type\":\"join\",\"room\":\"r\",\"since\":%s}",
+		"{\"type\":\"history\",\"room\":\"r\",\"before\":%s}",
+		"{\"type\":\"history\",\"room\":\"r\",\"after\":%s}",
+		"{\"type\":\"history\",\"room\":\"r\",\"limit\":%s}",
+	};
+	char json[128];
+	size_t i, j;
+
+	for (i = 0; i < sizeof fmt / sizeof fmt[0]; i++) {
+		for (j = 0; j < sizeof bad / sizeof bad[0]; j++) {
+			snprintf(json, sizeof json, fmt[i], bad[j]);
+			proto_cmd_free(&cmd);
+			if (decode(json) != -1 || err.code != PROTO_ERR_BAD_REQUEST)
+				fail_msg("accepted: %s", json);
+		}
+		snprintf(json, sizeof json, fmt[i], "3");
+		assert_accepted(json);
+	}
+}
+
+static void test_integer_forms_that_are_exact_integers_accepted(void **state)
+{
+	assert_ok("{\"type\":\"join\",\"room\":\"r\",\"since\":3.0}");
+	assert_int_equal(cmd.since, 3);
+	proto_cmd_free(&cmd);
+	assert_ok("{\"type\":\"join\",\"room\":\"r\",\"since\":9007199254740992}");
+	assert_int_equal(cmd.since, 9007199254740992ULL);
+	proto_cmd_free(&cmd);
+	assert_ok("{\"type\":\"history\",\"room\":\"r\",\"before\":0}");
+	assert_true(cmd.has_before);
+	assert_int_equal(cmd.before, 0);
+}
+
+/* ---- NUL escapes -------------------------------------------------------- */
+
+static void test_nul_escape_in_a_string_rejected(void **state)
+{
+	assert_rejected("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"a\\u0000b\"}",
+			PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"hello\",\"name\":\"al\\u0000ice\"}", PROTO_ERR_BAD_REQUEST);
+	/* three backslashes: an escaped backslash, then \u0000 */
+	assert_rejected("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"\\\\\\u0000\"}",
+			PROTO_ERR_BAD_REQUEST);
+	/* in an ignored field too: the document holds a NUL */
+	assert_rejected("{\"type\":\"ping\",\"x\":\"\\u0000\"}", PROTO_ERR_BAD_REQUEST);
+}
+
+static void test_escaped_backslash_before_u0000_text_accepted(void **state)
+{
+	/* JSON source "\\u0000" = a backslash followed by the text u0000 */
+	assert_ok("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"\\\\u0000\"}");
+	assert_str(cmd.body, "\\u0000");
+	proto_cmd_free(&cmd);
+	/* and plain text u0000 */
+	assert_ok("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"u0000\"}");
+	assert_str(cmd.body, "u0000");
+}
+
+static void test_other_control_escapes_accepted(void **state)
+{
+	assert_ok("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"\\u0001\\n\\t\"}");
+	assert_int_equal(cmd.body.len, 3);
+	assert_memory_equal(cmd.body.p, "\x01\n\t", 3);
+}
+
+/* Regression tests for bugs these tests found. */
+/* A frame is one JSON object: trailing bytes after it make it invalid.
+ * cJSON_ParseWithLength() stops after the first value and ignores the rest. */
+static void test_trailing_data_after_the_object_rejected(void **state)
+{
+	assert_rejected("{\"type\":\"ping\"}{\"type\":\"hello\",\"name\":\"x\"}",
+			PROTO_ERR_BAD_REQUEST);
+	assert_rejected("{\"type\":\"ping\"} trailing", PROTO_ERR_BAD_REQUEST);
+	/* trailing whitespace is still fine */
+	assert_accepted("{\"type\":\"ping\"} \n");
+}
+
+#define T(f) cmocka_unit_test_teardown(f, teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		T(test_hello_decodes_name),
+		T(test_join_decodes_room_since_epoch),
+		T(test_leave_decodes_room),
+		T(test_send_decodes_room_id_body),
+		T(test_send_accepts_empty_body),
+		T(test_dm_decodes_to_id_body),
+		T(test_history_decodes_with_defaults),
+		T(test_history_decodes_before_after_limit),
+		T(test_history_limit_clamps_to_500),
+		T(test_history_limit_zero_rejected),
+		T(test_history_before_and_after_together_rejected),
+		T(test_members_decodes_room),
+		T(test_ping_decodes),
+		T(test_type_names_round_trip),
+		T(test_ref_is_extracted),
+		T(test_ref_is_kept_when_the_command_fails),
+		T(test_ref_of_64_bytes_ok_65_rejected),
+		T(test_ref_not_a_string_rejected),
+		T(test_invalid_json_rejected),
+		T(test_decode_respects_len_not_nul),
+		T(test_non_object_rejected),
+		T(test_missing_or_unknown_type_rejected),
+		T(test_unknown_fields_ignored),
+		T(test_deep_nesting_rejected_without_crashing),
+		T(test_name_charset_and_length),
+		T(test_dm_to_uses_name_rules),
+		T(test_room_charset_and_length),
+		T(test_validators),
+		T(test_id_length_1_to_64),
+		T(test_body_missing_or_not_string_rejected),
+		T(test_body_at_the_limit_ok_one_over_too_large),
+		T(test_body_limit_counts_decoded_bytes),
+		T(test_integers_must_be_non_negative_integers),
+		T(test_integer_forms_that_are_exact_integers_accepted),
+		T(test_nul_escape_in_a_string_rejected),
+		T(test_escaped_backslash_before_u0000_text_accepted),
+		T(test_other_control_escapes_accepted),
+		T(test_trailing_data_after_the_object_rejected),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
