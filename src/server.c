@@ -306,7 +306,7 @@ static int conn_receive(struct server *srv, struct conn *c, const char *in, size
  * empty (or at once when the close does not flush). */
 static int conn_write(struct server *srv, struct conn *c)
 {
-	unsigned char ping[LWS_PRE + 1];
+	unsigned char ping[LWS_PRE + 4] = { [LWS_PRE] = 'c', 'h', 'a', 't' };
 	struct msgbuf *mb;
 	int n;
 
@@ -314,7 +314,8 @@ static int conn_write(struct server *srv, struct conn *c)
 		return -1;
 	if (c->ping_due) {
 		c->ping_due = 0;
-		if (lws_write(c->wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+		/* A non-empty payload: lws 4.1 does not report empty pongs. */
+		if (lws_write(c->wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 0)
 			return -1;
 		if (lws_send_pipe_choked(c->wsi)) {
 			lws_callback_on_writable(c->wsi);
@@ -602,9 +603,10 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 		return NULL;
 	}
 
-	/* lws' notice level is chatty; it joins chatd's log at debug only. */
-	if (cfg->log_level >= CONFIG_LOG_DEBUG)
-		lws_levels |= LLL_NOTICE;
+	/* lws' notice level is chatty (a line per event at 4.1): only on
+	 * request, for debugging lws itself. */
+	if (getenv("CHATD_LWS_DEBUG"))
+		lws_levels |= LLL_NOTICE | LLL_INFO;
 	lws_set_log_level(lws_levels, log_lws_emit);
 
 	memset(&info, 0, sizeof(info));
