@@ -24,6 +24,12 @@ enum config_log_format {
 	CONFIG_LOG_JSON = 1
 };
 
+enum config_storage_sync {
+	CONFIG_SYNC_BATCH = 0,      /* group commit per loop iteration, ack after commit */
+	CONFIG_SYNC_ALWAYS = 1,     /* one transaction per message, ack after commit */
+	CONFIG_SYNC_OFF = 2         /* ack at once, commit in the next batch */
+};
+
 /* Log levels, most severe first; a level lets through itself and above. */
 enum config_log_level {
 	CONFIG_LOG_ERROR = 0,
@@ -63,6 +69,12 @@ struct config {
 	long messages_per_room;       /* 1000, >= 0 */
 	long dedup_window;            /* 1000, >= 0 */
 
+	/* [storage] */
+	char *storage_path;           /* "" = memory only; else a SQLite file */
+	enum config_storage_sync storage_sync;  /* "batch" */
+	long retention_messages;      /* 0 = keep all; else per room */
+	double retention_days;        /* 0 = keep all */
+
 	/* [log] */
 	enum config_log_level log_level;    /* "info" */
 	enum config_log_format log_format;  /* "text" */
@@ -90,6 +102,7 @@ void config_free(struct config *cfg);
 /* Names for printing. */
 const char *config_log_level_name(enum config_log_level level);
 const char *config_slow_policy_name(enum config_slow_policy p);
+const char *config_storage_sync_name(enum config_storage_sync s);
 
 #ifdef __cplusplus
 }

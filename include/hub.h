@@ -56,28 +56,51 @@ struct hub_limits {
 	double heartbeat_interval;
 };
 
-/* A message on its way from submit to commit. Owned by the hub. */
+/* A message on its way from submit to commit. The engine owns it from
+ * submit until it calls hub_pending_free(). */
 struct hub_pending {
+	struct hub_pending *next;        /* free for the engine's own lists */
 	uint64_t sender;                 /* session number; may be gone at commit */
 	char from[PROTO_NAME_MAX + 1];
 	char room[PROTO_ROOM_MAX + 1];
+	char epoch[17];                  /* the room's epoch */
 	char id[PROTO_ID_MAX + 1];
 	char ref[PROTO_REF_MAX + 1];
 	int has_ref;
-	uint64_t seq;                    /* set by the engine */
+	uint64_t seq;                    /* assigned by the hub (local engines) */
 	uint64_t ts;                     /* server ms since the epoch */
 	size_t body_len;
 	char *body;                      /* NUL-terminated */
 };
 
+/* A stored message, as an engine hands it back (strings borrowed). */
+struct hub_msg {
+	uint64_t seq, ts;
+	const char *from, *id, *body;
+	size_t body_len;
+};
+
+struct room;
+
 /*
- * The engine sequences and persists accepted messages. It must call
- * hub_commit() exactly once per submitted message, in seq order per room,
- * now or later. The default (NULL engine) is the in-memory engine: the next
- * seq of the room, committed at once.
+ * An engine persists (and, in a cluster, sequences) accepted messages.
+ * submit: p->seq and p->ts are set; the engine must call hub_commit() for
+ * p exactly once, in seq order per room, now or later, then
+ * hub_pending_free(p). A failed commit must fail every later pending
+ * message of the same room too, so that seq stays gap-free.
+ * room_load (optional): a room is first used on this node: restore its
+ * epoch, seq and recent messages (hub_room_restore) or return -1.
+ * read (optional): call emit for each stored message of room with
+ * lo <= seq <= hi, in seq order, at most max; returns the count or -1.
+ * oldest (optional): the lowest seq stored for room, 0 if none.
+ * The default (no engine) keeps everything in memory only.
  */
 struct hub_engine {
 	void (*submit)(void *ctx, struct hub *hub, struct hub_pending *p);
+	int (*room_load)(void *ctx, struct hub *hub, struct room *r);
+	int (*read)(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
+		    void (*emit)(void *arg, const struct hub_msg *m), void *arg);
+	uint64_t (*oldest)(void *ctx, const char *room);
 	void *ctx;
 };
 
@@ -106,8 +129,12 @@ void hub_session_pop(struct hub *hub, struct session *s);
 void hub_session_close(struct hub *hub, struct session *s, int code, const char *reason);
 
 /* Complete a submitted message (engine callback). status PROTO_OK commits
- * p->seq/p->ts; anything else answers the sender with that error. Frees p. */
+ * p->seq/p->ts: ring, ack to the sender if still here, fan-out. Anything
+ * else answers the sender with that error. p stays the engine's. */
 void hub_commit(struct hub *hub, struct hub_pending *p, enum proto_err status);
+void hub_pending_free(struct hub_pending *p);
+/* Engine room_load helper: put a stored message into r's ring and dedup. */
+int hub_room_restore(struct hub *hub, struct room *r, const struct hub_msg *m);
 
 /* Gauges. */
 uint64_t hub_session_count(const struct hub *hub);   /* after hello */

@@ -34,6 +34,14 @@ struct metrics {
 	uint64_t refused[METRICS_REFUSED_COUNT];
 	uint64_t errors[PROTO_ERR_COUNT];
 	uint64_t reloads, reload_failures;
+	/* storage engine */
+	uint64_t storage_commits;         /* transactions committed */
+	uint64_t storage_committed;       /* messages written */
+	uint64_t storage_failures;        /* transactions that failed (sends got unavailable) */
+	uint64_t storage_pruned;          /* messages removed by retention */
+	double storage_commit_seconds;    /* sum of commit durations */
+	double storage_commit_max;        /* longest commit so far */
+	int storage_enabled;
 };
 
 struct metrics_gauges {

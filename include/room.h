@@ -38,7 +38,9 @@ struct room_dedup;
 struct room {
 	char name[PROTO_ROOM_MAX + 1];
 	char epoch[17];
-	uint64_t seq;                   /* latest accepted seq; 0 = none yet */
+	uint64_t seq;                   /* latest committed seq; 0 = none yet */
+	uint64_t seq_assigned;          /* latest seq handed to the engine (>= seq) */
+	uint32_t pending;               /* messages between submit and commit */
 	struct membership *members;
 	uint32_t member_count;
 	struct room_ring ring;          /* msgbuf refs of the last messages, seq order */
@@ -58,12 +60,14 @@ struct membership *room_member_add(struct room *r, struct session *s);
 /* Unlink and free m. */
 void room_member_remove(struct membership *m);
 
-/* Record an accepted message whose seq the caller has already stored in
- * r->seq; the ring takes its own reference to frame. Keeps at most max_ring
- * frames and max_dedup ids (smaller limits after a reload apply here).
- * Returns -1 on ENOMEM. */
-int room_append(struct room *r, struct msgbuf *frame, const char *from, size_t from_len,
-		const char *id, size_t id_len, uint32_t max_ring, uint32_t max_dedup);
+/* Record message seq (its encoded frame, and its (from, id) for dedup); the
+ * ring takes its own reference to frame. Keeps at most max_ring frames and
+ * max_dedup ids (smaller limits after a reload apply here). The ring holds
+ * consecutive seqs only: a seq that does not follow the ring's last one
+ * starts a new ring. Does not touch r->seq. Returns -1 on ENOMEM. */
+int room_append(struct room *r, uint64_t seq, struct msgbuf *frame, const char *from,
+		size_t from_len, const char *id, size_t id_len, uint32_t max_ring,
+		uint32_t max_dedup);
 
 /* The seq a (from, id) pair was accepted with, or 0 if not in the window. */
 uint64_t room_dedup_find(struct room *r, const char *from, size_t from_len,

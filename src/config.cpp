@@ -31,10 +31,12 @@ const size_t max_file_bytes = 1 << 20; /* a config file is small; /dev/zero is n
 const char *const level_names[] = {"error", "warn", "info", "debug", nullptr};
 const char *const slow_names[] = {"close", "drop_oldest", nullptr};
 const char *const format_names[] = {"text", "json", nullptr};
+const char *const sync_names[] = {"batch", "always", "off", nullptr};
 
 static_assert(sizeof(enum config_log_level) == sizeof(int) &&
 	      sizeof(enum config_slow_policy) == sizeof(int) &&
-	      sizeof(enum config_log_format) == sizeof(int), "enum fields are stored as int");
+	      sizeof(enum config_log_format) == sizeof(int) &&
+	      sizeof(enum config_storage_sync) == sizeof(int), "enum fields are stored as int");
 
 /* ---- value checks ------------------------------------------------------ */
 
@@ -143,6 +145,11 @@ const Key keys[] = {
 
 	integer("history", "messages_per_room", LONG, F(messages_per_room), 0),
 	integer("history", "dedup_window", LONG, F(dedup_window), 0),
+
+	string("storage", "path", F(storage_path), no_nul, "expected a file path (\"\" = memory only)"),
+	choice("storage", "sync", F(storage_sync), sync_names),
+	integer("storage", "retention_messages", LONG, F(retention_messages), 0),
+	number("storage", "retention_days", F(retention_days), GE, 0),
 
 	choice("log", "level", F(log_level), level_names),
 	choice("log", "format", F(log_format), format_names),
@@ -385,7 +392,8 @@ int config_defaults(struct config *cfg)
 
 	cfg->listen = strdup("127.0.0.1");
 	cfg->node_id = strdup(host);
-	if (!cfg->listen || !cfg->node_id) {
+	cfg->storage_path = strdup("");
+	if (!cfg->listen || !cfg->node_id || !cfg->storage_path) {
 		config_free(cfg);
 		return -1;
 	}
@@ -466,6 +474,7 @@ void config_free(struct config *cfg)
 		return;
 	free(cfg->listen);
 	free(cfg->node_id);
+	free(cfg->storage_path);
 	free_strings(cfg->allowed_origins, cfg->allowed_origins_count);
 	memset(cfg, 0, sizeof *cfg);
 }
@@ -473,6 +482,11 @@ void config_free(struct config *cfg)
 const char *config_log_level_name(enum config_log_level level)
 {
 	return (unsigned)level < 4 ? level_names[level] : "unknown";
+}
+
+const char *config_storage_sync_name(enum config_storage_sync s)
+{
+	return (unsigned)s < 3 ? sync_names[s] : "unknown";
 }
 
 const char *config_slow_policy_name(enum config_slow_policy p)

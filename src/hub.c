@@ -371,13 +371,20 @@ static struct room *hub_room_get(struct hub *h, const char *name, size_t len)
 	if (r)
 		return r;
 	/* A new epoch whenever a room's seq history starts from nothing, so
-	 * that a (seq, epoch) pair never names two different messages. */
+	 * that a (seq, epoch) pair never names two different messages. An
+	 * engine with storage replaces it with the stored one. */
 	snprintf(epoch, sizeof(epoch), "%016llx", (unsigned long long)hub_random(h));
 	r = room_new(name, len, epoch);
 	if (!r)
 		return NULL;
+	if (h->engine.room_load && h->engine.room_load(h->engine.ctx, h, r)) {
+		room_free(r);
+		return NULL;
+	}
+	r->seq_assigned = r->seq;
 	HASH_ADD(hh, h->rooms, name[0], len, r);
-	log_debug(NULL, "room %s created, epoch %s", r->name, r->epoch);
+	log_debug(NULL, "room %s opened, epoch %s, seq %llu", r->name, r->epoch,
+		  (unsigned long long)r->seq);
 	return r;
 }
 
@@ -385,7 +392,7 @@ static struct room *hub_room_get(struct hub *h, const char *name, size_t len)
  * leaves; rooms with history stay, so seq and epoch remain meaningful. */
 static void hub_room_maybe_free(struct hub *h, struct room *r)
 {
-	if (r->member_count || r->seq)
+	if (r->member_count || r->seq || r->pending)
 		return;
 	HASH_DEL(h->rooms, r);
 	room_free(r);
@@ -453,24 +460,110 @@ static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_c
 	hub_w_reply(h, s, &w);
 }
 
+/* Encode a stored message as the "message" event every member receives. */
+static struct msgbuf *hub_encode_message(const char *room, const struct hub_msg *m)
+{
+	struct jsonw w;
+
+	hub_w_begin(&w, "message", 160 + m->body_len + m->body_len / 8);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_u64(&w, "seq", m->seq);
+	jsonw_kv_cstr(&w, "from", m->from);
+	jsonw_kv_cstr(&w, "id", m->id);
+	jsonw_kv_str(&w, "body", m->body, m->body_len);
+	jsonw_kv_u64(&w, "ts", m->ts);
+	jsonw_obj_close(&w);
+	return jsonw_finish(&w);
+}
+
+int hub_room_restore(struct hub *h, struct room *r, const struct hub_msg *m)
+{
+	struct msgbuf *mb = hub_encode_message(r->name, m);
+	int rc;
+
+	if (!mb)
+		return -1;
+	rc = room_append(r, m->seq, mb, m->from, strlen(m->from), m->id, strlen(m->id),
+			 h->lim.messages_per_room, h->lim.dedup_window);
+	msgbuf_unref(mb);
+	return rc;
+}
+
+/* The lowest seq of r still held in memory or by the engine. */
+static uint64_t hub_oldest_held(struct hub *h, struct room *r)
+{
+	uint64_t oldest = room_oldest_seq(r), stored;
+
+	if (h->engine.oldest && (stored = h->engine.oldest(h->engine.ctx, r->name)) && stored < oldest)
+		oldest = stored;
+	return oldest;
+}
+
+struct hub_collect {
+	struct room *room;
+	struct msgbuf **v;
+	uint32_t n, max;
+};
+
+static void hub_collect_emit(void *arg, const struct hub_msg *m)
+{
+	struct hub_collect *hc = arg;
+	struct msgbuf *mb;
+
+	if (hc->n >= hc->max || !(mb = hub_encode_message(hc->room->name, m)))
+		return;
+	hc->v[hc->n++] = mb;
+}
+
+/* Frames of r's messages lo..hi (seq order, at most max) from the ring,
+ * and from the engine for what the ring no longer holds. Each frame in
+ * v[] carries a reference for the caller. Returns how many. */
+static uint32_t hub_collect(struct hub *h, struct room *r, uint64_t lo, uint64_t hi,
+			    struct msgbuf **v, uint32_t max)
+{
+	struct hub_collect hc = { r, v, 0, max };
+	uint64_t ring_lo = room_oldest_seq(r), seq;
+
+	if (lo < ring_lo && h->engine.read && lo <= hi)
+		h->engine.read(h->engine.ctx, r->name, lo, hi < ring_lo ? hi : ring_lo - 1, max,
+			       hub_collect_emit, &hc);
+	for (seq = lo > ring_lo ? lo : ring_lo; seq <= hi && hc.n < max; seq++) {
+		struct msgbuf *mb = room_frame(r, seq);
+		if (mb)
+			v[hc.n++] = msgbuf_ref(mb);
+	}
+	return hc.n;
+}
+
+static void hub_release(struct msgbuf **v, uint32_t n)
+{
+	while (n)
+		msgbuf_unref(v[--n]);
+}
+
 /* Replay r's messages after since to s, oldest first, as far as s's queue
  * takes them without tripping the slow-consumer policy. Returns 1 if all
  * were queued, 0 if it stopped early. */
 static int hub_replay(struct hub *h, struct session *s, struct room *r, uint64_t since)
 {
-	uint64_t seq = since + 1, oldest = room_oldest_seq(r);
+	uint32_t max = h->lim.send_queue_messages, n, i, queued = 0;
+	struct msgbuf **v;
 
-	if (seq < oldest)
-		seq = oldest;
-	for (; seq <= r->seq; seq++) {
-		struct msgbuf *mb = room_frame(r, seq);
-		/* Keep one frame and some bytes free for the joined reply. */
-		if (!mb || !hub_fits(h, s, mb->len, 1, 4096))
-			return 0;
-		if (hub_enqueue(h, s, mb, 1))
-			return 0;
-	}
-	return 1;
+	if (since >= r->seq)
+		return 1;
+	if (max > PROTO_HISTORY_MAX * 2)
+		max = PROTO_HISTORY_MAX * 2;
+	v = malloc(sizeof(*v) * max);
+	if (!v)
+		return 0;
+	n = hub_collect(h, r, since + 1, r->seq, v, max);
+	/* Keep one frame and some bytes free for the joined reply. */
+	for (i = 0; i < n && hub_fits(h, s, v[i]->len, 1, 4096); i++)
+		if (hub_enqueue(h, s, v[i], 1) == 0)
+			queued++;
+	hub_release(v, n);
+	free(v);
+	return queued == n && (n < max || since + n >= r->seq);
 }
 
 static void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cmd *c)
@@ -480,14 +573,14 @@ static void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cm
 	struct jsonw w;
 
 	if (!r) {
-		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+		hub_error(h, s, &c->ref, PROTO_ERR_UNAVAILABLE, "the room could not be loaded");
 		return;
 	}
 	if (c->has_since) {
 		int same_epoch = !c->epoch.p ||
 			(c->epoch.len == strlen(r->epoch) && memcmp(c->epoch.p, r->epoch, c->epoch.len) == 0);
 		if (same_epoch && c->since <= r->seq) {
-			recovered = room_oldest_seq(r) <= c->since + 1;
+			recovered = hub_oldest_held(h, r) <= c->since + 1;
 			complete = hub_replay(h, s, r, c->since);
 		}
 	}
@@ -568,11 +661,16 @@ static void hub_copy(char *dst, const struct proto_str *src)
 
 static void hub_mem_submit(struct hub *h, struct hub_pending *p)
 {
-	struct room *r = hub_room_find(h, p->room, strlen(p->room));
-
-	p->seq = r ? r->seq + 1 : 1;
-	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
 	hub_commit(h, p, PROTO_OK);
+	hub_pending_free(p);
+}
+
+void hub_pending_free(struct hub_pending *p)
+{
+	if (p) {
+		free(p->body);
+		free(p);
+	}
 }
 
 static void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
@@ -597,14 +695,14 @@ static void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cm
 	if (p)
 		p->body = malloc(c->body.len + 1);
 	if (!p || !p->body) {
-		if (p)
-			free(p);
+		hub_pending_free(p);
 		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
 		return;
 	}
 	p->sender = s->num;
 	strcpy(p->from, s->name);
 	strcpy(p->room, r->name);
+	strcpy(p->epoch, r->epoch);
 	hub_copy(p->id, &c->id);
 	if (c->ref.p) {
 		hub_copy(p->ref, &c->ref);
@@ -613,6 +711,11 @@ static void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cm
 	memcpy(p->body, c->body.p, c->body.len);
 	p->body[c->body.len] = '\0';
 	p->body_len = c->body.len;
+	/* seq is handed out here, in arrival order; the engine may commit
+	 * later, but commits come back in this order. */
+	p->seq = ++r->seq_assigned;
+	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
+	r->pending++;
 	if (h->engine.submit)
 		h->engine.submit(h->engine.ctx, h, p);
 	else
@@ -622,55 +725,47 @@ static void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cm
 void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
 {
 	struct session *sender = NULL;
+	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
+	struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len };
 	struct msgbuf *mb = NULL;
 	struct room *r;
-	struct jsonw w;
 	uint64_t num = p->sender;
 
 	HASH_FIND(hh, h->sessions, &num, sizeof(num), sender);
 	if (sender && sender->closing)
 		sender = NULL;
-	if (status != PROTO_OK) {
-		if (sender) {
-			struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
-			hub_error(h, sender, &ref, status, "the message could not be stored");
-		}
-		goto out;
-	}
 	r = hub_room_get(h, p->room, strlen(p->room));
-	if (!r) {
-		if (sender) {
-			struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
-			hub_error(h, sender, &ref, PROTO_ERR_INTERNAL, "out of memory");
-		}
-		goto out;
+	if (r && r->pending)
+		r->pending--;
+	if (status != PROTO_OK || !r) {
+		/* Nothing was stored: the seq goes back, so seq stays gap-free
+		 * (the engine fails every later pending message of the room). */
+		if (r && !r->pending)
+			r->seq_assigned = r->seq;
+		if (sender)
+			hub_error(h, sender, &ref, r ? status : PROTO_ERR_INTERNAL,
+				  status == PROTO_ERR_UNAVAILABLE ? "storage unavailable; the message was not stored"
+								  : "the message could not be accepted");
+		if (r)
+			hub_room_maybe_free(h, r);
+		return;
 	}
 	r->seq = p->seq;
-	hub_w_begin(&w, "message", 160 + p->body_len + p->body_len / 8);
-	jsonw_kv_cstr(&w, "room", r->name);
-	jsonw_kv_u64(&w, "seq", p->seq);
-	jsonw_kv_cstr(&w, "from", p->from);
-	jsonw_kv_cstr(&w, "id", p->id);
-	jsonw_kv_str(&w, "body", p->body, p->body_len);
-	jsonw_kv_u64(&w, "ts", p->ts);
-	jsonw_obj_close(&w);
-	mb = jsonw_finish(&w);
-	if (!mb || room_append(r, mb, p->from, strlen(p->from), p->id, strlen(p->id),
+	if (r->seq_assigned < r->seq)
+		r->seq_assigned = r->seq;
+	mb = hub_encode_message(r->name, &m);
+	if (!mb || room_append(r, p->seq, mb, p->from, strlen(p->from), p->id, strlen(p->id),
 			       h->lim.messages_per_room, h->lim.dedup_window)) {
-		/* The seq is spent (never reused); history will show the gap. */
-		log_error(sender ? sender->id : NULL, "out of memory storing message %s/%llu",
+		log_error(sender ? sender->id : NULL, "out of memory keeping message %s/%llu in memory",
 			  r->name, (unsigned long long)p->seq);
 		if (!mb)
-			goto out;
+			return;
 	}
 	h->m->messages_in++;
 	if (sender)
 		hub_ack(h, sender, p->id, r->name, p->seq, p->has_ref ? p->ref : NULL);
 	hub_room_broadcast(h, r, mb, NULL, 1);
-out:
 	msgbuf_unref(mb);
-	free(p->body);
-	free(p);
 }
 
 static void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
@@ -710,16 +805,18 @@ static void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd 
 static void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);
-	uint64_t lo, hi, seq, oldest;
+	struct msgbuf *v[PROTO_HISTORY_MAX];
+	uint64_t lo, hi, oldest;
+	uint32_t n, first = 0, last, i;
 	size_t total = 0, budget;
 	struct jsonw w;
 
 	if (!r)
 		return;
-	oldest = room_oldest_seq(r);
+	oldest = hub_oldest_held(h, r);
 	if (c->has_after) {
 		lo = c->after + 1 > oldest ? c->after + 1 : oldest;
-		hi = lo + c->limit - 1 < r->seq ? lo + c->limit - 1 : r->seq;
+		hi = r->seq;
 	} else {
 		hi = c->has_before ? (c->before ? c->before - 1 : 0) : r->seq;
 		if (hi > r->seq)
@@ -728,27 +825,28 @@ static void hub_cmd_history(struct hub *h, struct session *s, const struct proto
 		if (lo < oldest)
 			lo = oldest;
 	}
+	n = lo <= hi ? hub_collect(h, r, lo, hi, v, c->limit) : 0;
 	/* One reply frame must fit in the session's queue: cut it to the
 	 * budget, keeping the messages nearest to the requested bound. */
 	budget = h->lim.send_queue_bytes > s->q.bytes + 512 ? h->lim.send_queue_bytes - s->q.bytes - 512 : 0;
-	for (seq = lo; seq <= hi; seq++)
-		total += room_frame(r, seq)->len + 1;
-	while (lo <= hi && total > budget) {
+	for (i = 0; i < n; i++)
+		total += v[i]->len + 1;
+	last = n;
+	while (first < last && total > budget) {
 		if (c->has_after)
-			total -= room_frame(r, hi--)->len + 1;
+			total -= v[--last]->len + 1;
 		else
-			total -= room_frame(r, lo++)->len + 1;
+			total -= v[first++]->len + 1;
 	}
 	hub_w_begin(&w, "history", 128 + total);
 	jsonw_kv_cstr(&w, "room", r->name);
 	jsonw_key(&w, "messages");
 	jsonw_arr_open(&w);
-	for (seq = lo; seq <= hi; seq++) {
-		struct msgbuf *mb = room_frame(r, seq);
-		jsonw_raw(&w, (const char *)mb->data, mb->len);
-	}
+	for (i = first; i < last; i++)
+		jsonw_raw(&w, (const char *)v[i]->data, v[i]->len);
 	jsonw_arr_close(&w);
 	hub_w_ref(&w, &c->ref);
+	hub_release(v, n);
 	hub_w_reply(h, s, &w);
 }
 

@@ -2,7 +2,8 @@
  * main.c - command line, configuration, signals, and the loop.
  *
  * Exit status: 0 after a clean shutdown, 1 on a runtime failure (cannot
- * listen, out of memory at start), 2 on a usage or configuration error.
+ * listen, out of memory at start), 2 on a usage or configuration error or a
+ * database that cannot be used safely (corrupt, foreign, newer, locked).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,6 +19,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
+#include "storage.h"
 
 struct chatd {
 	struct ev_loop *loop;
@@ -25,6 +27,7 @@ struct chatd {
 	struct config *cfg;            /* current; replaced on reload */
 	struct metrics metrics;
 	struct server *srv;
+	struct storage *storage;       /* NULL: memory only */
 	ev_signal sig_term, sig_int, sig_hup;
 	ev_timer shutdown_timer;
 	int stopping;
@@ -157,6 +160,10 @@ static void chatd_on_hup(struct ev_loop *loop, ev_signal *w, int revents)
 	}
 	log_setup(next->log_level, next->log_format);
 	server_reconfigure(d->srv, next);
+	if (d->storage)
+		storage_reconfigure(d->storage, next);
+	else if (next->storage_path[0])
+		log_warn(NULL, "reload: enabling storage needs a restart");
 	d->cfg = next;
 	chatd_config_destroy(old);
 	d->metrics.reloads++;
@@ -204,6 +211,9 @@ int main(int argc, char **argv)
 	}
 	log_setup(d.cfg->log_level, d.cfg->log_format);
 	signal(SIGPIPE, SIG_IGN);
+	/* A file-size limit must turn into a write error (storage reports
+	 * it), not kill the daemon. */
+	signal(SIGXFSZ, SIG_IGN);
 	nofile = chatd_raise_nofile();
 
 	d.loop = ev_default_loop(EVBACKEND_EPOLL);
@@ -223,6 +233,16 @@ int main(int argc, char **argv)
 		ev_loop_destroy(d.loop);
 		return 1;
 	}
+	if (d.cfg->storage_path[0]) {
+		d.storage = storage_open(d.cfg, d.loop, server_hub(d.srv), &d.metrics, err, sizeof(err));
+		if (!d.storage) {
+			log_error(NULL, "%s", err);
+			server_free(d.srv);
+			chatd_config_destroy(d.cfg);
+			ev_loop_destroy(d.loop);
+			return 2;
+		}
+	}
 	ev_signal_init(&d.sig_term, chatd_on_stop, SIGTERM);
 	ev_signal_init(&d.sig_int, chatd_on_stop, SIGINT);
 	ev_signal_init(&d.sig_hup, chatd_on_hup, SIGHUP);
@@ -240,6 +260,8 @@ int main(int argc, char **argv)
 	ev_signal_stop(d.loop, &d.sig_int);
 	ev_signal_stop(d.loop, &d.sig_hup);
 	ev_timer_stop(d.loop, &d.shutdown_timer);
+	/* Whatever is still pending reaches the disk before the sessions go. */
+	storage_close(d.storage);
 	server_free(d.srv);
 	chatd_config_destroy(d.cfg);
 	ev_loop_destroy(d.loop);

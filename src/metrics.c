@@ -67,6 +67,17 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 	metrics_one(&w, "chatd_rate_limited_total", "counter", "Commands refused by the rate limit.", m->rate_limited);
 	metrics_one(&w, "chatd_reloads_total", "counter", "Successful configuration reloads.", m->reloads);
 	metrics_one(&w, "chatd_reload_failures_total", "counter", "Configuration reloads refused (old config kept).", m->reload_failures);
+	if (m->storage_enabled) {
+		metrics_one(&w, "chatd_storage_commits_total", "counter", "Storage transactions committed.", m->storage_commits);
+		metrics_one(&w, "chatd_storage_messages_total", "counter", "Messages written to storage.", m->storage_committed);
+		metrics_one(&w, "chatd_storage_failures_total", "counter", "Storage transactions that failed (their sends got unavailable).", m->storage_failures);
+		metrics_one(&w, "chatd_storage_pruned_total", "counter", "Messages removed by retention.", m->storage_pruned);
+		metrics_printf(&w, "# HELP chatd_storage_commit_seconds_total Time spent in storage transactions.\n"
+			       "# TYPE chatd_storage_commit_seconds_total counter\nchatd_storage_commit_seconds_total %.6f\n"
+			       "# HELP chatd_storage_commit_seconds_max Longest storage transaction so far.\n"
+			       "# TYPE chatd_storage_commit_seconds_max gauge\nchatd_storage_commit_seconds_max %.6f\n",
+			       m->storage_commit_seconds, m->storage_commit_max);
+	}
 	metrics_printf(&w, "# HELP chatd_connections_refused_total WebSocket upgrades refused, by reason.\n"
 		       "# TYPE chatd_connections_refused_total counter\n");
 	for (i = 0; i < METRICS_REFUSED_COUNT; i++)

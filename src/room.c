@@ -160,7 +160,7 @@ uint64_t room_dedup_find(struct room *r, const char *from, size_t from_len,
 	return d ? d->seq : 0;
 }
 
-static int room_dedup_add(struct room *r, const char *from, size_t from_len,
+static int room_dedup_add(struct room *r, uint64_t seq, const char *from, size_t from_len,
 			  const char *id, size_t id_len, uint32_t max_dedup)
 {
 	struct room_dedup *d;
@@ -172,7 +172,7 @@ static int room_dedup_add(struct room *r, const char *from, size_t from_len,
 	d = malloc(sizeof(*d) + from_len + 1 + id_len);
 	if (!d)
 		return -1;
-	d->seq = r->seq;
+	d->seq = seq;
 	d->keylen = room_dedup_key(d->key, from, from_len, id, id_len);
 	if (room_ring_push(&r->dedup_fifo, d, max_dedup)) {
 		free(d);
@@ -182,24 +182,33 @@ static int room_dedup_add(struct room *r, const char *from, size_t from_len,
 	return 0;
 }
 
-int room_append(struct room *r, struct msgbuf *frame, const char *from, size_t from_len,
-		const char *id, size_t id_len, uint32_t max_ring, uint32_t max_dedup)
+static void room_ring_drop_front(struct room *r)
 {
+	msgbuf_unref(room_ring_pop_front(&r->ring));
+	r->ring_first_seq++;
+}
+
+int room_append(struct room *r, uint64_t seq, struct msgbuf *frame, const char *from,
+		size_t from_len, const char *id, size_t id_len, uint32_t max_ring,
+		uint32_t max_dedup)
+{
+	/* Element i of the ring is seq ring_first_seq + i: keep it so. */
+	if (r->ring.len && seq != r->ring_first_seq + r->ring.len)
+		while (r->ring.len)
+			room_ring_drop_front(r);
 	/* A smaller limit after a reload takes effect here, oldest first. */
-	while (r->ring.len && r->ring.len >= max_ring) {
-		msgbuf_unref(room_ring_pop_front(&r->ring));
-		r->ring_first_seq++;
-	}
+	while (r->ring.len && r->ring.len >= max_ring)
+		room_ring_drop_front(r);
+	if (!r->ring.len)
+		r->ring_first_seq = seq;
 	if (max_ring) {
 		if (room_ring_push(&r->ring, frame, max_ring))
 			return -1;
 		msgbuf_ref(frame);
-		if (r->ring.len == 1)
-			r->ring_first_seq = r->seq;
 	} else {
-		r->ring_first_seq = r->seq + 1;
+		r->ring_first_seq = seq + 1;
 	}
-	return room_dedup_add(r, from, from_len, id, id_len, max_dedup);
+	return room_dedup_add(r, seq, from, from_len, id, id_len, max_dedup);
 }
 
 uint64_t room_oldest_seq(const struct room *r)

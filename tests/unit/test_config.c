@@ -241,7 +241,7 @@ static void test_unknown_key(void **state)
 
 static void test_unknown_table(void **state)
 {
-	expect_error("[server]\nport = 1\n\n[storage]\npath = \"x\"\n", "4: storage: unknown table");
+	expect_error("[server]\nport = 1\n\n[storag]\npath = \"x\"\n", "4: storag: unknown table");
 	expect_error("[[cluster]]\nnode = 1\n", "1: cluster: unknown table");
 	expect_error("auth.token = \"x\"\n", "1: auth: unknown table");
 }

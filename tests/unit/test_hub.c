@@ -1148,14 +1148,14 @@ static void eng_submit(void *ctx, struct hub *h, struct hub_pending *p)
 	(void)ctx;
 	(void)h;
 	assert_true(eng.n < 16);
-	p->seq = ++eng.seq;
+	assert_int_equal(p->seq, ++eng.seq);  /* the hub hands out seqs in order */
 	p->ts = 777;
 	eng.held[eng.n++] = p;
 }
 
 static void start_with_deferred_engine(void)
 {
-	struct hub_engine e = { eng_submit, NULL };
+	struct hub_engine e = { .submit = eng_submit };
 
 	memset(&eng, 0, sizeof eng);
 	start();
@@ -1188,6 +1188,7 @@ static void test_deferred_engine_acks_and_broadcasts_at_commit(void **state)
 	expect_none(b);
 
 	hub_commit(hub, p, PROTO_OK);
+	hub_pending_free(p);
 	o = expect(a, "ack");
 	assert_true(num(o, "seq") == 1);
 	assert_string_equal(str(o, "ref"), "q");
@@ -1213,6 +1214,7 @@ static void test_deferred_commit_after_the_sender_is_gone_still_broadcasts(void 
 	assert_string_equal(str(expect(b, "presence"), "state"), "leave");
 
 	hub_commit(hub, eng.held[0], PROTO_OK);
+	hub_pending_free(eng.held[0]);
 	o = expect(b, "message");
 	assert_string_equal(str(o, "from"), "alice");
 	assert_string_equal(str(o, "id"), "m1");
@@ -1239,6 +1241,7 @@ static void test_deferred_commit_does_not_ack_a_new_session_with_the_same_name(v
 	join(a2, "r");
 	drain(b);
 	hub_commit(hub, eng.held[0], PROTO_OK);
+	hub_pending_free(eng.held[0]);
 	/* a2 is a member so it gets the message, but no ack: it did not send */
 	assert_true(num(expect(a2, "message"), "seq") == 1);
 	expect_none(a2);
@@ -1257,10 +1260,41 @@ static void test_deferred_commit_failure_answers_the_sender_only(void **state)
 	drain(a);
 	in(a, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"m1\",\"body\":\"x\",\"ref\":\"e\"}");
 	hub_commit(hub, eng.held[0], PROTO_ERR_UNAVAILABLE);
+	hub_pending_free(eng.held[0]);
 	assert_string_equal(str(expect_error(a, "unavailable"), "ref"), "e");
 	expect_none(a);
 	expect_none(b);
 	assert_int_equal(metrics.messages_in, 0);
+}
+
+static void test_failed_commit_gives_its_seq_back(void **state)
+{
+	struct session *a, *b;
+
+	start_with_deferred_engine();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	drain(b);
+	send_msg(a, "r", "m1", "lost");
+	send_msg(a, "r", "m2", "lost too");
+	hub_commit(hub, eng.held[0], PROTO_ERR_UNAVAILABLE);
+	hub_pending_free(eng.held[0]);
+	hub_commit(hub, eng.held[1], PROTO_ERR_UNAVAILABLE);
+	hub_pending_free(eng.held[1]);
+	expect_error(a, "unavailable");
+	expect_error(a, "unavailable");
+	expect_none(b);
+	/* nothing was stored, so the next message takes seq 1: no gap */
+	eng.n = 0;
+	eng.seq = 0;
+	send_msg(a, "r", "m3", "kept");
+	hub_commit(hub, eng.held[0], PROTO_OK);
+	hub_pending_free(eng.held[0]);
+	assert_true(num(expect(a, "ack"), "seq") == 1);
+	assert_true(num(expect(b, "message"), "seq") == 1);
 }
 
 static void test_deferred_commit_failure_after_the_sender_is_gone(void **state)
@@ -1277,6 +1311,7 @@ static void test_deferred_commit_failure_after_the_sender_is_gone(void **state)
 	hub_session_unregister(hub, a);
 	drain(b);
 	hub_commit(hub, eng.held[0], PROTO_ERR_INTERNAL);
+	hub_pending_free(eng.held[0]);
 	expect_none(b);
 }
 
@@ -1364,6 +1399,7 @@ int main(void)
 		T(test_deferred_commit_does_not_ack_a_new_session_with_the_same_name),
 		T(test_deferred_commit_failure_answers_the_sender_only),
 		T(test_deferred_commit_failure_after_the_sender_is_gone),
+		T(test_failed_commit_gives_its_seq_back),
 		T(test_unregister_of_the_largest_queue_under_global_cap_returns),
 	};
 

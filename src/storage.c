@@ -1,0 +1,520 @@
+/*
+ * storage.c - SQLite engine for the hub: group commit, restore, history.
+ *
+ * Everything runs on the loop thread. The only waits on the disk are the
+ * batch commits (one per loop iteration at most, in batch mode) and small
+ * bounded reads (one room's recent messages when the room is first used,
+ * at most PROTO_HISTORY_MAX rows for a history or replay request).
+ */
+#include "storage.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "log.h"
+#include "room.h"
+
+/* "chat" */
+#define STORAGE_APP_ID 0x63686174
+/* Rows removed per retention step: pruning never stalls the loop. */
+#define STORAGE_PRUNE_STEP 256
+
+enum {
+	ST_INSERT, ST_ROOM_UPSERT, ST_ROOM_GET, ST_RECENT, ST_RANGE, ST_OLDEST,
+	ST_PRUNE_ROOM, ST_PRUNE_AGE, ST_BEGIN, ST_COMMIT, ST_ROLLBACK, ST_COUNT
+};
+
+static const char *const storage_sql[ST_COUNT] = {
+	[ST_INSERT] = "INSERT INTO messages(room, seq, sender, id, body, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+	[ST_ROOM_UPSERT] = "INSERT INTO rooms(name, epoch, seq) VALUES (?1, ?2, ?3) "
+			   "ON CONFLICT(name) DO UPDATE SET seq = max(seq, excluded.seq)",
+	[ST_ROOM_GET] = "SELECT epoch, seq FROM rooms WHERE name = ?1",
+	[ST_RECENT] = "SELECT seq, ts, sender, id, body FROM messages WHERE room = ?1 AND seq > ?2 ORDER BY seq",
+	[ST_RANGE] = "SELECT seq, ts, sender, id, body FROM messages WHERE room = ?1 AND seq BETWEEN ?2 AND ?3 "
+		     "ORDER BY seq LIMIT ?4",
+	[ST_OLDEST] = "SELECT min(seq) FROM messages WHERE room = ?1",
+	[ST_PRUNE_ROOM] = "DELETE FROM messages WHERE room = ?1 AND seq IN "
+			  "(SELECT seq FROM messages WHERE room = ?1 AND seq <= ?2 ORDER BY seq LIMIT 256)",
+	[ST_PRUNE_AGE] = "DELETE FROM messages WHERE (room, seq) IN "
+			 "(SELECT room, seq FROM messages WHERE ts < ?1 LIMIT 256)",
+	[ST_BEGIN] = "BEGIN",
+	[ST_COMMIT] = "COMMIT",
+	[ST_ROLLBACK] = "ROLLBACK",
+};
+
+static const char storage_schema[] =
+	"CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+	"CREATE TABLE rooms(name TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL) WITHOUT ROWID;"
+	"CREATE TABLE messages(room TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,"
+	" id TEXT NOT NULL, body TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID;"
+	"CREATE INDEX messages_ts ON messages(ts);"
+	"PRAGMA application_id = 1667785076;"   /* STORAGE_APP_ID */
+	"PRAGMA user_version = 1;";             /* STORAGE_SCHEMA_VERSION */
+
+struct storage {
+	sqlite3 *db;
+	sqlite3_stmt *st[ST_COUNT];
+	struct ev_loop *loop;
+	struct hub *hub;
+	struct metrics *m;
+	char *path;
+	enum config_storage_sync sync;
+	long retention_messages;
+	double retention_days;
+	struct hub_pending *head, *tail;   /* batch, in seq order */
+	uint32_t count;
+	ev_prepare flush_watcher;          /* group commit point */
+	ev_timer prune_timer;              /* retention_days */
+};
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static int storage_step_done(struct storage *st, int which)
+{
+	sqlite3_stmt *s = st->st[which];
+	int rc = sqlite3_step(s);
+
+	sqlite3_reset(s);
+	sqlite3_clear_bindings(s);
+	return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+}
+
+static void storage_bind_text(sqlite3_stmt *s, int i, const char *v, size_t len)
+{
+	sqlite3_bind_text(s, i, v, (int)len, SQLITE_STATIC);
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static int storage_write_one(struct storage *st, const struct hub_pending *p)
+{
+	sqlite3_stmt *s = st->st[ST_INSERT];
+	int rc;
+
+	storage_bind_text(s, 1, p->room, strlen(p->room));
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)p->seq);
+	storage_bind_text(s, 3, p->from, strlen(p->from));
+	storage_bind_text(s, 4, p->id, strlen(p->id));
+	storage_bind_text(s, 5, p->body, p->body_len);
+	sqlite3_bind_int64(s, 6, (sqlite3_int64)p->ts);
+	if ((rc = storage_step_done(st, ST_INSERT)) != SQLITE_OK)
+		return rc;
+	s = st->st[ST_ROOM_UPSERT];
+	storage_bind_text(s, 1, p->room, strlen(p->room));
+	storage_bind_text(s, 2, p->epoch, strlen(p->epoch));
+	sqlite3_bind_int64(s, 3, (sqlite3_int64)p->seq);
+	if ((rc = storage_step_done(st, ST_ROOM_UPSERT)) != SQLITE_OK)
+		return rc;
+	if (st->retention_messages > 0 && p->seq > (uint64_t)st->retention_messages) {
+		s = st->st[ST_PRUNE_ROOM];
+		storage_bind_text(s, 1, p->room, strlen(p->room));
+		sqlite3_bind_int64(s, 2, (sqlite3_int64)(p->seq - (uint64_t)st->retention_messages));
+		if ((rc = storage_step_done(st, ST_PRUNE_ROOM)) != SQLITE_OK)
+			return rc;
+		st->m->storage_pruned += (uint64_t)sqlite3_changes(st->db);
+	}
+	return SQLITE_OK;
+}
+
+/*
+ * Write the whole batch in one transaction, then complete each message:
+ * acked (and delivered) only if COMMIT succeeded. In "off" mode they were
+ * acked at submit; a failure here loses them and is logged.
+ */
+static void storage_flush(struct storage *st)
+{
+	struct hub_pending *p, *list = st->head;
+	uint32_t n = st->count;
+	double t0;
+	int rc;
+
+	if (!list)
+		return;
+	st->head = st->tail = NULL;
+	st->count = 0;
+	t0 = ev_time();
+	rc = storage_step_done(st, ST_BEGIN);
+	for (p = list; p && rc == SQLITE_OK; p = p->next)
+		rc = storage_write_one(st, p);
+	if (rc == SQLITE_OK)
+		rc = storage_step_done(st, ST_COMMIT);
+	if (rc != SQLITE_OK) {
+		log_error(NULL, "storage: writing %u messages to %s failed: %s; %s", n, st->path,
+			  sqlite3_errmsg(st->db),
+			  st->sync == CONFIG_SYNC_OFF ? "they are LOST (sync = off)"
+						      : "their senders get error unavailable");
+		if (!sqlite3_get_autocommit(st->db))
+			storage_step_done(st, ST_ROLLBACK);
+		st->m->storage_failures++;
+	} else {
+		double dt = ev_time() - t0;
+		st->m->storage_commits++;
+		st->m->storage_committed += n;
+		st->m->storage_commit_seconds += dt;
+		if (dt > st->m->storage_commit_max)
+			st->m->storage_commit_max = dt;
+	}
+	while (list) {
+		p = list;
+		list = p->next;
+		if (st->sync != CONFIG_SYNC_OFF)
+			hub_commit(st->hub, p, rc == SQLITE_OK ? PROTO_OK : PROTO_ERR_UNAVAILABLE);
+		hub_pending_free(p);
+	}
+}
+
+static void storage_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	storage_flush(w->data);
+}
+
+static void storage_submit(void *ctx, struct hub *hub, struct hub_pending *p)
+{
+	struct storage *st = ctx;
+
+	p->next = NULL;
+	if (st->tail)
+		st->tail->next = p;
+	else
+		st->head = p;
+	st->tail = p;
+	st->count++;
+	if (st->sync == CONFIG_SYNC_OFF)
+		hub_commit(hub, p, PROTO_OK);
+	if (st->sync == CONFIG_SYNC_ALWAYS || st->count >= STORAGE_BATCH_MAX)
+		storage_flush(st);
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+static void storage_row(sqlite3_stmt *s, struct hub_msg *m)
+{
+	m->seq = (uint64_t)sqlite3_column_int64(s, 0);
+	m->ts = (uint64_t)sqlite3_column_int64(s, 1);
+	m->from = (const char *)sqlite3_column_text(s, 2);
+	m->id = (const char *)sqlite3_column_text(s, 3);
+	m->body = (const char *)sqlite3_column_text(s, 4);
+	m->body_len = (size_t)sqlite3_column_bytes(s, 4);
+	if (!m->from)
+		m->from = "";
+	if (!m->id)
+		m->id = "";
+	if (!m->body)
+		m->body = "";
+}
+
+static int storage_room_load(void *ctx, struct hub *hub, struct room *r)
+{
+	struct storage *st = ctx;
+	sqlite3_stmt *s = st->st[ST_ROOM_GET];
+	const struct hub_limits *l = hub_limits(hub);
+	uint64_t keep, from;
+	int rc;
+
+	storage_bind_text(s, 1, r->name, strlen(r->name));
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		const char *epoch = (const char *)sqlite3_column_text(s, 0);
+		if (epoch && strlen(epoch) < sizeof(r->epoch))
+			strcpy(r->epoch, epoch);
+		r->seq = (uint64_t)sqlite3_column_int64(s, 1);
+	}
+	sqlite3_reset(s);
+	sqlite3_clear_bindings(s);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		log_error(NULL, "storage: loading room %s: %s", r->name, sqlite3_errmsg(st->db));
+		return -1;
+	}
+	if (!r->seq)
+		return 0;
+	/* The ring and the dedup window, as they were. */
+	keep = l->messages_per_room > l->dedup_window ? l->messages_per_room : l->dedup_window;
+	from = r->seq > keep ? r->seq - keep : 0;
+	s = st->st[ST_RECENT];
+	storage_bind_text(s, 1, r->name, strlen(r->name));
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)from);
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		struct hub_msg m;
+		storage_row(s, &m);
+		if (hub_room_restore(hub, r, &m)) {
+			rc = SQLITE_NOMEM;
+			break;
+		}
+	}
+	sqlite3_reset(s);
+	sqlite3_clear_bindings(s);
+	if (rc != SQLITE_DONE) {
+		log_error(NULL, "storage: loading messages of room %s: %s", r->name, sqlite3_errmsg(st->db));
+		return -1;
+	}
+	return 0;
+}
+
+static int storage_read(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
+			void (*emit)(void *arg, const struct hub_msg *m), void *arg)
+{
+	struct storage *st = ctx;
+	sqlite3_stmt *s = st->st[ST_RANGE];
+	int rc, n = 0;
+
+	storage_bind_text(s, 1, room, strlen(room));
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)lo);
+	sqlite3_bind_int64(s, 3, (sqlite3_int64)hi);
+	sqlite3_bind_int64(s, 4, (sqlite3_int64)max);
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		struct hub_msg m;
+		storage_row(s, &m);
+		emit(arg, &m);
+		n++;
+	}
+	sqlite3_reset(s);
+	sqlite3_clear_bindings(s);
+	if (rc != SQLITE_DONE) {
+		log_error(NULL, "storage: reading %s: %s", room, sqlite3_errmsg(st->db));
+		return -1;
+	}
+	return n;
+}
+
+static uint64_t storage_oldest(void *ctx, const char *room)
+{
+	struct storage *st = ctx;
+	sqlite3_stmt *s = st->st[ST_OLDEST];
+	uint64_t v = 0;
+
+	storage_bind_text(s, 1, room, strlen(room));
+	if (sqlite3_step(s) == SQLITE_ROW)
+		v = (uint64_t)sqlite3_column_int64(s, 0);
+	sqlite3_reset(s);
+	sqlite3_clear_bindings(s);
+	return v;
+}
+
+/* ---- retention by age --------------------------------------------------- */
+
+static void storage_on_prune(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct storage *st = w->data;
+	sqlite3_stmt *s = st->st[ST_PRUNE_AGE];
+	double cutoff;
+
+	if (st->retention_days <= 0)
+		return;
+	cutoff = (ev_now(loop) - st->retention_days * 86400.0) * 1000.0;
+	sqlite3_bind_int64(s, 1, (sqlite3_int64)cutoff);
+	if (storage_step_done(st, ST_PRUNE_AGE) != SQLITE_OK)
+		log_warn(NULL, "storage: retention pruning failed: %s", sqlite3_errmsg(st->db));
+	else
+		st->m->storage_pruned += (uint64_t)sqlite3_changes(st->db);
+}
+
+/* ---- open / close ------------------------------------------------------- */
+
+static int storage_fail(char *err, size_t errlen, const char *path, sqlite3 *db, int rc,
+			const char *what)
+{
+	const char *why = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+
+	switch (rc & 0xff) {
+	case SQLITE_NOTADB:
+	case SQLITE_CORRUPT:
+		snprintf(err, errlen, "storage.path %s: not a usable SQLite database (%s); "
+			 "refusing to start rather than lose data", path, why);
+		break;
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		snprintf(err, errlen, "storage.path %s: locked by another process "
+			 "(is another chatd using this file?)", path);
+		break;
+	default:
+		snprintf(err, errlen, "storage.path %s: %s: %s", path, what, why);
+	}
+	return -1;
+}
+
+static int storage_pragma_int(sqlite3 *db, const char *sql, long *out)
+{
+	sqlite3_stmt *s;
+	int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		*out = (long)sqlite3_column_int64(s, 0);
+		rc = SQLITE_OK;
+	}
+	sqlite3_finalize(s);
+	return rc;
+}
+
+/* Check (or create) the schema while holding the write lock, which the
+ * exclusive locking mode then keeps for the life of the connection: a
+ * second chatd on the same file is refused at start. */
+static int storage_schema_check(struct storage *st, char *err, size_t errlen)
+{
+	long app = 0, version = 0, objects = 0;
+	int rc;
+
+	rc = sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return storage_fail(err, errlen, st->path, st->db, rc, "cannot lock");
+	if ((rc = storage_pragma_int(st->db, "PRAGMA application_id", &app)) != SQLITE_OK ||
+	    (rc = storage_pragma_int(st->db, "PRAGMA user_version", &version)) != SQLITE_OK ||
+	    (rc = storage_pragma_int(st->db, "SELECT count(*) FROM sqlite_master", &objects)) != SQLITE_OK)
+		goto fail;
+	if (app == 0 && version == 0 && objects == 0) {
+		if ((rc = sqlite3_exec(st->db, storage_schema, NULL, NULL, NULL)) != SQLITE_OK)
+			goto fail;
+		log_info(NULL, "storage: created %s (schema %d)", st->path, STORAGE_SCHEMA_VERSION);
+	} else if (app != STORAGE_APP_ID) {
+		snprintf(err, errlen, "storage.path %s: not a chatd database (application_id %ld); "
+			 "refusing to touch it", st->path, app);
+		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+		return -1;
+	} else if (version > STORAGE_SCHEMA_VERSION) {
+		snprintf(err, errlen, "storage.path %s: schema version %ld is newer than this chatd "
+			 "understands (%d); run a newer chatd", st->path, version, STORAGE_SCHEMA_VERSION);
+		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+		return -1;
+	}
+	rc = sqlite3_exec(st->db, "INSERT OR REPLACE INTO meta(key, value) "
+			  "VALUES ('last_open', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))", NULL, NULL, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
+	if (rc == SQLITE_OK)
+		return 0;
+fail:
+	storage_fail(err, errlen, st->path, st->db, rc, "cannot read the schema");
+	sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+	return -1;
+}
+
+static void storage_apply(struct storage *st, const struct config *cfg)
+{
+	/* batch/always promise durability on ack: fsync every commit. */
+	const char *sync = cfg->storage_sync == CONFIG_SYNC_OFF ? "PRAGMA synchronous = NORMAL"
+								: "PRAGMA synchronous = FULL";
+
+	if (st->sync != cfg->storage_sync)
+		storage_flush(st);
+	st->sync = cfg->storage_sync;
+	st->retention_messages = cfg->retention_messages;
+	st->retention_days = cfg->retention_days;
+	if (sqlite3_exec(st->db, sync, NULL, NULL, NULL) != SQLITE_OK)
+		log_warn(NULL, "storage: %s failed: %s", sync, sqlite3_errmsg(st->db));
+	ev_timer_stop(st->loop, &st->prune_timer);
+	if (st->retention_days > 0) {
+		ev_timer_set(&st->prune_timer, 1., 1.);
+		ev_timer_start(st->loop, &st->prune_timer);
+	}
+}
+
+struct storage *storage_open(const struct config *cfg, struct ev_loop *loop, struct hub *hub,
+			     struct metrics *metrics, char *err, size_t errlen)
+{
+	struct storage *st = calloc(1, sizeof(*st));
+	struct hub_engine engine;
+	char mode[16] = "";
+	sqlite3_stmt *s;
+	int rc, i;
+
+	if (!st || !(st->path = strdup(cfg->storage_path))) {
+		free(st);
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	st->loop = loop;
+	st->hub = hub;
+	st->m = metrics;
+	st->sync = cfg->storage_sync;
+	rc = sqlite3_open_v2(st->path, &st->db,
+			     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	if (rc != SQLITE_OK) {
+		storage_fail(err, errlen, st->path, st->db, rc, "cannot open");
+		goto fail;
+	}
+	sqlite3_extended_result_codes(st->db, 1);
+	rc = sqlite3_exec(st->db, "PRAGMA locking_mode = EXCLUSIVE", NULL, NULL, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &s, NULL);
+	if (rc == SQLITE_OK) {
+		rc = sqlite3_step(s);
+		if (rc == SQLITE_ROW) {
+			snprintf(mode, sizeof(mode), "%s", (const char *)sqlite3_column_text(s, 0));
+			rc = SQLITE_OK;
+		}
+		sqlite3_finalize(s);
+	}
+	if (rc != SQLITE_OK) {
+		storage_fail(err, errlen, st->path, st->db, rc, "cannot set WAL mode");
+		goto fail;
+	}
+	if (strcmp(mode, "wal") != 0) {
+		snprintf(err, errlen, "storage.path %s: cannot use WAL mode (got %s)", st->path, mode);
+		goto fail;
+	}
+	if (storage_schema_check(st, err, errlen))
+		goto fail;
+	for (i = 0; i < ST_COUNT; i++) {
+		rc = sqlite3_prepare_v3(st->db, storage_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->st[i], NULL);
+		if (rc != SQLITE_OK) {
+			storage_fail(err, errlen, st->path, st->db, rc, "cannot prepare statements");
+			goto fail;
+		}
+	}
+	ev_prepare_init(&st->flush_watcher, storage_on_prepare);
+	st->flush_watcher.data = st;
+	ev_prepare_start(loop, &st->flush_watcher);
+	ev_timer_init(&st->prune_timer, storage_on_prune, 1., 1.);
+	st->prune_timer.data = st;
+	storage_apply(st, cfg);
+	metrics->storage_enabled = 1;
+
+	memset(&engine, 0, sizeof(engine));
+	engine.submit = storage_submit;
+	engine.room_load = storage_room_load;
+	engine.read = storage_read;
+	engine.oldest = storage_oldest;
+	engine.ctx = st;
+	hub_set_engine(hub, &engine);
+	log_info(NULL, "storage: %s (sync %s, retention %ld messages / %.3g days)", st->path,
+		 config_storage_sync_name(st->sync), st->retention_messages, st->retention_days);
+	return st;
+fail:
+	for (i = 0; i < ST_COUNT; i++)
+		sqlite3_finalize(st->st[i]);
+	sqlite3_close(st->db);
+	free(st->path);
+	free(st);
+	return NULL;
+}
+
+void storage_reconfigure(struct storage *st, const struct config *cfg)
+{
+	if (strcmp(cfg->storage_path, st->path) != 0)
+		log_warn(NULL, "reload: storage.path changes need a restart; still %s", st->path);
+	storage_apply(st, cfg);
+}
+
+void storage_close(struct storage *st)
+{
+	int i;
+
+	if (!st)
+		return;
+	storage_flush(st);
+	hub_set_engine(st->hub, NULL);
+	ev_prepare_stop(st->loop, &st->flush_watcher);
+	ev_timer_stop(st->loop, &st->prune_timer);
+	for (i = 0; i < ST_COUNT; i++)
+		sqlite3_finalize(st->st[i]);
+	if (sqlite3_close(st->db) != SQLITE_OK)
+		log_error(NULL, "storage: closing %s: %s", st->path, sqlite3_errmsg(st->db));
+	free(st->path);
+	free(st);
+}
