@@ -55,6 +55,7 @@ struct conn {
 	char close_reason[32];
 	unsigned ping_due : 1;
 	unsigned close_flush : 1;      /* write the queue out before closing */
+	unsigned rx_paused : 1;        /* input held back until the queue drains */
 	unsigned established : 1;
 };
 
@@ -249,6 +250,31 @@ static void conn_release(struct server *srv, struct conn *c)
 	}
 }
 
+/*
+ * Back-pressure on input: a client that pipelines commands faster than it
+ * reads the replies would fill its own queue and be closed as a slow
+ * consumer. Stop reading from it while its queue is over half full, and
+ * resume below a quarter; kernel buffers then push back on the client.
+ */
+static int conn_queue_over(const struct conn *c, unsigned div)
+{
+	const struct hub_limits *l = hub_limits(c->srv->hub);
+
+	return c->sess->q.count >= l->send_queue_messages / div ||
+	       c->sess->q.bytes >= l->send_queue_bytes / div;
+}
+
+static void conn_rx_check(struct conn *c)
+{
+	if (!c->rx_paused && conn_queue_over(c, 2)) {
+		c->rx_paused = 1;
+		lws_rx_flow_control(c->wsi, 0);
+	} else if (c->rx_paused && !conn_queue_over(c, 4)) {
+		c->rx_paused = 0;
+		lws_rx_flow_control(c->wsi, 1);
+	}
+}
+
 static int conn_close_now(struct lws *wsi, enum lws_close_status code, const char *reason)
 {
 	lws_close_reason(wsi, code, (unsigned char *)reason, strlen(reason));
@@ -272,6 +298,7 @@ static int conn_receive(struct server *srv, struct conn *c, const char *in, size
 	if (c->rx_len == 0 && lws_is_final_fragment(c->wsi)) {
 		/* The common case: a whole message in one piece, no copy. */
 		hub_session_input(srv->hub, c->sess, in, len);
+		conn_rx_check(c);
 		return 0;
 	}
 	if (c->rx_len + len > c->rx_cap) {
@@ -293,6 +320,7 @@ static int conn_receive(struct server *srv, struct conn *c, const char *in, size
 		return 0;
 	hub_session_input(srv->hub, c->sess, c->rx, c->rx_len);
 	c->rx_len = 0;
+	conn_rx_check(c);
 	if (c->rx_cap > SERVER_RX_KEEP) {
 		free(c->rx);
 		c->rx = NULL;
@@ -331,6 +359,8 @@ static int conn_write(struct server *srv, struct conn *c)
 		if (lws_send_pipe_choked(c->wsi))
 			break;
 	}
+	if (c->rx_paused)
+		conn_rx_check(c);
 	if (hub_session_peek(c->sess)) {
 		lws_callback_on_writable(c->wsi);
 		return 0;
