@@ -38,7 +38,7 @@ static inline struct msgbuf *msgbuf_ref(struct msgbuf *mb)
 /* Drop one reference; the last one frees the buffer. NULL is ignored. */
 void msgbuf_unref(struct msgbuf *mb);
 
-/* Buffers alive now (leak checks in tests and the /metrics gauge). */
+/* Buffers alive now (leak checks in the unit tests). */
 long msgbuf_live(void);
 
 #endif

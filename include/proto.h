@@ -86,6 +86,9 @@ void proto_cmd_free(struct proto_cmd *cmd);
 const char *proto_err_name(enum proto_err code);
 const char *proto_type_name(enum proto_type type);
 
+/* RFC 3629 UTF-8 (no overlongs, no surrogates, nothing past U+10FFFF). */
+int proto_utf8_valid(const unsigned char *p, size_t len);
+
 /* Validators shared with other modules. */
 int proto_valid_name(const char *p, size_t len);
 int proto_valid_room(const char *p, size_t len);

@@ -26,8 +26,8 @@ void queue_init(struct queue *q);
 
 /*
  * Append mb; the queue takes its own reference (the caller keeps its own).
- * droppable marks a room message event, which the drop_oldest policy may
- * discard; replies and presence are never dropped. Returns 0, -1 on ENOMEM.
+ * droppable marks a message or direct event (live or replayed), which the
+ * drop_oldest policy may discard; replies and presence are never dropped. Returns 0, -1 on ENOMEM.
  */
 int queue_push(struct queue *q, struct msgbuf *mb, int droppable);
 

@@ -46,6 +46,7 @@ struct conn {
 	struct session *sess;          /* owned by the hub; NULL after release */
 	struct server_ip *ip;          /* per-IP count entry */
 	struct conn *prev, *next;      /* srv->conns */
+	struct conn *rel_prev, *rel_next;  /* srv->releasing */
 	ev_timer timer;                /* handshake deadline and heartbeat */
 	double opened, last_rx, last_ping;
 	char *rx;                      /* reassembly of a fragmented message */
@@ -56,6 +57,8 @@ struct conn {
 	unsigned ping_due : 1;
 	unsigned close_flush : 1;      /* write the queue out before closing */
 	unsigned rx_paused : 1;        /* input held back until the queue drains */
+	unsigned rel_queued : 1;       /* on srv->releasing */
+	unsigned lingering : 1;        /* released, socket still closing in lws */
 	unsigned established : 1;
 };
 
@@ -69,6 +72,9 @@ struct server {
 	void *foreign_loops[1];
 	struct conn *conns;
 	size_t nconns;
+	struct conn *releasing;        /* close decided inside hub code: release soon */
+	size_t lingering;              /* released conns whose socket lws still closes */
+	ev_prepare release_watcher;
 	long max_conns;                /* min(max_connections, what fits in fds) */
 	long fd_limit;
 	struct server_ip *ips;
@@ -100,9 +106,26 @@ static void conn_request_close(struct conn *c, int code, const char *reason, int
 	lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, grace);
 }
 
+/*
+ * The hub decided to close (slow consumer, eviction...). It calls this from
+ * inside its own loops, so the session cannot be unregistered here; it is
+ * released in the next prepare phase, right after the current event. The
+ * socket lingers only for the close frame, held by lws, not the session.
+ */
 static void server_tp_close(void *ctx, void *conn, int code, const char *reason)
 {
-	conn_request_close(conn, code, reason, 0, SERVER_CLOSE_GRACE);
+	struct server *srv = ctx;
+	struct conn *c = conn;
+
+	conn_request_close(c, code, reason, 0, SERVER_CLOSE_GRACE);
+	if (c->rel_queued || !c->established)
+		return;
+	c->rel_queued = 1;
+	c->rel_prev = NULL;
+	c->rel_next = srv->releasing;
+	if (c->rel_next)
+		c->rel_next->rel_prev = c;
+	srv->releasing = c;
 }
 
 static double server_tp_now(void *ctx)
@@ -217,14 +240,44 @@ static int conn_open(struct server *srv, struct lws *wsi, struct conn *c)
 	return 0;
 }
 
-/* The one release path of a connection, whatever ended it. Idempotent:
- * lws reports both CLOSED and WSI_DESTROY. */
-static void conn_release(struct server *srv, struct conn *c)
+/* The one release path of a connection, whatever ended it: called when
+ * chatd decides to close (so the session leaves at once, without waiting
+ * for the peer's close handshake) and again from lws' CLOSED/WSI_DESTROY.
+ * Idempotent. */
+static void server_check_drained(struct server *srv)
+{
+	/* Drained once every session is gone and every close frame is out. */
+	if (srv->draining && srv->nconns == 0 && srv->lingering == 0 && srv->on_drained) {
+		void (*cb)(void *) = srv->on_drained;
+		srv->on_drained = NULL;
+		cb(srv->drained_arg);
+	}
+}
+
+static void conn_release(struct server *srv, struct conn *c, int socket_gone)
 {
 	conn_http_reset(c);
+	if (c->rel_queued) {
+		if (c->rel_prev)
+			c->rel_prev->rel_next = c->rel_next;
+		else
+			srv->releasing = c->rel_next;
+		if (c->rel_next)
+			c->rel_next->rel_prev = c->rel_prev;
+		c->rel_queued = 0;
+	}
+	if (socket_gone && c->lingering) {
+		c->lingering = 0;
+		srv->lingering--;
+		server_check_drained(srv);
+	}
 	if (!c->established)
 		return;
 	c->established = 0;
+	if (!socket_gone) {
+		c->lingering = 1;
+		srv->lingering++;
+	}
 	ev_timer_stop(srv->loop, &c->timer);
 	free(c->rx);
 	c->rx = NULL;
@@ -243,11 +296,7 @@ static void conn_release(struct server *srv, struct conn *c)
 	log_debug(c->sess->id, "released");
 	hub_session_unregister(srv->hub, c->sess);
 	c->sess = NULL;
-	if (srv->draining && srv->nconns == 0 && srv->on_drained) {
-		void (*cb)(void *) = srv->on_drained;
-		srv->on_drained = NULL;
-		cb(srv->drained_arg);
-	}
+	server_check_drained(srv);
 }
 
 /*
@@ -275,10 +324,21 @@ static void conn_rx_check(struct conn *c)
 	}
 }
 
-static int conn_close_now(struct lws *wsi, enum lws_close_status code, const char *reason)
+/* Close from an lws callback (never from inside hub code): the close frame
+ * goes out, lws finishes the handshake, the session is released now. */
+static int conn_close_now(struct conn *c, enum lws_close_status code, const char *reason)
 {
-	lws_close_reason(wsi, code, (unsigned char *)reason, strlen(reason));
+	lws_close_reason(c->wsi, code, (unsigned char *)reason, strlen(reason));
+	conn_release(c->srv, c, 0);
 	return -1;
+}
+
+static void server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	struct server *srv = w->data;
+
+	while (srv->releasing)
+		conn_release(srv, srv->releasing, 0);
 }
 
 static int conn_receive(struct server *srv, struct conn *c, const char *in, size_t len)
@@ -290,13 +350,15 @@ static int conn_receive(struct server *srv, struct conn *c, const char *in, size
 	if (!c->established || c->close_code)
 		return 0;
 	if (lws_frame_is_binary(c->wsi))
-		return conn_close_now(c->wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
+		return conn_close_now(c, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
 				      "binary frames are not supported");
 	remaining = lws_remaining_packet_payload(c->wsi);
 	if (c->rx_len + len + remaining > max)
-		return conn_close_now(c->wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message too big");
+		return conn_close_now(c, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message too big");
 	if (c->rx_len == 0 && lws_is_final_fragment(c->wsi)) {
 		/* The common case: a whole message in one piece, no copy. */
+		if (!proto_utf8_valid((const unsigned char *)in, len))
+			return conn_close_now(c, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
 		hub_session_input(srv->hub, c->sess, in, len);
 		conn_rx_check(c);
 		return 0;
@@ -310,7 +372,7 @@ static int conn_receive(struct server *srv, struct conn *c, const char *in, size
 			cap = max;
 		p = realloc(c->rx, cap);
 		if (!p)
-			return conn_close_now(c->wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+			return conn_close_now(c, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
 		c->rx = p;
 		c->rx_cap = cap;
 	}
@@ -318,6 +380,9 @@ static int conn_receive(struct server *srv, struct conn *c, const char *in, size
 	c->rx_len += len;
 	if (!lws_is_final_fragment(c->wsi))
 		return 0;
+	/* Checked on the whole message: a fragment may end mid-character. */
+	if (!proto_utf8_valid((const unsigned char *)c->rx, c->rx_len))
+		return conn_close_now(c, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
 	hub_session_input(srv->hub, c->sess, c->rx, c->rx_len);
 	c->rx_len = 0;
 	conn_rx_check(c);
@@ -338,8 +403,13 @@ static int conn_write(struct server *srv, struct conn *c)
 	struct msgbuf *mb;
 	int n;
 
-	if (!c->established)
+	if (!c->established) {
+		/* Released already: all that is left is the close frame. */
+		if (c->close_code)
+			lws_close_reason(c->wsi, c->close_code, (unsigned char *)c->close_reason,
+					 strlen(c->close_reason));
 		return -1;
+	}
 	if (c->ping_due) {
 		c->ping_due = 0;
 		/* A non-empty payload: lws 4.1 does not report empty pongs. */
@@ -351,7 +421,7 @@ static int conn_write(struct server *srv, struct conn *c)
 		}
 	}
 	if (c->close_code && !c->close_flush)
-		return conn_close_now(c->wsi, c->close_code, c->close_reason);
+		return conn_close_now(c, c->close_code, c->close_reason);
 	for (n = 0; n < SERVER_WRITE_BATCH && (mb = hub_session_peek(c->sess)); n++) {
 		if (lws_write(c->wsi, mb->data, mb->len, LWS_WRITE_TEXT) < 0)
 			return -1;
@@ -366,7 +436,7 @@ static int conn_write(struct server *srv, struct conn *c)
 		return 0;
 	}
 	if (c->close_code)
-		return conn_close_now(c->wsi, c->close_code, c->close_reason);
+		return conn_close_now(c, c->close_code, c->close_reason);
 	return 0;
 }
 
@@ -549,9 +619,6 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	struct conn *c = user;
 
 	switch (reason) {
-	case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
-		/* Draining: stop accepting at the socket. */
-		return srv->draining ? -1 : 0;
 	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
 		return server_admit(srv, wsi);
 	case LWS_CALLBACK_HTTP:
@@ -575,7 +642,7 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_CLOSED:
 	case LWS_CALLBACK_WSI_DESTROY:
 		if (c)
-			conn_release(srv, c);
+			conn_release(srv, c, 1);
 		break;
 	default:
 		break;
@@ -641,8 +708,9 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 
 	memset(&info, 0, sizeof(info));
 	srv->foreign_loops[0] = loop;
-	info.options = LWS_SERVER_OPTION_LIBEV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
-		       LWS_SERVER_OPTION_VALIDATE_UTF8;
+	/* UTF-8 is checked by chatd itself (proto_utf8_valid), so that a 1007
+	 * close releases the session at once like every other close. */
+	info.options = LWS_SERVER_OPTION_LIBEV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
 	info.foreign_loops = srv->foreign_loops;
 	info.user = srv;
 	info.max_http_header_pool = 256;
@@ -672,6 +740,9 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 		return NULL;
 	}
 	srv->port = lws_get_vhost_listen_port(srv->vh);
+	ev_prepare_init(&srv->release_watcher, server_on_prepare);
+	srv->release_watcher.data = srv;
+	ev_prepare_start(loop, &srv->release_watcher);
 	return srv;
 }
 
@@ -688,15 +759,13 @@ void server_shutdown(struct server *srv, void (*on_drained)(void *), void *arg)
 	int grace = (int)ceil(srv->cfg->shutdown_timeout);
 
 	srv->draining = 1;
+	hub_set_draining(srv->hub);
 	srv->on_drained = on_drained;
 	srv->drained_arg = arg;
 	log_info(NULL, "shutting down: closing %zu connections", srv->nconns);
 	for (c = srv->conns; c; c = c->next)
 		conn_request_close(c, 1001, "server shutdown", 1, grace > 0 ? grace : 1);
-	if (srv->nconns == 0 && srv->on_drained) {
-		srv->on_drained = NULL;
-		on_drained(arg);
-	}
+	server_check_drained(srv);
 }
 
 void server_free(struct server *srv)
@@ -706,6 +775,7 @@ void server_free(struct server *srv)
 	/* Destroying the context closes every wsi; each goes through
 	 * conn_release and so through hub_session_unregister. */
 	srv->on_drained = NULL;
+	ev_prepare_stop(srv->loop, &srv->release_watcher);
 	lws_context_destroy(srv->ctx);
 	hub_free(srv->hub);
 	free(srv);

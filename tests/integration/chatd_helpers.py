@@ -19,7 +19,6 @@ import http.client
 import json
 import os
 import re
-import select
 import socket
 import struct
 import time
@@ -586,10 +585,11 @@ class RawWS:
         self.send_json({"type": "join", "room": room})
         return self.expect("joined", room=room)
 
-    def wait_closed(self, timeout=None, auto_pong=False, collect=None):
+    def wait_closed(self, timeout=None, auto_pong=False, collect=None, reply=False):
         """Read until the server closes. Returns ("close", code, reason) when a
         close frame arrives, or ("eof", None, None) when the TCP stream ends
-        (or is reset) first. Data frames are appended to collect (if a list)."""
+        (or is reset) first. Data frames are appended to collect (if a list).
+        reply=True answers the close frame like a well-behaved client."""
         deadline = time.monotonic() + (RECV_TIMEOUT if timeout is None else timeout)
         while True:
             try:
@@ -601,12 +601,17 @@ class RawWS:
                     RECV_TIMEOUT if timeout is None else timeout)) from None
             if op == OP_CLOSE:
                 code, reason = parse_close(payload)
+                if reply:
+                    try:
+                        self.send_frame(OP_CLOSE, payload[:2])
+                    except OSError:
+                        pass
                 return ("close", code, reason)
             if collect is not None:
                 collect.append((op, payload))
 
-    def expect_close_code(self, code, timeout=None):
-        kind, got, reason = self.wait_closed(timeout)
+    def expect_close_code(self, code, timeout=None, reply=False):
+        kind, got, reason = self.wait_closed(timeout, reply=reply)
         assert kind == "close", "expected a close frame with code %d, the connection just ended" % code
         assert got == code, "expected close code %d, got %r (%r)" % (code, got, reason)
         return reason

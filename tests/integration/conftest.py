@@ -89,6 +89,7 @@ class ChatdServer:
         self.raw_clients = []
         self.returncode = None
         self.stopped = False
+        self.preexec = None          # extra child setup (e.g. resource limits)
 
     # -- config
 
@@ -109,10 +110,13 @@ class ChatdServer:
     def start(self, timeout=10.0, rlimit_nofile=None):
         """Start chatd and wait for /healthz 200. rlimit_nofile=(soft, hard) is set in the child."""
         self.logf = open(self.log_path, "ab")
-        preexec = None
-        if rlimit_nofile is not None:
-            def preexec():
+        extra = self.preexec
+
+        def preexec():
+            if rlimit_nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, rlimit_nofile)
+            if extra is not None:
+                extra()
         self.proc = subprocess.Popen([chatd_bin(), "-c", self.config_path], stdout=self.logf,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=chatd_env(), cwd=str(self.dir), preexec_fn=preexec)

@@ -79,6 +79,32 @@ def test_check_config_empty_file_is_valid(tmp_path):
     assert p.returncode == 0, p.stderr
 
 
+def test_check_config_without_file_uses_valid_defaults():
+    p = run_cli(["--check-config"])
+    check_clean(p)
+    assert p.returncode == 0, p.stderr
+
+
+def test_c_without_argument_fails():
+    p = run_cli(["-c"])
+    check_clean(p)
+    assert p.returncode != 0
+
+
+def test_node_id_defaults_to_hostname(chatd):
+    import socket
+    srv = chatd({"server": {"node_id": None}})
+
+    async def main():
+        c = await srv.client()
+        w = await c.hello("alice")
+        await c.close()
+        return w
+
+    w = run(main())
+    assert w["node"] == socket.gethostname(), w
+
+
 def test_check_config_does_not_start_a_server(tmp_path):
     port = free_port()
     path = tmp_path / "c.toml"

@@ -2,13 +2,11 @@
 
 import asyncio
 import json
-import struct
 import time
 
 import pytest
 
-from chatd_helpers import (OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, encode_frame, run,
-                           scaled)
+from chatd_helpers import OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, encode_frame, run, scaled
 
 
 # ---------------------------------------------------------------------------
@@ -52,7 +50,7 @@ def test_invalid_utf8_closes_others_unaffected(server):
             r.join("r")
             await a.expect("presence", name="bad", state="join")
             r.send_frame(OP_TEXT, b'{"type":"send","room":"r","id":"1","body":"\xff"}')
-            await asyncio.to_thread(r.expect_close_code, 1007)
+            await asyncio.to_thread(r.expect_close_code, 1007, None, True)   # and answer the close
             await a.expect("presence", name="bad", state="leave")
             await a.ping_pong()
         finally:
@@ -62,17 +60,16 @@ def test_invalid_utf8_closes_others_unaffected(server):
 
 
 def test_frame_over_max_frame_bytes_closes_1009(chatd):
-    srv = chatd({"limits": {"max_frame_bytes": 1024, "max_message_bytes": 4096}})
+    srv = chatd({"limits": {"max_frame_bytes": 1024, "max_message_bytes": 512}})
     r = srv.raw()
     r.hello("alice")
     r.join("r")
-    body = "x" * 2000
-    r.send_text(json.dumps({"type": "send", "room": "r", "id": "1", "body": body}))
+    r.send_text(json.dumps({"type": "send", "room": "r", "id": "1", "body": "x" * 2000}))
     r.expect_close_code(1009)
 
 
 def test_frame_at_max_frame_bytes_is_fine(chatd):
-    srv = chatd({"limits": {"max_frame_bytes": 1024, "max_message_bytes": 4096}})
+    srv = chatd({"limits": {"max_frame_bytes": 1024, "max_message_bytes": 512}})
     r = srv.raw()
     r.hello("alice")
     frame = json.dumps({"type": "ping", "pad": ""})
@@ -96,7 +93,7 @@ def test_body_over_max_message_within_frame_limit_is_too_large_not_close(chatd):
 
 def test_oversized_frame_header_closes_1009_without_waiting_for_payload(chatd):
     """A header announcing 1 GiB must be refused at once, not buffered."""
-    srv = chatd({"limits": {"max_frame_bytes": 4096}})
+    srv = chatd({"limits": {"max_frame_bytes": 4096, "max_message_bytes": 1024}})
     r = srv.raw()
     r.hello("alice")
     r.send_raw(encode_frame(OP_TEXT, b'{"type":"ping"', length=1 << 30))
@@ -163,7 +160,7 @@ def test_invalid_utf8_in_a_fragment_closes_1007(server):
 
 def test_fragmented_message_over_max_frame_bytes_closes_1009(chatd):
     """Each fragment is small but the message is not: memory must stay bounded."""
-    srv = chatd({"limits": {"max_frame_bytes": 1024}})
+    srv = chatd({"limits": {"max_frame_bytes": 1024, "max_message_bytes": 512}})
     r = srv.raw()
     r.hello("alice")
     r.join("r")
@@ -351,6 +348,18 @@ async def run_senders(senders, streams, room, stop, window=8, cap=4000, timeout=
     return sent
 
 
+async def expect_presence_leave(st, name, within=2.5):
+    """The room hears that a server-closed session left, promptly (while the
+    closed peer itself, stuck, never reads or answers anything). Not scaled for
+    sanitizer builds: lws's own close-ack timeout (5 s) would hide the delay."""
+    try:
+        await st.pump_until(lambda: st.presence, within)
+    except AssertionError:
+        raise AssertionError("%s: no presence leave for %r within %.1fs of the close (it only comes once the "
+                             "stuck TCP connection is finally torn down)" % (st.c.name, name, within)) from None
+    assert st.presence == [{"type": "presence", "room": "room", "name": name, "state": "leave"}], st.presence
+
+
 def assert_in_order(stream, total):
     seqs = [m["seq"] for m in stream.messages]
     assert seqs == list(range(1, total + 1)), "%s: got %d messages, first gap at %r" % (
@@ -389,7 +398,7 @@ def test_slow_consumer_closed_others_keep_receiving(chatd):
             for st in (sa, sb):
                 await st.pump_until(lambda: len(st.messages) >= total, scaled(20))
                 assert_in_order(st, total)
-                assert st.presence == [{"type": "presence", "room": "room", "name": "slow", "state": "leave"}]
+                await expect_presence_leave(st, "slow")
                 assert st.other == []
             assert sa.acks == {m["id"]: m["seq"] for m in sa.messages if m["from"] == "alice"}
             assert sb.acks == {m["id"]: m["seq"] for m in sb.messages if m["from"] == "bob"}
@@ -497,7 +506,7 @@ def test_total_queue_bytes_cap_handles_largest_queue_first(chatd):
             assert closed(), "the global cap never triggered after %d messages" % sent
             await sa.pump_until(lambda: len(sa.messages) >= sent, scaled(20))
             assert_in_order(sa, sent)
-            assert sa.presence == [{"type": "presence", "room": "room", "name": "slow", "state": "leave"}]
+            await expect_presence_leave(sa, "slow")
             m = await asyncio.to_thread(srv.metrics)
             assert m.value("chatd_queue_bytes") <= 200000
             await a.ping_pong()
@@ -593,3 +602,35 @@ def test_concurrent_senders_same_order_everywhere(chatd):
     assert m.value("chatd_messages_in_total") == N * PER
     assert m.value("chatd_messages_out_total") == N * PER * N
     assert m.value("chatd_slow_consumer_closes_total") == 0
+
+
+@pytest.mark.parametrize("frame", [
+    encode_frame(OP_TEXT, b'{"type":"ping","ref":"\xff"}'),        # 1007
+    encode_frame(OP_BINARY, b"bin"),                              # 1003
+    encode_frame(OP_TEXT, b"x" * 5000),                           # 1009
+], ids=["1007", "1003", "1009"])
+def test_bad_frame_close_unregisters_promptly_even_if_peer_never_acks(chatd, frame):
+    """The server's own close (1003/1007/1009) must end the session at once, like a
+    heartbeat eviction does, even when the peer never answers the close frame:
+    the room sees presence leave and the name is free again."""
+    srv = chatd({"limits": {"max_frame_bytes": 1024, "max_message_bytes": 512}})
+
+    async def main():
+        a = await srv.client("alice")
+        try:
+            await a.join("r")
+            r = srv.raw()
+            r.hello("bad")
+            r.join("r")
+            await a.expect("presence", name="bad", state="join")
+            r.send_raw(frame)
+            kind, code, _ = await asyncio.to_thread(r.wait_closed)   # read the close, never answer it
+            assert kind == "close" and code in (1003, 1007, 1009), (kind, code)
+            # not scaled for sanitizer builds: lws's own close-ack timeout is 5 s
+            await a.expect("presence", timeout=2.5, name="bad", state="leave")
+            b = await srv.client("bad")      # the name is free again
+            await b.close()
+        finally:
+            await a.close()
+
+    run(main())

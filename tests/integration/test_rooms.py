@@ -277,7 +277,7 @@ def test_seq_interleaved_senders(server):
                 sender, other = (a, b) if i % 2 == 0 else (b, a)
                 ack, _ = await send_msg(sender, "r", "i%d" % i, "x")
                 assert ack["seq"] == expect_seq
-                m = await other.expect("message", seq=expect_seq, id="i%d" % i)
+                await other.expect("message", seq=expect_seq, id="i%d" % i)
                 expect_seq += 1
         finally:
             await a.close()
@@ -708,8 +708,8 @@ def test_join_since_when_already_member_replays(server):
             await send_msg(a, "r", "m1", "x")
             await send_msg(a, "r", "m2", "y")
             await a.send({"type": "join", "room": "r", "since": 1, "epoch": j["epoch"]})
-            m = await a.expect("message", seq=2, id="m2")
-            j2 = await a.expect("joined", seq=2, recovered=True)
+            await a.expect("message", seq=2, id="m2")
+            await a.expect("joined", seq=2, recovered=True)
         finally:
             await a.close()
 
@@ -841,3 +841,119 @@ def test_join_since_replay_bigger_than_queue_is_truncated(chatd):
 
     run(main())
     assert srv.metrics().value("chatd_slow_consumer_closes_total") == 0
+
+
+def test_history_reply_cut_to_queue_budget(chatd):
+    """A history reply bigger than the session's queue byte budget is cut, never
+    a reason to close the session as a slow consumer."""
+    srv = chatd({"limits": {"send_queue_bytes": 30000, "send_queue_messages": 1000, "max_message_bytes": 1000,
+                            "slow_consumer": "close"},
+                 "history": {"messages_per_room": 500}})
+
+    async def main():
+        a = await srv.client("alice")
+        try:
+            await a.join("r")
+            for lo in range(0, 100, 10):
+                for i in range(lo, lo + 10):
+                    await a.send({"type": "send", "room": "r", "id": "m%d" % i, "body": "h" * 1000})
+                await a.recv_n(20)
+            h = await a.request({"type": "history", "room": "r", "limit": 100}, "history")
+            s = seqs(h)
+            assert 0 < len(s) < 100, len(s)
+            assert s == list(range(s[0], s[0] + len(s))), "a cut history must stay contiguous"
+            await a.ping_pong()
+        finally:
+            await a.close()
+
+    run(main())
+    assert srv.metrics().value("chatd_slow_consumer_closes_total") == 0
+
+
+def test_seq_epoch_pair_never_reused_when_room_empties(server):
+    """If an emptied room is forgotten and seq restarts, the epoch must change;
+    if the epoch stays, seq continues."""
+    async def main():
+        a = await server.client("alice")
+        try:
+            j1 = await a.join("r")
+            for i in range(3):
+                await send_msg(a, "r", "m%d" % i, "x")
+            await a.request({"type": "leave", "room": "r"}, "left")
+        finally:
+            await a.close()
+        b = await server.client("bob")
+        try:
+            j2 = await b.join("r")
+            ack, _ = await send_msg(b, "r", "n", "y")
+            if j2["epoch"] == j1["epoch"]:
+                assert j2["seq"] == 3 and ack["seq"] == 4, (j1, j2, ack)
+            else:
+                assert ack["seq"] == j2["seq"] + 1, (j2, ack)
+        finally:
+            await b.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("cmd", [
+    {"type": "history", "room": "r", "limit": 0},
+    {"type": "history", "room": "r", "limit": -1},
+    {"type": "history", "room": "r", "limit": 1.5},
+    {"type": "history", "room": "r", "limit": 2 ** 63},
+    {"type": "history", "room": "r", "before": 0},
+    {"type": "history", "room": "r", "before": -5},
+    {"type": "history", "room": "r", "before": 2 ** 64},
+    {"type": "history", "room": "r", "after": -1},
+    {"type": "history", "room": "r", "after": 1e300},
+    {"type": "history", "room": "r", "before": 2, "after": 1},
+    {"type": "history", "room": "r", "before": 1, "after": 3},
+    {"type": "join", "room": "r", "since": 2 ** 63, "epoch": "x"},
+    {"type": "join", "room": "r", "since": 1.5, "epoch": "x"},
+    {"type": "join", "room": "r", "since": 1e300, "epoch": "x"},
+    {"type": "join", "room": "r", "since": 0, "epoch": 5},
+    {"type": "join", "room": "r", "since": 0, "epoch": "e" * 10000},
+])
+def test_odd_numbers_never_break_the_session(server, cmd):
+    """Edge values: a sensible reply or bad_request, never a crash (UBSan) or a hang."""
+    async def main():
+        a = await server.client("alice")
+        try:
+            await a.join("r")
+            for i in range(3):
+                await send_msg(a, "r", "m%d" % i, "x")
+            await a.send(dict(cmd, ref="odd"))
+            m = await a.recv()
+            while m["type"] == "message":       # a join with since may replay
+                m = await a.recv()
+            assert m.get("ref") == "odd", m
+            if m["type"] == "error":
+                assert m["code"] == "bad_request", m
+            else:
+                assert m["type"] == ("history" if cmd["type"] == "history" else "joined"), m
+                if m["type"] == "history":
+                    assert all(x["seq"] in (1, 2, 3) for x in m["messages"]), m
+            await a.ping_pong()
+        finally:
+            await a.close()
+
+    run(main())
+    assert server.alive()
+
+
+def test_join_since_ahead_of_room(server):
+    async def main():
+        a = await server.client("alice")
+        try:
+            j = await a.join("r")
+            await send_msg(a, "r", "m", "x")
+            b = await server.client("bob")
+            await b.send({"type": "join", "room": "r", "since": 100, "epoch": j["epoch"]})
+            j2 = await b.expect("joined")          # nothing to replay
+            assert j2["seq"] == 1, j2
+            await b.ping_pong()
+            await b.close()
+        finally:
+            await a.close()
+
+    run(main())

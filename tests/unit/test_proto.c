@@ -546,6 +546,34 @@ static void test_trailing_data_after_the_object_rejected(void **state)
 	assert_accepted("{\"type\":\"ping\"} \n");
 }
 
+static void test_utf8_validator(void **state)
+{
+	static const struct { const char *s; size_t n; int ok; } cases[] = {
+		{ "", 0, 1 },
+		{ "plain ascii", 11, 1 },
+		{ "\xc3\xa9", 2, 1 },                       /* U+00E9 */
+		{ "\xe2\x82\xac", 3, 1 },                   /* U+20AC */
+		{ "\xf0\x9f\x98\x80", 4, 1 },               /* U+1F600 */
+		{ "\xf4\x8f\xbf\xbf", 4, 1 },               /* U+10FFFF */
+		{ "\xc3", 1, 0 },                           /* truncated */
+		{ "\xe2\x82", 2, 0 },                       /* truncated */
+		{ "\x80", 1, 0 },                           /* lone continuation */
+		{ "\xc0\xaf", 2, 0 },                       /* overlong */
+		{ "\xe0\x80\xaf", 3, 0 },                   /* overlong */
+		{ "\xf0\x80\x80\xaf", 4, 0 },               /* overlong */
+		{ "\xed\xa0\x80", 3, 0 },                   /* surrogate U+D800 */
+		{ "\xf4\x90\x80\x80", 4, 0 },               /* > U+10FFFF */
+		{ "\xff", 1, 0 },
+		{ "a\xc3\xa9\xc3", 4, 0 },                  /* valid then truncated */
+		{ "\xc3\x28", 2, 0 },                       /* bad continuation */
+	};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		assert_int_equal(proto_utf8_valid((const unsigned char *)cases[i].s, cases[i].n), cases[i].ok);
+}
+
 #define T(f) cmocka_unit_test_teardown(f, teardown)
 
 int main(void)
@@ -589,6 +617,7 @@ int main(void)
 		T(test_escaped_backslash_before_u0000_text_accepted),
 		T(test_other_control_escapes_accepted),
 		T(test_trailing_data_after_the_object_rejected),
+		T(test_utf8_validator),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
