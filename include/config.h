@@ -16,7 +16,7 @@ extern "C" {
 
 enum config_slow_policy {
 	CONFIG_SLOW_CLOSE = 0,      /* close the session with 1008 "slow consumer" */
-	CONFIG_SLOW_DROP_OLDEST = 1 /* drop the session's oldest queued message events */
+	CONFIG_SLOW_DROP_OLDEST = 1 /* drop the session's oldest queued message/direct events */
 };
 
 enum config_log_format {
@@ -28,6 +28,11 @@ enum config_storage_sync {
 	CONFIG_SYNC_BATCH = 0,      /* group commit per loop iteration, ack after commit */
 	CONFIG_SYNC_ALWAYS = 1,     /* one transaction per message, ack after commit */
 	CONFIG_SYNC_OFF = 2         /* ack at once, commit in the next batch */
+};
+
+enum config_auth_mode {
+	CONFIG_AUTH_NONE = 0,       /* hello {name} */
+	CONFIG_AUTH_JWT = 1         /* hello {token}: HS256 JWT, name = sub */
 };
 
 /* Log levels, most severe first; a level lets through itself and above. */
@@ -75,6 +80,17 @@ struct config {
 	long retention_messages;      /* 0 = keep all; else per room */
 	double retention_days;        /* 0 = keep all */
 
+	/* [auth] */
+	enum config_auth_mode auth_mode;  /* "none" */
+	char *jwt_secret;             /* inline secret, or "" */
+	char *jwt_secret_file;        /* file holding the secret, or "" */
+	double jwt_leeway;            /* 30 s of clock skew allowed on exp/nbf */
+
+	/* [tls] */
+	char *tls_cert;               /* PEM certificate chain, "" = plain ws:// */
+	char *tls_key;                /* PEM private key */
+	char *tls_ca;                 /* CA for client certificates, "" = none asked */
+
 	/* [log] */
 	enum config_log_level log_level;    /* "info" */
 	enum config_log_format log_format;  /* "text" */
@@ -103,6 +119,11 @@ void config_free(struct config *cfg);
 const char *config_log_level_name(enum config_log_level level);
 const char *config_slow_policy_name(enum config_slow_policy p);
 const char *config_storage_sync_name(enum config_storage_sync s);
+
+/* Read the JWT secret (inline or from jwt_secret_file) into a new buffer;
+ * the caller frees it (and should wipe it). Returns NULL with err set when
+ * the file cannot be read or the secret is empty. */
+char *config_jwt_secret(const struct config *cfg, size_t *len, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

@@ -109,6 +109,13 @@ struct hub *hub_new(const struct config *cfg, const struct hub_transport *tp,
 /* Free the hub. Every session must have been unregistered first. */
 void hub_free(struct hub *hub);
 void hub_set_engine(struct hub *hub, const struct hub_engine *engine);
+/* Token authentication: hello must carry a token auth verifies. NULL turns
+ * it off (hello {name}). auth stays the caller's; replace it on reload. */
+struct auth;
+void hub_set_auth(struct hub *hub, const struct auth *auth);
+/* Shutdown: sessions leave without presence events (everyone is leaving;
+ * a room of n members would otherwise get n^2 of them). */
+void hub_set_draining(struct hub *hub);
 /* Apply the live-changeable parts of a new config. */
 void hub_reconfigure(struct hub *hub, const struct config *cfg);
 void hub_limits_from_config(struct hub_limits *l, const struct config *cfg);

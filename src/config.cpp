@@ -9,6 +9,7 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cmath>
@@ -32,11 +33,13 @@ const char *const level_names[] = {"error", "warn", "info", "debug", nullptr};
 const char *const slow_names[] = {"close", "drop_oldest", nullptr};
 const char *const format_names[] = {"text", "json", nullptr};
 const char *const sync_names[] = {"batch", "always", "off", nullptr};
+const char *const auth_names[] = {"none", "jwt", nullptr};
 
 static_assert(sizeof(enum config_log_level) == sizeof(int) &&
 	      sizeof(enum config_slow_policy) == sizeof(int) &&
 	      sizeof(enum config_log_format) == sizeof(int) &&
-	      sizeof(enum config_storage_sync) == sizeof(int), "enum fields are stored as int");
+	      sizeof(enum config_storage_sync) == sizeof(int) &&
+	      sizeof(enum config_auth_mode) == sizeof(int), "enum fields are stored as int");
 
 /* ---- value checks ------------------------------------------------------ */
 
@@ -135,21 +138,30 @@ const Key keys[] = {
 
 	integer("limits", "max_message_bytes", LONG, F(max_message_bytes), 1),
 	integer("limits", "max_frame_bytes", LONG, F(max_frame_bytes), 64),
-	integer("limits", "send_queue_messages", LONG, F(send_queue_messages), 1),
+	integer("limits", "send_queue_messages", LONG, F(send_queue_messages), 1, INT32_MAX),
 	integer("limits", "send_queue_bytes", LONG, F(send_queue_bytes), 1),
 	integer("limits", "total_queue_bytes", LLONG, F(total_queue_bytes), 1),
 	choice("limits", "slow_consumer", F(slow_consumer), slow_names),
 	number("limits", "rate", F(rate), GT, 0),
 	number("limits", "burst", F(burst), GE, 1),
-	integer("limits", "sessions_per_name", LONG, F(sessions_per_name), 1),
+	integer("limits", "sessions_per_name", LONG, F(sessions_per_name), 1, INT32_MAX),
 
-	integer("history", "messages_per_room", LONG, F(messages_per_room), 0),
-	integer("history", "dedup_window", LONG, F(dedup_window), 0),
+	integer("history", "messages_per_room", LONG, F(messages_per_room), 0, INT32_MAX),
+	integer("history", "dedup_window", LONG, F(dedup_window), 0, INT32_MAX),
 
 	string("storage", "path", F(storage_path), no_nul, "expected a file path (\"\" = memory only)"),
 	choice("storage", "sync", F(storage_sync), sync_names),
 	integer("storage", "retention_messages", LONG, F(retention_messages), 0),
 	number("storage", "retention_days", F(retention_days), GE, 0),
+
+	choice("auth", "mode", F(auth_mode), auth_names),
+	string("auth", "jwt_secret", F(jwt_secret), no_nul, "expected a string"),
+	string("auth", "jwt_secret_file", F(jwt_secret_file), no_nul, "expected a file path"),
+	number("auth", "leeway", F(jwt_leeway), GE, 0),
+
+	string("tls", "cert", F(tls_cert), no_nul, "expected a file path"),
+	string("tls", "key", F(tls_key), no_nul, "expected a file path"),
+	string("tls", "ca", F(tls_ca), no_nul, "expected a file path"),
 
 	choice("log", "level", F(log_level), level_names),
 	choice("log", "format", F(log_format), format_names),
@@ -318,6 +330,20 @@ void Loader::cross_checks(const toml::table &root)
 			fail(at("limits", "max_message_bytes")->source(), "limits.max_message_bytes",
 			     fmt("must be <= limits.max_frame_bytes - 256 (%ld)", c.max_frame_bytes - 256));
 	}
+	bool inline_secret = c.jwt_secret && c.jwt_secret[0];
+	bool file_secret = c.jwt_secret_file && c.jwt_secret_file[0];
+	if (inline_secret && file_secret)
+		fail(at("auth", "jwt_secret_file")->source(), "auth.jwt_secret_file",
+		     "give auth.jwt_secret or auth.jwt_secret_file, not both");
+	else if (c.auth_mode == CONFIG_AUTH_JWT && !inline_secret && !file_secret)
+		fail(at("auth", "mode")->source(), "auth.mode",
+		     "\"jwt\" needs auth.jwt_secret or auth.jwt_secret_file");
+	bool cert = c.tls_cert && c.tls_cert[0], key = c.tls_key && c.tls_key[0];
+	if (cert != key)
+		fail(at("tls", cert ? "cert" : "key")->source(), cert ? "tls.cert" : "tls.key",
+		     "tls.cert and tls.key go together");
+	if (c.tls_ca && c.tls_ca[0] && !cert)
+		fail(at("tls", "ca")->source(), "tls.ca", "needs tls.cert and tls.key");
 }
 
 /* One line into err, truncated, control characters (e.g. from a quoted key) shown as '?'. */
@@ -392,8 +418,13 @@ int config_defaults(struct config *cfg)
 
 	cfg->listen = strdup("127.0.0.1");
 	cfg->node_id = strdup(host);
-	cfg->storage_path = strdup("");
-	if (!cfg->listen || !cfg->node_id || !cfg->storage_path) {
+	cfg->jwt_leeway = 30;
+	char **strs[] = {&cfg->storage_path, &cfg->jwt_secret, &cfg->jwt_secret_file,
+			 &cfg->tls_cert, &cfg->tls_key, &cfg->tls_ca};
+	bool oom = false;
+	for (char **p : strs)
+		oom |= !(*p = strdup(""));
+	if (!cfg->listen || !cfg->node_id || oom) {
 		config_free(cfg);
 		return -1;
 	}
@@ -475,6 +506,13 @@ void config_free(struct config *cfg)
 	free(cfg->listen);
 	free(cfg->node_id);
 	free(cfg->storage_path);
+	if (cfg->jwt_secret)    /* a secret does not linger in freed memory */
+		memset(cfg->jwt_secret, 0, strlen(cfg->jwt_secret));
+	free(cfg->jwt_secret);
+	free(cfg->jwt_secret_file);
+	free(cfg->tls_cert);
+	free(cfg->tls_key);
+	free(cfg->tls_ca);
 	free_strings(cfg->allowed_origins, cfg->allowed_origins_count);
 	memset(cfg, 0, sizeof *cfg);
 }
@@ -487,6 +525,41 @@ const char *config_log_level_name(enum config_log_level level)
 const char *config_storage_sync_name(enum config_storage_sync s)
 {
 	return (unsigned)s < 3 ? sync_names[s] : "unknown";
+}
+
+char *config_jwt_secret(const struct config *cfg, size_t *len, char *err, size_t errlen)
+{
+	std::string secret;
+
+	try {
+		if (cfg->jwt_secret_file && cfg->jwt_secret_file[0]) {
+			if (!read_file(cfg->jwt_secret_file, secret)) {
+				put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s",
+					cfg->jwt_secret_file, strerror(errno));
+				return nullptr;
+			}
+			/* A file written by echo ends in a newline that is not part of it. */
+			while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r'))
+				secret.pop_back();
+		} else if (cfg->jwt_secret) {
+			secret = cfg->jwt_secret;
+		}
+		if (secret.empty()) {
+			put_err(err, errlen, "auth: the JWT secret is empty");
+			return nullptr;
+		}
+		char *p = static_cast<char *>(malloc(secret.size() + 1));
+		if (!p)
+			throw std::bad_alloc();
+		memcpy(p, secret.data(), secret.size());
+		p[secret.size()] = '\0';
+		*len = secret.size();
+		std::fill(secret.begin(), secret.end(), '\0');
+		return p;
+	} catch (...) {
+		put_err(err, errlen, "auth: out of memory");
+		return nullptr;
+	}
 }
 
 const char *config_slow_policy_name(enum config_slow_policy p)

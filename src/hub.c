@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "jsonw.h"
 #include "log.h"
 #include "proto.h"
@@ -35,12 +36,14 @@ struct hub {
 	char node_id[65];
 	struct hub_transport tp;
 	struct hub_engine engine;
+	const struct auth *auth;     /* NULL: names are taken on trust */
 	struct metrics *m;
 	struct session *sessions;    /* every registered session, by num */
 	struct hub_user *users;      /* authenticated names */
 	struct room *rooms;
 	uint64_t next_num, salt, rng, mark;
 	uint64_t authed;
+	int draining;
 	uint64_t queue_bytes, queue_msgs;
 	struct session *qb[HUB_QB_BUCKETS];
 };
@@ -330,7 +333,7 @@ static void hub_presence(struct hub *h, struct room *r, struct session *s, const
 	struct msgbuf *mb;
 	struct jsonw w;
 
-	if (!r->member_count || (r->member_count == 1 && room_member_find(r, s)))
+	if (h->draining || !r->member_count || (r->member_count == 1 && room_member_find(r, s)))
 		return;
 	hub_w_begin(&w, "presence", 128);
 	jsonw_kv_cstr(&w, "room", r->name);
@@ -410,23 +413,59 @@ static void hub_member_leave(struct hub *h, struct membership *m)
 
 /* ---- commands ----------------------------------------------------------- */
 
+/* The name hello asks for: c->name, or the token's subject when auth is
+ * on. NULL after answering with an error. */
+static const char *hub_hello_name(struct hub *h, struct session *s, const struct proto_cmd *c,
+				  size_t *len)
+{
+	struct auth_identity *id;
+	char why[128];
+
+	if (!h->auth) {
+		if (!c->name.p) {
+			hub_error(h, s, &c->ref, PROTO_ERR_BAD_REQUEST,
+				  "token authentication is not enabled; give a name");
+			return NULL;
+		}
+		*len = c->name.len;
+		return c->name.p;
+	}
+	if (!c->token.p) {
+		snprintf(why, sizeof(why), "a token is required");
+		id = NULL;
+	} else {
+		id = auth_verify(h->auth, c->token.p, c->token.len, hub_now(h), why, sizeof(why));
+	}
+	if (!id) {
+		hub_error(h, s, &c->ref, PROTO_ERR_NOT_AUTHENTICATED, why);
+		log_info(s->id, "hello refused: %s", why);
+		if (++s->failed_hellos >= 3)
+			hub_session_close(h, s, 1008, "authentication failed");
+		return NULL;
+	}
+	auth_identity_free(s->ident);
+	s->ident = id;
+	*len = strlen(id->name);
+	return id->name;
+}
+
 static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct hub_user *u;
 	struct jsonw w;
+	const char *name;
+	size_t len;
 	char msg[96];
 
 	if (session_authenticated(s)) {
 		hub_error(h, s, &c->ref, PROTO_ERR_BAD_REQUEST, "hello was already accepted");
 		return;
 	}
-	if (!c->name.p) {
-		hub_error(h, s, &c->ref, PROTO_ERR_BAD_REQUEST, "token authentication is not enabled; give a name");
+	if (!(name = hub_hello_name(h, s, c, &len)))
 		return;
-	}
-	u = hub_user_find(h, c->name.p, c->name.len);
+	u = hub_user_find(h, name, len);
 	if (u && u->count >= h->lim.sessions_per_name) {
-		snprintf(msg, sizeof(msg), "name %.*s is already online", (int)c->name.len, c->name.p);
+		snprintf(msg, sizeof(msg), "name %.*s is already online", (int)len, name);
 		hub_error(h, s, &c->ref, PROTO_ERR_CONFLICT, msg);
 		return;
 	}
@@ -436,11 +475,11 @@ static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_c
 			hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
 			return;
 		}
-		memcpy(u->name, c->name.p, c->name.len);
-		HASH_ADD(hh, h->users, name[0], c->name.len, u);
+		memcpy(u->name, name, len);
+		HASH_ADD(hh, h->users, name[0], len, u);
 	}
-	memcpy(s->name, c->name.p, c->name.len);
-	s->name[c->name.len] = '\0';
+	memcpy(s->name, name, len);
+	s->name[len] = '\0';
 	s->user = u;
 	s->user_next = u->sessions;
 	if (u->sessions)
@@ -568,10 +607,15 @@ static int hub_replay(struct hub *h, struct session *s, struct room *r, uint64_t
 
 static void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
-	struct room *r = hub_room_get(h, c->room.p, c->room.len);
+	struct room *r;
 	int recovered = 0, complete = 1;
 	struct jsonw w;
 
+	if (!auth_room_allowed(s->ident, c->room.p, c->room.len)) {
+		hub_error(h, s, &c->ref, PROTO_ERR_FORBIDDEN, "your token does not allow this room");
+		return;
+	}
+	r = hub_room_get(h, c->room.p, c->room.len);
 	if (!r) {
 		hub_error(h, s, &c->ref, PROTO_ERR_UNAVAILABLE, "the room could not be loaded");
 		return;
@@ -997,6 +1041,16 @@ void hub_set_engine(struct hub *h, const struct hub_engine *engine)
 		h->engine = *engine;
 	else
 		memset(&h->engine, 0, sizeof(h->engine));
+}
+
+void hub_set_draining(struct hub *h)
+{
+	h->draining = 1;
+}
+
+void hub_set_auth(struct hub *h, const struct auth *auth)
+{
+	h->auth = auth;
 }
 
 void hub_reconfigure(struct hub *h, const struct config *cfg)

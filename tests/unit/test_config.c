@@ -243,7 +243,8 @@ static void test_unknown_table(void **state)
 {
 	expect_error("[server]\nport = 1\n\n[storag]\npath = \"x\"\n", "4: storag: unknown table");
 	expect_error("[[cluster]]\nnode = 1\n", "1: cluster: unknown table");
-	expect_error("auth.token = \"x\"\n", "1: auth: unknown table");
+	expect_error("auth.token = \"x\"\n", "1: auth.token: unknown key");
+	expect_error("authz.token = \"x\"\n", "1: authz: unknown table");
 }
 
 static void test_wrong_type(void **state)
@@ -286,12 +287,12 @@ static void test_out_of_range(void **state)
 	expect_error("[limits]\nrate = nan\n", "2: limits.rate: expected a number > 0");
 	expect_error("[limits]\nburst = 0.5\n", "2: limits.burst: expected a number >= 1");
 	expect_error("[limits]\nmax_frame_bytes = 63\n", "2: limits.max_frame_bytes: expected an integer >= 64");
-	expect_error("[limits]\nsend_queue_messages = 0\n", "2: limits.send_queue_messages: expected an integer >= 1");
+	expect_error("[limits]\nsend_queue_messages = 0\n", "2: limits.send_queue_messages: expected an integer in 1..2147483647");
 	expect_error("[limits]\nsend_queue_bytes = 0\n", "2: limits.send_queue_bytes: expected an integer >= 1");
 	expect_error("[limits]\ntotal_queue_bytes = -5\n", "2: limits.total_queue_bytes: expected an integer >= 1");
-	expect_error("[limits]\nsessions_per_name = 0\n", "2: limits.sessions_per_name: expected an integer >= 1");
-	expect_error("[history]\nmessages_per_room = -1\n", "2: history.messages_per_room: expected an integer >= 0");
-	expect_error("[history]\ndedup_window = -1\n", "2: history.dedup_window: expected an integer >= 0");
+	expect_error("[limits]\nsessions_per_name = 0\n", "2: limits.sessions_per_name: expected an integer in 1..2147483647");
+	expect_error("[history]\nmessages_per_room = -1\n", "2: history.messages_per_room: expected an integer in 0..2147483647");
+	expect_error("[history]\ndedup_window = -1\n", "2: history.dedup_window: expected an integer in 0..2147483647");
 }
 
 static void test_bad_enum(void **state)
