@@ -33,10 +33,11 @@ struct hub;
 struct hub_transport {
 	/* s has output queued: arrange for hub_session_peek/pop to be called. */
 	void (*wake)(void *ctx, void *conn);
-	/* Close the connection with a WebSocket close code. The transport must
-	 * NOT call hub_session_unregister from inside this call: it does so
-	 * later, from its release path. */
-	void (*close)(void *ctx, void *conn, int code, const char *reason);
+	/* Close the connection with a WebSocket close code; with flush, what is
+	 * queued is written first. The transport must NOT call
+	 * hub_session_unregister from inside this call: it does so later, from
+	 * its release path. */
+	void (*close)(void *ctx, void *conn, int code, const char *reason, int flush);
 	/* Wall clock, seconds since the epoch (the loop's cached time). */
 	double (*now)(void *ctx);
 	void *ctx;
@@ -132,8 +133,10 @@ void hub_session_input(struct hub *hub, struct session *s, const char *data, siz
 struct msgbuf *hub_session_peek(const struct session *s);
 void hub_session_pop(struct hub *hub, struct session *s);
 
-/* Ask the transport to close s (code, reason) and stop queueing to it. */
-void hub_session_close(struct hub *hub, struct session *s, int code, const char *reason);
+/* Ask the transport to close s (code, reason) and stop queueing to it.
+ * The queue is dropped (its memory freed now) unless flush is set. */
+void hub_session_close(struct hub *hub, struct session *s, int code, const char *reason,
+		       int flush);
 
 /* Complete a submitted message (engine callback). status PROTO_OK commits
  * p->seq/p->ts: ring, ack to the sender if still here, fan-out. Anything

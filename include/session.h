@@ -18,6 +18,7 @@
 #include "queue.h"
 
 struct membership;
+struct auth_identity;
 struct hub_user;
 
 struct session {
@@ -29,10 +30,12 @@ struct session {
 	double tokens, tokens_at;        /* token bucket */
 	struct membership *rooms;        /* hash by room, via membership.hh_sess */
 	struct hub_user *user;           /* name entry, NULL until hello */
+	struct auth_identity *ident;     /* owned; what the token allowed (auth on) */
 	struct session *user_prev, *user_next;  /* other sessions of the same name */
 	struct session *qb_prev, *qb_next;      /* hub queue-size bucket list */
 	int qb_idx;                      /* bucket index, -1 when the queue is empty */
 	unsigned closing : 1;            /* close requested: no more output */
+	unsigned failed_hellos : 2;      /* rejected tokens so far */
 	UT_hash_handle hh;               /* hub->sessions */
 };
 

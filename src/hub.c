@@ -151,14 +151,16 @@ static struct session *hub_qb_largest(struct hub *h)
 
 /* ---- output ------------------------------------------------------------- */
 
-void hub_session_close(struct hub *h, struct session *s, int code, const char *reason)
+void hub_session_close(struct hub *h, struct session *s, int code, const char *reason,
+		       int flush)
 {
 	if (s->closing)
 		return;
 	s->closing = 1;
-	/* Its queue will never be written: give the memory back now. */
-	hub_q_clear(h, s);
-	h->tp.close(h->tp.ctx, s->conn, code, reason);
+	/* A queue that will not be written: give the memory back now. */
+	if (!flush)
+		hub_q_clear(h, s);
+	h->tp.close(h->tp.ctx, s->conn, code, reason, flush);
 }
 
 static void hub_slow_close(struct hub *h, struct session *s, const char *why)
@@ -166,7 +168,7 @@ static void hub_slow_close(struct hub *h, struct session *s, const char *why)
 	log_warn(s->id, "slow consumer (%s): %u frames, %zu bytes queued; closing",
 		 why, s->q.count, s->q.bytes);
 	h->m->slow_consumer_closes++;
-	hub_session_close(h, s, 1008, "slow consumer");
+	hub_session_close(h, s, 1008, "slow consumer", 0);
 }
 
 /* Make room for one frame of len bytes in s's own queue; -1 if s was closed. */
@@ -233,7 +235,7 @@ static int hub_enqueue(struct hub *h, struct session *s, struct msgbuf *mb, int 
 	c = s->q.count;
 	if (queue_push(&s->q, mb, droppable)) {
 		log_error(s->id, "out of memory queueing a frame; closing");
-		hub_session_close(h, s, 1011, "out of memory");
+		hub_session_close(h, s, 1011, "out of memory", 0);
 		return -1;
 	}
 	hub_q_account(h, s, b, c);
@@ -293,7 +295,7 @@ static void hub_w_reply(struct hub *h, struct session *s, struct jsonw *w)
 	mb = jsonw_finish(w);
 	if (!mb) {
 		log_error(s->id, "out of memory encoding a reply; closing");
-		hub_session_close(h, s, 1011, "out of memory");
+		hub_session_close(h, s, 1011, "out of memory", 0);
 		return;
 	}
 	hub_enqueue(h, s, mb, 0);
@@ -440,7 +442,7 @@ static const char *hub_hello_name(struct hub *h, struct session *s, const struct
 		hub_error(h, s, &c->ref, PROTO_ERR_NOT_AUTHENTICATED, why);
 		log_info(s->id, "hello refused: %s", why);
 		if (++s->failed_hellos >= 3)
-			hub_session_close(h, s, 1008, "authentication failed");
+			hub_session_close(h, s, 1008, "authentication failed", 1);
 		return NULL;
 	}
 	auth_identity_free(s->ident);

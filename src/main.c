@@ -14,7 +14,9 @@
 #include <sys/resource.h>
 
 #include <ev.h>
+#include <systemd/sd-daemon.h>
 
+#include "auth.h"
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
@@ -28,8 +30,10 @@ struct chatd {
 	struct metrics metrics;
 	struct server *srv;
 	struct storage *storage;       /* NULL: memory only */
+	struct auth *auth;             /* NULL: auth.mode = "none" */
 	ev_signal sig_term, sig_int, sig_hup;
 	ev_timer shutdown_timer;
+	ev_timer watchdog;             /* WATCHDOG=1 to systemd, when asked for */
 	int stopping;
 };
 
@@ -70,6 +74,40 @@ static void chatd_config_destroy(struct config *cfg)
 	free(cfg);
 }
 
+/* Files the config names that must be readable now (lws' own errors for
+ * them are vague): TLS certificate, key and CA. */
+static int chatd_check_files(const struct config *cfg, char *err, size_t errlen)
+{
+	const struct { const char *key, *path; } files[] = {
+		{ "tls.cert", cfg->tls_cert }, { "tls.key", cfg->tls_key }, { "tls.ca", cfg->tls_ca },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		FILE *f;
+		if (!files[i].path[0])
+			continue;
+		f = fopen(files[i].path, "r");
+		if (!f) {
+			snprintf(err, errlen, "%s %s: cannot read: %s", files[i].key, files[i].path,
+				 strerror(errno));
+			return -1;
+		}
+		fclose(f);
+	}
+	return 0;
+}
+
+/* The auth a config asks for: *out = NULL for mode "none". */
+static int chatd_auth(const struct config *cfg, struct auth **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	if (cfg->auth_mode == CONFIG_AUTH_NONE)
+		return 0;
+	*out = auth_new(cfg, err, errlen);
+	return *out ? 0 : -1;
+}
+
 /* Raise the soft open-files limit to the hard one; returns the limit. */
 static long chatd_raise_nofile(void)
 {
@@ -83,6 +121,35 @@ static long chatd_raise_nofile(void)
 			getrlimit(RLIMIT_NOFILE, &rl);
 	}
 	return rl.rlim_cur == RLIM_INFINITY ? -1 : (long)rl.rlim_cur;
+}
+
+/* systemd's notify protocol (a no-op when NOTIFY_SOCKET is unset). */
+static void chatd_notify(const char *state)
+{
+	int rc = sd_notify(0, state);
+
+	if (rc < 0)
+		log_warn(NULL, "sd_notify(%s): %s", state, strerror(-rc));
+}
+
+/* Proof of life from the loop itself: if the loop stalls, systemd's
+ * watchdog fires. Sent at half the interval systemd asked for. */
+static void chatd_on_watchdog(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	chatd_notify("WATCHDOG=1");
+}
+
+static void chatd_watchdog_start(struct chatd *d)
+{
+	uint64_t usec = 0;
+
+	if (sd_watchdog_enabled(0, &usec) <= 0 || !usec)
+		return;
+	ev_timer_init(&d->watchdog, chatd_on_watchdog, 0., usec / 2e6);
+	d->watchdog.data = d;
+	ev_timer_again(d->loop, &d->watchdog);
+	chatd_notify("WATCHDOG=1");
+	log_info(NULL, "systemd watchdog every %.3gs", usec / 2e6);
 }
 
 static void chatd_on_drained(void *arg)
@@ -112,6 +179,7 @@ static void chatd_on_stop(struct ev_loop *loop, ev_signal *w, int revents)
 		return;
 	}
 	d->stopping = 1;
+	chatd_notify("STOPPING=1");
 	log_info(NULL, "signal %d: graceful shutdown (up to %.3gs)", w->signum,
 		 d->cfg->shutdown_timeout);
 	ev_timer_init(&d->shutdown_timer, chatd_shutdown_timeout, d->cfg->shutdown_timeout, 0.);
@@ -130,17 +198,32 @@ static void chatd_warn_static(const struct config *old, const struct config *cur
 		log_warn(NULL, "reload: server.node_id changes need a restart; still %s", old->node_id);
 }
 
+static void chatd_reload(struct chatd *d, char *err, size_t errlen);
+
 static void chatd_on_hup(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	struct chatd *d = w->data;
-	struct config *next, *old = d->cfg;
 	char err[512];
 
 	if (!d->config_path) {
 		log_info(NULL, "SIGHUP: no configuration file to reload");
 		return;
 	}
-	next = chatd_load(d->config_path, err, sizeof(err));
+	chatd_notify("RELOADING=1");
+	chatd_reload(d, err, sizeof(err));
+	chatd_notify("READY=1");
+}
+
+static void chatd_reload(struct chatd *d, char *err, size_t errlen)
+{
+	struct config *next, *old = d->cfg;
+	struct auth *auth = NULL;
+
+	next = chatd_load(d->config_path, err, errlen);
+	if (next && chatd_auth(next, &auth, err, errlen)) {
+		chatd_config_destroy(next);
+		next = NULL;
+	}
 	if (!next) {
 		d->metrics.reload_failures++;
 		log_error(NULL, "reload failed, keeping the running configuration: %s", err);
@@ -155,9 +238,17 @@ static void chatd_on_hup(struct ev_loop *loop, ev_signal *w, int revents)
 	next->port = old->port;
 	if (!next->listen || !next->node_id) {
 		chatd_config_destroy(next);
+		auth_free(auth);
 		log_error(NULL, "reload failed: out of memory");
 		return;
 	}
+	if (strcmp(old->tls_cert, next->tls_cert) || strcmp(old->tls_key, next->tls_key) ||
+	    strcmp(old->tls_ca, next->tls_ca))
+		log_warn(NULL, "reload: [tls] changes need a restart");
+	/* Sessions keep the identities they hold; new hellos use the new secret. */
+	hub_set_auth(server_hub(d->srv), auth);
+	auth_free(d->auth);
+	d->auth = auth;
 	log_setup(next->log_level, next->log_format);
 	server_reconfigure(d->srv, next);
 	if (d->storage)
@@ -204,7 +295,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "chatd: %s\n", err);
 		return 2;
 	}
+	if (chatd_check_files(d.cfg, err, sizeof(err)) || chatd_auth(d.cfg, &d.auth, err, sizeof(err))) {
+		fprintf(stderr, "chatd: %s\n", err);
+		chatd_config_destroy(d.cfg);
+		return 2;
+	}
 	if (check) {
+		auth_free(d.auth);
 		printf("%s: configuration is valid\n", d.config_path ? d.config_path : "(defaults)");
 		chatd_config_destroy(d.cfg);
 		return 0;
@@ -223,21 +320,25 @@ int main(int argc, char **argv)
 	}
 	if (!d.loop) {
 		log_error(NULL, "cannot create the event loop");
+		auth_free(d.auth);
 		chatd_config_destroy(d.cfg);
 		return 1;
 	}
 	d.srv = server_new(d.loop, d.cfg, &d.metrics, nofile, err, sizeof(err));
 	if (!d.srv) {
 		log_error(NULL, "%s", err);
+		auth_free(d.auth);
 		chatd_config_destroy(d.cfg);
 		ev_loop_destroy(d.loop);
 		return 1;
 	}
+	hub_set_auth(server_hub(d.srv), d.auth);
 	if (d.cfg->storage_path[0]) {
 		d.storage = storage_open(d.cfg, d.loop, server_hub(d.srv), &d.metrics, err, sizeof(err));
 		if (!d.storage) {
 			log_error(NULL, "%s", err);
 			server_free(d.srv);
+			auth_free(d.auth);
 			chatd_config_destroy(d.cfg);
 			ev_loop_destroy(d.loop);
 			return 2;
@@ -251,18 +352,22 @@ int main(int argc, char **argv)
 	ev_signal_start(d.loop, &d.sig_int);
 	ev_signal_start(d.loop, &d.sig_hup);
 
-	log_info(NULL, "chatd %s listening on ws://%s:%d/ws (node %s, max %ld connections, open-files limit %ld)",
-		 CHATD_VERSION, d.cfg->listen, server_port(d.srv), d.cfg->node_id,
-		 d.cfg->max_connections, nofile);
+	log_info(NULL, "chatd %s listening on %s://%s:%d/ws (node %s, max %ld connections, open-files limit %ld)",
+		 CHATD_VERSION, d.cfg->tls_cert[0] ? "wss" : "ws", d.cfg->listen, server_port(d.srv),
+		 d.cfg->node_id, d.cfg->max_connections, nofile);
+	chatd_watchdog_start(&d);
+	chatd_notify("READY=1\nSTATUS=serving");
 	ev_run(d.loop, 0);
 
 	ev_signal_stop(d.loop, &d.sig_term);
 	ev_signal_stop(d.loop, &d.sig_int);
 	ev_signal_stop(d.loop, &d.sig_hup);
 	ev_timer_stop(d.loop, &d.shutdown_timer);
+	ev_timer_stop(d.loop, &d.watchdog);
 	/* Whatever is still pending reaches the disk before the sessions go. */
 	storage_close(d.storage);
 	server_free(d.srv);
+	auth_free(d.auth);
 	chatd_config_destroy(d.cfg);
 	ev_loop_destroy(d.loop);
 	log_info(NULL, "stopped");

@@ -112,13 +112,14 @@ static void conn_request_close(struct conn *c, int code, const char *reason, int
  * released in the next prepare phase, right after the current event. The
  * socket lingers only for the close frame, held by lws, not the session.
  */
-static void server_tp_close(void *ctx, void *conn, int code, const char *reason)
+static void server_tp_close(void *ctx, void *conn, int code, const char *reason, int flush)
 {
 	struct server *srv = ctx;
 	struct conn *c = conn;
 
-	conn_request_close(c, code, reason, 0, SERVER_CLOSE_GRACE);
-	if (c->rel_queued || !c->established)
+	conn_request_close(c, code, reason, flush, SERVER_CLOSE_GRACE);
+	/* A flushing close is released by conn_write once the queue is out. */
+	if (flush || c->rel_queued || !c->established)
 		return;
 	c->rel_queued = 1;
 	c->rel_prev = NULL;
@@ -156,13 +157,13 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	if (!authed && now - c->opened >= cfg->handshake_timeout) {
 		srv->m->handshake_timeouts++;
 		log_info(c->sess->id, "no hello within %.3gs; closing", cfg->handshake_timeout);
-		hub_session_close(srv->hub, c->sess, 1008, "handshake timeout");
+		hub_session_close(srv->hub, c->sess, 1008, "handshake timeout", 0);
 		return;
 	}
 	if (now - c->last_rx >= cfg->heartbeat_timeout) {
 		srv->m->heartbeat_evictions++;
 		log_info(c->sess->id, "nothing received for %.3gs; evicting", now - c->last_rx);
-		hub_session_close(srv->hub, c->sess, 1001, "heartbeat timeout");
+		hub_session_close(srv->hub, c->sess, 1001, "heartbeat timeout", 0);
 		return;
 	}
 	if (now - c->last_ping >= cfg->heartbeat_interval) {
@@ -714,6 +715,8 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 	info.foreign_loops = srv->foreign_loops;
 	info.user = srv;
 	info.max_http_header_pool = 256;
+	if (cfg->tls_cert[0])
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 	info.timeout_secs_ah_idle = (unsigned)ceil(cfg->handshake_timeout);
 	srv->ctx = lws_create_context(&info);
 	if (!srv->ctx) {
@@ -730,10 +733,20 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 	info.timeout_secs = (unsigned)ceil(cfg->handshake_timeout);
 	if (!strchr(cfg->listen, ':'))
 		info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+	if (cfg->tls_cert[0]) {
+		/* wss:// and https:// on the same port. */
+		info.ssl_cert_filepath = cfg->tls_cert;
+		info.ssl_private_key_filepath = cfg->tls_key;
+		if (cfg->tls_ca[0]) {
+			info.ssl_ca_filepath = cfg->tls_ca;
+			info.options |= LWS_SERVER_OPTION_REQUIRE_VALID_OPENSSL_CLIENT_CERT;
+		}
+	}
 	srv->vh = lws_create_vhost(srv->ctx, &info);
 	if (!srv->vh) {
-		snprintf(err, errlen, "cannot listen on %s port %d (address in use or not available?)",
-			 cfg->listen, cfg->port);
+		snprintf(err, errlen, "cannot listen on %s port %d (address in use or not available?%s)",
+			 cfg->listen, cfg->port,
+			 cfg->tls_cert[0] ? " or the TLS certificate/key is invalid" : "");
 		lws_context_destroy(srv->ctx);
 		hub_free(srv->hub);
 		free(srv);

@@ -1,5 +1,7 @@
 #include "session.h"
 
+#include "auth.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +28,7 @@ void session_free(struct session *s)
 	if (!s)
 		return;
 	queue_clear(&s->q);
+	auth_identity_free(s->ident);
 	free(s);
 }
 

@@ -52,7 +52,7 @@ static void fk_wake(void *ctx, void *conn)
 		fk.woken[fk.nwoken++] = conn;
 }
 
-static void fk_close(void *ctx, void *conn, int code, const char *reason)
+static void fk_close(void *ctx, void *conn, int code, const char *reason, int flush)
 {
 	struct closed *c;
 
