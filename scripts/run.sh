@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh build
 if [ $# -eq 0 ]; then set -- -c conf/chatd.toml; fi
+mkdir -p var   # the sample config keeps its database in var/chatd.db
 exec build/chatd "$@"

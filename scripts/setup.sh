@@ -7,6 +7,7 @@ PKGS=(
   build-essential cmake pkg-config g++
   libev-dev libwebsockets-dev libcjson-dev uthash-dev libtomlplusplus-dev
   libsqlite3-dev sqlite3 libjwt-dev libsystemd-dev openssl
+  systemd dpkg-dev file
   libcmocka-dev
   python3 python3-pytest python3-websockets
   curl ca-certificates procps

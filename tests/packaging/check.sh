@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Packaging: cmake --install lays out the files, the unit passes
+# systemd-analyze verify, and cpack builds a .deb depending on Debian's
+# runtime libraries. Usage: check.sh BUILD_DIR
+set -euo pipefail
+build=$(cd "$1" && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+DESTDIR=$tmp/root cmake --install "$build" --prefix /usr >/dev/null
+root=$tmp/root
+[ -x "$root/usr/bin/chatd" ] || fail "no /usr/bin/chatd"
+unit=$(find "$root" -name chatd.service | head -1)
+[ -n "$unit" ] || fail "no chatd.service installed"
+case "$unit" in */systemd/system/chatd.service) ;; *) fail "unit not in a systemd unit dir: $unit" ;; esac
+[ -f "$root/etc/chatd/chatd.toml" ] || fail "no /etc/chatd/chatd.toml"
+grep -q '^path = "/var/lib/chatd/chatd.db"' "$root/etc/chatd/chatd.toml" || fail "installed config does not store under /var/lib/chatd"
+"$build/chatd" -c "$root/etc/chatd/chatd.toml" --check-config >/dev/null || fail "installed config is invalid"
+[ -f "$root/usr/share/doc/chatd/README.md" ] || fail "no docs in share/doc/chatd"
+grep -q '^ExecStart=/usr/bin/chatd -c /etc/chatd/chatd.toml$' "$unit" || fail "ExecStart does not match the install"
+grep -q '^Type=notify$' "$unit" || fail "unit is not Type=notify"
+
+# systemd-analyze verify wants the ExecStart binary to exist: point it at the build.
+sed "s#^ExecStart=/usr/bin/chatd#ExecStart=$build/chatd#" "$unit" > "$tmp/chatd.service"
+if ! out=$(systemd-analyze verify "$tmp/chatd.service" 2>&1); then
+  echo "$out" >&2
+  fail "systemd-analyze verify"
+fi
+if echo "$out" | grep -i "chatd.service" | grep -qiv "ignoring\|not found in"; then
+  echo "$out" >&2
+  fail "systemd-analyze verify reported problems"
+fi
+
+(cd "$build" && cpack -G DEB -B "$tmp/pkg" >/dev/null 2>&1) || fail "cpack -G DEB"
+deb=$(ls "$tmp"/pkg/chatd_*.deb)
+deps=$(dpkg-deb -f "$deb" Depends)
+for lib in libwebsockets libev libcjson libsqlite3 libjwt libsystemd; do
+  echo "$deps" | grep -q "$lib" || fail "Depends lacks $lib: $deps"
+done
+contents=$(dpkg-deb -c "$deb")
+grep -q '\./usr/bin/chatd$' <<<"$contents" || fail ".deb lacks /usr/bin/chatd"
+grep -q 'systemd/system/chatd.service$' <<<"$contents" || fail ".deb lacks the unit"
+grep -q '^/etc/chatd/chatd.toml$' <<<"$(dpkg-deb -I "$deb" conffiles)" || fail "config is not a conffile"
+echo "packaging: install layout, unit, and $(basename "$deb") OK"
+echo "Depends: $deps"
