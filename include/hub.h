@@ -61,6 +61,7 @@ struct hub_limits {
  * submit until it calls hub_pending_free(). */
 struct hub_pending {
 	struct hub_pending *next;        /* free for the engine's own lists */
+	char to[PROTO_NAME_MAX + 1];     /* dm only: the recipient */
 	uint64_t sender;                 /* session number; may be gone at commit */
 	char from[PROTO_NAME_MAX + 1];
 	char room[PROTO_ROOM_MAX + 1];
@@ -85,15 +86,27 @@ struct room;
 
 /*
  * An engine persists (and, in a cluster, sequences) accepted messages.
- * submit: p->seq and p->ts are set; the engine must call hub_commit() for
- * p exactly once, in seq order per room, now or later, then
- * hub_pending_free(p). A failed commit must fail every later pending
- * message of the same room too, so that seq stays gap-free.
+ * submit: the engine owns p until hub_pending_free(p).
+ *   Local engines (sequences == 0): p->seq and p->ts are set by the hub;
+ *   the engine calls hub_commit() for p exactly once, in seq order per
+ *   room, now or later. A failed commit must fail every later pending
+ *   message of the same room too, so that seq stays gap-free.
+ *   Sequencing engines (sequences == 1, the cluster): the engine assigns
+ *   p->seq, answers the sender with hub_send_done(), and every node learns
+ *   the message from the engine's stream through hub_apply().
  * room_load (optional): a room is first used on this node: restore its
- * epoch, seq and recent messages (hub_room_restore) or return -1.
+ *   epoch, seq and recent messages (hub_room_restore) and return 0, or
+ *   return 1 and call hub_room_loaded() later, or return -1.
  * read (optional): call emit for each stored message of room with
- * lo <= seq <= hi, in seq order, at most max; returns the count or -1.
+ *   lo <= seq <= hi, in seq order, at most max; returns the count or -1.
  * oldest (optional): the lowest seq stored for room, 0 if none.
+ * presence, user (optional): a local session joined/left a room, a name
+ *   came online/went offline here; the engine tells the other nodes.
+ * names (optional): emit the names present in room on other nodes.
+ * remote_sessions (optional): sessions of name on other nodes.
+ * dm (optional): route a direct message (p->to, p->from, p->id, p->body,
+ *   p->ts set); returns PROTO_OK and later calls hub_dm_done(), or an
+ *   error code (p stays the caller's then).
  * The default (no engine) keeps everything in memory only.
  */
 struct hub_engine {
@@ -102,6 +115,12 @@ struct hub_engine {
 	int (*read)(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
 		    void (*emit)(void *arg, const struct hub_msg *m), void *arg);
 	uint64_t (*oldest)(void *ctx, const char *room);
+	void (*presence)(void *ctx, const char *room, const char *name, int join);
+	void (*user)(void *ctx, const char *name, int online);
+	void (*names)(void *ctx, const char *room, void (*emit)(void *arg, const char *name), void *arg);
+	uint32_t (*remote_sessions)(void *ctx, const char *name);
+	enum proto_err (*dm)(void *ctx, struct hub *hub, struct hub_pending *p);
+	int sequences;
 	void *ctx;
 };
 
@@ -143,6 +162,30 @@ void hub_session_close(struct hub *hub, struct session *s, int code, const char 
  * else answers the sender with that error. p stays the engine's. */
 void hub_commit(struct hub *hub, struct hub_pending *p, enum proto_err status);
 void hub_pending_free(struct hub_pending *p);
+
+/* Cluster engine entry points (see struct hub_engine). */
+/* The sender's answer for a sequenced message: ack {id, room, p->seq} or
+ * the error status. p stays the engine's. */
+void hub_send_done(struct hub *hub, struct hub_pending *p, enum proto_err status);
+/* A message from the cluster stream (any node's, in seq order per room):
+ * ring, dedup, fan-out to local members. epoch is the room's epoch in the
+ * stream; a different one means the shared history was lost and restarts.
+ * Returns 0 (applied or already seen, or the room is not loaded here) or
+ * -1 for a gap: the engine must re-read the room from hub_room_seq()+1. */
+int hub_apply(struct hub *hub, const char *room, const char *epoch, const struct hub_msg *m);
+/* The latest seq a loaded room holds here, or -1 if the room is not loaded. */
+long long hub_room_seq(struct hub *hub, const char *room);
+/* Finish an asynchronous room_load: ok = 0 fails the parked joins with
+ * unavailable. */
+void hub_room_loaded(struct hub *hub, struct room *r, int ok);
+/* A direct message from the stream for the local sessions of to. */
+void hub_direct(struct hub *hub, const char *to, const struct hub_msg *m);
+/* The answer to a dm routed by the engine. p stays the engine's. */
+void hub_dm_done(struct hub *hub, struct hub_pending *p, enum proto_err status);
+/* Someone on another node joined or left room: tell the local members. */
+void hub_remote_presence(struct hub *hub, const char *room, const char *name, int join);
+/* Visit every loaded room (for an engine's resync after a reconnect). */
+void hub_rooms_foreach(struct hub *hub, void (*fn)(void *arg, struct room *r), void *arg);
 /* Engine room_load helper: put a stored message into r's ring and dedup. */
 int hub_room_restore(struct hub *hub, struct room *r, const struct hub_msg *m);
 

@@ -41,6 +41,8 @@ struct room {
 	uint64_t seq;                   /* latest committed seq; 0 = none yet */
 	uint64_t seq_assigned;          /* latest seq handed to the engine (>= seq) */
 	uint32_t pending;               /* messages between submit and commit */
+	unsigned loading : 1;           /* an engine is fetching its state (cluster) */
+	void *waiters;                  /* joins parked while loading (hub-owned) */
 	struct membership *members;
 	uint32_t member_count;
 	struct room_ring ring;          /* msgbuf refs of the last messages, seq order */
@@ -53,6 +55,9 @@ struct room {
 struct room *room_new(const char *name, size_t len, const char *epoch);
 /* Free a room with no members: its ring references and dedup entries. */
 void room_free(struct room *r);
+
+/* Forget the ring and the dedup window (the history they came from is gone). */
+void room_reset(struct room *r);
 
 struct membership *room_member_find(struct room *r, struct session *s);
 /* Link s into r. NULL on ENOMEM. */

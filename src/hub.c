@@ -80,6 +80,12 @@ static struct hub_user *hub_user_find(struct hub *h, const char *name, size_t le
 	return u;
 }
 
+static void hub_copy(char *dst, const struct proto_str *src)
+{
+	memcpy(dst, src->p, src->len);
+	dst[src->len] = '\0';
+}
+
 /* ---- queue accounting --------------------------------------------------- */
 
 static int hub_qb_index(size_t bytes)
@@ -349,10 +355,30 @@ static void hub_presence(struct hub *h, struct room *r, struct session *s, const
 	msgbuf_unref(mb);
 }
 
-/* Member names of r, each once. */
+struct hub_names_ctx {
+	struct hub *h;
+	struct jsonw *w;
+};
+
+/* A name present on another node: listed unless a local member has it. */
+static void hub_names_remote(void *arg, const char *name)
+{
+	struct hub_names_ctx *nc = arg;
+	struct hub_user *u = hub_user_find(nc->h, name, strlen(name));
+
+	if (u && u->mark == nc->h->mark)
+		return;
+	if (u)
+		u->mark = nc->h->mark;
+	jsonw_cstr(nc->w, name);
+}
+
+/* Member names of r (on every node), each once. */
 static void hub_w_names(struct hub *h, struct jsonw *w, struct room *r)
 {
 	struct membership *m, *tmp;
+
+	struct hub_names_ctx nc = { h, w };
 
 	h->mark++;
 	jsonw_arr_open(w);
@@ -363,6 +389,8 @@ static void hub_w_names(struct hub *h, struct jsonw *w, struct room *r)
 		u->mark = h->mark;
 		jsonw_cstr(w, u->name);
 	}
+	if (h->engine.names)
+		h->engine.names(h->engine.ctx, r->name, hub_names_remote, &nc);
 	jsonw_arr_close(w);
 }
 
@@ -382,9 +410,13 @@ static struct room *hub_room_get(struct hub *h, const char *name, size_t len)
 	r = room_new(name, len, epoch);
 	if (!r)
 		return NULL;
-	if (h->engine.room_load && h->engine.room_load(h->engine.ctx, h, r)) {
-		room_free(r);
-		return NULL;
+	if (h->engine.room_load) {
+		int rc = h->engine.room_load(h->engine.ctx, h, r);
+		if (rc < 0) {
+			room_free(r);
+			return NULL;
+		}
+		r->loading = rc > 0;
 	}
 	r->seq_assigned = r->seq;
 	HASH_ADD(hh, h->rooms, name[0], len, r);
@@ -397,7 +429,7 @@ static struct room *hub_room_get(struct hub *h, const char *name, size_t len)
  * leaves; rooms with history stay, so seq and epoch remain meaningful. */
 static void hub_room_maybe_free(struct hub *h, struct room *r)
 {
-	if (r->member_count || r->seq || r->pending)
+	if (r->member_count || r->seq || r->pending || r->loading || r->waiters)
 		return;
 	HASH_DEL(h->rooms, r);
 	room_free(r);
@@ -410,6 +442,8 @@ static void hub_member_leave(struct hub *h, struct membership *m)
 
 	room_member_remove(m);
 	hub_presence(h, r, s, "leave");
+	if (h->engine.presence && session_authenticated(s))
+		h->engine.presence(h->engine.ctx, r->name, s->name, 0);
 	hub_room_maybe_free(h, r);
 }
 
@@ -489,6 +523,8 @@ static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_c
 	u->sessions = s;
 	u->count++;
 	h->authed++;
+	if (h->engine.user)
+		h->engine.user(h->engine.ctx, s->name, 1);
 	log_info(s->id, "hello name=%s", s->name);
 
 	hub_w_begin(&w, "welcome", 160);
@@ -607,11 +643,117 @@ static int hub_replay(struct hub *h, struct session *s, struct room *r, uint64_t
 	return queued == n && (n < max || since + n >= r->seq);
 }
 
+/* A join parked while its room loads (cluster). */
+struct hub_waiter {
+	struct hub_waiter *next;
+	uint64_t sender;
+	int has_since, has_epoch, has_ref;
+	uint64_t since;
+	char epoch[PROTO_EPOCH_MAX + 1];
+	char ref[PROTO_REF_MAX + 1];
+};
+
+/* Join s to the loaded room r and answer, replaying since when asked. */
+static void hub_join(struct hub *h, struct session *s, struct room *r, int has_since,
+		     uint64_t since, const char *epoch, const struct proto_str *ref)
+{
+	int recovered = 0, complete = 1;
+	struct jsonw w;
+
+	if (has_since && (!epoch || strcmp(epoch, r->epoch) == 0) && since <= r->seq) {
+		recovered = hub_oldest_held(h, r) <= since + 1;
+		complete = hub_replay(h, s, r, since);
+	}
+	if (!room_member_find(r, s)) {
+		if (!room_member_add(r, s)) {
+			hub_error(h, s, ref, PROTO_ERR_INTERNAL, "out of memory");
+			hub_room_maybe_free(h, r);
+			return;
+		}
+		log_debug(s->id, "joined %s", r->name);
+		hub_presence(h, r, s, "join");
+		if (h->engine.presence)
+			h->engine.presence(h->engine.ctx, r->name, s->name, 1);
+	}
+	hub_w_begin(&w, "joined", 256 + 40 * r->member_count);
+	jsonw_kv_cstr(&w, "room", r->name);
+	jsonw_kv_u64(&w, "seq", r->seq);
+	jsonw_kv_cstr(&w, "epoch", r->epoch);
+	jsonw_key(&w, "members");
+	hub_w_names(h, &w, r);
+	if (has_since) {
+		jsonw_key(&w, "recovered");
+		jsonw_bool(&w, recovered);
+		if (!complete) {
+			jsonw_key(&w, "truncated");
+			jsonw_bool(&w, 1);
+		}
+	}
+	hub_w_ref(&w, ref);
+	hub_w_reply(h, s, &w);
+}
+
+static void hub_park_join(struct hub *h, struct session *s, struct room *r, const struct proto_cmd *c)
+{
+	struct hub_waiter *wt = calloc(1, sizeof(*wt));
+
+	if (!wt) {
+		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+		return;
+	}
+	wt->sender = s->num;
+	wt->has_since = c->has_since;
+	wt->since = c->since;
+	if (c->epoch.p) {
+		wt->has_epoch = 1;
+		hub_copy(wt->epoch, &c->epoch);
+	}
+	if (c->ref.p) {
+		wt->has_ref = 1;
+		hub_copy(wt->ref, &c->ref);
+	}
+	wt->next = r->waiters;
+	r->waiters = wt;
+}
+
+void hub_room_loaded(struct hub *h, struct room *r, int ok)
+{
+	struct hub_waiter *wt = r->waiters, *next;
+
+	r->loading = 0;
+	r->waiters = NULL;
+	r->seq_assigned = r->seq;
+	/* Parked joins were pushed on a stack: answer them oldest first. */
+	{
+		struct hub_waiter *rev = NULL;
+		while (wt) {
+			next = wt->next;
+			wt->next = rev;
+			rev = wt;
+			wt = next;
+		}
+		wt = rev;
+	}
+	for (; wt; wt = next) {
+		struct session *s = NULL;
+		struct proto_str ref = { wt->has_ref ? wt->ref : NULL, strlen(wt->ref) };
+		next = wt->next;
+		HASH_FIND(hh, h->sessions, &wt->sender, sizeof(wt->sender), s);
+		if (s && !s->closing) {
+			if (ok)
+				hub_join(h, s, r, wt->has_since, wt->since, wt->has_epoch ? wt->epoch : NULL, &ref);
+			else
+				hub_error(h, s, &ref, PROTO_ERR_UNAVAILABLE, "the room could not be loaded");
+		}
+		free(wt);
+	}
+	hub_room_maybe_free(h, r);
+}
+
 static void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct room *r;
-	int recovered = 0, complete = 1;
-	struct jsonw w;
+	char epoch[PROTO_EPOCH_MAX + 1];
 
 	if (!auth_room_allowed(s->ident, c->room.p, c->room.len)) {
 		hub_error(h, s, &c->ref, PROTO_ERR_FORBIDDEN, "your token does not allow this room");
@@ -622,39 +764,13 @@ static void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cm
 		hub_error(h, s, &c->ref, PROTO_ERR_UNAVAILABLE, "the room could not be loaded");
 		return;
 	}
-	if (c->has_since) {
-		int same_epoch = !c->epoch.p ||
-			(c->epoch.len == strlen(r->epoch) && memcmp(c->epoch.p, r->epoch, c->epoch.len) == 0);
-		if (same_epoch && c->since <= r->seq) {
-			recovered = hub_oldest_held(h, r) <= c->since + 1;
-			complete = hub_replay(h, s, r, c->since);
-		}
+	if (r->loading) {
+		hub_park_join(h, s, r, c);
+		return;
 	}
-	if (!room_member_find(r, s)) {
-		if (!room_member_add(r, s)) {
-			hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
-			hub_room_maybe_free(h, r);
-			return;
-		}
-		log_debug(s->id, "joined %s", r->name);
-		hub_presence(h, r, s, "join");
-	}
-	hub_w_begin(&w, "joined", 256 + 40 * r->member_count);
-	jsonw_kv_cstr(&w, "room", r->name);
-	jsonw_kv_u64(&w, "seq", r->seq);
-	jsonw_kv_cstr(&w, "epoch", r->epoch);
-	jsonw_key(&w, "members");
-	hub_w_names(h, &w, r);
-	if (c->has_since) {
-		jsonw_key(&w, "recovered");
-		jsonw_bool(&w, recovered);
-		if (!complete) {
-			jsonw_key(&w, "truncated");
-			jsonw_bool(&w, 1);
-		}
-	}
-	hub_w_ref(&w, &c->ref);
-	hub_w_reply(h, s, &w);
+	if (c->epoch.p)
+		hub_copy(epoch, &c->epoch);
+	hub_join(h, s, r, c->has_since, c->since, c->epoch.p ? epoch : NULL, &c->ref);
 }
 
 /* The room named in c if s is a member of it, else NULL (error sent). */
@@ -697,12 +813,6 @@ static void hub_ack(struct hub *h, struct session *s, const char *id, const char
 	if (ref)
 		jsonw_kv_cstr(&w, "ref", ref);
 	hub_w_reply(h, s, &w);
-}
-
-static void hub_copy(char *dst, const struct proto_str *src)
-{
-	memcpy(dst, src->p, src->len);
-	dst[src->len] = '\0';
 }
 
 static void hub_mem_submit(struct hub *h, struct hub_pending *p)
@@ -758,8 +868,10 @@ static void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cm
 	p->body[c->body.len] = '\0';
 	p->body_len = c->body.len;
 	/* seq is handed out here, in arrival order; the engine may commit
-	 * later, but commits come back in this order. */
-	p->seq = ++r->seq_assigned;
+	 * later, but commits come back in this order. A cluster engine
+	 * hands out seqs itself. */
+	if (!h->engine.sequences)
+		p->seq = ++r->seq_assigned;
 	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
 	r->pending++;
 	if (h->engine.submit)
@@ -814,6 +926,184 @@ void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
 	msgbuf_unref(mb);
 }
 
+static struct session *hub_sender(struct hub *h, uint64_t num)
+{
+	struct session *s = NULL;
+
+	HASH_FIND(hh, h->sessions, &num, sizeof(num), s);
+	return s && !s->closing ? s : NULL;
+}
+
+void hub_send_done(struct hub *h, struct hub_pending *p, enum proto_err status)
+{
+	struct session *sender = hub_sender(h, p->sender);
+	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
+	struct room *r = hub_room_find(h, p->room, strlen(p->room));
+
+	if (r && r->pending) {
+		r->pending--;
+		hub_room_maybe_free(h, r);
+	}
+	if (!sender)
+		return;
+	if (status == PROTO_OK) {
+		h->m->messages_in++;
+		hub_ack(h, sender, p->id, p->room, p->seq, p->has_ref ? p->ref : NULL);
+	} else {
+		hub_error(h, sender, &ref, status, status == PROTO_ERR_UNAVAILABLE
+			  ? "the cluster is unavailable; the message was not stored" : "the message was not accepted");
+	}
+}
+
+int hub_apply(struct hub *h, const char *room, const char *epoch, const struct hub_msg *m)
+{
+	struct room *r = hub_room_find(h, room, strlen(room));
+	struct msgbuf *mb;
+
+	if (!r || r->loading)
+		return 0;          /* the load will bring it */
+	if (epoch && epoch[0] && strcmp(epoch, r->epoch) != 0) {
+		/* The shared history was lost (e.g. Redis restarted empty):
+		 * a new epoch, and seq counts from the stream again. */
+		log_warn(NULL, "room %s: history restarted (epoch %s -> %s)", r->name, r->epoch, epoch);
+		snprintf(r->epoch, sizeof(r->epoch), "%s", epoch);
+		room_reset(r);
+		r->seq = r->seq_assigned = m->seq - 1;
+	}
+	if (m->seq <= r->seq)
+		return 0;          /* seen already (resync overlap) */
+	if (m->seq != r->seq + 1)
+		return -1;         /* a gap: the engine re-reads the room */
+	r->seq = r->seq_assigned = m->seq;
+	mb = hub_encode_message(r->name, m);
+	if (!mb)
+		return 0;
+	if (room_append(r, m->seq, mb, m->from, strlen(m->from), m->id, strlen(m->id),
+			h->lim.messages_per_room, h->lim.dedup_window))
+		log_error(NULL, "out of memory keeping message %s/%llu", r->name, (unsigned long long)m->seq);
+	hub_room_broadcast(h, r, mb, NULL, 1);
+	msgbuf_unref(mb);
+	return 0;
+}
+
+long long hub_room_seq(struct hub *h, const char *room)
+{
+	struct room *r = hub_room_find(h, room, strlen(room));
+
+	return r ? (long long)r->seq : -1;
+}
+
+static struct msgbuf *hub_encode_direct(const struct hub_msg *m)
+{
+	struct jsonw w;
+
+	hub_w_begin(&w, "direct", 160 + m->body_len + m->body_len / 8);
+	jsonw_kv_cstr(&w, "from", m->from);
+	jsonw_kv_cstr(&w, "id", m->id);
+	jsonw_kv_str(&w, "body", m->body, m->body_len);
+	jsonw_kv_u64(&w, "ts", m->ts);
+	jsonw_obj_close(&w);
+	return jsonw_finish(&w);
+}
+
+void hub_direct(struct hub *h, const char *to, const struct hub_msg *m)
+{
+	struct hub_user *u = hub_user_find(h, to, strlen(to));
+	struct msgbuf *mb;
+	struct session *t;
+
+	if (!u || !(mb = hub_encode_direct(m)))
+		return;
+	for (t = u->sessions; t; t = t->user_next)
+		if (hub_enqueue(h, t, mb, 1) == 0)
+			h->m->messages_out++;
+	msgbuf_unref(mb);
+}
+
+void hub_dm_done(struct hub *h, struct hub_pending *p, enum proto_err status)
+{
+	struct session *sender = hub_sender(h, p->sender);
+	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
+
+	if (!sender)
+		return;
+	if (status == PROTO_OK) {
+		h->m->messages_in++;
+		hub_ack(h, sender, p->id, NULL, 0, p->has_ref ? p->ref : NULL);
+	} else {
+		hub_error(h, sender, &ref, status, status == PROTO_ERR_NOT_FOUND ? "no such user online"
+			  : "the cluster is unavailable; the message was not sent");
+	}
+}
+
+void hub_remote_presence(struct hub *h, const char *room, const char *name, int join)
+{
+	struct room *r = hub_room_find(h, room, strlen(room));
+	struct msgbuf *mb;
+	struct jsonw w;
+
+	if (!r || r->loading || !r->member_count)
+		return;
+	hub_w_begin(&w, "presence", 128);
+	jsonw_kv_cstr(&w, "room", r->name);
+	jsonw_kv_cstr(&w, "name", name);
+	jsonw_kv_cstr(&w, "state", join ? "join" : "leave");
+	jsonw_obj_close(&w);
+	if (!(mb = jsonw_finish(&w)))
+		return;
+	hub_room_broadcast(h, r, mb, NULL, 0);
+	msgbuf_unref(mb);
+}
+
+void hub_rooms_foreach(struct hub *h, void (*fn)(void *arg, struct room *r), void *arg)
+{
+	struct room *r, *tmp;
+
+	HASH_ITER(hh, h->rooms, r, tmp)
+		fn(arg, r);
+}
+
+/* dm through a cluster engine: it reaches the recipient's sessions on
+ * every node, this one included, through hub_direct(). */
+static void hub_cmd_dm_engine(struct hub *h, struct session *s, const struct proto_cmd *c,
+			      struct hub_user *u)
+{
+	struct hub_pending *p;
+	enum proto_err rc;
+	char to[PROTO_NAME_MAX + 1];
+
+	hub_copy(to, &c->to);
+	if (!u && !(h->engine.remote_sessions && h->engine.remote_sessions(h->engine.ctx, to))) {
+		hub_error(h, s, &c->ref, PROTO_ERR_NOT_FOUND, "no such user online");
+		return;
+	}
+	p = calloc(1, sizeof(*p));
+	if (p)
+		p->body = malloc(c->body.len + 1);
+	if (!p || !p->body) {
+		hub_pending_free(p);
+		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+		return;
+	}
+	p->sender = s->num;
+	strcpy(p->from, s->name);
+	strcpy(p->to, to);
+	hub_copy(p->id, &c->id);
+	if (c->ref.p) {
+		hub_copy(p->ref, &c->ref);
+		p->has_ref = 1;
+	}
+	memcpy(p->body, c->body.p, c->body.len);
+	p->body[c->body.len] = '\0';
+	p->body_len = c->body.len;
+	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
+	rc = h->engine.dm(h->engine.ctx, h, p);
+	if (rc != PROTO_OK) {
+		hub_dm_done(h, p, rc);
+		hub_pending_free(p);
+	}
+}
+
 static void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct hub_user *u = hub_user_find(h, c->to.p, c->to.len);
@@ -822,6 +1112,10 @@ static void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd 
 	struct jsonw w;
 	char id[PROTO_ID_MAX + 1], ref[PROTO_REF_MAX + 1];
 
+	if (h->engine.dm) {
+		hub_cmd_dm_engine(h, s, c, u);
+		return;
+	}
 	if (!u) {
 		hub_error(h, s, &c->ref, PROTO_ERR_NOT_FOUND, "no such user online");
 		return;
@@ -991,6 +1285,8 @@ void hub_session_unregister(struct hub *h, struct session *s)
 			u->sessions = s->user_next;
 		if (s->user_next)
 			s->user_next->user_prev = s->user_prev;
+		if (h->engine.user)
+			h->engine.user(h->engine.ctx, s->name, 0);
 		if (--u->count == 0) {
 			HASH_DEL(h->users, u);
 			free(u);
@@ -1070,6 +1366,11 @@ void hub_free(struct hub *h)
 	HASH_ITER(hh, h->sessions, s, stmp)
 		hub_session_unregister(h, s);
 	HASH_ITER(hh, h->rooms, r, rtmp) {
+		struct hub_waiter *wt = r->waiters, *next;
+		for (; wt; wt = next) {
+			next = wt->next;
+			free(wt);
+		}
 		HASH_DEL(h->rooms, r);
 		room_free(r);
 	}

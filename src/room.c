@@ -94,16 +94,22 @@ static void room_dedup_evict(struct room *r)
 	}
 }
 
-void room_free(struct room *r)
+void room_reset(struct room *r)
 {
-	if (!r)
-		return;
 	while (r->ring.len)
 		msgbuf_unref(room_ring_pop_front(&r->ring));
 	room_ring_free(&r->ring);
 	while (r->dedup_fifo.len)
 		room_dedup_evict(r);
 	room_ring_free(&r->dedup_fifo);
+	r->ring_first_seq = r->seq + 1;
+}
+
+void room_free(struct room *r)
+{
+	if (!r)
+		return;
+	room_reset(r);
 	free(r);
 }
 

@@ -317,8 +317,11 @@ def test_write_error_gives_unavailable_and_acks_only_stored(chatd, tmp_path):
             if failed:
                 break
         assert failed, "the file-size limit never caused a write error"
-        # Still serving this client and new ones.
-        await c.ping_pong()
+        # Still serving this client (its message events may still be in
+        # flight before the pong) and new ones.
+        await c.send({"type": "ping", "ref": "alive?"})
+        while (await c.recv())["type"] != "pong":
+            pass
         d = await srv.client("dave")
         await d.ping_pong()
         await c.close()
