@@ -91,6 +91,13 @@ struct config {
 	char *tls_key;                /* PEM private key */
 	char *tls_ca;                 /* CA for client certificates, "" = none asked */
 
+	/* [cluster] */
+	char *redis;                  /* "redis://host:port[/db]", "" = single node */
+	char *redis_password;         /* AUTH password, "" = none */
+	long redis_db;                /* SELECT db (a /db in the URL wins) */
+	char *key_prefix;             /* "chatd:" - every Redis key and the channel */
+	double node_ttl;              /* 10 s: a node silent this long is gone */
+
 	/* [log] */
 	enum config_log_level log_level;    /* "info" */
 	enum config_log_format log_format;  /* "text" */

@@ -42,6 +42,16 @@ struct metrics {
 	double storage_commit_seconds;    /* sum of commit durations */
 	double storage_commit_max;        /* longest commit so far */
 	int storage_enabled;
+	/* cluster engine */
+	int cluster_enabled;
+	int redis_up;                     /* both Redis connections ready */
+	uint64_t redis_reconnects;        /* connection attempts after a loss */
+	uint64_t redis_sends;             /* send scripts answered */
+	double redis_send_seconds;        /* their summed latency */
+	double redis_send_max;
+	uint64_t redis_resyncs;           /* rooms re-read after a gap or reconnect */
+	uint64_t redis_failures;          /* commands that failed (answered unavailable) */
+	uint64_t cluster_node_losses;     /* other nodes found dead */
 };
 
 struct metrics_gauges {

@@ -8,6 +8,7 @@ PKGS=(
   libev-dev libwebsockets-dev libcjson-dev uthash-dev libtomlplusplus-dev
   libsqlite3-dev sqlite3 libjwt-dev libsystemd-dev openssl
   systemd dpkg-dev file
+  libhiredis-dev redis-server
   libcmocka-dev
   python3 python3-pytest python3-websockets
   curl ca-certificates procps

@@ -63,6 +63,35 @@ bool valid_node_id(const std::string &s)
 	return true;
 }
 
+bool valid_redis_url(const std::string &s)
+{
+	if (s.empty())
+		return true;
+	if (s.rfind("redis://", 0) != 0 || !no_nul(s))
+		return false;
+	std::string rest = s.substr(8);
+	size_t at = rest.rfind('@');
+	if (at != std::string::npos)
+		rest = rest.substr(at + 1);
+	size_t slash = rest.find('/');
+	std::string hostport = rest.substr(0, slash);
+	size_t colon = hostport.rfind(':');
+	if (hostport.empty() || colon == 0)
+		return false;
+	if (colon != std::string::npos) {
+		std::string port = hostport.substr(colon + 1);
+		if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+		    std::stol(port) < 1 || std::stol(port) > 65535)
+			return false;
+	}
+	if (slash != std::string::npos) {
+		std::string db = rest.substr(slash + 1);
+		if (!db.empty() && (db.size() > 6 || db.find_first_not_of("0123456789") != std::string::npos))
+			return false;
+	}
+	return true;
+}
+
 /* ---- the key table ----------------------------------------------------- */
 
 enum Kind { INT, LONG, LLONG, NUM, STR, STRS, ENUM };
@@ -162,6 +191,12 @@ const Key keys[] = {
 	string("tls", "cert", F(tls_cert), no_nul, "expected a file path"),
 	string("tls", "key", F(tls_key), no_nul, "expected a file path"),
 	string("tls", "ca", F(tls_ca), no_nul, "expected a file path"),
+
+	string("cluster", "redis", F(redis), valid_redis_url, "expected \"redis://host:port[/db]\" or \"\""),
+	string("cluster", "password", F(redis_password), no_nul, "expected a string"),
+	integer("cluster", "db", LONG, F(redis_db), 0, 1000000),
+	string("cluster", "key_prefix", F(key_prefix), no_nul, "expected a string"),
+	number("cluster", "node_ttl", F(node_ttl), GT, 0),
 
 	choice("log", "level", F(log_level), level_names),
 	choice("log", "format", F(log_format), format_names),
@@ -344,6 +379,12 @@ void Loader::cross_checks(const toml::table &root)
 		     "tls.cert and tls.key go together");
 	if (c.tls_ca && c.tls_ca[0] && !cert)
 		fail(at("tls", "ca")->source(), "tls.ca", "needs tls.cert and tls.key");
+	if (c.redis && c.redis[0] && c.storage_path && c.storage_path[0]) {
+		const toml::node *n = at("cluster", "redis");
+		fail(n ? n->source() : at("storage", "path")->source(), "cluster.redis",
+		     "cannot be combined with storage.path: in cluster mode history lives in Redis "
+		     "(set storage.path = \"\")");
+	}
 }
 
 /* One line into err, truncated, control characters (e.g. from a quoted key) shown as '?'. */
@@ -419,12 +460,14 @@ int config_defaults(struct config *cfg)
 	cfg->listen = strdup("127.0.0.1");
 	cfg->node_id = strdup(host);
 	cfg->jwt_leeway = 30;
+	cfg->node_ttl = 10;
 	char **strs[] = {&cfg->storage_path, &cfg->jwt_secret, &cfg->jwt_secret_file,
-			 &cfg->tls_cert, &cfg->tls_key, &cfg->tls_ca};
+			 &cfg->tls_cert, &cfg->tls_key, &cfg->tls_ca, &cfg->redis, &cfg->redis_password};
 	bool oom = false;
 	for (char **p : strs)
 		oom |= !(*p = strdup(""));
-	if (!cfg->listen || !cfg->node_id || oom) {
+	cfg->key_prefix = strdup("chatd:");
+	if (!cfg->listen || !cfg->node_id || !cfg->key_prefix || oom) {
 		config_free(cfg);
 		return -1;
 	}
@@ -513,6 +556,11 @@ void config_free(struct config *cfg)
 	free(cfg->tls_cert);
 	free(cfg->tls_key);
 	free(cfg->tls_ca);
+	free(cfg->redis);
+	if (cfg->redis_password)
+		memset(cfg->redis_password, 0, strlen(cfg->redis_password));
+	free(cfg->redis_password);
+	free(cfg->key_prefix);
 	free_strings(cfg->allowed_origins, cfg->allowed_origins_count);
 	memset(cfg, 0, sizeof *cfg);
 }

@@ -17,6 +17,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "auth.h"
+#include "cluster.h"
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
@@ -31,6 +32,7 @@ struct chatd {
 	struct server *srv;
 	struct storage *storage;       /* NULL: memory only */
 	struct auth *auth;             /* NULL: auth.mode = "none" */
+	struct cluster *cluster;       /* NULL: single node */
 	ev_signal sig_term, sig_int, sig_hup;
 	ev_timer shutdown_timer;
 	ev_timer watchdog;             /* WATCHDOG=1 to systemd, when asked for */
@@ -152,12 +154,23 @@ static void chatd_watchdog_start(struct chatd *d)
 	log_info(NULL, "systemd watchdog every %.3gs", usec / 2e6);
 }
 
+static void chatd_on_left(void *arg)
+{
+	struct chatd *d = arg;
+
+	ev_break(d->loop, EVBREAK_ALL);
+}
+
 static void chatd_on_drained(void *arg)
 {
 	struct chatd *d = arg;
 
 	log_info(NULL, "all connections closed");
-	ev_break(d->loop, EVBREAK_ALL);
+	/* Tell the other nodes this one's sessions are gone, then stop. */
+	if (d->cluster)
+		cluster_leave(d->cluster, chatd_on_left, d);
+	else
+		ev_break(d->loop, EVBREAK_ALL);
 }
 
 static void chatd_shutdown_timeout(struct ev_loop *loop, ev_timer *w, int revents)
@@ -333,6 +346,17 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	hub_set_auth(server_hub(d.srv), d.auth);
+	if (d.cfg->redis[0]) {
+		d.cluster = cluster_new(d.cfg, d.loop, server_hub(d.srv), &d.metrics, err, sizeof(err));
+		if (!d.cluster) {
+			log_error(NULL, "%s", err);
+			server_free(d.srv);
+			auth_free(d.auth);
+			chatd_config_destroy(d.cfg);
+			ev_loop_destroy(d.loop);
+			return 2;
+		}
+	}
 	if (d.cfg->storage_path[0]) {
 		d.storage = storage_open(d.cfg, d.loop, server_hub(d.srv), &d.metrics, err, sizeof(err));
 		if (!d.storage) {
@@ -364,6 +388,7 @@ int main(int argc, char **argv)
 	ev_signal_stop(d.loop, &d.sig_hup);
 	ev_timer_stop(d.loop, &d.shutdown_timer);
 	ev_timer_stop(d.loop, &d.watchdog);
+	cluster_free(d.cluster);
 	/* Whatever is still pending reaches the disk before the sessions go. */
 	storage_close(d.storage);
 	server_free(d.srv);

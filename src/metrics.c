@@ -78,6 +78,19 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 			       "# TYPE chatd_storage_commit_seconds_max gauge\nchatd_storage_commit_seconds_max %.6f\n",
 			       m->storage_commit_seconds, m->storage_commit_max);
 	}
+	if (m->cluster_enabled) {
+		metrics_one(&w, "chatd_redis_up", "gauge", "1 when both Redis connections are ready.", (uint64_t)m->redis_up);
+		metrics_one(&w, "chatd_redis_reconnects_total", "counter", "Redis reconnection attempts after a loss.", m->redis_reconnects);
+		metrics_one(&w, "chatd_redis_failures_total", "counter", "Redis commands that failed (sends answered unavailable).", m->redis_failures);
+		metrics_one(&w, "chatd_redis_resyncs_total", "counter", "Rooms re-read from Redis after a gap or a reconnect.", m->redis_resyncs);
+		metrics_one(&w, "chatd_cluster_node_losses_total", "counter", "Other nodes found dead (heartbeat key expired).", m->cluster_node_losses);
+		metrics_printf(&w, "# HELP chatd_redis_publish_seconds Latency of the send script (store + publish).\n"
+			       "# TYPE chatd_redis_publish_seconds summary\n"
+			       "chatd_redis_publish_seconds_sum %.6f\nchatd_redis_publish_seconds_count %" PRIu64 "\n"
+			       "# HELP chatd_redis_publish_seconds_max Slowest send script so far.\n"
+			       "# TYPE chatd_redis_publish_seconds_max gauge\nchatd_redis_publish_seconds_max %.6f\n",
+			       m->redis_send_seconds, m->redis_sends, m->redis_send_max);
+	}
 	metrics_printf(&w, "# HELP chatd_connections_refused_total WebSocket upgrades refused, by reason.\n"
 		       "# TYPE chatd_connections_refused_total counter\n");
 	for (i = 0; i < METRICS_REFUSED_COUNT; i++)

@@ -509,9 +509,12 @@ static struct msgbuf *server_healthz(struct server *srv)
 {
 	char body[256];
 	int n = snprintf(body, sizeof(body),
-			 "{\"status\":\"%s\",\"node\":\"%s\",\"connections\":%zu,\"sessions\":%llu}\n",
-			 srv->draining ? "shutting_down" : "ok", srv->cfg->node_id, srv->nconns,
-			 (unsigned long long)hub_session_count(srv->hub));
+			 "{\"status\":\"%s\",\"node\":\"%s\",\"connections\":%zu,\"sessions\":%llu%s}\n",
+			 srv->draining ? "shutting_down"
+			 : srv->m->cluster_enabled && !srv->m->redis_up ? "degraded" : "ok",
+			 srv->cfg->node_id, srv->nconns,
+			 (unsigned long long)hub_session_count(srv->hub),
+			 !srv->m->cluster_enabled ? "" : srv->m->redis_up ? ",\"redis\":\"up\"" : ",\"redis\":\"down\"");
 
 	return msgbuf_from(body, (size_t)n);
 }
@@ -569,7 +572,7 @@ static int server_http(struct server *srv, struct lws *wsi, struct conn *c, cons
 	if (strcmp(uri, "/healthz") == 0) {
 		body = server_healthz(srv);
 		type = "application/json";
-		if (srv->draining)
+		if (srv->draining || (srv->m->cluster_enabled && !srv->m->redis_up))
 			status = HTTP_STATUS_SERVICE_UNAVAILABLE;
 	} else if (strcmp(uri, "/metrics") == 0) {
 		body = server_metrics(srv);

@@ -90,6 +90,7 @@ class ChatdServer:
         self.returncode = None
         self.stopped = False
         self.preexec = None          # extra child setup (e.g. resource limits)
+        self.expected_rc = 0         # exit status teardown expects (-9 for a node a test kills)
 
     # -- config
 
@@ -107,8 +108,9 @@ class ChatdServer:
 
     # -- process
 
-    def start(self, timeout=10.0, rlimit_nofile=None):
-        """Start chatd and wait for /healthz 200. rlimit_nofile=(soft, hard) is set in the child."""
+    def start(self, timeout=10.0, rlimit_nofile=None, healthy=True):
+        """Start chatd and wait for /healthz 200 (any answer when healthy=False, e.g. a
+        cluster node whose Redis is down). rlimit_nofile=(soft, hard) is set in the child."""
         self.logf = open(self.log_path, "ab")
         extra = self.preexec
 
@@ -127,7 +129,7 @@ class ChatdServer:
                 raise AssertionError("chatd exited with %d during startup\n%s" % (rc, self.log_tail()))
             try:
                 status, _, _ = http_get(self.port, "/healthz", timeout=1.0)
-                if status == 200:
+                if status == 200 or (not healthy and status == 503):
                     return self
             except OSError:
                 pass
@@ -213,8 +215,8 @@ class ChatdServer:
             except AssertionError as e:
                 problems.append(str(e))
                 rc = self.returncode
-            if rc != 0:
-                problems.append("chatd exited with %r, expected 0" % rc)
+            if rc != self.expected_rc:
+                problems.append("chatd exited with %r, expected %r" % (rc, self.expected_rc))
         if self.logf:
             self.logf.close()
             self.logf = None

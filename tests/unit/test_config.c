@@ -242,7 +242,8 @@ static void test_unknown_key(void **state)
 static void test_unknown_table(void **state)
 {
 	expect_error("[server]\nport = 1\n\n[storag]\npath = \"x\"\n", "4: storag: unknown table");
-	expect_error("[[cluster]]\nnode = 1\n", "1: cluster: unknown table");
+	expect_error("[[clusters]]\nnode = 1\n", "1: clusters: unknown table");
+	expect_error("[[cluster]]\nnode = 1\n", "1: cluster: expected a table");
 	expect_error("auth.token = \"x\"\n", "1: auth.token: unknown key");
 	expect_error("authz.token = \"x\"\n", "1: authz: unknown table");
 }
