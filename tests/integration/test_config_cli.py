@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from chatd_helpers import _toml_value, free_port, http_get, run, scaled, toml_dumps, wait_until
+from chatd_helpers import _toml_value, free_port, http_get, raw_upgrade, run, scaled, toml_dumps, wait_until
 from conftest import SAMPLE_CONFIG, run_cli, sanitizer_report
 
 # Every documented key with a valid, non-default value.
@@ -293,6 +293,27 @@ def test_sighup_reload_changes_rate_live(chatd):
         await old.close()
 
     run(main())
+
+
+def test_sighup_changes_origins_and_log_level_live(chatd):
+    srv = chatd({"server": {"allowed_origins": []}, "log": {"level": "info"}})
+    assert raw_upgrade(srv.port, origin="https://evil.example")[0] == 101
+    srv.rewrite({"server": {"allowed_origins": ["https://chat.example"]}, "log": {"level": "debug"}})
+    log_len = len(srv.log_text())
+    srv.signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in srv.log_text()[log_len:], scaled(5), what="reload")
+    assert raw_upgrade(srv.port, origin="https://evil.example")[0] == 403
+    assert raw_upgrade(srv.port, origin="https://chat.example")[0] == 101
+
+    async def main():
+        c = await srv.client("alice", origin="https://chat.example")
+        await c.join("debugged")
+        await c.close()
+
+    run(main())
+    # debug lines (joins) appear only after the reload raised the level
+    assert " debug " in srv.log_text()[log_len:] and "joined debugged" in srv.log_text()[log_len:]
+    assert "joined" not in srv.log_text()[:log_len]
 
 
 def test_sighup_with_unknown_key_keeps_running(chatd):
