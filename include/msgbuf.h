@@ -18,6 +18,7 @@
 struct msgbuf {
 	uint32_t refs;
 	uint32_t len;                          /* payload bytes */
+	uint8_t hdr;                           /* WebSocket header bytes in pre, 0 = none yet */
 	unsigned char pre[MSGBUF_HEADROOM];    /* frame header space */
 	unsigned char data[];                  /* payload, then a NUL */
 };
@@ -37,6 +38,21 @@ static inline struct msgbuf *msgbuf_ref(struct msgbuf *mb)
 
 /* Drop one reference; the last one frees the buffer. NULL is ignored. */
 void msgbuf_unref(struct msgbuf *mb);
+
+/*
+ * Make mb a complete unmasked server-to-client text frame: the header goes
+ * into the headroom just before the payload, once; every recipient then
+ * writes the same bytes (server frames are not masked). Idempotent.
+ */
+void msgbuf_frame_text(struct msgbuf *mb);
+static inline const unsigned char *msgbuf_frame(const struct msgbuf *mb)
+{
+	return mb->data - mb->hdr;
+}
+static inline size_t msgbuf_frame_len(const struct msgbuf *mb)
+{
+	return (size_t)mb->len + mb->hdr;
+}
 
 /* Buffers alive now (leak checks in the unit tests). */
 long msgbuf_live(void);

@@ -24,8 +24,10 @@
 
 static_assert(LWS_PRE <= MSGBUF_HEADROOM, "msgbuf headroom must hold LWS_PRE");
 
-/* Frames written per writable event before yielding to other connections. */
-#define SERVER_WRITE_BATCH 64
+/* Bytes of queued frames gathered into one write, and writes per writable
+ * event before yielding to other connections. */
+#define SERVER_WRITE_BYTES 32768
+#define SERVER_WRITE_ROUNDS 4
 /* A requested close that cannot be written (peer not reading) is forced
  * after this many seconds. */
 #define SERVER_CLOSE_GRACE 1
@@ -83,6 +85,7 @@ struct server {
 	void (*on_drained)(void *);
 	void *drained_arg;
 	double started;
+	unsigned char wbuf[LWS_PRE + SERVER_WRITE_BYTES];   /* write gathering */
 };
 
 /* ---- transport callbacks for the hub ----------------------------------- */
@@ -395,13 +398,46 @@ static int conn_receive(struct server *srv, struct conn *c, const char *in, size
 	return 0;
 }
 
+/*
+ * Write queued frames: each is already a complete server frame (header in
+ * the msgbuf's headroom, made once per message), so several are gathered
+ * into one buffer and handed to the socket in one write (lws' raw path, no
+ * further framing). A frame larger than the buffer goes out on its own.
+ * If the socket takes only part, lws keeps the rest (at most one gather
+ * buffer per connection) and reports the pipe choked until it is out.
+ */
+static int conn_write_frames(struct server *srv, struct conn *c)
+{
+	unsigned char *out = srv->wbuf + LWS_PRE;
+	struct msgbuf *mb;
+	size_t used = 0, n;
+
+	while ((mb = hub_session_peek(c->sess))) {
+		msgbuf_frame_text(mb);
+		n = msgbuf_frame_len(mb);
+		if (used + n > SERVER_WRITE_BYTES) {
+			if (used)
+				break;
+			if (lws_write(c->wsi, mb->data - mb->hdr, n, LWS_WRITE_RAW) < 0)
+				return -1;
+			hub_session_pop(srv->hub, c->sess);
+			return 0;
+		}
+		memcpy(out + used, msgbuf_frame(mb), n);
+		used += n;
+		hub_session_pop(srv->hub, c->sess);
+	}
+	if (used && lws_write(c->wsi, out, used, LWS_WRITE_RAW) < 0)
+		return -1;
+	return 0;
+}
+
 /* SERVER_WRITEABLE: a pending ping first, then as many queued frames as the
- * socket takes (up to a batch), then a requested close once the queue is
- * empty (or at once when the close does not flush). */
+ * socket takes (a few gathered writes), then a requested close once the
+ * queue is empty (or at once when the close does not flush). */
 static int conn_write(struct server *srv, struct conn *c)
 {
 	unsigned char ping[LWS_PRE + 4] = { [LWS_PRE] = 'c', 'h', 'a', 't' };
-	struct msgbuf *mb;
 	int n;
 
 	if (!c->established) {
@@ -423,16 +459,17 @@ static int conn_write(struct server *srv, struct conn *c)
 	}
 	if (c->close_code && !c->close_flush)
 		return conn_close_now(c, c->close_code, c->close_reason);
-	for (n = 0; n < SERVER_WRITE_BATCH && (mb = hub_session_peek(c->sess)); n++) {
-		if (lws_write(c->wsi, mb->data, mb->len, LWS_WRITE_TEXT) < 0)
+	for (n = 0; n < SERVER_WRITE_ROUNDS && hub_session_peek(c->sess); n++) {
+		if (conn_write_frames(srv, c))
 			return -1;
-		hub_session_pop(srv->hub, c->sess);
 		if (lws_send_pipe_choked(c->wsi))
 			break;
 	}
 	if (c->rx_paused)
 		conn_rx_check(c);
-	if (hub_session_peek(c->sess)) {
+	/* More to write, or part of the last write still in lws' buffer: a
+	 * close must wait until everything before it is out. */
+	if (hub_session_peek(c->sess) || (c->close_code && lws_send_pipe_choked(c->wsi))) {
 		lws_callback_on_writable(c->wsi);
 		return 0;
 	}
@@ -655,7 +692,10 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 }
 
 static const struct lws_protocols server_protocols[] = {
-	{ PROTO_SUBPROTOCOL, server_callback, sizeof(struct conn), 0, 0, NULL, 0 },
+	/* rx_buffer_size: lws keeps a receive buffer of this size per
+	 * connection; 512 bytes hold a typical command whole (larger frames
+	 * arrive in pieces and are reassembled), instead of 4 KiB each. */
+	{ PROTO_SUBPROTOCOL, server_callback, sizeof(struct conn), 512, 0, NULL, 0 },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
 
