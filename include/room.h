@@ -4,8 +4,8 @@
  * client message ids.
  *
  * Rooms are owned by the hub's room table. A membership links one session
- * and one room and sits in two hashes (room->members, session->rooms); it is
- * created by room_member_add and freed by room_member_remove only.
+ * and one room; it sits in the room's member hash and the session's room
+ * list, is created by room_member_add and freed by room_member_remove only.
  */
 #ifndef CHATD_ROOM_H
 #define CHATD_ROOM_H
@@ -23,8 +23,9 @@ struct session;
 struct membership {
 	struct room *room;
 	struct session *sess;
-	UT_hash_handle hh_room;   /* room->members, keyed by sess */
-	UT_hash_handle hh_sess;   /* sess->rooms, keyed by room */
+	struct membership *sess_next;  /* sess->rooms: a session joins few rooms,
+					* so a list beats a hash table per session */
+	UT_hash_handle hh_room;        /* room->members, keyed by sess */
 };
 
 /* A growable circular array of pointers, bounded by a maximum length. */

@@ -28,7 +28,7 @@ struct session {
 	void *conn;                      /* transport handle */
 	struct queue q;                  /* frames waiting for the socket */
 	double tokens, tokens_at;        /* token bucket */
-	struct membership *rooms;        /* hash by room, via membership.hh_sess */
+	struct membership *rooms;        /* list, via membership.sess_next */
 	struct hub_user *user;           /* name entry, NULL until hello */
 	struct auth_identity *ident;     /* owned; what the token allowed (auth on) */
 	struct session *user_prev, *user_next;  /* other sessions of the same name */

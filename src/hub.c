@@ -1274,8 +1274,10 @@ void hub_session_unregister(struct hub *h, struct session *s)
 	/* Empty the queue before the presence fan-out below: that fan-out may
 	 * hit the global cap, which must not find s among the largest queues. */
 	hub_q_clear(h, s);
-	HASH_ITER(hh_sess, s->rooms, m, tmp)
+	for (m = s->rooms; m; m = tmp) {
+		tmp = m->sess_next;
 		hub_member_leave(h, m);
+	}
 	if (u) {
 		if (s->user_prev)
 			s->user_prev->user_next = s->user_next;

@@ -12,7 +12,7 @@ struct queue_node {
  * Free list of nodes. It is capped so that memory taken during a burst is
  * given back afterwards instead of being held forever.
  */
-#define QUEUE_POOL_MAX 65536
+#define QUEUE_POOL_MAX 8192
 
 static struct queue_node *queue_pool;
 static size_t queue_pool_len;

@@ -130,15 +130,23 @@ struct membership *room_member_add(struct room *r, struct session *s)
 	m->room = r;
 	m->sess = s;
 	HASH_ADD(hh_room, r->members, sess, sizeof(m->sess), m);
-	HASH_ADD(hh_sess, s->rooms, room, sizeof(m->room), m);
+	m->sess_next = s->rooms;
+	s->rooms = m;
 	r->member_count++;
 	return m;
 }
 
 void room_member_remove(struct membership *m)
 {
+	struct membership **pp;
+
 	HASH_DELETE(hh_room, m->room->members, m);
-	HASH_DELETE(hh_sess, m->sess->rooms, m);
+	for (pp = &m->sess->rooms; *pp; pp = &(*pp)->sess_next) {
+		if (*pp == m) {
+			*pp = m->sess_next;
+			break;
+		}
+	}
 	m->room->member_count--;
 	free(m);
 }

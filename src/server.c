@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include <libwebsockets.h>
+#include <malloc.h>
 #include <uthash.h>
 
 #include "log.h"
@@ -75,6 +76,8 @@ struct server {
 	struct conn *conns;
 	size_t nconns;
 	struct conn *releasing;        /* close decided inside hub code: release soon */
+	size_t released_since_trim;    /* connections freed since the last malloc_trim */
+	ev_timer trim_timer;
 	size_t lingering;              /* released conns whose socket lws still closes */
 	ev_prepare release_watcher;
 	long max_conns;                /* min(max_connections, what fits in fds) */
@@ -292,6 +295,7 @@ static void conn_release(struct server *srv, struct conn *c, int socket_gone)
 	if (c->next)
 		c->next->prev = c->prev;
 	srv->nconns--;
+	srv->released_since_trim++;
 	if (--c->ip->count == 0) {
 		HASH_DEL(srv->ips, c->ip);
 		free(c->ip);
@@ -335,6 +339,24 @@ static int conn_close_now(struct conn *c, enum lws_close_status code, const char
 	lws_close_reason(c->wsi, code, (unsigned char *)reason, strlen(reason));
 	conn_release(c->srv, c, 0);
 	return -1;
+}
+
+/*
+ * After a wave of disconnects the allocator keeps the freed memory; give it
+ * back to the kernel (glibc madvises free pages) so RSS follows the load.
+ * At most every few seconds, and only after many releases.
+ */
+#define SERVER_TRIM_EVERY 5.0
+#define SERVER_TRIM_AFTER 256
+
+static void server_on_trim(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct server *srv = w->data;
+
+	if (srv->released_since_trim < SERVER_TRIM_AFTER)
+		return;
+	srv->released_since_trim = 0;
+	malloc_trim(0);
 }
 
 static void server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
@@ -695,7 +717,7 @@ static const struct lws_protocols server_protocols[] = {
 	/* rx_buffer_size: lws keeps a receive buffer of this size per
 	 * connection; 512 bytes hold a typical command whole (larger frames
 	 * arrive in pieces and are reassembled), instead of 4 KiB each. */
-	{ PROTO_SUBPROTOCOL, server_callback, sizeof(struct conn), 512, 0, NULL, 0 },
+	{ PROTO_SUBPROTOCOL, server_callback, sizeof(struct conn), 256, 0, NULL, 0 },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
 
@@ -799,6 +821,9 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 	ev_prepare_init(&srv->release_watcher, server_on_prepare);
 	srv->release_watcher.data = srv;
 	ev_prepare_start(loop, &srv->release_watcher);
+	ev_timer_init(&srv->trim_timer, server_on_trim, SERVER_TRIM_EVERY, SERVER_TRIM_EVERY);
+	srv->trim_timer.data = srv;
+	ev_timer_start(loop, &srv->trim_timer);
 	return srv;
 }
 
@@ -832,6 +857,7 @@ void server_free(struct server *srv)
 	 * conn_release and so through hub_session_unregister. */
 	srv->on_drained = NULL;
 	ev_prepare_stop(srv->loop, &srv->release_watcher);
+	ev_timer_stop(srv->loop, &srv->trim_timer);
 	lws_context_destroy(srv->ctx);
 	hub_free(srv->hub);
 	free(srv);
