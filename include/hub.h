@@ -103,7 +103,6 @@ struct room;
  * presence, user (optional): a local session joined/left a room, a name
  *   came online/went offline here; the engine tells the other nodes.
  * names (optional): emit the names present in room on other nodes.
- * remote_sessions (optional): sessions of name on other nodes.
  * dm (optional): route a direct message (p->to, p->from, p->id, p->body,
  *   p->ts set); returns PROTO_OK and later calls hub_dm_done(), or an
  *   error code (p stays the caller's then).
@@ -118,7 +117,6 @@ struct hub_engine {
 	void (*presence)(void *ctx, const char *room, const char *name, int join);
 	void (*user)(void *ctx, const char *name, int online);
 	void (*names)(void *ctx, const char *room, void (*emit)(void *arg, const char *name), void *arg);
-	uint32_t (*remote_sessions)(void *ctx, const char *name);
 	enum proto_err (*dm)(void *ctx, struct hub *hub, struct hub_pending *p);
 	int sequences;
 	void *ctx;
@@ -173,6 +171,10 @@ void hub_send_done(struct hub *hub, struct hub_pending *p, enum proto_err status
  * Returns 0 (applied or already seen, or the room is not loaded here) or
  * -1 for a gap: the engine must re-read the room from hub_room_seq()+1. */
 int hub_apply(struct hub *hub, const char *room, const char *epoch, const struct hub_msg *m);
+/* The room's shared history restarted (a new epoch: tell the local members
+ * with a "reset" event) or this node can no longer recover what it missed
+ * before seq (same epoch: it moves on). No-op for rooms not loaded. */
+void hub_room_rebase(struct hub *hub, const char *room, const char *epoch, uint64_t seq);
 /* The latest seq a loaded room holds here, or -1 if the room is not loaded. */
 long long hub_room_seq(struct hub *hub, const char *room);
 /* Finish an asynchronous room_load: ok = 0 fails the parked joins with

@@ -44,6 +44,7 @@ struct room {
 	uint32_t pending;               /* messages between submit and commit */
 	unsigned loading : 1;           /* an engine is fetching its state (cluster) */
 	void *waiters;                  /* joins parked while loading (hub-owned) */
+	void *inflight;                 /* retries of messages not yet committed (hub-owned) */
 	struct membership *members;
 	uint32_t member_count;
 	struct room_ring ring;          /* msgbuf refs of the last messages, seq order */

@@ -9,6 +9,7 @@ PKGS=(
   libsqlite3-dev sqlite3 libjwt-dev libsystemd-dev openssl
   systemd dpkg-dev file
   libhiredis-dev redis-server
+  clang libclang-rt-14-dev llvm
   libcmocka-dev
   python3 python3-pytest python3-websockets
   curl ca-certificates procps

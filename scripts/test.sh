@@ -16,3 +16,6 @@ scripts/build.sh build
 echo "== ASan + UBSan build"
 scripts/build.sh build-asan -DCHATD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 (cd build-asan && ctest --output-on-failure --timeout 1800)
+
+echo "== libFuzzer targets (${CHATD_FUZZ_SECONDS:-60}s each)"
+scripts/fuzz.sh "${CHATD_FUZZ_SECONDS:-60}"

@@ -476,6 +476,7 @@ static int cl_parse_msg(const cJSON *j, struct hub_msg *m, const char **room, co
 
 static void cl_sync_start(struct cluster *c, const char *room, struct room *initial);
 static void cl_check_up(struct cluster *c);
+static void cl_announce(struct cluster *c);
 
 static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
 {
@@ -516,18 +517,26 @@ static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
 		}
 		hub_room_loaded(c->hub, hr, 1);
 	} else {
-		/* Resync: apply what this node missed, in order. */
+		/* Resync: apply what this node missed, in order. A new epoch
+		 * (Redis lost its data) restarts the room; a gap older than the
+		 * capped history is skipped, said in the log. */
 		char ep[17];
+		uint64_t shared_seq = (uint64_t)r->element[0]->integer;
 		snprintf(ep, sizeof(ep), "%.*s", (int)len, epoch);
+		hub_room_rebase(c->hub, sy->room, ep, 0);
 		for (i = 0; i < r->element[2]->elements; i++) {
 			const redisReply *x = r->element[2]->element[i];
 			cJSON *j = x->type == REDIS_REPLY_STRING ? cJSON_ParseWithLength(x->str, x->len) : NULL;
 			const char *rm, *mep;
 			struct hub_msg m;
-			if (j && !cl_parse_msg(j, &m, &rm, &mep))
+			if (j && !cl_parse_msg(j, &m, &rm, &mep) && hub_apply(c->hub, sy->room, ep, &m) < 0) {
+				hub_room_rebase(c->hub, sy->room, ep, m.seq - 1);
 				hub_apply(c->hub, sy->room, ep, &m);
+			}
 			cJSON_Delete(j);
 		}
+		if (hub_room_seq(c->hub, sy->room) >= 0 && (uint64_t)hub_room_seq(c->hub, sy->room) < shared_seq)
+			hub_room_rebase(c->hub, sy->room, ep, shared_seq);
 	}
 	/* The room's presence on other nodes, as Redis has it now. */
 	{
@@ -668,8 +677,14 @@ static void cl_event(struct cluster *c, const char *json, size_t len)
 		m.body = body->valuestring;
 		m.body_len = strlen(body->valuestring);
 		hub_direct(c->hub, to->valuestring, &m);
+	} else if (!strcmp(nd, c->node) && !strcmp(t->valuestring, "x") &&
+		   !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "restart")) && !c->leave_done) {
+		/* Another node took this one for dead (a stall longer than
+		 * node_ttl) and removed its sessions: announce them again. */
+		log_warn(NULL, "cluster: the other nodes took this node for dead; announcing its sessions again");
+		cl_announce(c);
 	} else if (!strcmp(nd, c->node) || !nd[0]) {
-		/* our own presence/user/leave events */
+		/* our own presence/user events */
 	} else if (!strcmp(t->valuestring, "p") || !strcmp(t->valuestring, "u")) {
 		const cJSON *room = cJSON_GetObjectItemCaseSensitive(j, "room");
 		const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name");
@@ -689,7 +704,8 @@ static void cl_event(struct cluster *c, const char *json, size_t len)
 						  d->valueint > 0 ? 1 : -1, 1);
 		}
 	} else if (!strcmp(t->valuestring, "x")) {
-		log_info(NULL, "cluster: node %s left", nd);
+		log_info(NULL, "cluster: node %s %s", nd,
+			 cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "restart")) ? "(re)connected" : "left");
 		cl_node_drop(c, nd);
 	}
 out:
@@ -829,14 +845,6 @@ static void cl_names(void *ctx, const char *room, void (*emit)(void *, const cha
 		return;
 	HASH_ITER(hh, r->names, rn, tmp)
 		emit(arg, rn->name);
-}
-
-static uint32_t cl_remote_sessions(void *ctx, const char *name)
-{
-	struct cluster *c = ctx;
-	struct cl_count *e = cl_count_find(c->users, name);
-
-	return e ? e->n : 0;
 }
 
 static void cl_on_dm(redisAsyncContext *ac, void *reply, void *priv)
@@ -1103,6 +1111,8 @@ static redisAsyncContext *cl_open(struct cluster *c, int is_sub)
 		return NULL;
 	}
 	ac->data = c;
+	/* A silent network partition shows up as a dead TCP keepalive. */
+	redisEnableKeepAlive(&ac->c);
 	redisLibevAttach(c->loop, ac);
 	redisAsyncSetConnectCallback(ac, cl_on_connect);
 	redisAsyncSetDisconnectCallback(ac, cl_on_disconnect);
@@ -1283,7 +1293,6 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 	engine.presence = cl_presence;
 	engine.user = cl_user;
 	engine.names = cl_names;
-	engine.remote_sessions = cl_remote_sessions;
 	engine.dm = cl_dm;
 	engine.sequences = 1;
 	engine.ctx = c;

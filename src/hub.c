@@ -429,7 +429,7 @@ static struct room *hub_room_get(struct hub *h, const char *name, size_t len)
  * leaves; rooms with history stay, so seq and epoch remain meaningful. */
 static void hub_room_maybe_free(struct hub *h, struct room *r)
 {
-	if (r->member_count || r->seq || r->pending || r->loading || r->waiters)
+	if (r->member_count || r->seq || r->pending || r->loading || r->waiters || r->inflight)
 		return;
 	HASH_DEL(h->rooms, r);
 	room_free(r);
@@ -829,6 +829,92 @@ void hub_pending_free(struct hub_pending *p)
 	}
 }
 
+/*
+ * A retry of a message whose commit is still pending (storage batch mode):
+ * it must get the same ack once the first one commits, not a second seq.
+ * Such retries wait here, per room, keyed by the pending message's seq.
+ */
+struct hub_retry {
+	struct hub_retry *next;
+	uint64_t seq;                       /* the pending original's seq */
+	uint64_t sender;
+	char from[PROTO_NAME_MAX + 1];
+	char id[PROTO_ID_MAX + 1];
+	char ref[PROTO_REF_MAX + 1];
+	int has_ref;
+	int original;                       /* the entry of the pending message itself */
+};
+
+static struct hub_retry *hub_retry_find(struct room *r, const char *from, const struct proto_str *id)
+{
+	struct hub_retry *t;
+
+	for (t = r->inflight; t; t = t->next)
+		if (t->original && !strcmp(t->from, from) && strlen(t->id) == id->len &&
+		    !memcmp(t->id, id->p, id->len))
+			return t;
+	return NULL;
+}
+
+static void hub_retry_add(struct room *r, uint64_t seq, uint64_t sender, const char *from,
+			  const char *id, const struct proto_str *ref, int original)
+{
+	struct hub_retry *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return;            /* a retry then gets its own seq: no worse than before */
+	t->seq = seq;
+	t->sender = sender;
+	t->original = original;
+	snprintf(t->from, sizeof(t->from), "%s", from);
+	snprintf(t->id, sizeof(t->id), "%s", id);
+	if (ref && ref->p) {
+		memcpy(t->ref, ref->p, ref->len);
+		t->ref[ref->len] = '\0';
+		t->has_ref = 1;
+	}
+	t->next = r->inflight;
+	r->inflight = t;
+}
+
+static void hub_ack(struct hub *h, struct session *s, const char *id, const char *room,
+		    uint64_t seq, const char *ref);
+
+/* The pending message seq of r completed: answer the retries waiting on it. */
+static void hub_retry_done(struct hub *h, struct room *r, uint64_t seq, enum proto_err status)
+{
+	struct hub_retry **pp = (struct hub_retry **)&r->inflight, *t;
+
+	while ((t = *pp)) {
+		struct session *s = NULL;
+		if (t->seq != seq) {
+			pp = &t->next;
+			continue;
+		}
+		*pp = t->next;
+		HASH_FIND(hh, h->sessions, &t->sender, sizeof(t->sender), s);
+		if (!t->original && s && !s->closing) {
+			struct proto_str ref = { t->has_ref ? t->ref : NULL, strlen(t->ref) };
+			if (status == PROTO_OK)
+				hub_ack(h, s, t->id, r->name, seq, t->has_ref ? t->ref : NULL);
+			else
+				hub_error(h, s, &ref, status, "the message was not stored");
+		}
+		free(t);
+	}
+}
+
+static void hub_retry_free_all(struct room *r)
+{
+	struct hub_retry *t = r->inflight, *next;
+
+	for (; t; t = next) {
+		next = t->next;
+		free(t);
+	}
+	r->inflight = NULL;
+}
+
 static void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);
@@ -839,6 +925,14 @@ static void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cm
 	if (!r)
 		return;
 	seq = room_dedup_find(r, s->name, strlen(s->name), c->id.p, c->id.len);
+	if (!seq && r->inflight) {
+		struct hub_retry *orig = hub_retry_find(r, s->name, &c->id);
+		if (orig) {
+			hub_copy(id, &c->id);
+			hub_retry_add(r, orig->seq, s->num, s->name, id, &c->ref, 0);
+			return;
+		}
+	}
 	if (seq) {
 		/* A retry of a message already accepted: same ack, no broadcast. */
 		hub_copy(id, &c->id);
@@ -874,6 +968,10 @@ static void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cm
 		p->seq = ++r->seq_assigned;
 	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
 	r->pending++;
+	/* A local engine may commit later: remember it so that a retry in
+	 * between waits for this commit (a cluster engine dedups in Redis). */
+	if (h->engine.submit && !h->engine.sequences)
+		hub_retry_add(r, p->seq, p->sender, p->from, p->id, NULL, 1);
 	if (h->engine.submit)
 		h->engine.submit(h->engine.ctx, h, p);
 	else
@@ -895,6 +993,8 @@ void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
 	r = hub_room_get(h, p->room, strlen(p->room));
 	if (r && r->pending)
 		r->pending--;
+	if (r && r->inflight)
+		hub_retry_done(h, r, p->seq, status != PROTO_OK || !r ? PROTO_ERR_UNAVAILABLE : PROTO_OK);
 	if (status != PROTO_OK || !r) {
 		/* Nothing was stored: the seq goes back, so seq stays gap-free
 		 * (the engine fails every later pending message of the room). */
@@ -951,7 +1051,8 @@ void hub_send_done(struct hub *h, struct hub_pending *p, enum proto_err status)
 		hub_ack(h, sender, p->id, p->room, p->seq, p->has_ref ? p->ref : NULL);
 	} else {
 		hub_error(h, sender, &ref, status, status == PROTO_ERR_UNAVAILABLE
-			  ? "the cluster is unavailable; the message was not stored" : "the message was not accepted");
+			  ? "the cluster is unavailable; the message may not have been stored (retry with the same id)"
+			  : "the message was not accepted");
 	}
 }
 
@@ -962,14 +1063,10 @@ int hub_apply(struct hub *h, const char *room, const char *epoch, const struct h
 
 	if (!r || r->loading)
 		return 0;          /* the load will bring it */
-	if (epoch && epoch[0] && strcmp(epoch, r->epoch) != 0) {
+	if (epoch && epoch[0] && strcmp(epoch, r->epoch) != 0)
 		/* The shared history was lost (e.g. Redis restarted empty):
 		 * a new epoch, and seq counts from the stream again. */
-		log_warn(NULL, "room %s: history restarted (epoch %s -> %s)", r->name, r->epoch, epoch);
-		snprintf(r->epoch, sizeof(r->epoch), "%s", epoch);
-		room_reset(r);
-		r->seq = r->seq_assigned = m->seq - 1;
-	}
+		hub_room_rebase(h, room, epoch, m->seq - 1);
 	if (m->seq <= r->seq)
 		return 0;          /* seen already (resync overlap) */
 	if (m->seq != r->seq + 1)
@@ -984,6 +1081,38 @@ int hub_apply(struct hub *h, const char *room, const char *epoch, const struct h
 	hub_room_broadcast(h, r, mb, NULL, 1);
 	msgbuf_unref(mb);
 	return 0;
+}
+
+void hub_room_rebase(struct hub *h, const char *room, const char *epoch, uint64_t seq)
+{
+	struct room *r = hub_room_find(h, room, strlen(room));
+	struct msgbuf *mb;
+	struct jsonw w;
+
+	if (!r || r->loading)
+		return;
+	if (!epoch || !epoch[0] || strcmp(epoch, r->epoch) == 0) {
+		if (seq > r->seq) {
+			log_warn(NULL, "room %s: messages %llu..%llu are no longer available here", r->name,
+				 (unsigned long long)r->seq + 1, (unsigned long long)seq);
+			r->seq = r->seq_assigned = seq;
+		}
+		return;
+	}
+	log_warn(NULL, "room %s: history restarted (epoch %s -> %s)", r->name, r->epoch, epoch);
+	snprintf(r->epoch, sizeof(r->epoch), "%s", epoch);
+	room_reset(r);
+	r->seq = r->seq_assigned = seq;
+	/* Clients hold (seq, epoch) pairs of the old history: tell them. */
+	hub_w_begin(&w, "reset", 128);
+	jsonw_kv_cstr(&w, "room", r->name);
+	jsonw_kv_cstr(&w, "epoch", r->epoch);
+	jsonw_kv_u64(&w, "seq", r->seq);
+	jsonw_obj_close(&w);
+	if ((mb = jsonw_finish(&w))) {
+		hub_room_broadcast(h, r, mb, NULL, 0);
+		msgbuf_unref(mb);
+	}
 }
 
 long long hub_room_seq(struct hub *h, const char *room)
@@ -1371,6 +1500,7 @@ void hub_free(struct hub *h)
 			next = wt->next;
 			free(wt);
 		}
+		hub_retry_free_all(r);
 		HASH_DEL(h->rooms, r);
 		room_free(r);
 	}

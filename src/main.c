@@ -258,6 +258,10 @@ static void chatd_reload(struct chatd *d, char *err, size_t errlen)
 	if (strcmp(old->tls_cert, next->tls_cert) || strcmp(old->tls_key, next->tls_key) ||
 	    strcmp(old->tls_ca, next->tls_ca))
 		log_warn(NULL, "reload: [tls] changes need a restart");
+	if (strcmp(old->redis, next->redis) || strcmp(old->redis_password, next->redis_password) ||
+	    old->redis_db != next->redis_db || strcmp(old->key_prefix, next->key_prefix) ||
+	    old->node_ttl != next->node_ttl)
+		log_warn(NULL, "reload: [cluster] changes need a restart");
 	/* Sessions keep the identities they hold; new hellos use the new secret. */
 	hub_set_auth(server_hub(d->srv), auth);
 	auth_free(d->auth);

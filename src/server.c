@@ -78,6 +78,7 @@ struct server {
 	struct conn *releasing;        /* close decided inside hub code: release soon */
 	size_t released_since_trim;    /* connections freed since the last malloc_trim */
 	ev_timer trim_timer;
+	ev_timer kick_timer;
 	size_t lingering;              /* released conns whose socket lws still closes */
 	ev_prepare release_watcher;
 	long max_conns;                /* min(max_connections, what fits in fds) */
@@ -313,20 +314,16 @@ static void conn_release(struct server *srv, struct conn *c, int socket_gone)
  * consumer. Stop reading from it while its queue is over half full, and
  * resume below a quarter; kernel buffers then push back on the client.
  */
-static int conn_queue_over(const struct conn *c, unsigned div)
-{
-	const struct hub_limits *l = hub_limits(c->srv->hub);
-
-	return c->sess->q.count >= l->send_queue_messages / div ||
-	       c->sess->q.bytes >= l->send_queue_bytes / div;
-}
-
 static void conn_rx_check(struct conn *c)
 {
-	if (!c->rx_paused && conn_queue_over(c, 2)) {
+	const struct hub_limits *l = hub_limits(c->srv->hub);
+	uint64_t n = c->sess->q.count, b = c->sess->q.bytes;
+
+	/* Pause at half full, resume at a quarter (at empty for tiny queues). */
+	if (!c->rx_paused && (2 * n >= l->send_queue_messages || 2 * b >= l->send_queue_bytes)) {
 		c->rx_paused = 1;
 		lws_rx_flow_control(c->wsi, 0);
-	} else if (c->rx_paused && !conn_queue_over(c, 4)) {
+	} else if (c->rx_paused && 4 * n <= l->send_queue_messages && 4 * b <= l->send_queue_bytes) {
 		c->rx_paused = 0;
 		lws_rx_flow_control(c->wsi, 1);
 	}
@@ -357,6 +354,19 @@ static void server_on_trim(struct ev_loop *loop, ev_timer *w, int revents)
 		return;
 	srv->released_since_trim = 0;
 	malloc_trim(0);
+}
+
+/*
+ * lws 4.1 on a foreign libev loop runs its own timeouts (a connection that
+ * never sends its HTTP headers, a close handshake that never completes)
+ * only when something wakes it; a silent socket alone does not. Wake it
+ * every second so those timeouts hold.
+ */
+static void server_on_kick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct server *srv = w->data;
+
+	lws_cancel_service(srv->ctx);
 }
 
 static void server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
@@ -780,6 +790,7 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 	info.foreign_loops = srv->foreign_loops;
 	info.user = srv;
 	info.max_http_header_pool = 256;
+	info.timeout_secs = (unsigned)ceil(cfg->handshake_timeout);
 	if (cfg->tls_cert[0])
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 	info.timeout_secs_ah_idle = (unsigned)ceil(cfg->handshake_timeout);
@@ -824,6 +835,9 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 	ev_timer_init(&srv->trim_timer, server_on_trim, SERVER_TRIM_EVERY, SERVER_TRIM_EVERY);
 	srv->trim_timer.data = srv;
 	ev_timer_start(loop, &srv->trim_timer);
+	ev_timer_init(&srv->kick_timer, server_on_kick, 1., 1.);
+	srv->kick_timer.data = srv;
+	ev_timer_start(loop, &srv->kick_timer);
 	return srv;
 }
 
@@ -858,6 +872,7 @@ void server_free(struct server *srv)
 	srv->on_drained = NULL;
 	ev_prepare_stop(srv->loop, &srv->release_watcher);
 	ev_timer_stop(srv->loop, &srv->trim_timer);
+	ev_timer_stop(srv->loop, &srv->kick_timer);
 	lws_context_destroy(srv->ctx);
 	hub_free(srv->hub);
 	free(srv);

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from chatd_helpers import run, scaled
+from chatd_helpers import OP_TEXT, encode_frame, run, scaled
 from conftest import run_cli
 
 
@@ -349,3 +349,37 @@ def test_write_error_gives_unavailable_and_acks_only_stored(chatd, tmp_path):
         await c.close()
 
     run(check())
+
+
+def test_retry_while_the_first_is_uncommitted_gets_the_same_ack(chatd, tmp_path):
+    """Two sends with one id read in the same loop iteration (before the
+    batch commits): one message, two identical acks."""
+    srv = chatd(storage_cfg(tmp_path))
+
+    async def watch():
+        w = await srv.client("watcher")
+        await w.join("r")
+        return w
+
+    async def check(w):
+        assert (await w.expect("presence"))["name"] == "alice"
+        assert (await w.expect("message"))["seq"] == 1
+        await w.expect_silence(0.3)
+        await w.close()
+
+    async def go():
+        w = await watch()
+        a = srv.raw()
+        a.hello("alice")
+        a.join("r")
+        frame = '{"type":"send","room":"r","id":"same","body":"once","ref":"%s"}'
+        # One TCP write carrying both frames: one read, one loop iteration.
+        a.send_raw(encode_frame(OP_TEXT, (frame % "first").encode()) +
+                   encode_frame(OP_TEXT, (frame % "second").encode()))
+        got = [await asyncio.to_thread(a.recv_json, scaled(5)) for _ in range(3)]
+        acks = [m for m in got if m["type"] == "ack"]
+        assert sorted(m["ref"] for m in acks) == ["first", "second"], got
+        assert acks[0]["seq"] == acks[1]["seq"] == 1
+        await check(w)
+
+    run(go())
