@@ -1,0 +1,772 @@
+// chatd web client: plain JavaScript, no framework, no build step.
+// Speaks chat.v1 (docs/protocol.md); behaviour is described in docs/web.md.
+'use strict';
+
+(() => {
+  const NAME_RE = /^[A-Za-z0-9_.-]{1,32}$/;
+  const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
+  const PAGE = 100;            // messages per history request
+  const KEEP = 2000;           // messages kept per conversation in the page
+  const CONNECT_TIMEOUT = 10000;
+  const $ = (id) => document.getElementById(id);
+
+  const st = {
+    ws: null,
+    online: false,             // welcome received on the current socket
+    me: '',                    // name from welcome
+    login: null,               // {name, token}: what hello sends
+    welcomed: false,           // a welcome was ever received (reconnects retry on errors)
+    convs: new Map(),          // '#room' or '@name' -> conversation
+    active: null,
+    pending: new Map(),        // message id -> unacked outgoing message (insertion order = send order)
+    replies: new Map(),        // ref -> handler, for the current socket only
+    nextRef: 1,
+    attempt: 0,
+    retryAt: 0,
+    retryTimer: 0,
+    connectTimer: 0,
+    hbMs: 25000,
+    lastSent: 0,
+    lastRecv: 0,
+    focusOnJoin: null,
+    waitReason: '',
+  };
+
+  // ---- small DOM helpers -------------------------------------------------
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  function srOnly(text) { return el('span', 'sr-only', text); }
+
+  function newId() {
+    const b = new Uint8Array(8);
+    crypto.getRandomValues(b);
+    return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  }
+
+  function fmtTime(ts) {
+    const d = new Date(ts);
+    const now = new Date();
+    const hm = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    return d.toDateString() === now.toDateString() ? hm : d.toLocaleDateString() + ' ' + hm;
+  }
+
+  function setTime(t, ts) {
+    const d = new Date(ts);
+    t.dateTime = d.toISOString();
+    t.title = d.toLocaleString();
+    t.textContent = fmtTime(ts);
+  }
+
+  // ---- connection --------------------------------------------------------
+
+  function setConn(state, text) {
+    $('conn').dataset.state = state;
+    $('conn-text').textContent = text;
+    $('retry').hidden = state !== 'waiting';
+  }
+
+  function send(obj) {
+    if (!st.ws || st.ws.readyState !== WebSocket.OPEN) return false;
+    st.ws.send(JSON.stringify(obj));
+    st.lastSent = Date.now();
+    return true;
+  }
+
+  // Send a command with a fresh ref; handler gets the direct reply (or error).
+  function request(cmd, handler) {
+    cmd.ref = 'r' + st.nextRef++;
+    if (handler) st.replies.set(cmd.ref, handler);
+    return send(cmd);
+  }
+
+  function connect() {
+    clearTimeout(st.retryTimer);
+    st.retryTimer = 0;
+    if (st.ws) return;
+    const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
+    let ws;
+    try {
+      ws = new WebSocket(url, 'chat.v1');
+    } catch (e) {
+      retryLater('cannot connect');
+      return;
+    }
+    st.ws = ws;
+    setConn('connecting', st.welcomed ? 'Reconnecting…' : 'Connecting…');
+    st.connectTimer = setTimeout(() => disconnect('timed out'), CONNECT_TIMEOUT);
+    ws.onopen = () => {
+      clearTimeout(st.connectTimer);
+      st.lastRecv = Date.now();
+      const hello = { type: 'hello' };
+      if (st.login.name) hello.name = st.login.name;
+      if (st.login.token) hello.token = st.login.token;
+      request(hello, onHello);
+    };
+    ws.onmessage = (ev) => {
+      let f;
+      try { f = JSON.parse(ev.data); } catch (e) { return; }
+      if (ws === st.ws) onFrame(f);
+    };
+    ws.onclose = () => { if (ws === st.ws) closed(''); };
+  }
+
+  // The current socket is gone (or given up): forget it, retry if signed in.
+  function closed(reason) {
+    clearTimeout(st.connectTimer);
+    st.ws = null;
+    st.online = false;
+    st.replies.clear();
+    for (const c of st.convs.values()) {
+      c.joined = false;
+      c.filling = false;
+      if (c.kind === 'room') c.item.dataset.joined = 'false';
+    }
+    for (const p of st.pending.values()) p.inflight = false;
+    if (st.login) retryLater(reason);
+  }
+
+  // Give up on the current socket now, without waiting for its close handshake.
+  function disconnect(reason) {
+    const ws = st.ws;
+    if (!ws) return;
+    closed(reason);
+    ws.close();
+  }
+
+  function retryLater(reason) {
+    const base = Math.min(15000, 500 * 2 ** st.attempt++);
+    const delay = Math.round(base * (0.75 + Math.random() * 0.5));
+    st.retryAt = Date.now() + delay;
+    clearTimeout(st.retryTimer);
+    st.retryTimer = setTimeout(connect, delay);
+    st.waitReason = reason || '';
+    tick();
+  }
+
+  // Once a second: the countdown, idle pings, and dead-socket detection.
+  // The server pings every `heartbeat` s; browsers answer those pings
+  // themselves, but a frame of our own keeps the session alive in any case.
+  function tick() {
+    const now = Date.now();
+    if (st.retryTimer) {
+      if (!navigator.onLine) {
+        setConn('waiting', 'Offline, waiting for the network');
+      } else {
+        const s = Math.max(1, Math.ceil((st.retryAt - now) / 1000));
+        setConn('waiting', 'Disconnected' + (st.waitReason ? ' (' + st.waitReason + ')' : '') +
+          ', retrying in ' + s + ' s');
+      }
+    }
+    if (st.online) {
+      const every = Math.min(20000, Math.max(1000, st.hbMs / 2));
+      if (now - st.lastSent >= every) request({ type: 'ping' });
+      if (now - st.lastRecv > every + 10000) disconnect('no answer');
+    }
+  }
+
+  function onHello(f) {
+    if (f.type !== 'welcome') {
+      const msg = f.code === 'conflict' ? 'this name is already online' : (f.message || f.code);
+      if (!st.welcomed) {
+        // First sign-in failed: back to the form, no retries.
+        st.login = null;
+        disconnect();
+        for (const c of st.convs.values()) { c.section.remove(); c.item.remove(); }
+        st.convs.clear();
+        st.pending.clear();
+        st.active = null;
+        showSignin(msg);
+        setConn('idle', 'Not connected');
+      } else {
+        disconnect(msg);   // e.g. our old session is not released yet: retry with backoff
+      }
+      return;
+    }
+    st.online = true;
+    st.welcomed = true;
+    st.me = f.name;
+    st.attempt = 0;
+    st.hbMs = (Number(f.heartbeat) || 25) * 1000;
+    setConn('online', 'Connected');
+    showChat();
+    for (const c of st.convs.values()) {
+      if (c.kind === 'room') joinRoom(c);
+    }
+    flushPending(null);
+  }
+
+  function onFrame(f) {
+    st.lastRecv = Date.now();
+    if (typeof f.ref === 'string' && st.replies.has(f.ref)) {
+      const h = st.replies.get(f.ref);
+      st.replies.delete(f.ref);
+      h(f);
+      return;
+    }
+    switch (f.type) {
+      case 'message': {
+        const c = st.convs.get('#' + f.room);
+        if (c) addRoomMessage(c, f, 'live');
+        break;
+      }
+      case 'presence': onPresence(f); break;
+      case 'direct': onDirect(f); break;
+      case 'error': console.warn('chatd error', f.code, f.message); break;
+      default: break;
+    }
+  }
+
+  // ---- conversations -----------------------------------------------------
+
+  function conv(key) {
+    let c = st.convs.get(key);
+    if (c) return c;
+    const kind = key[0] === '#' ? 'room' : 'dm';
+    c = {
+      key, kind, name: key.slice(1), unread: 0,
+      // rooms: epoch + highest contiguous seq held (top), highest seq known (want)
+      epoch: '', top: 0, want: 0, joined: false, filling: false, oldest: Infinity,
+      seqs: new Map(), members: new Set(), ids: new Set(),
+    };
+    c.section = el('section', 'conv');
+    c.section.hidden = true;
+    c.section.dataset.key = key;
+    if (kind === 'room') {
+      c.older = el('button', 'older link', 'Load earlier messages');
+      c.older.type = 'button';
+      c.older.hidden = true;
+      c.older.addEventListener('click', () => loadOlder(c));
+      c.section.append(c.older);
+    }
+    c.log = el('ol', 'log');
+    c.log.setAttribute('role', 'log');
+    c.log.setAttribute('aria-live', 'polite');
+    c.log.setAttribute('aria-label', 'Messages in ' + label(c));
+    c.section.append(c.log);
+    $('logs').append(c.section);
+
+    c.item = el('li', 'conv-item');
+    if (kind === 'room') c.item.dataset.joined = 'false';
+    c.button = el('button', 'conv-button');
+    c.button.type = 'button';
+    c.button.dataset.key = key;
+    c.button.append(el('span', 'conv-name', label(c)));
+    c.badge = el('span', 'badge');
+    c.badge.hidden = true;
+    c.button.append(c.badge);
+    c.button.addEventListener('click', () => { activate(key, true); closeDrawers(); });
+    c.item.append(c.button);
+    if (kind === 'room') {
+      const leave = el('button', 'leave', '×');
+      leave.type = 'button';
+      leave.title = 'Leave ' + label(c);
+      leave.setAttribute('aria-label', 'Leave ' + label(c));
+      leave.addEventListener('click', () => leaveRoom(c));
+      c.item.append(leave);
+    }
+    $(kind === 'room' ? 'room-list' : 'dm-list').append(c.item);
+    $('dm-help').hidden = [...st.convs.values()].some((x) => x.kind === 'dm') || kind === 'dm';
+    st.convs.set(key, c);
+    return c;
+  }
+
+  function label(c) { return (c.kind === 'room' ? '#' : '@') + c.name; }
+
+  function activate(key, focus) {
+    const c = st.convs.get(key);
+    if (!c) return;
+    st.active = key;
+    for (const x of st.convs.values()) {
+      x.section.hidden = x !== c;
+      if (x === c) x.button.setAttribute('aria-current', 'true');
+      else x.button.removeAttribute('aria-current');
+    }
+    $('conv-title').textContent = label(c);
+    $('msg-label').textContent = 'Message ' + label(c);
+    $('msg').placeholder = 'Message ' + label(c);
+    c.unread = 0;
+    renderBadge(c);
+    renderMembers();
+    scrollDown(c, true);
+    if (focus) $('msg').focus();
+  }
+
+  function renderBadge(c) {
+    c.badge.hidden = c.unread === 0;
+    c.badge.textContent = '';
+    if (c.unread) c.badge.append(String(c.unread), srOnly(' unread'));
+    let total = 0;
+    for (const x of st.convs.values()) total += x.unread;
+    const t = $('total-unread');
+    t.hidden = total === 0;
+    t.textContent = total ? String(total) : '';
+  }
+
+  function renderMembers() {
+    const list = $('member-list');
+    list.textContent = '';
+    const c = st.convs.get(st.active);
+    if (!c) return;
+    const names = c.kind === 'room' ? [...c.members].sort() : [c.name];
+    $('members-title').textContent = c.kind === 'room' ? 'Members (' + names.length + ')' : 'Direct messages';
+    for (const n of names) {
+      const li = el('li', 'member');
+      li.dataset.name = n;
+      const dot = el('span', 'dot', '');
+      dot.setAttribute('aria-hidden', 'true');
+      if (n === st.me) {
+        li.append(dot, el('span', 'member-name', n), el('span', 'you', ' (you)'));
+      } else if (c.kind === 'room') {
+        const b = el('button', 'member-name', n);
+        b.type = 'button';
+        b.title = 'Write to ' + n;
+        b.addEventListener('click', () => { conv('@' + n); activate('@' + n, true); closeDrawers(); });
+        li.append(dot, b);
+      } else {
+        li.append(el('span', 'member-name', n));
+      }
+      list.append(li);
+    }
+  }
+
+  function nearBottom(c) {
+    const s = c.section;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
+  }
+
+  function scrollDown(c, force) {
+    if (force || c.stick) c.section.scrollTop = c.section.scrollHeight;
+  }
+
+  // Insert li in the log by its order key (seq; notices go after a seq;
+  // unacked own messages, order Infinity, stay at the end).
+  function place(c, li, order) {
+    li.dataset.order = String(order);
+    c.stick = nearBottom(c);
+    let ref = c.log.lastElementChild;
+    while (ref && Number(ref.dataset.order) > order) ref = ref.previousElementSibling;
+    if (ref) ref.after(li); else c.log.prepend(li);
+    scrollDown(c);
+  }
+
+  function notice(c, text) {
+    const li = el('li', 'notice', text);
+    place(c, li, c.kind === 'room' ? c.top + 0.5 : Date.now());
+  }
+
+  function renderMsg(from, body, ts, mine) {
+    const li = el('li', 'msg' + (mine ? ' mine' : ''));
+    const meta = el('div', 'meta');
+    const t = el('time', 'ts');
+    setTime(t, ts);
+    meta.append(el('span', 'from', from), ' ', t);
+    li.append(meta, el('p', 'body', body));
+    return li;
+  }
+
+  function setMsgState(p, state, text) {
+    const li = p.li;
+    li.classList.remove('pending', 'delivered', 'failed');
+    li.classList.add(state);
+    let s = li.querySelector('.state');
+    if (!s) { s = el('span', 'state'); li.querySelector('.meta').append(' ', s); }
+    s.textContent = '';
+    if (state === 'delivered') s.append('✓', srOnly(' delivered'));
+    else s.textContent = text;
+    if (state === 'failed') {
+      const b = el('button', 'link', 'Retry');
+      b.type = 'button';
+      b.addEventListener('click', () => {
+        st.pending.set(p.id, p);
+        setMsgState(p, 'pending', 'sending…');
+        transmit(p);
+      });
+      s.append(' ', b);
+    }
+  }
+
+  function countUnread(c, from) {
+    if (from === st.me || c.key === st.active) return;
+    c.unread++;
+    renderBadge(c);
+  }
+
+  function trim(c) {
+    while (c.log.childElementCount > KEEP) {
+      const li = c.log.firstElementChild;
+      if (li.dataset.seq) c.seqs.delete(Number(li.dataset.seq));
+      li.remove();
+    }
+    const first = c.log.querySelector('li[data-seq]');
+    c.oldest = first ? Number(first.dataset.seq) : Infinity;
+    if (c.older) c.older.hidden = !(c.oldest > 1 && c.oldest !== Infinity);
+  }
+
+  // ---- rooms: join, resume, gaps -----------------------------------------
+
+  function addRoom(name, focus) {
+    const c = conv('#' + name);
+    if (!st.active) activate(c.key, false);
+    if (focus) { activate(c.key, false); st.focusOnJoin = c.key; }
+    if (st.online && !c.joined) joinRoom(c);
+    return c;
+  }
+
+  function joinRoom(c) {
+    const cmd = { type: 'join', room: c.name };
+    const resume = c.epoch !== '';
+    if (resume) { cmd.since = c.top; cmd.epoch = c.epoch; }
+    request(cmd, (f) => {
+      if (f.type !== 'joined') {
+        notice(c, 'Could not join ' + label(c) + ': ' + (f.message || f.code));
+        return;
+      }
+      onJoined(c, f, resume);
+    });
+  }
+
+  function onJoined(c, f, resume) {
+    c.joined = true;
+    c.item.dataset.joined = 'true';
+    c.members = new Set(f.members);
+    if (st.active === c.key) renderMembers();
+    if (!resume || f.epoch !== c.epoch || f.seq < c.top) {
+      if (resume && c.top > 0) {
+        // The room's seq history started over (e.g. a restart without storage).
+        // (A room that never had a message gets a new epoch too: nothing lost.)
+        clearRoom(c);
+        notice(c, 'The server lost the history of ' + label(c) + ' (it was probably restarted). Showing what it has now.');
+      }
+      c.epoch = f.epoch;
+      c.top = c.want = f.seq;
+      if (f.seq > 0) {
+        request({ type: 'history', room: c.name, before: f.seq + 1, limit: 50 }, (h) => {
+          if (h.type === 'history') for (const m of h.messages) addRoomMessage(c, m, 'context');
+        });
+      }
+    } else {
+      // recovered:false with the same epoch: the older part of the gap is gone;
+      // fill() notices the hole and says so. truncated: fill() pages the rest.
+      c.want = Math.max(c.want, f.seq);
+    }
+    fill(c);
+    if (st.focusOnJoin === c.key) {
+      st.focusOnJoin = null;
+      if (st.active === c.key) $('msg').focus();
+    }
+  }
+
+  function clearRoom(c) {
+    c.log.textContent = '';
+    c.seqs.clear();
+    c.top = c.want = 0;
+    c.oldest = Infinity;
+    // Unacked sends stay: they are resent into the room's new history.
+    for (const p of st.pending.values()) if (p.key === c.key) place(c, p.li, Infinity);
+  }
+
+  // A message event (live or replayed), a history item, or our own ack.
+  function addRoomMessage(c, m, how) {
+    const have = c.seqs.get(m.seq);
+    if (have) {
+      // Already shown (our own message, placed by its ack): take the server's time.
+      if (have.dataset.local) { setTime(have.querySelector('time'), m.ts); delete have.dataset.local; }
+      return;
+    }
+    let li;
+    const p = m.from === st.me ? st.pending.get(m.id) : null;
+    if (p && p.key === c.key) {
+      // Our own message, accepted before its ack reached us.
+      st.pending.delete(p.id);
+      li = p.li;
+      setMsgState(p, 'delivered');
+      setTime(li.querySelector('time'), m.ts);
+      delete li.dataset.local;
+    } else {
+      li = renderMsg(m.from, m.body, m.ts, m.from === st.me);
+      if (m.from === st.me) li.classList.add('delivered');
+    }
+    li.dataset.seq = String(m.seq);
+    li.dataset.id = m.id;
+    c.seqs.set(m.seq, li);
+    place(c, li, m.seq);
+    if (how !== 'context' && m.seq > c.top) countUnread(c, m.from);
+    advance(c, m.seq);
+    trim(c);
+  }
+
+  function advance(c, seq) {
+    c.want = Math.max(c.want, seq);
+    while (c.seqs.has(c.top + 1)) c.top++;
+    if (c.joined) fill(c);
+  }
+
+  // Fetch what is missing between top and want with history {after}, page by
+  // page (a reply may be cut to the queue budget). When all is there, resend
+  // this room's unacked messages.
+  function fill(c) {
+    if (!c.joined || c.filling || !st.online) return;
+    if (c.top >= c.want) { flushPending(c.key); return; }
+    const after = c.top;
+    c.filling = true;
+    request({ type: 'history', room: c.name, after, limit: PAGE }, (f) => {
+      c.filling = false;
+      if (f.type !== 'history') {
+        notice(c, 'Could not load missing messages: ' + (f.message || f.code));
+        return;
+      }
+      const ms = f.messages;
+      const first = ms.length ? ms[0].seq : c.want + 1;
+      if (c.top === after && first > after + 1) {
+        const lost = Math.min(first, c.want + 1) - after - 1;
+        if (lost > 0) {
+          notice(c, lost + (lost === 1 ? ' message is' : ' messages are') + ' no longer available on the server.');
+          c.top = Math.min(first, c.want + 1) - 1;
+        }
+      }
+      for (const m of ms) addRoomMessage(c, m, 'fill');
+      advance(c, c.top);
+    });
+  }
+
+  function loadOlder(c) {
+    if (!st.online || c.oldest === Infinity) return;
+    const top = c.section.scrollHeight - c.section.scrollTop;
+    request({ type: 'history', room: c.name, before: c.oldest, limit: 50 }, (f) => {
+      if (f.type !== 'history') return;
+      for (const m of f.messages) addRoomMessage(c, m, 'context');
+      if (!f.messages.length) c.older.hidden = true;
+      c.section.scrollTop = c.section.scrollHeight - top;
+    });
+  }
+
+  function leaveRoom(c) {
+    if (st.online && c.joined) request({ type: 'leave', room: c.name });
+    for (const p of [...st.pending.values()]) if (p.key === c.key) st.pending.delete(p.id);
+    st.convs.delete(c.key);
+    c.section.remove();
+    c.item.remove();
+    if (st.active === c.key) {
+      st.active = null;
+      const next = st.convs.keys().next();
+      if (!next.done) activate(next.value, false);
+      else { $('conv-title').textContent = 'Join a room to start'; renderMembers(); }
+    }
+    renderBadge(c);
+  }
+
+  function onPresence(f) {
+    const c = st.convs.get('#' + f.room);
+    if (!c) return;
+    if (f.state === 'join') {
+      c.members.add(f.name);
+    } else {
+      c.members.delete(f.name);
+      // With several sessions per name, one leaving does not mean the name left.
+      request({ type: 'members', room: c.name }, (m) => {
+        if (m.type !== 'members') return;
+        c.members = new Set(m.names);
+        if (st.active === c.key) renderMembers();
+      });
+    }
+    if (st.active === c.key) renderMembers();
+  }
+
+  // ---- direct messages ---------------------------------------------------
+
+  function onDirect(f) {
+    const key = f.from + '\n' + f.id;
+    if (f.from === st.me && st.pending.has(f.id)) return;   // a dm to ourselves
+    const c = conv('@' + f.from);
+    if (c.ids.has(key)) return;   // a resend after a reconnect
+    c.ids.add(key);
+    place(c, renderMsg(f.from, f.body, f.ts, false), Date.now());
+    countUnread(c, f.from);
+    trim(c);
+  }
+
+  // ---- sending -----------------------------------------------------------
+
+  function compose(c, body) {
+    const p = { id: newId(), key: c.key, kind: c.kind, to: c.name, body, inflight: false };
+    p.li = renderMsg(st.me, body, Date.now(), true);
+    p.li.dataset.id = p.id;
+    p.li.dataset.local = '1';
+    st.pending.set(p.id, p);
+    setMsgState(p, 'pending', 'sending…');
+    place(c, p.li, Infinity);
+    scrollDown(c, true);
+    transmit(p);
+  }
+
+  function transmit(p) {
+    const c = st.convs.get(p.key);
+    if (!c || !st.online || p.inflight) return;
+    // Room messages wait until the room is joined and caught up: a message
+    // that was accepted before a disconnect then shows up in the replay
+    // (and its id is matched) instead of being sent twice.
+    if (c.kind === 'room' && (!c.joined || c.filling || c.top < c.want)) return;
+    const cmd = c.kind === 'room'
+      ? { type: 'send', room: c.name, id: p.id, body: p.body }
+      : { type: 'dm', to: c.name, id: p.id, body: p.body };
+    p.inflight = true;
+    request(cmd, (f) => {
+      p.inflight = false;
+      if (f.type === 'ack') return onAck(p, f);
+      if (f.code === 'rate_limited' || f.code === 'unavailable' || f.code === 'internal') {
+        setTimeout(() => transmit(p), 1000 + Math.random() * 1000);
+        return;
+      }
+      st.pending.delete(p.id);
+      setMsgState(p, 'failed', 'Not sent: ' + (f.code === 'not_found' && c.kind === 'dm'
+        ? c.name + ' is not online' : (f.message || f.code)) + '.');
+    });
+  }
+
+  function onAck(p, f) {
+    if (!st.pending.has(p.id)) return;
+    st.pending.delete(p.id);
+    setMsgState(p, 'delivered');
+    const c = st.convs.get(p.key);
+    if (!c) return;
+    if (c.kind !== 'room') { p.li.dataset.order = String(Date.now()); return; }
+    if (c.seqs.has(f.seq)) { p.li.remove(); return; }
+    p.li.dataset.seq = String(f.seq);
+    c.seqs.set(f.seq, p.li);
+    place(c, p.li, f.seq);
+    advance(c, f.seq);
+  }
+
+  // Resend unacked messages (same id: the server dedups by name + id).
+  function flushPending(key) {
+    for (const p of st.pending.values()) {
+      if (key === null ? p.kind === 'dm' : p.key === key) transmit(p);
+    }
+  }
+
+  // ---- screens and forms -------------------------------------------------
+
+  function showSignin(error) {
+    $('chat').hidden = true;
+    $('signin').hidden = false;
+    $('signin-error').textContent = error || '';
+    $('signin-button').disabled = false;
+    $('toggle-rooms').hidden = $('toggle-members').hidden = true;
+    $('me').hidden = true;
+    $('name').focus();
+  }
+
+  function showChat() {
+    if (!$('chat').hidden) return;
+    $('signin').hidden = true;
+    $('chat').hidden = false;
+    $('toggle-rooms').hidden = $('toggle-members').hidden = false;
+    $('me').hidden = false;
+    $('me').textContent = 'Signed in as ' + st.me;
+    try { localStorage.setItem('chatd.name', st.me); } catch (e) { /* storage off */ }
+    if (!st.convs.size) $('join-room').focus();
+  }
+
+  function closeDrawers() {
+    document.body.classList.remove('show-rooms', 'show-members');
+    $('toggle-rooms').setAttribute('aria-expanded', 'false');
+    $('toggle-members').setAttribute('aria-expanded', 'false');
+  }
+
+  function toggleDrawer(which) {
+    const cls = 'show-' + which;
+    const open = !document.body.classList.contains(cls);
+    closeDrawers();
+    document.body.classList.toggle(cls, open);
+    $('toggle-' + which).setAttribute('aria-expanded', String(open));
+    if (open) {
+      const first = $(which === 'rooms' ? 'sidebar' : 'members').querySelector('button, input');
+      if (first) first.focus();
+    }
+  }
+
+  function parseRooms(values) {
+    const out = [];
+    for (const v of values) {
+      for (const r of v.split(',')) {
+        const name = r.trim().replace(/^#/, '');
+        if (ROOM_RE.test(name) && !out.includes(name)) out.push(name);
+      }
+    }
+    return out;
+  }
+
+  function signIn(name, token, rooms) {
+    st.login = { name, token };
+    st.welcomed = false;
+    $('signin-error').textContent = '';
+    $('signin-button').disabled = true;
+    rooms.forEach((r, i) => addRoom(r, i === 0));
+    st.attempt = 0;
+    connect();
+  }
+
+  function init() {
+    const q = new URLSearchParams(location.search);
+    const linkRooms = parseRooms(q.getAll('room'));
+    const qname = q.get('name') || '';
+    let saved = '';
+    try { saved = localStorage.getItem('chatd.name') || ''; } catch (e) { /* storage off */ }
+    $('name').value = qname || saved;
+    if (linkRooms.length) $('rooms').value = linkRooms.join(', ');
+
+    $('signin-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const name = $('name').value.trim();
+      const token = $('token').value.trim();
+      const rooms = parseRooms([$('rooms').value]);
+      if (!token && !NAME_RE.test(name)) {
+        showSignin('Choose a name of 1 to 32 letters, digits, "_", "." or "-".');
+        return;
+      }
+      signIn(token && !name ? '' : name, token, rooms);
+    });
+    $('join-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const names = parseRooms([$('join-room').value]);
+      if (!names.length) return;
+      $('join-room').value = '';
+      names.forEach((r, i) => addRoom(r, i === 0));
+      activate('#' + names[0], false);
+      closeDrawers();
+    });
+    $('composer').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      const box = $('msg');
+      const c = st.convs.get(st.active);
+      if (!c || !box.value.trim()) return;
+      compose(c, box.value);
+      box.value = '';
+      box.focus();
+    });
+    $('msg').addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+        ev.preventDefault();
+        $('composer').requestSubmit();
+      }
+    });
+    $('retry').addEventListener('click', () => { st.attempt = 0; connect(); });
+    $('toggle-rooms').addEventListener('click', () => toggleDrawer('rooms'));
+    $('toggle-members').addEventListener('click', () => toggleDrawer('members'));
+    document.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') closeDrawers(); });
+    window.addEventListener('online', () => { if (st.retryTimer) { st.attempt = 0; connect(); } });
+    setInterval(tick, 1000);
+
+    // Shareable link: /?name=alice&room=lobby signs in and joins at once.
+    if (NAME_RE.test(qname)) signIn(qname, '', linkRooms);
+    else $('name').focus();
+  }
+
+  init();
+})();
