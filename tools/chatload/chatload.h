@@ -23,6 +23,8 @@ struct cl_opts {
 	int raw;                   /* any text frame is a delivery; no chat.v1 */
 	uint32_t dst_addr;         /* host order, 127.x.y.z */
 	uint16_t dst_port;
+	uint16_t extra_ports[3];   /* --url given again: clients alternate over the ports */
+	int nextra;
 	char host[80];             /* Host: header */
 	char path[256];            /* request path */
 	uint32_t clients;

@@ -72,6 +72,7 @@ static void usage(FILE *f)
 		"  --settle T            seconds before sampling server RSS after the run (default 2)\n"
 		"  --max-out BYTES       per-sender unsent backlog bound (default 1 MiB)\n"
 		"  --server-pid PID      read the server's VmRSS and CPU from /proc/PID\n"
+		"  --url URL (again)     up to 4 nodes of one cluster: client i goes to URL i%%N\n"
 		"  --label TEXT          copied into the JSON line\n"
 		"  --self-test           check SHA-1, the accept key, frames and the histogram\n"
 		"  -v                    more output on stderr\n"
@@ -486,7 +487,23 @@ int main(int argc, char **argv)
 			else if (!strcmp(optarg, "churn")) o.mode = MODE_CHURN;
 			else { fprintf(stderr, "chatload: unknown mode %s\n", optarg); return 2; }
 			break;
-		case 'u': if (parse_url(&o, optarg)) return 2; have_url = 1; break;
+		case 'u':
+			if (have_url) {
+				/* Another node of the same cluster: same host and path,
+				 * clients alternate over the ports. */
+				struct cl_opts more = o;
+				if (o.nextra >= 3 || parse_url(&more, optarg) || more.dst_addr != o.dst_addr ||
+				    strcmp(more.path, o.path)) {
+					fprintf(stderr, "chatload: up to 4 --url, same host and path, other ports\n");
+					return 2;
+				}
+				o.extra_ports[o.nextra++] = more.dst_port;
+				break;
+			}
+			if (parse_url(&o, optarg))
+				return 2;
+			have_url = 1;
+			break;
 		case 'r': o.raw = 1; break;
 		case 'c': v_clients = atoll(optarg); break;
 		case 'k': v_rooms = atoll(optarg); break;

@@ -352,6 +352,8 @@ static void conn_open(struct conn *c)
 	memset(&dst, 0, sizeof(dst));
 	dst.sin_family = AF_INET;
 	dst.sin_port = htons(o->dst_port);
+	if (o->nextra && c->idx % (uint32_t)(o->nextra + 1))
+		dst.sin_port = htons(o->extra_ports[c->idx % (uint32_t)(o->nextra + 1) - 1]);
 	dst.sin_addr.s_addr = htonl(o->dst_addr);
 	e.events = EPOLLOUT;
 	e.data.ptr = c;

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Throughput of chatd's engines with the project's load tool, in one run:
+#   storage: memory only vs SQLite sync = off / batch / always (issue 4)
+#   cluster: one room on one node vs the same room spread over two nodes
+#            sharing a private redis-server (issue 7)
+# Each row is one chatload fanout run (every delivery counted, latency from
+# the send timestamp). chatd is pinned to CPU 0, chatload to CPU 1; in the
+# two-node case both nodes share CPU 0 and Redis runs on CPU 1.
+#
+# Usage: bench/engines.sh [--build-dir DIR] [--out FILE]
+# Sizes (environment): CLIENTS=200 SENDERS=10 RATE=2000 (messages/s in
+# total) PAYLOAD=64 DURATION=10.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=build-bench
+OUT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build-dir) BUILD=$2; shift ;;
+    --out) OUT=$2; shift ;;
+    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
+    *) echo "engines.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+: "${CLIENTS:=200}" "${SENDERS:=10}" "${RATE:=2000}" "${PAYLOAD:=64}" "${DURATION:=10}"
+
+scripts/setup.sh --test >/dev/null
+scripts/build.sh "$BUILD" -DCHATD_TESTS=OFF >/dev/null
+CHATD=$PWD/$BUILD/chatd
+LOAD=$PWD/$BUILD/tools/chatload/chatload
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { /usr/bin/python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+# start_chatd NAME PORT EXTRA_TOML -> pid
+start_chatd() {
+  local name=$1 port=$2 extra=$3 cfg=$TMP/$1.toml
+  printf '[server]\nport = %s\nnode_id = "%s"\nmax_connections = 19000\n[limits]\nrate = 100000\nburst = 100000\nsend_queue_messages = 4096\nsend_queue_bytes = 8388608\n[log]\nlevel = "warn"\n%b' \
+    "$port" "$name" "$extra" > "$cfg"
+  taskset -c 0 "$CHATD" -c "$cfg" > "$TMP/$name.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && { echo "${PIDS[-1]}"; return; }
+    sleep 0.05
+  done
+  echo "engines.sh: $name did not start" >&2; cat "$TMP/$name.log" >&2; exit 1
+}
+
+stop_all() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  PIDS=()
+}
+
+run_load() {   # label pid url...
+  local label=$1 pid=$2; shift 2
+  local urls=()
+  for u in "$@"; do urls+=(--url "$u"); done
+  taskset -c 1 "$LOAD" --mode fanout "${urls[@]}" --clients "$CLIENTS" --senders "$SENDERS" \
+    --rate "$RATE" --payload "$PAYLOAD" --duration "$DURATION" --server-pid "$pid" --label "$label" \
+    2>>"$TMP/load.err" | tail -1
+}
+
+results=$TMP/results.jsonl
+: > "$results"
+
+for mode in memory off batch always; do
+  port=$(free_port)
+  if [ "$mode" = memory ]; then extra='[storage]\npath = ""\n'
+  else extra="[storage]\npath = \"$TMP/$mode.db\"\nsync = \"$mode\"\n"; fi
+  pid=$(start_chatd "st-$mode" "$port" "$extra")
+  run_load "storage-$mode" "$pid" "ws://127.0.0.1:$port/ws" >> "$results"
+  curl -s "http://127.0.0.1:$port/metrics" | grep -E '^chatd_storage_(commits_total|messages_total|commit_seconds_(total|max)) ' \
+    | sed "s/^/storage-$mode /" >> "$TMP/storage-metrics.txt" || true
+  stop_all
+done
+
+RPORT=$(free_port)
+taskset -c 1 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$TMP" --logfile "$TMP/redis.log" &
+PIDS+=($!)
+RPID=${PIDS[-1]}
+for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+cluster="[storage]\npath = \"\"\n[cluster]\nredis = \"redis://127.0.0.1:$RPORT\"\n"
+p1=$(free_port)
+pid1=$(start_chatd n1 "$p1" "$cluster")
+run_load "cluster-1-node" "$pid1" "ws://127.0.0.1:$p1/ws" >> "$results"
+p2=$(free_port)
+pid2=$(start_chatd n2 "$p2" "$cluster")
+run_load "cluster-2-nodes" "$pid1" "ws://127.0.0.1:$p1/ws" "ws://127.0.0.1:$p2/ws" >> "$results"
+stop_all
+
+/usr/bin/python3 - "$results" "$TMP/storage-metrics.txt" <<'EOF' | tee ${OUT:+"$OUT"}
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+print("| run | deliveries/s | loss | p50 ms | p99 ms | max ms | server CPU % |")
+print("|---|---|---|---|---|---|---|")
+for r in rows:
+    lat = r.get("latency_ms", {})
+    print("| %s | %.0f | %s | %.2f | %.2f | %.2f | %.0f |" % (
+        r.get("label"), r.get("deliveries_per_s", 0), "%s (%.2f%%)" % (r.get("lost", "?"), r.get("loss_pct", 0)),
+        lat.get("p50", 0), lat.get("p99", 0), lat.get("max", 0), r.get("server_cpu_pct", 0)))
+try:
+    print()
+    print("Storage commits (from /metrics after each run):")
+    for line in open(sys.argv[2]):
+        print("    " + line.rstrip())
+except FileNotFoundError:
+    pass
+EOF
