@@ -440,6 +440,24 @@ static void cl_sync_free(struct cluster *c, struct cl_sync *sy)
 	free(sy);
 }
 
+/* A Redis hash field "node\x1fname" into its parts (node[65], name[33]). */
+static int cl_split_field(const redisReply *f, char *node, char *name)
+{
+	const char *sep;
+	size_t nlen;
+
+	if (f->type != REDIS_REPLY_STRING || !(sep = memchr(f->str, 0x1f, f->len)))
+		return -1;
+	nlen = (size_t)(sep - f->str);
+	if (nlen >= 65 || f->len - nlen - 1 > PROTO_NAME_MAX)
+		return -1;
+	memcpy(node, f->str, nlen);
+	node[nlen] = '\0';
+	memcpy(name, sep + 1, f->len - nlen - 1);
+	name[f->len - nlen - 1] = '\0';
+	return 0;
+}
+
 static int cl_reply_str(const redisReply *r, const char **s, size_t *len)
 {
 	if (!r || r->type != REDIS_REPLY_STRING)
@@ -560,15 +578,11 @@ static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
 			}
 		}
 		for (i = 0; i + 1 < r->element[3]->elements; i += 2) {
-			const redisReply *f = r->element[3]->element[i], *v = r->element[3]->element[i + 1];
+			const redisReply *v = r->element[3]->element[i + 1];
 			char node[65], name[PROTO_NAME_MAX + 1];
-			const char *sep;
 			long n;
-			if (f->type != REDIS_REPLY_STRING || !(sep = memchr(f->str, 0x1f, f->len)) ||
-			    (size_t)(sep - f->str) >= sizeof(node) || f->len - (size_t)(sep - f->str) - 1 > PROTO_NAME_MAX)
+			if (cl_split_field(r->element[3]->element[i], node, name))
 				continue;
-			snprintf(node, sizeof(node), "%.*s", (int)(sep - f->str), f->str);
-			snprintf(name, sizeof(name), "%.*s", (int)(f->len - (size_t)(sep - f->str) - 1), sep + 1);
 			n = v->type == REDIS_REPLY_STRING ? strtol(v->str, NULL, 10) : 0;
 			if (!strcmp(node, c->node))
 				continue;
@@ -965,15 +979,11 @@ static void cl_on_users(redisAsyncContext *ac, void *reply, void *priv)
 	cl_count_clear(&c->users_by_node);
 	cl_count_clear(&c->users);
 	for (i = 0; i + 1 < r->elements; i += 2) {
-		const redisReply *f = r->element[i], *v = r->element[i + 1];
+		const redisReply *v = r->element[i + 1];
 		char node[65], name[PROTO_NAME_MAX + 1];
-		const char *sep;
 		long n;
-		if (f->type != REDIS_REPLY_STRING || !(sep = memchr(f->str, 0x1f, f->len)) ||
-		    (size_t)(sep - f->str) >= sizeof(node) || f->len - (size_t)(sep - f->str) - 1 > PROTO_NAME_MAX)
+		if (cl_split_field(r->element[i], node, name))
 			continue;
-		snprintf(node, sizeof(node), "%.*s", (int)(sep - f->str), f->str);
-		snprintf(name, sizeof(name), "%.*s", (int)(f->len - (size_t)(sep - f->str) - 1), sep + 1);
 		if (!strcmp(node, c->node))
 			continue;
 		cl_node_seen(c, node);

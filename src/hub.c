@@ -829,6 +829,34 @@ void hub_pending_free(struct hub_pending *p)
 	}
 }
 
+/* A pending message from a send or dm command: sender, id, ref, body, ts
+ * filled in. NULL (error answered) on ENOMEM. */
+static struct hub_pending *hub_pending_from(struct hub *h, struct session *s,
+					    const struct proto_cmd *c)
+{
+	struct hub_pending *p = calloc(1, sizeof(*p));
+
+	if (p)
+		p->body = malloc(c->body.len + 1);
+	if (!p || !p->body) {
+		hub_pending_free(p);
+		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+		return NULL;
+	}
+	p->sender = s->num;
+	strcpy(p->from, s->name);
+	hub_copy(p->id, &c->id);
+	if (c->ref.p) {
+		hub_copy(p->ref, &c->ref);
+		p->has_ref = 1;
+	}
+	memcpy(p->body, c->body.p, c->body.len);
+	p->body[c->body.len] = '\0';
+	p->body_len = c->body.len;
+	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
+	return p;
+}
+
 /*
  * A retry of a message whose commit is still pending (storage batch mode):
  * it must get the same ack once the first one commits, not a second seq.
@@ -941,32 +969,15 @@ static void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cm
 		hub_ack(h, s, id, r->name, seq, c->ref.p ? ref : NULL);
 		return;
 	}
-	p = calloc(1, sizeof(*p));
-	if (p)
-		p->body = malloc(c->body.len + 1);
-	if (!p || !p->body) {
-		hub_pending_free(p);
-		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+	if (!(p = hub_pending_from(h, s, c)))
 		return;
-	}
-	p->sender = s->num;
-	strcpy(p->from, s->name);
 	strcpy(p->room, r->name);
 	strcpy(p->epoch, r->epoch);
-	hub_copy(p->id, &c->id);
-	if (c->ref.p) {
-		hub_copy(p->ref, &c->ref);
-		p->has_ref = 1;
-	}
-	memcpy(p->body, c->body.p, c->body.len);
-	p->body[c->body.len] = '\0';
-	p->body_len = c->body.len;
 	/* seq is handed out here, in arrival order; the engine may commit
 	 * later, but commits come back in this order. A cluster engine
 	 * hands out seqs itself. */
 	if (!h->engine.sequences)
 		p->seq = ++r->seq_assigned;
-	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
 	r->pending++;
 	/* A local engine may commit later: remember it so that a retry in
 	 * between waits for this commit (a cluster engine dedups in Redis). */
@@ -1204,26 +1215,9 @@ static void hub_cmd_dm_engine(struct hub *h, struct session *s, const struct pro
 	/* The engine knows who is online cluster-wide; it answers not_found. */
 	(void)u;
 	hub_copy(to, &c->to);
-	p = calloc(1, sizeof(*p));
-	if (p)
-		p->body = malloc(c->body.len + 1);
-	if (!p || !p->body) {
-		hub_pending_free(p);
-		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+	if (!(p = hub_pending_from(h, s, c)))
 		return;
-	}
-	p->sender = s->num;
-	strcpy(p->from, s->name);
 	strcpy(p->to, to);
-	hub_copy(p->id, &c->id);
-	if (c->ref.p) {
-		hub_copy(p->ref, &c->ref);
-		p->has_ref = 1;
-	}
-	memcpy(p->body, c->body.p, c->body.len);
-	p->body[c->body.len] = '\0';
-	p->body_len = c->body.len;
-	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
 	rc = h->engine.dm(h->engine.ctx, h, p);
 	if (rc != PROTO_OK) {
 		hub_dm_done(h, p, rc);

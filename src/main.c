@@ -36,6 +36,7 @@ struct chatd {
 	ev_signal sig_term, sig_int, sig_hup;
 	ev_timer shutdown_timer;
 	ev_timer watchdog;             /* WATCHDOG=1 to systemd, when asked for */
+	long nofile;                   /* open-files limit after raising it */
 	int stopping;
 };
 
@@ -278,6 +279,66 @@ static void chatd_reload(struct chatd *d, char *err, size_t errlen)
 	log_info(NULL, "configuration reloaded from %s", d->config_path);
 }
 
+/* Everything after the config: loop, server, engines, signals. Returns 0,
+ * or the exit status with err set (what was made is left for teardown). */
+static int chatd_start(struct chatd *d, char *err, size_t errlen)
+{
+	log_setup(d->cfg->log_level, d->cfg->log_format);
+	signal(SIGPIPE, SIG_IGN);
+	/* A file-size limit must turn into a write error (storage reports
+	 * it), not kill the daemon. */
+	signal(SIGXFSZ, SIG_IGN);
+	d->nofile = chatd_raise_nofile();
+
+	d->loop = ev_default_loop(EVBACKEND_EPOLL);
+	if (!d->loop) {
+		log_warn(NULL, "epoll backend not available; using libev's default");
+		d->loop = ev_default_loop(0);
+	}
+	if (!d->loop) {
+		snprintf(err, errlen, "cannot create the event loop");
+		return 1;
+	}
+	d->srv = server_new(d->loop, d->cfg, &d->metrics, d->nofile, err, errlen);
+	if (!d->srv)
+		return 1;
+	hub_set_auth(server_hub(d->srv), d->auth);
+	if (d->cfg->redis[0] &&
+	    !(d->cluster = cluster_new(d->cfg, d->loop, server_hub(d->srv), &d->metrics, err, errlen)))
+		return 2;
+	if (d->cfg->storage_path[0] &&
+	    !(d->storage = storage_open(d->cfg, d->loop, server_hub(d->srv), &d->metrics, err, errlen)))
+		return 2;
+	ev_signal_init(&d->sig_term, chatd_on_stop, SIGTERM);
+	ev_signal_init(&d->sig_int, chatd_on_stop, SIGINT);
+	ev_signal_init(&d->sig_hup, chatd_on_hup, SIGHUP);
+	d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
+	ev_signal_start(d->loop, &d->sig_term);
+	ev_signal_start(d->loop, &d->sig_int);
+	ev_signal_start(d->loop, &d->sig_hup);
+	return 0;
+}
+
+/* The one way out: releases whatever chatd_start made, in dependency order. */
+static void chatd_teardown(struct chatd *d)
+{
+	if (d->loop) {
+		ev_signal_stop(d->loop, &d->sig_term);
+		ev_signal_stop(d->loop, &d->sig_int);
+		ev_signal_stop(d->loop, &d->sig_hup);
+		ev_timer_stop(d->loop, &d->shutdown_timer);
+		ev_timer_stop(d->loop, &d->watchdog);
+	}
+	cluster_free(d->cluster);
+	/* Whatever is still pending reaches the disk before the sessions go. */
+	storage_close(d->storage);
+	server_free(d->srv);
+	auth_free(d->auth);
+	chatd_config_destroy(d->cfg);
+	if (d->loop)
+		ev_loop_destroy(d->loop);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -288,9 +349,8 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	struct chatd d;
-	int opt, check = 0;
+	int opt, check = 0, rc;
 	char err[512];
-	long nofile;
 
 	memset(&d, 0, sizeof(d));
 	while ((opt = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1) {
@@ -314,91 +374,27 @@ int main(int argc, char **argv)
 	}
 	if (chatd_check_files(d.cfg, err, sizeof(err)) || chatd_auth(d.cfg, &d.auth, err, sizeof(err))) {
 		fprintf(stderr, "chatd: %s\n", err);
-		chatd_config_destroy(d.cfg);
+		chatd_teardown(&d);
 		return 2;
 	}
 	if (check) {
-		auth_free(d.auth);
 		printf("%s: configuration is valid\n", d.config_path ? d.config_path : "(defaults)");
-		chatd_config_destroy(d.cfg);
+		chatd_teardown(&d);
 		return 0;
 	}
-	log_setup(d.cfg->log_level, d.cfg->log_format);
-	signal(SIGPIPE, SIG_IGN);
-	/* A file-size limit must turn into a write error (storage reports
-	 * it), not kill the daemon. */
-	signal(SIGXFSZ, SIG_IGN);
-	nofile = chatd_raise_nofile();
-
-	d.loop = ev_default_loop(EVBACKEND_EPOLL);
-	if (!d.loop) {
-		log_warn(NULL, "epoll backend not available; using libev's default");
-		d.loop = ev_default_loop(0);
-	}
-	if (!d.loop) {
-		log_error(NULL, "cannot create the event loop");
-		auth_free(d.auth);
-		chatd_config_destroy(d.cfg);
-		return 1;
-	}
-	d.srv = server_new(d.loop, d.cfg, &d.metrics, nofile, err, sizeof(err));
-	if (!d.srv) {
+	rc = chatd_start(&d, err, sizeof(err));
+	if (rc) {
 		log_error(NULL, "%s", err);
-		auth_free(d.auth);
-		chatd_config_destroy(d.cfg);
-		ev_loop_destroy(d.loop);
-		return 1;
+		chatd_teardown(&d);
+		return rc;
 	}
-	hub_set_auth(server_hub(d.srv), d.auth);
-	if (d.cfg->redis[0]) {
-		d.cluster = cluster_new(d.cfg, d.loop, server_hub(d.srv), &d.metrics, err, sizeof(err));
-		if (!d.cluster) {
-			log_error(NULL, "%s", err);
-			server_free(d.srv);
-			auth_free(d.auth);
-			chatd_config_destroy(d.cfg);
-			ev_loop_destroy(d.loop);
-			return 2;
-		}
-	}
-	if (d.cfg->storage_path[0]) {
-		d.storage = storage_open(d.cfg, d.loop, server_hub(d.srv), &d.metrics, err, sizeof(err));
-		if (!d.storage) {
-			log_error(NULL, "%s", err);
-			server_free(d.srv);
-			auth_free(d.auth);
-			chatd_config_destroy(d.cfg);
-			ev_loop_destroy(d.loop);
-			return 2;
-		}
-	}
-	ev_signal_init(&d.sig_term, chatd_on_stop, SIGTERM);
-	ev_signal_init(&d.sig_int, chatd_on_stop, SIGINT);
-	ev_signal_init(&d.sig_hup, chatd_on_hup, SIGHUP);
-	d.sig_term.data = d.sig_int.data = d.sig_hup.data = &d;
-	ev_signal_start(d.loop, &d.sig_term);
-	ev_signal_start(d.loop, &d.sig_int);
-	ev_signal_start(d.loop, &d.sig_hup);
-
 	log_info(NULL, "chatd %s listening on %s://%s:%d/ws (node %s, max %ld connections, open-files limit %ld)",
 		 CHATD_VERSION, d.cfg->tls_cert[0] ? "wss" : "ws", d.cfg->listen, server_port(d.srv),
-		 d.cfg->node_id, d.cfg->max_connections, nofile);
+		 d.cfg->node_id, d.cfg->max_connections, d.nofile);
 	chatd_watchdog_start(&d);
 	chatd_notify("READY=1\nSTATUS=serving");
 	ev_run(d.loop, 0);
-
-	ev_signal_stop(d.loop, &d.sig_term);
-	ev_signal_stop(d.loop, &d.sig_int);
-	ev_signal_stop(d.loop, &d.sig_hup);
-	ev_timer_stop(d.loop, &d.shutdown_timer);
-	ev_timer_stop(d.loop, &d.watchdog);
-	cluster_free(d.cluster);
-	/* Whatever is still pending reaches the disk before the sessions go. */
-	storage_close(d.storage);
-	server_free(d.srv);
-	auth_free(d.auth);
-	chatd_config_destroy(d.cfg);
-	ev_loop_destroy(d.loop);
+	chatd_teardown(&d);
 	log_info(NULL, "stopped");
 	return 0;
 }
