@@ -58,5 +58,8 @@ lock_version=$(node -p 'require("./package-lock.json").packages["node_modules/pl
 have_version=$(node -p 'try { require("./node_modules/playwright-core/package.json").version } catch (e) { "" }')
 if [ "$lock_version" != "$have_version" ]; then
   echo "setup: npm ci in tests/browser (playwright-core $lock_version)"
-  npm ci --no-audit --no-fund --loglevel=error
+  # A failure here is reported, not fatal: the rest of the suite still
+  # runs, and the browser test then fails with the reason.
+  npm ci --no-audit --no-fund --loglevel=error ||
+    echo "setup: WARNING: npm ci failed in tests/browser; the browser tests will fail" >&2
 fi
