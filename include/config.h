@@ -54,6 +54,8 @@ struct config {
 	long max_connections_per_ip;  /* 0 = unlimited */
 	char **allowed_origins;       /* [] = any; each entry heap-owned */
 	size_t allowed_origins_count;
+	int tcp_nodelay;              /* true: every frame leaves at once (latency first);
+				       * false: Nagle coalesces bursts (fewer packets) */
 
 	/* [heartbeat] */
 	double heartbeat_interval;    /* 25 s, > 0 */

@@ -94,7 +94,7 @@ bool valid_redis_url(const std::string &s)
 
 /* ---- the key table ----------------------------------------------------- */
 
-enum Kind { INT, LONG, LLONG, NUM, STR, STRS, ENUM };
+enum Kind { INT, LONG, LLONG, NUM, STR, STRS, ENUM, BOOL };
 
 struct Key {
 	const char *table, *name;
@@ -142,6 +142,11 @@ Key strings(const char *t, const char *n, size_t off, size_t count_off)
 	return key;
 }
 
+Key boolean(const char *t, const char *n, size_t off)
+{
+	return Key{t, n, BOOL, off};
+}
+
 Key choice(const char *t, const char *n, size_t off, const char *const *names)
 {
 	Key key{t, n, ENUM, off};
@@ -161,6 +166,7 @@ const Key keys[] = {
 	integer("server", "max_connections", LONG, F(max_connections), 1),
 	integer("server", "max_connections_per_ip", LONG, F(max_connections_per_ip), 0),
 	strings("server", "allowed_origins", F(allowed_origins), F(allowed_origins_count)),
+	boolean("server", "tcp_nodelay", F(tcp_nodelay)),
 
 	number("heartbeat", "interval", F(heartbeat_interval), GT, 0),
 	number("heartbeat", "timeout", F(heartbeat_timeout), GT, 0),
@@ -327,6 +333,13 @@ void Loader::set(const Key &k, const toml::node &n, const std::string &key)
 			(*dst)[(*count)++] = dup_or_throw(e.as_string()->get());
 		return;
 	}
+	case BOOL: {
+		const auto *b = n.as_boolean();
+		if (!b)
+			return fail(n.source(), key, "expected true or false");
+		*reinterpret_cast<int *>(field) = b->get() ? 1 : 0;
+		return;
+	}
 	case ENUM: {
 		const auto *s = n.as_string();
 		for (int i = 0; s && k.names[i]; i++)
@@ -432,6 +445,7 @@ int config_defaults(struct config *cfg)
 	cfg->shutdown_timeout = 5;
 	cfg->max_connections = 10000;
 	cfg->max_connections_per_ip = 0;
+	cfg->tcp_nodelay = 1;
 	cfg->heartbeat_interval = 25;
 	cfg->heartbeat_timeout = 60;
 	cfg->max_message_bytes = 4096;

@@ -9,6 +9,7 @@
 #include "server.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,9 @@
 
 #include <libwebsockets.h>
 #include <malloc.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <uthash.h>
 
 #include "log.h"
@@ -240,6 +244,13 @@ static int conn_open(struct server *srv, struct lws *wsi, struct conn *c)
 	srv->m->connections_total++;
 	c->opened = c->last_rx = c->last_ping = now;
 	c->established = 1;
+	if (!srv->cfg->tcp_nodelay) {
+		/* lws turns Nagle off on every socket; server.tcp_nodelay = false
+		 * turns it back on: bursts of small frames share packets. */
+		int off = 0;
+		if (setsockopt(lws_get_socket_fd(wsi), IPPROTO_TCP, TCP_NODELAY, &off, sizeof(off)))
+			log_debug(c->sess->id, "TCP_NODELAY off: %s", strerror(errno));
+	}
 	ev_timer_init(&c->timer, conn_timer_cb, 0., 0.);
 	c->timer.data = c;
 	ev_timer_set(&c->timer, fmin(srv->cfg->handshake_timeout, srv->cfg->heartbeat_interval), 0.);

@@ -389,3 +389,26 @@ def test_log_level_error_is_quiet(chatd):
         if line.strip():
             obj = json.loads(line)
             assert obj["level"] in ("error", "fatal", "crit", "critical"), line
+
+
+def test_tcp_nodelay_false_still_chats_and_bad_value_is_refused(chatd, tmp_path):
+    srv = chatd({"server": {"tcp_nodelay": False}})
+
+    async def main():
+        a = await srv.client("alice")
+        b = await srv.client("bob")
+        await a.join("r")
+        await b.join("r")
+        await a.expect("presence")
+        for i in range(20):
+            await a.send({"type": "send", "room": "r", "id": str(i), "body": "burst %d" % i})
+        seqs = [m["seq"] for m in await b.recv_n(20)]
+        assert seqs == list(range(1, 21))
+        await a.close()
+        await b.close()
+
+    run(main())
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\ntcp_nodelay = \"yes\"\n")
+    r = run_cli(["-c", str(bad), "--check-config"])
+    assert r.returncode == 2 and "server.tcp_nodelay: expected true or false" in r.stderr, r
