@@ -424,6 +424,22 @@ static void cl_send_delta(struct cluster *c, const char *room, const char *name,
 	msgbuf_unref(mb);
 }
 
+/* Remove node's presence and users from Redis and tell every node (an "x"
+ * event; restart = the node itself is re-announcing). cb may be NULL. */
+static int cl_cleanup(struct cluster *c, const char *node, int restart, redisCallbackFn *cb, void *arg)
+{
+	char set[256], users[256], nodekey[256], online[256], ev[160];
+	const char *keys[4] = { set, users, nodekey, online };
+	const char *args[4] = { node, c->prefix, c->channel, ev };
+
+	snprintf(set, sizeof(set), "%snode:%s:rooms", c->prefix, node);
+	snprintf(users, sizeof(users), "%susers", c->prefix);
+	snprintf(nodekey, sizeof(nodekey), "%snode:%s", c->prefix, node);
+	snprintf(online, sizeof(online), "%sonline", c->prefix);
+	snprintf(ev, sizeof(ev), "{\"t\":\"x\",\"node\":\"%s\"%s}", node, restart ? ",\"restart\":true" : "");
+	return cl_eval(c, cb, arg, cl_lua_cleanup, 4, keys, 4, args, NULL);
+}
+
 /* ---- room sync (first load, gap, reconnect) ----------------------------- */
 
 static void cl_event(struct cluster *c, const char *json, size_t len);
@@ -936,18 +952,12 @@ static void cl_on_users(redisAsyncContext *ac, void *reply, void *priv);
 
 static void cl_announce(struct cluster *c)
 {
-	char set[256], users[256], nodekey[256], online[256], ev[160];
-	const char *keys[4] = { set, users, nodekey, online };
-	const char *args[4] = { c->node, c->prefix, c->channel, ev };
+	char users[256];
 	const char *hg[2] = { "HGETALL", users };
 	struct cl_count *e, *tmp;
 
-	snprintf(set, sizeof(set), "%snode:%s:rooms", c->prefix, c->node);
 	snprintf(users, sizeof(users), "%susers", c->prefix);
-	snprintf(nodekey, sizeof(nodekey), "%snode:%s", c->prefix, c->node);
-	snprintf(online, sizeof(online), "%sonline", c->prefix);
-	snprintf(ev, sizeof(ev), "{\"t\":\"x\",\"node\":\"%s\",\"restart\":true}", c->node);
-	cl_eval(c, NULL, NULL, cl_lua_cleanup, 4, keys, 4, args, NULL);
+	cl_cleanup(c, c->node, 1, NULL, NULL);
 	HASH_ITER(hh, c->mine, e, tmp) {
 		uint32_t k;
 		for (k = 0; k < e->n; k++) {
@@ -1173,17 +1183,9 @@ static void cl_on_exists(redisAsyncContext *ac, void *reply, void *priv)
 			n->checking = 0;
 		if (n && r && r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
 			/* Its heartbeat expired: it died without saying goodbye. */
-			char set[256], users[256], nodekey[256], online[256], ev[160];
-			const char *keys[4] = { set, users, nodekey, online };
-			const char *args[4] = { ck->node, c->prefix, c->channel, ev };
 			log_warn(NULL, "cluster: node %s stopped answering; removing its sessions", ck->node);
 			c->m->cluster_node_losses++;
-			snprintf(set, sizeof(set), "%snode:%s:rooms", c->prefix, ck->node);
-			snprintf(users, sizeof(users), "%susers", c->prefix);
-			snprintf(nodekey, sizeof(nodekey), "%snode:%s", c->prefix, ck->node);
-			snprintf(online, sizeof(online), "%sonline", c->prefix);
-			snprintf(ev, sizeof(ev), "{\"t\":\"x\",\"node\":\"%s\"}", ck->node);
-			cl_eval(c, NULL, NULL, cl_lua_cleanup, 4, keys, 4, args, NULL);
+			cl_cleanup(c, ck->node, 0, NULL, NULL);
 			cl_node_drop(c, ck->node);
 		}
 	}
@@ -1325,18 +1327,9 @@ static void cl_on_left(redisAsyncContext *ac, void *reply, void *priv)
 
 void cluster_leave(struct cluster *c, void (*done)(void *), void *arg)
 {
-	char set[256], users[256], nodekey[256], online[256], ev[160];
-	const char *keys[4] = { set, users, nodekey, online };
-	const char *args[4] = { c->node, c->prefix, c->channel, ev };
-
-	snprintf(set, sizeof(set), "%snode:%s:rooms", c->prefix, c->node);
-	snprintf(users, sizeof(users), "%susers", c->prefix);
-	snprintf(nodekey, sizeof(nodekey), "%snode:%s", c->prefix, c->node);
-	snprintf(online, sizeof(online), "%sonline", c->prefix);
-	snprintf(ev, sizeof(ev), "{\"t\":\"x\",\"node\":\"%s\"}", c->node);
 	c->leave_done = done;
 	c->leave_arg = arg;
-	if (!c->up || cl_eval(c, cl_on_left, c, cl_lua_cleanup, 4, keys, 4, args, NULL)) {
+	if (!c->up || cl_cleanup(c, c->node, 0, cl_on_left, c)) {
 		c->leave_done = NULL;
 		done(arg);
 	}

@@ -1228,10 +1228,8 @@ static void hub_cmd_dm_engine(struct hub *h, struct session *s, const struct pro
 static void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct hub_user *u = hub_user_find(h, c->to.p, c->to.len);
-	struct session *t;
-	struct msgbuf *mb;
-	struct jsonw w;
-	char id[PROTO_ID_MAX + 1], ref[PROTO_REF_MAX + 1];
+	struct hub_msg m;
+	char to[PROTO_NAME_MAX + 1], ref[PROTO_REF_MAX + 1];
 
 	if (h->engine.dm) {
 		hub_cmd_dm_engine(h, s, c, u);
@@ -1241,26 +1239,19 @@ static void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd 
 		hub_error(h, s, &c->ref, PROTO_ERR_NOT_FOUND, "no such user online");
 		return;
 	}
-	hub_w_begin(&w, "direct", 160 + c->body.len + c->body.len / 8);
-	jsonw_kv_cstr(&w, "from", s->name);
-	jsonw_kv_str(&w, "id", c->id.p, c->id.len);
-	jsonw_kv_str(&w, "body", c->body.p, c->body.len);
-	jsonw_kv_u64(&w, "ts", (uint64_t)llround(hub_now(h) * 1000.0));
-	jsonw_obj_close(&w);
-	mb = jsonw_finish(&w);
-	if (!mb) {
-		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
-		return;
-	}
+	/* Strings from the decoded frame are NUL-terminated (cJSON's). */
+	m.seq = 0;
+	m.ts = (uint64_t)llround(hub_now(h) * 1000.0);
+	m.from = s->name;
+	m.id = c->id.p;
+	m.body = c->body.p;
+	m.body_len = c->body.len;
 	h->m->messages_in++;
-	hub_copy(id, &c->id);
 	if (c->ref.p)
 		hub_copy(ref, &c->ref);
-	hub_ack(h, s, id, NULL, 0, c->ref.p ? ref : NULL);
-	for (t = u->sessions; t; t = t->user_next)
-		if (hub_enqueue(h, t, mb, 1) == 0)
-			h->m->messages_out++;
-	msgbuf_unref(mb);
+	hub_ack(h, s, c->id.p, NULL, 0, c->ref.p ? ref : NULL);
+	hub_copy(to, &c->to);
+	hub_direct(h, to, &m);
 }
 
 static void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c)
