@@ -3,7 +3,8 @@
 // Run: CHATD_BIN=build/chatd node --test tests/browser/   (see docs/web.md)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import {
   REPO, ARTIFACTS, Harness, launchBrowser, until, sleep,
   signIn, waitJoined, online, openConv, say, messages, bodies, waitBodies, badge, members,
@@ -81,6 +82,7 @@ bt('two pages join the same room and exchange messages', async (h) => {
   await say(alice, 'hi bob');
   await waitBodies(bob, '#lobby', ['hi bob']);
   await say(bob, 'hello alice');
+  await waitBodies(alice, '#lobby', ['hi bob', 'hello alice']);   // ordered before alice types again
   await say(alice, 'two\nlines');
   const want = ['hi bob', 'hello alice', 'two\nlines'];
   await waitBodies(alice, '#lobby', want);
@@ -215,6 +217,7 @@ bt('after a server restart and a cut socket, missed messages show once, in order
   await signIn(carol, proxy.url, 'carol', 'lobby, side');   // carol's traffic goes through the proxy
   await openConv(carol, '#side');
   await say(alice, 'm1');
+  await waitBodies(bob, '#lobby', ['m1']);    // ordered before bob answers
   await say(bob, 'm2');
   await waitBodies(carol, '#lobby', ['m1', 'm2']);
   const expected = ['m1', 'm2'];
@@ -232,6 +235,7 @@ bt('after a server restart and a cut socket, missed messages show once, in order
   await waitJoined(alice, 'lobby');
   await waitJoined(bob, 'lobby');
   for (const m of ['m3', 'm4', 'm5']) { await say(alice, m); expected.push(m); }
+  await waitBodies(bob, '#lobby', expected);  // ordered before bob answers
   await say(bob, 'm6');
   expected.push('m6');
   await waitBodies(bob, '#lobby', expected);
@@ -445,8 +449,12 @@ bt('screenshot of a conversation for the docs', async (h) => {
     [bob, 'And the page resumed by itself, no message lost or doubled.'],
     [alice, 'Shipping it then.'],
   ];
-  for (const [p, text] of lines) await say(p, text);
-  await waitBodies(bob, '#lobby', lines.map((l) => l[1]));
+  // One at a time: the next line is typed once the previous one is on
+  // bob's screen (so the server has ordered it), as people would.
+  for (let i = 0; i < lines.length; i++) {
+    await say(lines[i][0], lines[i][1]);
+    await waitBodies(bob, '#lobby', lines.slice(0, i + 1).map((l) => l[1]));
+  }
   await openConv(alice, '#dev');
   await say(alice, 'CI is green on main');
   await say(alice, 'tagging v0.1.0');
@@ -455,7 +463,12 @@ bt('screenshot of a conversation for the docs', async (h) => {
   await until(async () => (await badge(bob, '#dev')) === 2 && (await badge(bob, '@alice')) === 1, 'bob\'s unread badges');
   await bob.click('#msg');
   await bob.waitForTimeout(200);
-  await bob.screenshot({ path: join(REPO, 'docs', 'screenshot.png') });
+  // docs/screenshot.png is refreshed on request, so that a test run does not
+  // rewrite a tracked file: CHATD_UPDATE_SCREENSHOT=1 node --test tests/browser/
+  const shot = process.env.CHATD_UPDATE_SCREENSHOT ? join(REPO, 'docs', 'screenshot.png')
+    : join(ARTIFACTS, 'screenshot.png');
+  await mkdir(dirname(shot), { recursive: true });
+  await bob.screenshot({ path: shot });
 });
 
 process.on('exit', (code) => {
