@@ -38,7 +38,5 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 void cluster_leave(struct cluster *c, void (*done)(void *), void *arg);
 /* Detach from the hub and close the connections. */
 void cluster_free(struct cluster *c);
-/* Both connections up and subscribed. */
-int cluster_up(const struct cluster *c);
 
 #endif

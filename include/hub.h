@@ -196,7 +196,6 @@ uint64_t hub_session_count(const struct hub *hub);   /* after hello */
 uint64_t hub_room_count(const struct hub *hub);
 uint64_t hub_queue_bytes(const struct hub *hub);
 uint64_t hub_queue_messages(const struct hub *hub);
-const char *hub_node_id(const struct hub *hub);
 const struct hub_limits *hub_limits(const struct hub *hub);
 
 #endif

@@ -569,7 +569,8 @@ static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
 			}
 			cJSON_Delete(j);
 		}
-		if (hub_room_seq(c->hub, sy->room) >= 0 && (uint64_t)hub_room_seq(c->hub, sy->room) < shared_seq)
+		long long held = hub_room_seq(c->hub, sy->room);
+		if (held >= 0 && (uint64_t)held < shared_seq)
 			hub_room_rebase(c->hub, sy->room, ep, shared_seq);
 	}
 	/* The room's presence on other nodes, as Redis has it now. */
@@ -1333,11 +1334,6 @@ void cluster_leave(struct cluster *c, void (*done)(void *), void *arg)
 		c->leave_done = NULL;
 		done(arg);
 	}
-}
-
-int cluster_up(const struct cluster *c)
-{
-	return c && c->up;
 }
 
 void cluster_free(struct cluster *c)

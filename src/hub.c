@@ -1497,5 +1497,4 @@ uint64_t hub_session_count(const struct hub *h) { return h->authed; }
 uint64_t hub_room_count(const struct hub *h) { return HASH_COUNT(h->rooms); }
 uint64_t hub_queue_bytes(const struct hub *h) { return h->queue_bytes; }
 uint64_t hub_queue_messages(const struct hub *h) { return h->queue_msgs; }
-const char *hub_node_id(const struct hub *h) { return h->node_id; }
 const struct hub_limits *hub_limits(const struct hub *h) { return &h->lim; }
