@@ -22,6 +22,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "config.h"
 #include "metrics.h"
@@ -146,9 +147,19 @@ void hub_session_unregister(struct hub *hub, struct session *s);
 /* One complete text frame from the client. */
 void hub_session_input(struct hub *hub, struct session *s, const char *data, size_t len);
 
-/* Output: the next frame to write, or NULL; then pop it once written. */
-struct msgbuf *hub_session_peek(const struct session *s);
-void hub_session_pop(struct hub *hub, struct session *s);
+/*
+ * Output for the transport. hub_session_frames() fills iov with up to max of
+ * s's oldest queued frames, complete WebSocket text frames ready for the
+ * socket, at most max_bytes together but always at least one (0 when the
+ * queue is empty). The bytes stay the hub's until hub_session_consumed()
+ * says that the n oldest frames have left the queue: written, or copied by
+ * the transport.
+ */
+int hub_session_frames(struct hub *hub, struct session *s, struct iovec *iov, int max,
+		       size_t max_bytes);
+void hub_session_consumed(struct hub *hub, struct session *s, int n);
+/* What s has queued: frames and payload bytes (for input back-pressure). */
+void hub_session_backlog(const struct session *s, uint32_t *frames, size_t *bytes);
 
 /* Ask the transport to close s (code, reason) and stop queueing to it.
  * The queue is dropped (its memory freed now) unless flush is set. */

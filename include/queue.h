@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "msgbuf.h"
 
@@ -36,6 +37,15 @@ struct msgbuf *queue_peek(const struct queue *q);
 
 /* Remove the oldest entry and drop its reference. No-op when empty. */
 void queue_pop(struct queue *q);
+
+/*
+ * The oldest entries as complete WebSocket text frames, for one gathered
+ * write: fills iov with up to max frames (framing each msgbuf once, see
+ * msgbuf_frame_text) while their total stays within max_bytes, but always
+ * at least one frame. Returns the count. The bytes stay the queue's: valid
+ * until those entries are popped.
+ */
+int queue_frames(struct queue *q, struct iovec *iov, int max, size_t max_bytes);
 
 /*
  * Drop the oldest droppable entries until count <= max_count and

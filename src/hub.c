@@ -262,19 +262,28 @@ static int hub_fits(struct hub *h, struct session *s, size_t len, uint32_t reser
 	       h->queue_bytes + len + reserve_b <= l->total_queue_bytes;
 }
 
-struct msgbuf *hub_session_peek(const struct session *s)
+int hub_session_frames(struct hub *h, struct session *s, struct iovec *iov, int max,
+		       size_t max_bytes)
 {
-	return queue_peek(&s->q);
+	return queue_frames(&s->q, iov, max, max_bytes);
 }
 
-void hub_session_pop(struct hub *h, struct session *s)
+void hub_session_consumed(struct hub *h, struct session *s, int n)
 {
 	size_t b = s->q.bytes;
 	uint32_t c = s->q.count;
+	int i;
 
-	queue_pop(&s->q);
+	for (i = 0; i < n; i++)
+		queue_pop(&s->q);
 	hub_q_account(h, s, b, c);
-	h->m->frames_out++;
+	h->m->frames_out += (uint64_t)n;
+}
+
+void hub_session_backlog(const struct session *s, uint32_t *frames, size_t *bytes)
+{
+	*frames = s->q.count;
+	*bytes = s->q.bytes;
 }
 
 /* ---- encoding ----------------------------------------------------------- */

@@ -102,6 +102,23 @@ void queue_pop(struct queue *q)
 		queue_unlink(q, NULL, q->head);
 }
 
+int queue_frames(struct queue *q, struct iovec *iov, int max, size_t max_bytes)
+{
+	struct queue_node *n;
+	size_t total = 0;
+	int i = 0;
+
+	for (n = q->head; n && i < max; n = n->next, i++) {
+		msgbuf_frame_text(n->mb);
+		if (i > 0 && total + msgbuf_frame_len(n->mb) > max_bytes)
+			break;
+		iov[i].iov_base = (void *)msgbuf_frame(n->mb);
+		iov[i].iov_len = msgbuf_frame_len(n->mb);
+		total += iov[i].iov_len;
+	}
+	return i;
+}
+
 size_t queue_drop_oldest(struct queue *q, uint32_t max_count, size_t max_bytes)
 {
 	struct queue_node *prev = NULL, *n = q->head;

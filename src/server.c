@@ -328,7 +328,10 @@ static void conn_release(struct server *srv, struct conn *c, int socket_gone)
 static void conn_rx_check(struct conn *c)
 {
 	const struct hub_limits *l = hub_limits(c->srv->hub);
-	uint64_t n = c->sess->q.count, b = c->sess->q.bytes;
+	uint32_t n;
+	size_t b;
+
+	hub_session_backlog(c->sess, &n, &b);
 
 	/* Pause at half full, resume at a quarter (at empty for tiny queues). */
 	if (!c->rx_paused && (2 * n >= l->send_queue_messages || 2 * b >= l->send_queue_bytes)) {
@@ -452,27 +455,35 @@ static int conn_receive(struct server *srv, struct conn *c, const char *in, size
 static int conn_write_frames(struct server *srv, struct conn *c)
 {
 	unsigned char *out = srv->wbuf + LWS_PRE;
-	struct msgbuf *mb;
-	size_t used = 0, n;
+	struct iovec iov[64];
+	size_t used = 0;
+	int n, i;
 
-	while ((mb = hub_session_peek(c->sess))) {
-		msgbuf_frame_text(mb);
-		n = msgbuf_frame_len(mb);
-		if (used + n > SERVER_WRITE_BYTES) {
-			if (used)
-				break;
-			if (lws_write(c->wsi, mb->data - mb->hdr, n, LWS_WRITE_RAW) < 0)
-				return -1;
-			hub_session_pop(srv->hub, c->sess);
-			return 0;
-		}
-		memcpy(out + used, msgbuf_frame(mb), n);
-		used += n;
-		hub_session_pop(srv->hub, c->sess);
+	n = hub_session_frames(srv->hub, c->sess, iov, 64, SERVER_WRITE_BYTES);
+	if (n == 1 && iov[0].iov_len > SERVER_WRITE_BYTES) {
+		/* Too big to gather: straight from the msgbuf (lws keeps any rest). */
+		if (lws_write(c->wsi, iov[0].iov_base, iov[0].iov_len, LWS_WRITE_RAW) < 0)
+			return -1;
+		hub_session_consumed(srv->hub, c->sess, 1);
+		return 0;
 	}
+	for (i = 0; i < n; i++) {
+		memcpy(out + used, iov[i].iov_base, iov[i].iov_len);
+		used += iov[i].iov_len;
+	}
+	hub_session_consumed(srv->hub, c->sess, n);
 	if (used && lws_write(c->wsi, out, used, LWS_WRITE_RAW) < 0)
 		return -1;
 	return 0;
+}
+
+static int conn_has_output(struct conn *c)
+{
+	uint32_t frames;
+	size_t bytes;
+
+	hub_session_backlog(c->sess, &frames, &bytes);
+	return frames > 0;
 }
 
 /* SERVER_WRITEABLE: a pending ping first, then as many queued frames as the
@@ -502,7 +513,7 @@ static int conn_write(struct server *srv, struct conn *c)
 	}
 	if (c->close_code && !c->close_flush)
 		return conn_close_now(c, c->close_code, c->close_reason);
-	for (n = 0; n < SERVER_WRITE_ROUNDS && hub_session_peek(c->sess); n++) {
+	for (n = 0; n < SERVER_WRITE_ROUNDS && conn_has_output(c); n++) {
 		if (conn_write_frames(srv, c))
 			return -1;
 		if (lws_send_pipe_choked(c->wsi))
@@ -512,7 +523,7 @@ static int conn_write(struct server *srv, struct conn *c)
 		conn_rx_check(c);
 	/* More to write, or part of the last write still in lws' buffer: a
 	 * close must wait until everything before it is out. */
-	if (hub_session_peek(c->sess) || (c->close_code && lws_send_pipe_choked(c->wsi))) {
+	if (conn_has_output(c) || (c->close_code && lws_send_pipe_choked(c->wsi))) {
 		lws_callback_on_writable(c->wsi);
 		return 0;
 	}

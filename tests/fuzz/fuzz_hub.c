@@ -174,16 +174,34 @@ static void eng_fail(void)
 
 /* ---- the transport's side ----------------------------------------------- */
 
-static void check_frame(const struct msgbuf *mb)
+/* A queued frame: an unmasked, final text frame whose header gives the
+ * exact payload length, and a payload that is one JSON object. */
+static void check_frame(const struct iovec *iov)
 {
+	const unsigned char *f = iov->iov_base, *data;
 	const cJSON *type;
+	size_t hdr = 2, len;
 	cJSON *o;
+	int i;
 
-	CHECK(mb->refs >= 1);
-	CHECK(memchr(mb->data, '\0', mb->len) == NULL);
-	CHECK(mb->data[mb->len] == '\0');
-	CHECK(proto_utf8_valid(mb->data, mb->len));
-	o = cJSON_ParseWithLength((const char *)mb->data, mb->len);
+	CHECK(iov->iov_len >= 2 && f[0] == 0x81 && !(f[1] & 0x80));
+	len = f[1] & 0x7f;
+	if (len == 126) {
+		hdr = 4;
+		len = (size_t)f[2] << 8 | f[3];
+		CHECK(len >= 126);
+	} else if (len == 127) {
+		hdr = 10;
+		for (len = 0, i = 2; i < 10; i++)
+			len = len << 8 | f[i];
+		CHECK(len > 0xffff);
+	}
+	CHECK(iov->iov_len == hdr + len);
+	data = f + hdr;
+	CHECK(memchr(data, '\0', len) == NULL);
+	CHECK(data[len] == '\0');
+	CHECK(proto_utf8_valid(data, len));
+	o = cJSON_ParseWithLength((const char *)data, len);
 	CHECK(cJSON_IsObject(o));
 	type = cJSON_GetObjectItemCaseSensitive(o, "type");
 	CHECK(cJSON_IsString(type));
@@ -192,16 +210,25 @@ static void check_frame(const struct msgbuf *mb)
 
 static int write_one(struct slot *sl)
 {
-	struct msgbuf *mb;
+	struct iovec iov[4];
+	int n, i;
 
 	if (!sl->s || (sl->close_req && !sl->flush))
 		return 0;
-	mb = hub_session_peek(sl->s);
-	if (!mb)
-		return 0;
-	check_frame(mb);
-	hub_session_pop(hub, sl->s);
-	return 1;
+	n = hub_session_frames(hub, sl->s, iov, 4, 4096);
+	for (i = 0; i < n; i++)
+		check_frame(&iov[i]);
+	hub_session_consumed(hub, sl->s, n);
+	return n > 0;
+}
+
+static int queued(struct session *s)
+{
+	uint32_t frames;
+	size_t bytes;
+
+	hub_session_backlog(s, &frames, &bytes);
+	return frames > 0;
 }
 
 static void release(struct slot *sl)
@@ -224,7 +251,7 @@ static void reap(void)
 		again = 0;
 		for (i = 0; i < NSLOTS; i++) {
 			struct slot *sl = &slots[i];
-			if (sl->s && sl->close_req && (!sl->flush || !hub_session_peek(sl->s))) {
+			if (sl->s && sl->close_req && (!sl->flush || !queued(sl->s))) {
 				release(sl);
 				again = 1;
 			}

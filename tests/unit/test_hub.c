@@ -4,7 +4,7 @@
  * The fake transport records wake() and close() calls (close does NOT
  * unregister, as the real transport defers that to its release path) and
  * serves a clock the tests move by hand. Frames go in with
- * hub_session_input(); output is drained with hub_session_peek/pop and
+ * hub_session_input(); output is drained with hub_session_frames/consumed and
  * parsed with cJSON. Every parsed object is kept until teardown, so tests
  * need not free them; teardown frees the hub and checks that no msgbuf is
  * left alive.
@@ -143,18 +143,29 @@ static void in(struct session *s, const char *fmt, ...)
 /* The next output frame of s, parsed, or NULL if its queue is empty. */
 static cJSON *next(struct session *s)
 {
-	struct msgbuf *mb = hub_session_peek(s);
+	struct iovec iov;
+	const unsigned char *f;
+	size_t hdr, len;
 	cJSON *o;
 
-	if (!mb)
+	if (hub_session_frames(hub, s, &iov, 1, 0) != 1)
 		return NULL;
-	o = cJSON_ParseWithLength((const char *)mb->data, mb->len);
+	/* A server text frame: FIN + text, unmasked, 7/16/64-bit length. */
+	f = iov.iov_base;
+	assert_int_equal(f[0], 0x81);
+	len = f[1] & 0x7f;
+	hdr = len == 126 ? 4 : len == 127 ? 10 : 2;
+	if (len == 126)
+		len = (size_t)f[2] << 8 | f[3];
+	assert_true(len < 127 || hdr == 4);
+	assert_int_equal(iov.iov_len, hdr + len);
+	o = cJSON_ParseWithLength((const char *)f + hdr, len);
 	if (!o)
-		fail_msg("output is not JSON: %.*s", (int)mb->len, mb->data);
+		fail_msg("output is not JSON: %.*s", (int)len, f + hdr);
 	assert_true(cJSON_IsObject(o));
 	assert_true(nkept < (int)(sizeof kept / sizeof kept[0]));
 	kept[nkept++] = o;
-	hub_session_pop(hub, s);
+	hub_session_consumed(hub, s, 1);
 	return o;
 }
 
