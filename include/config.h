@@ -56,6 +56,7 @@ struct config {
 	size_t allowed_origins_count;
 	int tcp_nodelay;              /* true: every frame leaves at once (latency first);
 				       * false: Nagle coalesces bursts (fewer packets) */
+	long socket_send_buffer;      /* SO_SNDBUF of client sockets; 0 = kernel autotuning */
 
 	/* [heartbeat] */
 	double heartbeat_interval;    /* 25 s, > 0 */

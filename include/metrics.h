@@ -24,6 +24,8 @@ enum metrics_refusal {
 struct metrics {
 	uint64_t connections_total;       /* WebSocket connections accepted */
 	uint64_t frames_in, frames_out;
+	uint64_t socket_writes;           /* writes of queued frames to sockets */
+	uint64_t partial_writes;          /* of those, taken only in part by the kernel */
 	uint64_t messages_in;             /* accepted send + dm */
 	uint64_t messages_out;            /* message + direct events queued */
 	uint64_t slow_consumer_closes;

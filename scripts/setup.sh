@@ -13,7 +13,7 @@ PKGS=(
   python3 python3-websockets ca-certificates
 )
 TEST_PKGS=(
-  libcmocka-dev python3-pytest sqlite3 openssl curl procps
+  libcmocka-dev python3-pytest sqlite3 openssl curl procps iproute2
   systemd dpkg-dev file
   redis-server
   clang libclang-rt-14-dev llvm

@@ -167,6 +167,7 @@ const Key keys[] = {
 	integer("server", "max_connections_per_ip", LONG, F(max_connections_per_ip), 0),
 	strings("server", "allowed_origins", F(allowed_origins), F(allowed_origins_count)),
 	boolean("server", "tcp_nodelay", F(tcp_nodelay)),
+	integer("server", "socket_send_buffer", LONG, F(socket_send_buffer), 0, INT32_MAX / 2),
 
 	number("heartbeat", "interval", F(heartbeat_interval), GT, 0),
 	number("heartbeat", "timeout", F(heartbeat_timeout), GT, 0),

@@ -58,6 +58,8 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 	metrics_one(&w, "chatd_connections_total", "counter", "WebSocket connections accepted.", m->connections_total);
 	metrics_one(&w, "chatd_frames_in_total", "counter", "Text frames received.", m->frames_in);
 	metrics_one(&w, "chatd_frames_out_total", "counter", "Frames written to clients.", m->frames_out);
+	metrics_one(&w, "chatd_socket_writes_total", "counter", "Writes of queued frames to client sockets (frames_out / this = frames per write).", m->socket_writes);
+	metrics_one(&w, "chatd_partial_writes_total", "counter", "Writes the kernel took only in part: a client or its network is slower than chatd.", m->partial_writes);
 	metrics_one(&w, "chatd_messages_in_total", "counter", "Messages accepted (send and dm).", m->messages_in);
 	metrics_one(&w, "chatd_messages_out_total", "counter", "Message and direct events queued to recipients.", m->messages_out);
 	metrics_one(&w, "chatd_slow_consumer_closes_total", "counter", "Sessions closed because their send queue was full.", m->slow_consumer_closes);

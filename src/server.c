@@ -21,6 +21,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <uthash.h>
+#include <utlist.h>
 
 #include "log.h"
 #include "proto.h"
@@ -29,10 +30,13 @@
 
 static_assert(LWS_PRE <= MSGBUF_HEADROOM, "msgbuf headroom must hold LWS_PRE");
 
-/* Bytes of queued frames gathered into one write, and writes per writable
- * event before yielding to other connections. */
-#define SERVER_WRITE_BYTES 32768
-#define SERVER_WRITE_ROUNDS 4
+/* Frames handed to the kernel per sendmsg(). */
+#define SERVER_IOV 128
+/* TLS: queued frames are gathered into writes of at most one TLS record. */
+#define SERVER_TLS_CHUNK 16384
+/* lws' own sends (the rest of a partly written frame, HTTP bodies) go out
+ * in pieces of at most this size. */
+#define SERVER_TX_PACKET 65536
 /* A requested close that cannot be written (peer not reading) is forced
  * after this many seconds. */
 #define SERVER_CLOSE_GRACE 1
@@ -54,6 +58,8 @@ struct conn {
 	struct server_ip *ip;          /* per-IP count entry */
 	struct conn *prev, *next;      /* srv->conns */
 	struct conn *rel_prev, *rel_next;  /* srv->releasing */
+	struct conn *out_prev, *out_next;  /* srv->out: frames to flush this iteration */
+	int fd;
 	ev_timer timer;                /* handshake deadline and heartbeat */
 	double opened, last_rx, last_ping;
 	char *rx;                      /* reassembly of a fragmented message */
@@ -65,6 +71,9 @@ struct conn {
 	unsigned close_flush : 1;      /* write the queue out before closing */
 	unsigned rx_paused : 1;        /* input held back until the queue drains */
 	unsigned rel_queued : 1;       /* on srv->releasing */
+	unsigned out_queued : 1;       /* on srv->out */
+	unsigned out_blocked : 1;      /* the socket is full: resume in the writable callback */
+	unsigned tls : 1;              /* writes go through lws (OpenSSL) */
 	unsigned lingering : 1;        /* released, socket still closing in lws */
 	unsigned established : 1;
 };
@@ -80,11 +89,12 @@ struct server {
 	struct conn *conns;
 	size_t nconns;
 	struct conn *releasing;        /* close decided inside hub code: release soon */
+	struct conn *out;              /* got frames this iteration: flush before sleeping */
 	size_t released_since_trim;    /* connections freed since the last malloc_trim */
 	ev_timer trim_timer;
 	ev_timer kick_timer;
 	size_t lingering;              /* released conns whose socket lws still closes */
-	ev_prepare release_watcher;
+	ev_prepare flush_watcher;      /* before the loop sleeps: releases, then writes */
 	long max_conns;                /* min(max_connections, what fits in fds) */
 	long fd_limit;
 	struct server_ip *ips;
@@ -93,16 +103,26 @@ struct server {
 	void (*on_drained)(void *);
 	void *drained_arg;
 	double started;
-	unsigned char wbuf[LWS_PRE + SERVER_WRITE_BYTES];   /* write gathering */
+	unsigned char wbuf[LWS_PRE + SERVER_TLS_CHUNK];   /* TLS write gathering */
 };
 
 /* ---- transport callbacks for the hub ----------------------------------- */
 
+/*
+ * s got its first frame since its queue was last empty. Nothing is written
+ * now: the connection goes on the list of those to flush once every event
+ * of this loop iteration has been handled (server_on_prepare), so that all
+ * the frames a client got in one iteration leave in one write.
+ */
 static void server_tp_wake(void *ctx, void *conn)
 {
+	struct server *srv = ctx;
 	struct conn *c = conn;
 
-	lws_callback_on_writable(c->wsi);
+	if (c->out_queued)
+		return;
+	c->out_queued = 1;
+	DL_APPEND2(srv->out, c, out_prev, out_next);
 }
 
 static void conn_request_close(struct conn *c, int code, const char *reason, int flush, int grace)
@@ -244,12 +264,21 @@ static int conn_open(struct server *srv, struct lws *wsi, struct conn *c)
 	srv->m->connections_total++;
 	c->opened = c->last_rx = c->last_ping = now;
 	c->established = 1;
+	c->fd = lws_get_socket_fd(wsi);
+	c->tls = lws_is_ssl(wsi) ? 1 : 0;
 	if (!srv->cfg->tcp_nodelay) {
 		/* lws turns Nagle off on every socket; server.tcp_nodelay = false
 		 * turns it back on: bursts of small frames share packets. */
 		int off = 0;
-		if (setsockopt(lws_get_socket_fd(wsi), IPPROTO_TCP, TCP_NODELAY, &off, sizeof(off)))
+		if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &off, sizeof(off)))
 			log_debug(c->sess->id, "TCP_NODELAY off: %s", strerror(errno));
+	}
+	if (srv->cfg->socket_send_buffer > 0) {
+		/* Bounds the kernel's memory for a slow client (autotuning may
+		 * grow it to net.ipv4.tcp_wmem's maximum otherwise). */
+		int sz = (int)srv->cfg->socket_send_buffer;
+		if (setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz)))
+			log_debug(c->sess->id, "SO_SNDBUF: %s", strerror(errno));
 	}
 	ev_timer_init(&c->timer, conn_timer_cb, 0., 0.);
 	c->timer.data = c;
@@ -284,6 +313,10 @@ static void conn_release(struct server *srv, struct conn *c, int socket_gone)
 		if (c->rel_next)
 			c->rel_next->rel_prev = c->rel_prev;
 		c->rel_queued = 0;
+	}
+	if (c->out_queued) {
+		DL_DELETE2(srv->out, c, out_prev, out_next);
+		c->out_queued = 0;
 	}
 	if (socket_gone && c->lingering) {
 		c->lingering = 0;
@@ -383,12 +416,30 @@ static void server_on_kick(struct ev_loop *loop, ev_timer *w, int revents)
 	lws_cancel_service(srv->ctx);
 }
 
+static void conn_flush(struct server *srv, struct conn *c);
+
+/*
+ * The last thing of every loop iteration, just before the loop waits for
+ * I/O again (lowest priority, so after the storage engine's group commit):
+ * release the sessions whose close was decided inside hub code, then write
+ * what every woken connection got during the iteration. A release can
+ * queue presence events for others and a failed write can decide a close,
+ * so both lists are worked until empty.
+ */
 static void server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
 	struct server *srv = w->data;
+	struct conn *c;
 
-	while (srv->releasing)
-		conn_release(srv, srv->releasing, 0);
+	do {
+		while (srv->releasing)
+			conn_release(srv, srv->releasing, 0);
+		while ((c = srv->out)) {
+			DL_DELETE2(srv->out, c, out_prev, out_next);
+			c->out_queued = 0;
+			conn_flush(srv, c);
+		}
+	} while (srv->releasing);
 }
 
 static int conn_receive(struct server *srv, struct conn *c, const char *in, size_t len)
@@ -444,55 +495,149 @@ static int conn_receive(struct server *srv, struct conn *c, const char *in, size
 	return 0;
 }
 
-/*
- * Write queued frames: each is already a complete server frame (header in
- * the msgbuf's headroom, made once per message), so several are gathered
- * into one buffer and handed to the socket in one write (lws' raw path, no
- * further framing). A frame larger than the buffer goes out on its own.
- * If the socket takes only part, lws keeps the rest (at most one gather
- * buffer per connection) and reports the pipe choked until it is out.
+/* ---- the write path ------------------------------------------------------
+ *
+ * chatd writes its own frames. Each queued frame is a complete server frame
+ * (header in the msgbuf's headroom, made once per message), so a plain TCP
+ * connection gets all of them in one sendmsg() straight from the msgbufs,
+ * without a copy, in the prepare phase (server_on_prepare). lws' writable
+ * callback is asked for only when the kernel takes less than everything.
+ *
+ * One byte stream: lws still writes on the same socket by itself (pings we
+ * ask for, the pongs and close frames it answers, the rest of its own
+ * partial sends), and none of that may land inside a frame. So:
+ *   1. chatd writes directly only whole frames, and only while lws holds
+ *      nothing unsent (lws_partial_buffered() is 0);
+ *   2. when the kernel takes part of a frame, the rest of that frame is
+ *      handed to lws at once (lws_write, raw), before anything else can
+ *      run: lws appends whatever it writes later after it, and calls the
+ *      writable callback once it is all out, where chatd resumes.
+ * So every byte lws writes starts at a frame boundary. TLS connections
+ * write through lws (OpenSSL), gathered into record-sized writes.
  */
-static int conn_write_frames(struct server *srv, struct conn *c)
+
+/* The socket is full: resume from the writable callback. */
+static int conn_block(struct conn *c)
+{
+	c->out_blocked = 1;
+	lws_callback_on_writable(c->wsi);
+	return 1;
+}
+
+/* Plain TCP: returns 0 when the queue is empty, 1 when the socket is full,
+ * -1 on a socket error. */
+static int conn_send_plain(struct server *srv, struct conn *c)
+{
+	struct iovec iov[SERVER_IOV];
+	struct msghdr mh;
+	ssize_t w;
+	int n, k;
+
+	memset(&mh, 0, sizeof(mh));
+	mh.msg_iov = iov;
+	for (;;) {
+		n = hub_session_frames(srv->hub, c->sess, iov, SERVER_IOV, SIZE_MAX);
+		if (n == 0)
+			return 0;
+		mh.msg_iovlen = (size_t)n;
+		w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return conn_block(c);
+			log_debug(c->sess->id, "write failed: %s", strerror(errno));
+			return -1;
+		}
+		srv->m->socket_writes++;
+		for (k = 0; k < n && (size_t)w >= iov[k].iov_len; k++)
+			w -= (ssize_t)iov[k].iov_len;
+		if (k < n)
+			srv->m->partial_writes++;
+		if (k < n && w > 0) {
+			/* Part of frame k went out: lws takes the rest (rule 2). */
+			if (lws_write(c->wsi, (unsigned char *)iov[k].iov_base + w,
+				      iov[k].iov_len - (size_t)w, LWS_WRITE_RAW) < 0)
+				return -1;
+			hub_session_consumed(srv->hub, c->sess, k + 1);
+			c->out_blocked = 1;   /* lws calls back once it is out */
+			return 1;
+		}
+		hub_session_consumed(srv->hub, c->sess, k);
+		if (k < n)
+			return conn_block(c);
+	}
+}
+
+/* TLS: queued frames gathered into record-sized lws writes (OpenSSL needs
+ * one buffer); lws keeps what the socket does not take. */
+static int conn_send_tls(struct server *srv, struct conn *c)
 {
 	unsigned char *out = srv->wbuf + LWS_PRE;
-	struct iovec iov[64];
-	size_t used = 0;
+	struct iovec iov[SERVER_IOV];
+	size_t used;
 	int n, i;
 
-	n = hub_session_frames(srv->hub, c->sess, iov, 64, SERVER_WRITE_BYTES);
-	if (n == 1 && iov[0].iov_len > SERVER_WRITE_BYTES) {
-		/* Too big to gather: straight from the msgbuf (lws keeps any rest). */
-		if (lws_write(c->wsi, iov[0].iov_base, iov[0].iov_len, LWS_WRITE_RAW) < 0)
-			return -1;
-		hub_session_consumed(srv->hub, c->sess, 1);
-		return 0;
+	while ((n = hub_session_frames(srv->hub, c->sess, iov, SERVER_IOV, SERVER_TLS_CHUNK))) {
+		if (n == 1 && iov[0].iov_len > SERVER_TLS_CHUNK) {
+			/* Too big to gather: straight from the msgbuf. */
+			if (lws_write(c->wsi, iov[0].iov_base, iov[0].iov_len, LWS_WRITE_RAW) < 0)
+				return -1;
+		} else {
+			for (used = 0, i = 0; i < n; i++) {
+				memcpy(out + used, iov[i].iov_base, iov[i].iov_len);
+				used += iov[i].iov_len;
+			}
+			if (lws_write(c->wsi, out, used, LWS_WRITE_RAW) < 0)
+				return -1;
+		}
+		hub_session_consumed(srv->hub, c->sess, n);
+		srv->m->socket_writes++;
+		if (lws_partial_buffered(c->wsi)) {
+			srv->m->partial_writes++;
+			c->out_blocked = 1;   /* lws calls back once it is out */
+			return 1;
+		}
 	}
-	for (i = 0; i < n; i++) {
-		memcpy(out + used, iov[i].iov_base, iov[i].iov_len);
-		used += iov[i].iov_len;
-	}
-	hub_session_consumed(srv->hub, c->sess, n);
-	if (used && lws_write(c->wsi, out, used, LWS_WRITE_RAW) < 0)
-		return -1;
 	return 0;
 }
 
-static int conn_has_output(struct conn *c)
+/* Write what c has queued; 0 queue empty, 1 to be resumed from the
+ * writable callback, -1 socket error. */
+static int conn_send(struct server *srv, struct conn *c)
 {
-	uint32_t frames;
-	size_t bytes;
+	int r;
 
-	hub_session_backlog(c->sess, &frames, &bytes);
-	return frames > 0;
+	if (lws_partial_buffered(c->wsi)) {
+		/* lws is still writing something of its own (rule 1); it has
+		 * asked for POLLOUT and calls back when that is out. */
+		c->out_blocked = 1;
+		return 1;
+	}
+	r = c->tls ? conn_send_tls(srv, c) : conn_send_plain(srv, c);
+	if (c->rx_paused)
+		conn_rx_check(c);
+	return r;
 }
 
-/* SERVER_WRITEABLE: a pending ping first, then as many queued frames as the
- * socket takes (a few gathered writes), then a requested close once the
- * queue is empty (or at once when the close does not flush). */
+/* From the prepare phase: flush c unless it waits for the writable
+ * callback or is closing. A socket error closes the session; lws sees the
+ * dead socket on its own. */
+static void conn_flush(struct server *srv, struct conn *c)
+{
+	if (!c->established || c->out_blocked || (c->close_code && !c->close_flush))
+		return;
+	if (conn_send(srv, c) < 0)
+		hub_session_close(srv->hub, c->sess, 1001, "write failed", 0);
+}
+
+/* SERVER_WRITEABLE: the socket took everything lws held. A pending ping
+ * first, then the queued frames, then a requested close once the queue is
+ * out (or at once when the close does not flush). */
 static int conn_write(struct server *srv, struct conn *c)
 {
 	unsigned char ping[LWS_PRE + 4] = { [LWS_PRE] = 'c', 'h', 'a', 't' };
-	int n;
+	int r;
 
 	if (!c->established) {
 		/* Released already: all that is left is the close frame. */
@@ -501,33 +646,19 @@ static int conn_write(struct server *srv, struct conn *c)
 					 strlen(c->close_reason));
 		return -1;
 	}
+	c->out_blocked = 0;
 	if (c->ping_due) {
 		c->ping_due = 0;
 		/* A non-empty payload: lws 4.1 does not report empty pongs. */
 		if (lws_write(c->wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 0)
 			return -1;
-		if (lws_send_pipe_choked(c->wsi)) {
-			lws_callback_on_writable(c->wsi);
-			return 0;
-		}
 	}
 	if (c->close_code && !c->close_flush)
 		return conn_close_now(c, c->close_code, c->close_reason);
-	for (n = 0; n < SERVER_WRITE_ROUNDS && conn_has_output(c); n++) {
-		if (conn_write_frames(srv, c))
-			return -1;
-		if (lws_send_pipe_choked(c->wsi))
-			break;
-	}
-	if (c->rx_paused)
-		conn_rx_check(c);
-	/* More to write, or part of the last write still in lws' buffer: a
-	 * close must wait until everything before it is out. */
-	if (conn_has_output(c) || (c->close_code && lws_send_pipe_choked(c->wsi))) {
-		lws_callback_on_writable(c->wsi);
-		return 0;
-	}
-	if (c->close_code)
+	r = conn_send(srv, c);
+	if (r < 0)
+		return -1;
+	if (r == 0 && c->close_code)
 		return conn_close_now(c, c->close_code, c->close_reason);
 	return 0;
 }
@@ -749,7 +880,7 @@ static const struct lws_protocols server_protocols[] = {
 	/* rx_buffer_size: lws keeps a receive buffer of this size per
 	 * connection; 512 bytes hold a typical command whole (larger frames
 	 * arrive in pieces and are reassembled), instead of 4 KiB each. */
-	{ PROTO_SUBPROTOCOL, server_callback, sizeof(struct conn), 256, 0, NULL, 0 },
+	{ PROTO_SUBPROTOCOL, server_callback, sizeof(struct conn), 256, 0, NULL, SERVER_TX_PACKET },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
 
@@ -851,9 +982,10 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 		return NULL;
 	}
 	srv->port = lws_get_vhost_listen_port(srv->vh);
-	ev_prepare_init(&srv->release_watcher, server_on_prepare);
-	srv->release_watcher.data = srv;
-	ev_prepare_start(loop, &srv->release_watcher);
+	ev_prepare_init(&srv->flush_watcher, server_on_prepare);
+	srv->flush_watcher.data = srv;
+	ev_set_priority(&srv->flush_watcher, EV_MINPRI);
+	ev_prepare_start(loop, &srv->flush_watcher);
 	ev_timer_init(&srv->trim_timer, server_on_trim, SERVER_TRIM_EVERY, SERVER_TRIM_EVERY);
 	srv->trim_timer.data = srv;
 	ev_timer_start(loop, &srv->trim_timer);
@@ -892,7 +1024,7 @@ void server_free(struct server *srv)
 	/* Destroying the context closes every wsi; each goes through
 	 * conn_release and so through hub_session_unregister. */
 	srv->on_drained = NULL;
-	ev_prepare_stop(srv->loop, &srv->release_watcher);
+	ev_prepare_stop(srv->loop, &srv->flush_watcher);
 	ev_timer_stop(srv->loop, &srv->trim_timer);
 	ev_timer_stop(srv->loop, &srv->kick_timer);
 	lws_context_destroy(srv->ctx);

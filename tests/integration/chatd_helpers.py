@@ -20,6 +20,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import struct
 import time
 
@@ -133,9 +134,14 @@ def free_port():
 # ---------------------------------------------------------------------------
 # HTTP
 
-def http_get(port, path, headers=None, timeout=5.0):
-    """GET http://127.0.0.1:port/path -> (status, {lower-case header: value}, body bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def http_get(port, path, headers=None, timeout=5.0, tls=False):
+    """GET http(s)://127.0.0.1:port/path -> (status, {lower-case header: value}, body bytes).
+    tls=True: https without certificate checks (tests' self-signed certificates)."""
+    if tls:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout,
+                                           context=ssl._create_unverified_context())
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
@@ -469,13 +475,16 @@ class RawWS:
         self.closed = False
 
     @classmethod
-    def connect(cls, port, path="/ws", subprotocols=("chat.v1",), origin=None, rcvbuf=None, timeout=5.0):
+    def connect(cls, port, path="/ws", subprotocols=("chat.v1",), origin=None, rcvbuf=None, timeout=5.0,
+                ssl_context=None):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             # must be set before connect() for the window scale to honour it
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.settimeout(timeout)
         sock.connect(("127.0.0.1", port))
+        if ssl_context is not None:
+            sock = ssl_context.wrap_socket(sock, server_hostname="127.0.0.1")
         key = _ws_key()
         sock.sendall(_upgrade_request(port, path, key, subprotocols, origin, None))
         status, hdrs, rest = _read_http_head(sock, timeout)

@@ -12,6 +12,7 @@ each server log.
 import os
 import resource
 import signal as _signal
+import ssl
 import subprocess
 import time
 
@@ -92,6 +93,11 @@ class ChatdServer:
         self.preexec = None          # extra child setup (e.g. resource limits)
         self.expected_rc = 0         # exit status teardown expects (-9 for a node a test kills)
 
+    @property
+    def tls(self):
+        """wss/https on the port ([tls] cert set)."""
+        return bool(self.config.get("tls", {}).get("cert"))
+
     # -- config
 
     def write_config(self, cfg=None, text=None):
@@ -128,7 +134,7 @@ class ChatdServer:
             if rc is not None:
                 raise AssertionError("chatd exited with %d during startup\n%s" % (rc, self.log_tail()))
             try:
-                status, _, _ = http_get(self.port, "/healthz", timeout=1.0)
+                status, _, _ = http_get(self.port, "/healthz", timeout=1.0, tls=self.tls)
                 if status == 200 or (not healthy and status == 503):
                     return self
             except OSError:
@@ -185,10 +191,11 @@ class ChatdServer:
     # -- talking to it
 
     def http(self, path, **kw):
+        kw.setdefault("tls", self.tls)
         return http_get(self.port, path, **kw)
 
     def metrics(self):
-        status, hdrs, body = http_get(self.port, "/metrics")
+        status, hdrs, body = http_get(self.port, "/metrics", tls=self.tls)
         assert status == 200, "/metrics -> %d %r" % (status, body[:200])
         return parse_metrics(body.decode())
 
@@ -200,6 +207,8 @@ class ChatdServer:
         return c
 
     def raw(self, **kw):
+        if self.tls:
+            kw.setdefault("ssl_context", ssl._create_unverified_context())
         r = RawWS.connect(self.port, **kw)
         self.raw_clients.append(r)
         return r
