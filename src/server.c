@@ -19,6 +19,7 @@
 #include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <uthash.h>
 #include <utlist.h>
@@ -40,6 +41,12 @@ static_assert(LWS_PRE <= MSGBUF_HEADROOM, "msgbuf headroom must hold LWS_PRE");
 /* A requested close that cannot be written (peer not reading) is forced
  * after this many seconds. */
 #define SERVER_CLOSE_GRACE 1
+/* lws reads at most this many bytes from a socket per service call; it is
+ * also the size of its per-connection receive buffer (rx_buffer_size). */
+#define SERVER_RX_CHUNK 256
+/* A connection that got close to a full chunk in one loop iteration is read
+ * again in the same iteration, up to this many more chunks (64 KiB). */
+#define SERVER_REREAD_ROUNDS 256
 /* Reassembly buffers above this size are freed after each message. */
 #define SERVER_RX_KEEP 16384
 /* fds kept free for the listener, logs and later engines. */
@@ -60,6 +67,8 @@ struct conn {
 	struct conn *rel_prev, *rel_next;  /* srv->releasing */
 	struct conn *out_prev, *out_next;  /* srv->out: frames to flush this iteration */
 	int fd;
+	uint32_t rx_iter, rx_round;    /* loop iteration, payload bytes received in it */
+	uint32_t rx_msgs;              /* messages handed to the hub in that iteration */
 	ev_timer timer;                /* handshake deadline and heartbeat */
 	double opened, last_rx, last_ping;
 	char *rx;                      /* reassembly of a fragmented message */
@@ -72,6 +81,7 @@ struct conn {
 	unsigned rx_paused : 1;        /* input held back until the queue drains */
 	unsigned rel_queued : 1;       /* on srv->releasing */
 	unsigned out_queued : 1;       /* on srv->out */
+	unsigned rx_more : 1;          /* on srv->rx_more: read again this iteration */
 	unsigned out_blocked : 1;      /* the socket is full: resume in the writable callback */
 	unsigned tls : 1;              /* writes go through lws (OpenSSL) */
 	unsigned lingering : 1;        /* released, socket still closing in lws */
@@ -90,6 +100,10 @@ struct server {
 	size_t nconns;
 	struct conn *releasing;        /* close decided inside hub code: release soon */
 	struct conn *out;              /* got frames this iteration: flush before sleeping */
+	struct conn **rx_more;         /* to read again this iteration (NULL: released) */
+	size_t rx_more_len, rx_more_cap;
+	uint32_t iter;                 /* loop iterations, for conn.rx_iter */
+	ev_check reread_watcher;
 	size_t released_since_trim;    /* connections freed since the last malloc_trim */
 	ev_timer trim_timer;
 	ev_timer kick_timer;
@@ -318,6 +332,13 @@ static void conn_release(struct server *srv, struct conn *c, int socket_gone)
 		DL_DELETE2(srv->out, c, out_prev, out_next);
 		c->out_queued = 0;
 	}
+	if (c->rx_more) {
+		size_t i;
+		for (i = 0; i < srv->rx_more_len; i++)
+			if (srv->rx_more[i] == c)
+				srv->rx_more[i] = NULL;
+		c->rx_more = 0;
+	}
 	if (socket_gone && c->lingering) {
 		c->lingering = 0;
 		srv->lingering--;
@@ -442,6 +463,84 @@ static void server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 	} while (srv->releasing);
 }
 
+/*
+ * The read side. lws reads at most SERVER_RX_CHUNK bytes per service call
+ * into its one receive buffer for the loop (the per-connection buffer stays
+ * that small, for idle memory), and a socket is serviced once per loop
+ * iteration: a burst of 64 KiB would take 256 iterations, each with its own
+ * flush. So a connection that received close to a full chunk in this
+ * iteration is serviced again at the end of it (server_on_check), while the
+ * kernel holds more for it, up to SERVER_REREAD_ROUNDS chunks.
+ *
+ * A reader is not read again once it has sent a quarter of its queue bound
+ * in messages this iteration: replies that wait for the storage commit are
+ * not in its queue yet, so conn_rx_check cannot see them, and every message
+ * may put a frame in each room member's queue before the next flush.
+ */
+static void conn_rx_account(struct server *srv, struct conn *c, size_t len)
+{
+	struct conn **a;
+
+	if (c->rx_iter != srv->iter) {
+		c->rx_iter = srv->iter;
+		c->rx_round = 0;
+		c->rx_msgs = 0;
+	}
+	c->rx_round += (uint32_t)len;
+	if (c->rx_more || c->rx_round < SERVER_RX_CHUNK / 2)
+		return;
+	if (srv->rx_more_len == srv->rx_more_cap) {
+		size_t cap = srv->rx_more_cap ? 2 * srv->rx_more_cap : 64;
+		a = realloc(srv->rx_more, cap * sizeof(*a));
+		if (!a)
+			return;   /* read in the next iteration instead */
+		srv->rx_more = a;
+		srv->rx_more_cap = cap;
+	}
+	srv->rx_more[srv->rx_more_len++] = c;
+	c->rx_more = 1;
+}
+
+/* After every event of the iteration (lowest priority): service again the
+ * sockets that may hold more input; their commands run before the prepare
+ * phase, so the storage group commit and the flush include them. */
+static void server_on_check(struct ev_loop *loop, ev_check *w, int revents)
+{
+	struct server *srv = w->data;
+	const struct hub_limits *l = hub_limits(srv->hub);
+	struct lws_pollfd pfd;
+	size_t i, n;
+	int round, avail;
+
+	for (round = 0; round < SERVER_REREAD_ROUNDS && srv->rx_more_len; round++) {
+		n = srv->rx_more_len;
+		for (i = 0; i < n; i++) {
+			struct conn *c = srv->rx_more[i];
+			if (!c)
+				continue;
+			srv->rx_more[i] = NULL;
+			c->rx_more = 0;
+			c->rx_round = 0;
+			if (!c->established || c->close_code || c->rx_paused ||
+			    4 * c->rx_msgs >= l->send_queue_messages ||
+			    ioctl(c->fd, FIONREAD, &avail) || avail <= 0)
+				continue;
+			pfd.fd = c->fd;
+			pfd.events = pfd.revents = LWS_POLLIN;
+			lws_service_fd(srv->ctx, &pfd);   /* may release c */
+		}
+		/* What the round added goes to the front for the next one. */
+		memmove(srv->rx_more, srv->rx_more + n, (srv->rx_more_len - n) * sizeof(*srv->rx_more));
+		srv->rx_more_len -= n;
+	}
+	/* Past the bound: the rest waits for the next iteration. */
+	for (i = 0; i < srv->rx_more_len; i++)
+		if (srv->rx_more[i])
+			srv->rx_more[i]->rx_more = 0;
+	srv->rx_more_len = 0;
+	srv->iter++;
+}
+
 static int conn_receive(struct server *srv, struct conn *c, const char *in, size_t len)
 {
 	size_t max = (size_t)srv->cfg->max_frame_bytes;
@@ -450,6 +549,7 @@ static int conn_receive(struct server *srv, struct conn *c, const char *in, size
 	c->last_rx = ev_now(srv->loop);
 	if (!c->established || c->close_code)
 		return 0;
+	conn_rx_account(srv, c, len);
 	if (lws_frame_is_binary(c->wsi))
 		return conn_close_now(c, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
 				      "binary frames are not supported");
@@ -460,6 +560,7 @@ static int conn_receive(struct server *srv, struct conn *c, const char *in, size
 		/* The common case: a whole message in one piece, no copy. */
 		if (!proto_utf8_valid((const unsigned char *)in, len))
 			return conn_close_now(c, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
+		c->rx_msgs++;
 		hub_session_input(srv->hub, c->sess, in, len);
 		conn_rx_check(c);
 		return 0;
@@ -484,6 +585,7 @@ static int conn_receive(struct server *srv, struct conn *c, const char *in, size
 	/* Checked on the whole message: a fragment may end mid-character. */
 	if (!proto_utf8_valid((const unsigned char *)c->rx, c->rx_len))
 		return conn_close_now(c, LWS_CLOSE_STATUS_INVALID_PAYLOAD, "invalid UTF-8");
+	c->rx_msgs++;
 	hub_session_input(srv->hub, c->sess, c->rx, c->rx_len);
 	c->rx_len = 0;
 	conn_rx_check(c);
@@ -878,9 +980,12 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 
 static const struct lws_protocols server_protocols[] = {
 	/* rx_buffer_size: lws keeps a receive buffer of this size per
-	 * connection; 512 bytes hold a typical command whole (larger frames
-	 * arrive in pieces and are reassembled), instead of 4 KiB each. */
-	{ PROTO_SUBPROTOCOL, server_callback, sizeof(struct conn), 256, 0, NULL, SERVER_TX_PACKET },
+	 * connection (idle memory) and reads at most this much per service
+	 * call; larger frames arrive in pieces and are reassembled, and
+	 * server_on_check reads a busy socket again within the iteration.
+	 * tx_packet_size: lws' own sends, see SERVER_TX_PACKET. */
+	{ PROTO_SUBPROTOCOL, server_callback, sizeof(struct conn), SERVER_RX_CHUNK, 0, NULL,
+	  SERVER_TX_PACKET },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
 
@@ -986,6 +1091,10 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 	srv->flush_watcher.data = srv;
 	ev_set_priority(&srv->flush_watcher, EV_MINPRI);
 	ev_prepare_start(loop, &srv->flush_watcher);
+	ev_check_init(&srv->reread_watcher, server_on_check);
+	srv->reread_watcher.data = srv;
+	ev_set_priority(&srv->reread_watcher, EV_MINPRI);
+	ev_check_start(loop, &srv->reread_watcher);
 	ev_timer_init(&srv->trim_timer, server_on_trim, SERVER_TRIM_EVERY, SERVER_TRIM_EVERY);
 	srv->trim_timer.data = srv;
 	ev_timer_start(loop, &srv->trim_timer);
@@ -1025,10 +1134,12 @@ void server_free(struct server *srv)
 	 * conn_release and so through hub_session_unregister. */
 	srv->on_drained = NULL;
 	ev_prepare_stop(srv->loop, &srv->flush_watcher);
+	ev_check_stop(srv->loop, &srv->reread_watcher);
 	ev_timer_stop(srv->loop, &srv->trim_timer);
 	ev_timer_stop(srv->loop, &srv->kick_timer);
 	lws_context_destroy(srv->ctx);
 	hub_free(srv->hub);
+	free(srv->rx_more);
 	free(srv);
 }
 

@@ -138,9 +138,9 @@ def test_flood_with_pings_over_tls(chatd, tmp_path):
     assert m.value("chatd_partial_writes_total") > 0, m.text[-2000:]
 
 
-def test_frames_per_write_gathers_a_burst(chatd):
-    """A burst that reaches a client within one loop iteration leaves in
-    fewer writes than frames."""
+def test_a_burst_is_read_and_answered_at_once(chatd):
+    """A burst of commands is read in one go, and the replies it causes
+    leave together, in far fewer writes than frames."""
     server = chatd({"limits": {"rate": 100000, "burst": 100000}})
     r = server.raw()
     r.hello("alice")
@@ -161,7 +161,9 @@ def test_frames_per_write_gathers_a_burst(chatd):
     frames = after.value("chatd_frames_out_total") - before.value("chatd_frames_out_total")
     writes = after.value("chatd_socket_writes_total") - before.value("chatd_socket_writes_total")
     assert frames >= 400, (frames, writes)
-    assert writes * 4 <= frames, "400 frames in %d writes: not gathered" % writes
+    # the 16 KiB burst is read within one or two loop iterations (not 256
+    # bytes per iteration), so its replies leave in a handful of writes
+    assert writes <= 8, "400 frames in %d writes: the burst was read over many iterations" % writes
 
 
 @pytest.mark.parametrize("size", [4096, 65536])
