@@ -36,7 +36,7 @@ struct chatd {
 	ev_signal sig_term, sig_int, sig_hup;
 	ev_timer shutdown_timer;
 	ev_timer watchdog;             /* WATCHDOG=1 to systemd, when asked for */
-	long nofile;                   /* open-files limit after raising it */
+	long nofile;                   /* open-files limit after sizing it */
 	int stopping;
 };
 
@@ -111,15 +111,29 @@ static int chatd_auth(const struct config *cfg, struct auth **out, char *err, si
 	return *out ? 0 : -1;
 }
 
-/* Raise the soft open-files limit to the hard one; returns the limit. */
-static long chatd_raise_nofile(void)
+/* Open files beyond server.max_connections: the server's own reserve
+ * (listener, logs, engines; see SERVER_FD_RESERVE) and connections still
+ * closing. */
+#define CHATD_FD_SPARE 256
+
+/*
+ * Size the soft open-files limit to what the configuration needs, within
+ * the hard limit: raised when it is lower, and lowered when it is higher.
+ * libwebsockets allocates its fd lookup table by this limit and (Debian
+ * builds it with _DEBUG) scans the whole table twice on every close, so a
+ * limit of 524288 would make each close walk 8 MiB. Returns the limit.
+ */
+static long chatd_size_nofile(const struct config *cfg)
 {
 	struct rlimit rl;
+	rlim_t need = (rlim_t)cfg->max_connections + CHATD_FD_SPARE;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
 		return -1;
-	if (rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
+	if (rl.rlim_max != RLIM_INFINITY && need > rl.rlim_max)
+		need = rl.rlim_max;
+	if (rl.rlim_cur != need) {
+		rl.rlim_cur = need;
 		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
 			getrlimit(RLIMIT_NOFILE, &rl);
 	}
@@ -288,7 +302,7 @@ static int chatd_start(struct chatd *d, char *err, size_t errlen)
 	/* A file-size limit must turn into a write error (storage reports
 	 * it), not kill the daemon. */
 	signal(SIGXFSZ, SIG_IGN);
-	d->nofile = chatd_raise_nofile();
+	d->nofile = chatd_size_nofile(d->cfg);
 
 	d->loop = ev_default_loop(EVBACKEND_EPOLL);
 	if (!d->loop) {
