@@ -108,14 +108,17 @@ SRV_PID=""
 SRV_NAME=""
 PORT=$PORT_BASE
 
-chatd_config() { # file port queue_messages queue_bytes
+chatd_config() { # file port queue_messages queue_bytes max_connections
   cat > "$1" <<EOF
 # chatd bench config (bench/compare.sh): limits raised so that the load,
 # not the per-session rate limit or connection cap, is what is measured.
+# max_connections stays at its default (10000) unless the scenario needs
+# more: chatd sizes its open-files limit, and so libwebsockets' fd table,
+# by it.
 [server]
 listen = "127.0.0.1"
 port = $2
-max_connections = 19900
+max_connections = $5
 handshake_timeout = 60
 [limits]
 rate = 1000000
@@ -139,13 +142,18 @@ wait_port() {
 }
 
 start_server() { # name scenario [queue_messages queue_bytes]
-  local name=$1 sc=$2 qm=${3:-4096} qb=${4:-4194304}
+  local name=$1 sc=$2 qm=${3:-4096} qb=${4:-4194304} maxc=10000
+  case "$sc" in
+    S1) maxc=$(( S1_CLIENTS + 900 )) ;;
+    S3) maxc=$(( S3_CLIENTS + 500 )) ;;
+  esac
+  [ "$maxc" -ge 10000 ] || maxc=10000
   PORT=$((PORT + 1))
   SRV_NAME=$name
   local logf=$RESULTS/$sc-$name.server.log
   case "$name" in
     chatd)
-      chatd_config "$RESULTS/$sc-chatd.toml" "$PORT" "$qm" "$qb"
+      chatd_config "$RESULTS/$sc-chatd.toml" "$PORT" "$qm" "$qb" "$maxc"
       taskset -c "$SERVER_CPU" "$CHATD_BIN" -c "$RESULTS/$sc-chatd.toml" >"$logf" 2>&1 &
       echo "taskset -c $SERVER_CPU $CHATD_BIN -c $sc-chatd.toml" >> "$RESULTS/commands.txt" ;;
     *)
