@@ -23,6 +23,8 @@
 #include <new>
 #include <string>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace {
@@ -198,6 +200,9 @@ const Key keys[] = {
 	string("tls", "cert", F(tls_cert), no_nul, "expected a file path"),
 	string("tls", "key", F(tls_key), no_nul, "expected a file path"),
 	string("tls", "ca", F(tls_ca), no_nul, "expected a file path"),
+	string("tls", "ciphers", F(tls_ciphers), non_empty, "expected an OpenSSL cipher list"),
+	string("tls", "ciphersuites", F(tls_ciphersuites), no_nul,
+	       "expected an OpenSSL TLS 1.3 ciphersuite list (\"\" = no TLS 1.3)"),
 
 	string("cluster", "redis", F(redis), valid_redis_url, "expected \"redis://host:port[/db]\" or \"\""),
 	string("cluster", "password", F(redis_password), no_nul, "expected a string"),
@@ -436,6 +441,42 @@ bool read_file(const char *path, std::string &out)
 	return true;
 }
 
+/* The secret file decides who can mint tokens: whoever can write it can.
+ * Opened without blocking (a FIFO would stall a reload) and judged by the
+ * mode of what was opened, not of a path that could change in between. */
+bool read_secret_file(const char *path, std::string &out, char *warn, size_t warnlen,
+		      char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	struct stat st;
+
+	if (fd < 0 || fstat(fd, &st) != 0) {
+		put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	close(fd);
+	if (!S_ISREG(st.st_mode)) {
+		put_err(err, errlen, "auth.jwt_secret_file %s: not a regular file", path);
+		return false;
+	}
+	if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+		put_err(err, errlen, "auth.jwt_secret_file %s: writable by %s (mode %04o): whoever can "
+			"rewrite it can mint tokens; chmod 600 (or 640) it", path,
+			(st.st_mode & S_IWOTH) ? "others" : "group", (unsigned)(st.st_mode & 07777));
+		return false;
+	}
+	if (st.st_mode & S_IROTH)
+		put_err(warn, warnlen, "auth.jwt_secret_file %s: readable by others (mode %04o); "
+			"chmod 600 (or 640) it", path, (unsigned)(st.st_mode & 07777));
+	if (!read_file(path, out)) {
+		put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s", path, strerror(errno));
+		return false;
+	}
+	return true;
+}
+
 } // namespace
 
 int config_defaults(struct config *cfg)
@@ -482,7 +523,10 @@ int config_defaults(struct config *cfg)
 	for (char **p : strs)
 		oom |= !(*p = strdup(""));
 	cfg->key_prefix = strdup("chatd:");
-	if (!cfg->listen || !cfg->node_id || !cfg->key_prefix || oom) {
+	cfg->tls_ciphers = strdup(CONFIG_TLS_CIPHERS);
+	cfg->tls_ciphersuites = strdup(CONFIG_TLS_CIPHERSUITES);
+	if (!cfg->listen || !cfg->node_id || !cfg->key_prefix || !cfg->tls_ciphers ||
+	    !cfg->tls_ciphersuites || oom) {
 		config_free(cfg);
 		return -1;
 	}
@@ -571,6 +615,8 @@ void config_free(struct config *cfg)
 	free(cfg->tls_cert);
 	free(cfg->tls_key);
 	free(cfg->tls_ca);
+	free(cfg->tls_ciphers);
+	free(cfg->tls_ciphersuites);
 	free(cfg->redis);
 	if (cfg->redis_password)
 		memset(cfg->redis_password, 0, strlen(cfg->redis_password));
@@ -590,17 +636,19 @@ const char *config_storage_sync_name(enum config_storage_sync s)
 	return (unsigned)s < 3 ? sync_names[s] : "unknown";
 }
 
-char *config_jwt_secret(const struct config *cfg, size_t *len, char *err, size_t errlen)
+char *config_jwt_secret(const struct config *cfg, size_t *len, char *warn, size_t warnlen,
+			char *err, size_t errlen)
 {
 	std::string secret;
+	const char *what = "auth.jwt_secret";
 
+	if (warn && warnlen)
+		warn[0] = '\0';
 	try {
 		if (cfg->jwt_secret_file && cfg->jwt_secret_file[0]) {
-			if (!read_file(cfg->jwt_secret_file, secret)) {
-				put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s",
-					cfg->jwt_secret_file, strerror(errno));
+			what = "auth.jwt_secret_file";
+			if (!read_secret_file(cfg->jwt_secret_file, secret, warn, warnlen, err, errlen))
 				return nullptr;
-			}
 			/* A file written by echo ends in a newline that is not part of it. */
 			while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r'))
 				secret.pop_back();
@@ -609,6 +657,13 @@ char *config_jwt_secret(const struct config *cfg, size_t *len, char *err, size_t
 		}
 		if (secret.empty()) {
 			put_err(err, errlen, "auth: the JWT secret is empty");
+			return nullptr;
+		}
+		if (secret.size() < CONFIG_JWT_SECRET_MIN) {
+			put_err(err, errlen, "%s: the JWT secret is %zu bytes; at least %d are needed "
+				"(e.g. head -c 32 /dev/urandom | base64)", what, secret.size(),
+				CONFIG_JWT_SECRET_MIN);
+			std::fill(secret.begin(), secret.end(), '\0');
 			return nullptr;
 		}
 		char *p = static_cast<char *>(malloc(secret.size() + 1));
