@@ -125,3 +125,18 @@ def test_no_client_certificate_is_refused(mtls):
     assert https_get(srv.port, good).startswith(b"HTTP/1.1 200")
     wait_until(lambda: "refused: certificate required" in srv.log_text(), scaled(5),
                what="the missing certificate logged")
+
+
+def test_ca_file_without_a_certificate_is_a_config_error(tmp_path):
+    """lws only logs a CA file it cannot load (and then refuses every client);
+    chatd says so before it starts."""
+    from conftest import run_cli
+    cert, key = Certs(tmp_path).server("ec")
+    bad_ca = tmp_path / "not-a-ca.pem"
+    bad_ca.write_text("this is not PEM\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[tls]\ncert = "%s"\nkey = "%s"\nca = "%s"\n' % (cert, key, bad_ca))
+    for args in (["--check-config"], []):
+        r = run_cli(["-c", str(cfg)] + args)
+        assert r.returncode == 2, r
+        assert "tls.ca" in r.stderr and "no CA certificate could be loaded" in r.stderr, r.stderr
