@@ -421,24 +421,28 @@ void put_err(char *err, size_t errlen, const char *f, ...)
 			*p = '?';
 }
 
-/* Reads the whole file; on failure returns false with errno set. */
-bool read_file(const char *path, std::string &out)
+/* Reads the whole stream; on failure returns false with errno set. */
+bool read_stream(FILE *f, std::string &out)
 {
-	std::unique_ptr<FILE, int (*)(FILE *)> f(fopen(path, "rb"), fclose);
-	if (!f)
-		return false;
 	char buf[8192];
 	size_t n;
-	while ((n = fread(buf, 1, sizeof buf, f.get())) > 0) {
+	while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
 		out.append(buf, n);
 		if (out.size() > max_file_bytes) {
 			errno = EFBIG;
 			return false;
 		}
 	}
-	if (ferror(f.get()))
+	if (ferror(f))
 		return false; /* errno from the failed read, e.g. EISDIR */
 	return true;
+}
+
+/* Reads the whole file; on failure returns false with errno set. */
+bool read_file(const char *path, std::string &out)
+{
+	std::unique_ptr<FILE, int (*)(FILE *)> f(fopen(path, "rb"), fclose);
+	return f && read_stream(f.get(), out);
 }
 
 /* The secret file decides who can mint tokens: whoever can write it can.
@@ -450,13 +454,20 @@ bool read_secret_file(const char *path, std::string &out, char *warn, size_t war
 	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 	struct stat st;
 
-	if (fd < 0 || fstat(fd, &st) != 0) {
+	if (fd < 0) {
 		put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s", path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
 		return false;
 	}
-	close(fd);
+	std::unique_ptr<FILE, int (*)(FILE *)> f(fdopen(fd, "rb"), fclose);
+	if (!f) {
+		put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s", path, strerror(errno));
+		close(fd);
+		return false;
+	}
+	if (fstat(fd, &st) != 0) {
+		put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s", path, strerror(errno));
+		return false;
+	}
 	if (!S_ISREG(st.st_mode)) {
 		put_err(err, errlen, "auth.jwt_secret_file %s: not a regular file", path);
 		return false;
@@ -470,7 +481,8 @@ bool read_secret_file(const char *path, std::string &out, char *warn, size_t war
 	if (st.st_mode & S_IROTH)
 		put_err(warn, warnlen, "auth.jwt_secret_file %s: readable by others (mode %04o); "
 			"chmod 600 (or 640) it", path, (unsigned)(st.st_mode & 07777));
-	if (!read_file(path, out)) {
+	/* Read what was judged, through the same descriptor. */
+	if (!read_stream(f.get(), out)) {
 		put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s", path, strerror(errno));
 		return false;
 	}
