@@ -9,11 +9,11 @@ cd "$(dirname "$0")/.."
 PKGS=(
   build-essential cmake pkg-config g++
   libev-dev libwebsockets-dev libcjson-dev uthash-dev libtomlplusplus-dev
-  libsqlite3-dev libjwt-dev libsystemd-dev libhiredis-dev
+  libsqlite3-dev libjwt-dev libsystemd-dev libhiredis-dev libssl-dev
   python3 python3-websockets ca-certificates
 )
 TEST_PKGS=(
-  libcmocka-dev python3-pytest sqlite3 openssl curl procps iproute2
+  libcmocka-dev python3-pytest python3-cryptography sqlite3 openssl curl procps iproute2
   systemd dpkg-dev file
   redis-server
   clang libclang-rt-14-dev llvm

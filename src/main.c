@@ -23,6 +23,7 @@
 #include "metrics.h"
 #include "server.h"
 #include "storage.h"
+#include "tlsctx.h"
 
 struct chatd {
 	struct ev_loop *loop;
@@ -78,7 +79,8 @@ static void chatd_config_destroy(struct config *cfg)
 }
 
 /* Files the config names that must be readable now (lws' own errors for
- * them are vague): TLS certificate, key and CA. */
+ * them are vague): TLS certificate, key and CA; then the [tls] settings as
+ * OpenSSL sees them. */
 static int chatd_check_files(const struct config *cfg, char *err, size_t errlen)
 {
 	const struct { const char *key, *path; } files[] = {
@@ -98,7 +100,7 @@ static int chatd_check_files(const struct config *cfg, char *err, size_t errlen)
 		}
 		fclose(f);
 	}
-	return 0;
+	return tlsctx_check(cfg, err, errlen);
 }
 
 /* The auth a config asks for: *out = NULL for mode "none". */
@@ -271,7 +273,8 @@ static void chatd_reload(struct chatd *d, char *err, size_t errlen)
 		return;
 	}
 	if (strcmp(old->tls_cert, next->tls_cert) || strcmp(old->tls_key, next->tls_key) ||
-	    strcmp(old->tls_ca, next->tls_ca))
+	    strcmp(old->tls_ca, next->tls_ca) || strcmp(old->tls_ciphers, next->tls_ciphers) ||
+	    strcmp(old->tls_ciphersuites, next->tls_ciphersuites))
 		log_warn(NULL, "reload: [tls] changes need a restart");
 	if (strcmp(old->redis, next->redis) || strcmp(old->redis_password, next->redis_password) ||
 	    old->redis_db != next->redis_db || strcmp(old->key_prefix, next->key_prefix) ||

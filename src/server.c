@@ -27,6 +27,7 @@
 #include "log.h"
 #include "proto.h"
 #include "session.h"
+#include "tlsctx.h"
 #include "webassets.h"
 
 static_assert(LWS_PRE <= MSGBUF_HEADROOM, "msgbuf headroom must hold LWS_PRE");
@@ -940,6 +941,39 @@ static int server_http_write(struct lws *wsi, struct conn *c)
 
 /* ---- the lws callback --------------------------------------------------- */
 
+/* The vhost's SSL_CTX, once lws has set it up: chatd's cipher lists and
+ * client-certificate purpose (lws 4.1 ignores a cipher list OpenSSL
+ * rejects; tlsctx_setup does not). */
+static int server_tls_setup(struct server *srv, void *ssl_ctx)
+{
+	char err[512];
+
+	if (tlsctx_setup(ssl_ctx, srv->cfg, err, sizeof(err)) == 0)
+		return 0;
+	log_error(NULL, "%s", err);
+	return -1;
+}
+
+/* With tls.ca set, lws hands OpenSSL's verdict on each certificate of the
+ * client's chain to the protocol callback and believes the answer: without
+ * this a failed verification would be accepted. */
+static int server_tls_verify(struct lws *wsi, void *store_ctx, int preverify_ok)
+{
+	char peer[64] = "";
+
+	if (!preverify_ok)
+		lws_get_peer_simple(wsi, peer, sizeof(peer));
+	return tlsctx_verify_client(store_ctx, preverify_ok, peer);
+}
+
+static void server_tls_event(struct lws *wsi, const struct lws_ssl_info *si)
+{
+	char peer[64] = "";
+
+	lws_get_peer_simple(wsi, peer, sizeof(peer));
+	tlsctx_log_event(si->where, si->ret, peer);
+}
+
 static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 			   void *user, void *in, size_t len)
 {
@@ -947,6 +981,13 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	struct conn *c = user;
 
 	switch (reason) {
+	case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_SERVER_VERIFY_CERTS:
+		return server_tls_setup(srv, user);        /* user: the SSL_CTX */
+	case LWS_CALLBACK_OPENSSL_PERFORM_CLIENT_CERT_VERIFICATION:
+		return server_tls_verify(wsi, user, (int)len);  /* user: X509_STORE_CTX */
+	case LWS_CALLBACK_SSL_INFO:
+		server_tls_event(wsi, in);
+		return 0;
 	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
 		return server_admit(srv, wsi);
 	case LWS_CALLBACK_HTTP:
@@ -1071,6 +1112,7 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 		/* wss:// and https:// on the same port. */
 		info.ssl_cert_filepath = cfg->tls_cert;
 		info.ssl_private_key_filepath = cfg->tls_key;
+		info.ssl_info_event_mask = tlsctx_event_mask();
 		if (cfg->tls_ca[0]) {
 			info.ssl_ca_filepath = cfg->tls_ca;
 			info.options |= LWS_SERVER_OPTION_REQUIRE_VALID_OPENSSL_CLIENT_CERT;
