@@ -111,8 +111,8 @@ def redis(tmp_path):
 
 
 async def chat(nodes, seconds):
-    """Two clients per node in one room per node kind; each sends every 50 ms
-    and everyone reads."""
+    """Two clients per node, in one room on the storage node and one across the
+    cluster; each sends 10 to 30 times a second and everyone reads."""
     clients = []
     for i, srv in enumerate(nodes):
         for k in range(2):
@@ -135,7 +135,8 @@ async def chat(nodes, seconds):
             await c.send({"type": "send", "room": "storage" if c.name.startswith("u0") else "cluster",
                           "id": "m%d" % n, "body": "hello %d" % n})
         n += 1
-        await asyncio.sleep(0.05)
+        # ramp from 10 to about 30 rounds a second, so that the panels move
+        await asyncio.sleep(0.1 - 0.065 * (1 - (deadline - time.monotonic()) / seconds))
     await asyncio.sleep(0.5)
     for r in readers:
         r.cancel()
@@ -196,7 +197,7 @@ def test_dashboard_queries_and_rules_against_real_prometheus(chatd, redis, tmp_p
 
         png = os.environ.get("CHATD_DASHBOARD_PNG")
         if png:
-            dashboard_png.render(prom.url, png, seconds=seconds, rate_interval=RATE_INTERVAL)
+            dashboard_png.render(prom.url, png, seconds=seconds + 15, rate_interval=RATE_INTERVAL)
     except BaseException:
         print("---- prometheus log ----\n" + prom.log_text())
         raise
