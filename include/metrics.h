@@ -22,7 +22,7 @@ enum metrics_refusal {
 };
 
 /*
- * A Prometheus histogram with fixed buckets (METRICS_BUCKET_BOUNDS, in
+ * A Prometheus histogram with fixed buckets (metrics_bounds in metrics.c, in
  * seconds, from 0.5 ms to 10 s). count[i] holds the observations in bucket i
  * alone, the last one being +Inf; they are made cumulative when rendered, so
  * an observation costs a short scan and one increment.
