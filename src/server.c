@@ -662,11 +662,11 @@ static int conn_send_plain(struct server *srv, struct conn *c)
 			if (lws_write(c->wsi, (unsigned char *)iov[k].iov_base + w,
 				      iov[k].iov_len - (size_t)w, LWS_WRITE_RAW) < 0)
 				return -1;
-			hub_session_consumed(srv->hub, c->sess, k + 1);
+			hub_session_consumed(srv->hub, c->sess, k + 1, ev_time());
 			c->out_blocked = 1;   /* lws calls back once it is out */
 			return 1;
 		}
-		hub_session_consumed(srv->hub, c->sess, k);
+		hub_session_consumed(srv->hub, c->sess, k, ev_time());
 		if (k < n)
 			return conn_block(c);
 	}
@@ -694,7 +694,7 @@ static int conn_send_tls(struct server *srv, struct conn *c)
 			if (lws_write(c->wsi, out, used, LWS_WRITE_RAW) < 0)
 				return -1;
 		}
-		hub_session_consumed(srv->hub, c->sess, n);
+		hub_session_consumed(srv->hub, c->sess, n, ev_time());
 		srv->m->socket_writes++;
 		if (lws_partial_buffered(c->wsi)) {
 			srv->m->partial_writes++;
@@ -853,6 +853,10 @@ static struct msgbuf *server_metrics(struct server *srv)
 		.queue_bytes = hub_queue_bytes(srv->hub),
 		.queued_messages = hub_queue_messages(srv->hub),
 		.start_time = srv->started,
+		.connections_limit = srv->max_conns > 0 ? (uint64_t)srv->max_conns : 0,
+		.queue_bytes_limit = (uint64_t)srv->cfg->total_queue_bytes,
+		.open_fds = metrics_open_fds(),
+		.max_fds = srv->fd_limit > 0 ? srv->fd_limit : -1,
 	};
 
 	return metrics_render(srv->m, &g, srv->cfg->node_id);

@@ -160,6 +160,7 @@ static void storage_flush(struct storage *st)
 		st->m->storage_commit_seconds += dt;
 		if (dt > st->m->storage_commit_max)
 			st->m->storage_commit_max = dt;
+		metrics_observe(&st->m->storage_commit, dt);
 	}
 	while (list) {
 		p = list;
