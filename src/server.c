@@ -101,6 +101,7 @@ struct server {
 	size_t nconns;
 	struct conn *releasing;        /* close decided inside hub code: release soon */
 	struct conn *out;              /* got frames this iteration: flush before sleeping */
+	double write_now;              /* clock for the delivery histogram: read once per flush pass */
 	struct conn **rx_more;         /* to read again this iteration (NULL: released) */
 	size_t rx_more_len, rx_more_cap;
 	uint32_t iter;                 /* loop iterations, for conn.rx_iter */
@@ -453,6 +454,8 @@ static void server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 	struct server *srv = w->data;
 	struct conn *c;
 
+	if (srv->out)
+		srv->write_now = ev_time();
 	do {
 		while (srv->releasing)
 			conn_release(srv, srv->releasing, 0);
@@ -662,11 +665,11 @@ static int conn_send_plain(struct server *srv, struct conn *c)
 			if (lws_write(c->wsi, (unsigned char *)iov[k].iov_base + w,
 				      iov[k].iov_len - (size_t)w, LWS_WRITE_RAW) < 0)
 				return -1;
-			hub_session_consumed(srv->hub, c->sess, k + 1, ev_time());
+			hub_session_consumed(srv->hub, c->sess, k + 1, srv->write_now);
 			c->out_blocked = 1;   /* lws calls back once it is out */
 			return 1;
 		}
-		hub_session_consumed(srv->hub, c->sess, k, ev_time());
+		hub_session_consumed(srv->hub, c->sess, k, srv->write_now);
 		if (k < n)
 			return conn_block(c);
 	}
@@ -694,7 +697,7 @@ static int conn_send_tls(struct server *srv, struct conn *c)
 			if (lws_write(c->wsi, out, used, LWS_WRITE_RAW) < 0)
 				return -1;
 		}
-		hub_session_consumed(srv->hub, c->sess, n, ev_time());
+		hub_session_consumed(srv->hub, c->sess, n, srv->write_now);
 		srv->m->socket_writes++;
 		if (lws_partial_buffered(c->wsi)) {
 			srv->m->partial_writes++;
@@ -758,6 +761,7 @@ static int conn_write(struct server *srv, struct conn *c)
 	}
 	if (c->close_code && !c->close_flush)
 		return conn_close_now(c, c->close_code, c->close_reason);
+	srv->write_now = ev_time();
 	r = conn_send(srv, c);
 	if (r < 0)
 		return -1;
