@@ -44,7 +44,8 @@ trap cleanup EXIT
 
 free_port() { /usr/bin/python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
-# start_chatd NAME PORT EXTRA_TOML -> pid
+# start_chatd NAME PORT EXTRA_TOML: sets CHATD_PID. Not called in $( ):
+# PIDS must be this shell's, or stop_all and the EXIT trap miss the server.
 start_chatd() {
   local name=$1 port=$2 extra=$3 cfg=$TMP/$1.toml
   printf '[server]\nport = %s\nnode_id = "%s"\n[limits]\nrate = 100000\nburst = 100000\nsend_queue_messages = 4096\nsend_queue_bytes = 8388608\n[log]\nlevel = "warn"\n%b' \
@@ -52,7 +53,7 @@ start_chatd() {
   taskset -c 0 "$CHATD" -c "$cfg" > "$TMP/$name.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && { echo "${PIDS[-1]}"; return; }
+    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && { CHATD_PID=${PIDS[-1]}; return; }
     sleep 0.05
   done
   echo "engines.sh: $name did not start" >&2; cat "$TMP/$name.log" >&2; exit 1
@@ -83,7 +84,8 @@ for mode in memory off batch always; do
   port=$(free_port)
   if [ "$mode" = memory ]; then extra='[storage]\npath = ""\n'
   else extra="[storage]\npath = \"$TMP/$mode.db\"\nsync = \"$mode\"\n"; fi
-  pid=$(start_chatd "st-$mode" "$port" "$extra")
+  start_chatd "st-$mode" "$port" "$extra"
+  pid=$CHATD_PID
   run_load "storage-$mode" "$pid" "ws://127.0.0.1:$port/ws" >> "$results"
   curl -s "http://127.0.0.1:$port/metrics" | grep -E '^chatd_storage_(commits_total|messages_total|commit_seconds_(total|max)) ' \
     | sed "s/^/storage-$mode /" >> "$TMP/storage-metrics.txt" || true
@@ -98,10 +100,12 @@ RPID=${PIDS[-1]}
 for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
 cluster="[storage]\npath = \"\"\n[cluster]\nredis = \"redis://127.0.0.1:$RPORT\"\n"
 p1=$(free_port)
-pid1=$(start_chatd n1 "$p1" "$cluster")
+start_chatd n1 "$p1" "$cluster"
+pid1=$CHATD_PID
 run_load "cluster-1-node" "$pid1" "ws://127.0.0.1:$p1/ws" >> "$results"
 p2=$(free_port)
-pid2=$(start_chatd n2 "$p2" "$cluster")
+start_chatd n2 "$p2" "$cluster"
+pid2=$CHATD_PID
 run_load "cluster-2-nodes" "$pid1" "ws://127.0.0.1:$p1/ws" "ws://127.0.0.1:$p2/ws" >> "$results"
 stop_all
 
