@@ -52,6 +52,8 @@ struct config {
 	double shutdown_timeout;      /* 5 s, >= 0 */
 	long max_connections;         /* 10000, >= 1 */
 	long max_connections_per_ip;  /* 0 = unlimited */
+	long max_pending_per_ip;      /* 32: accepted, not yet a WebSocket; 0 = unlimited */
+	double header_timeout;        /* 5 s, > 0: TLS handshake + HTTP request head */
 	char **allowed_origins;       /* [] = any; each entry heap-owned */
 	size_t allowed_origins_count;
 	int tcp_nodelay;              /* true: every frame leaves at once (latency first);

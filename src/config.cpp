@@ -165,6 +165,8 @@ const Key keys[] = {
 	number("server", "shutdown_timeout", F(shutdown_timeout), GE, 0),
 	integer("server", "max_connections", LONG, F(max_connections), 1),
 	integer("server", "max_connections_per_ip", LONG, F(max_connections_per_ip), 0),
+	integer("server", "max_pending_per_ip", LONG, F(max_pending_per_ip), 0, INT32_MAX),
+	number("server", "header_timeout", F(header_timeout), GT, 0),
 	strings("server", "allowed_origins", F(allowed_origins), F(allowed_origins_count)),
 	boolean("server", "tcp_nodelay", F(tcp_nodelay)),
 	integer("server", "socket_send_buffer", LONG, F(socket_send_buffer), 0, INT32_MAX / 2),
@@ -446,6 +448,8 @@ int config_defaults(struct config *cfg)
 	cfg->shutdown_timeout = 5;
 	cfg->max_connections = 10000;
 	cfg->max_connections_per_ip = 0;
+	cfg->max_pending_per_ip = 32;
+	cfg->header_timeout = 5;
 	cfg->tcp_nodelay = 1;
 	cfg->heartbeat_interval = 25;
 	cfg->heartbeat_timeout = 60;

@@ -9,6 +9,7 @@
 
 static const char *const metrics_refusal_names[METRICS_REFUSED_COUNT] = {
 	"max_connections", "max_connections_per_ip", "origin", "shutting_down",
+	"max_pending_per_ip",
 };
 
 /* printf into the writer's buffer as plain text (the writer only grows it). */
@@ -93,7 +94,7 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 			       "# TYPE chatd_redis_publish_seconds_max gauge\nchatd_redis_publish_seconds_max %.6f\n",
 			       m->redis_send_seconds, m->redis_sends, m->redis_send_max);
 	}
-	metrics_printf(&w, "# HELP chatd_connections_refused_total WebSocket upgrades refused, by reason.\n"
+	metrics_printf(&w, "# HELP chatd_connections_refused_total Connections refused at accept or upgrade, by reason.\n"
 		       "# TYPE chatd_connections_refused_total counter\n");
 	for (i = 0; i < METRICS_REFUSED_COUNT; i++)
 		metrics_printf(&w, "chatd_connections_refused_total{reason=\"%s\"} %" PRIu64 "\n",

@@ -82,6 +82,8 @@ static void assert_defaults(const struct config *c)
 	assert_true(c->shutdown_timeout == 5);
 	assert_int_equal(c->max_connections, 10000);
 	assert_int_equal(c->max_connections_per_ip, 0);
+	assert_int_equal(c->max_pending_per_ip, 32);
+	assert_true(c->header_timeout == 5);
 	assert_null(c->allowed_origins);
 	assert_int_equal(c->allowed_origins_count, 0);
 	assert_true(c->heartbeat_interval == 25);
@@ -153,6 +155,8 @@ static void test_every_key(void **state)
 		"shutdown_timeout = 0\n"
 		"max_connections = 500\n"
 		"max_connections_per_ip = 7\n"
+		"max_pending_per_ip = 3\n"
+		"header_timeout = 1.5\n"
 		"allowed_origins = [\"https://chat.example.com\", \"http://localhost:8080\"]\n"
 		"[heartbeat]\n"
 		"interval = 0.5\n"
@@ -183,6 +187,8 @@ static void test_every_key(void **state)
 	assert_true(c.shutdown_timeout == 0);
 	assert_int_equal(c.max_connections, 500);
 	assert_int_equal(c.max_connections_per_ip, 7);
+	assert_int_equal(c.max_pending_per_ip, 3);
+	assert_true(c.header_timeout == 1.5);
 	assert_int_equal(c.allowed_origins_count, 2);
 	assert_string_equal(c.allowed_origins[0], "https://chat.example.com");
 	assert_string_equal(c.allowed_origins[1], "http://localhost:8080");
