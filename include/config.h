@@ -43,6 +43,9 @@ enum config_log_level {
 	CONFIG_LOG_DEBUG = 3
 };
 
+/* api.allow holds at most this many ranges (a short list checked per request). */
+#define CONFIG_API_ALLOW_MAX 64
+
 struct config {
 	/* [server] */
 	char *listen;                 /* "127.0.0.1" */
@@ -59,6 +62,12 @@ struct config {
 	int tcp_nodelay;              /* true: every frame leaves at once (latency first);
 				       * false: Nagle coalesces bursts (fewer packets) */
 	long socket_send_buffer;      /* SO_SNDBUF of client sockets; 0 = kernel autotuning */
+
+	/* [api]: where and to whom /metrics and /healthz are served */
+	char *api_listen;             /* "" = on the chat port; else an address of their own */
+	int api_port;                 /* 9091, 0..65535 (0: the kernel picks one) */
+	char **api_allow;             /* CIDRs allowed to read them; [] = any; heap-owned */
+	size_t api_allow_count;       /* <= CONFIG_API_ALLOW_MAX */
 
 	/* [heartbeat] */
 	double heartbeat_interval;    /* 25 s, > 0 */

@@ -25,6 +25,7 @@
 #include <uthash.h>
 #include <utlist.h>
 
+#include "cidr.h"
 #include "log.h"
 #include "proto.h"
 #include "session.h"
@@ -105,6 +106,10 @@ struct server {
 	struct hub *hub;
 	struct lws_context *ctx;
 	struct lws_vhost *vh;
+	struct lws_vhost *api_vh;      /* [api] listener, NULL: /metrics and /healthz on vh */
+	int api_port;
+	struct cidr allow[CONFIG_API_ALLOW_MAX];   /* api.allow, parsed */
+	size_t nallow;
 	void *foreign_loops[1];
 	struct conn *conns;
 	size_t nconns;
@@ -1018,6 +1023,35 @@ static int server_add_page_headers(struct lws *wsi, const char *type, unsigned c
 					   (const unsigned char *)"no-referrer", 11, p, end);
 }
 
+/* api.allow, parsed once per (re)load; the config loader has checked every
+ * entry, so none fails here. */
+static void server_load_allow(struct server *srv, const struct config *cfg)
+{
+	size_t i;
+
+	srv->nallow = 0;
+	for (i = 0; i < cfg->api_allow_count && i < CONFIG_API_ALLOW_MAX; i++)
+		if (cidr_parse(cfg->api_allow[i], &srv->allow[srv->nallow]) == 0)
+			srv->nallow++;
+}
+
+/* May this peer read /metrics and /healthz? Any peer when api.allow is []. */
+static int server_api_allowed(struct server *srv, struct lws *wsi)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	size_t i;
+
+	if (!srv->nallow)
+		return 1;
+	if (getpeername(lws_get_socket_fd(wsi), (struct sockaddr *)&ss, &sl) < 0)
+		return 0;
+	for (i = 0; i < srv->nallow; i++)
+		if (cidr_match(&srv->allow[i], (struct sockaddr *)&ss))
+			return 1;
+	return 0;
+}
+
 static int server_http_status(struct lws *wsi, unsigned status, const char *what)
 {
 	if (lws_return_http_status(wsi, status, what))
@@ -1025,18 +1059,29 @@ static int server_http_status(struct lws *wsi, unsigned status, const char *what
 	return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
-static int server_http(struct server *srv, struct lws *wsi, struct conn *c, const char *uri)
+/*
+ * One HTTP GET. /metrics and /healthz are served on the [api] listener when
+ * there is one (on_api) and then nowhere else: the chat port answers 404
+ * for them as for any unknown path. Wherever they are served, api.allow
+ * decides who may read them. The API listener serves nothing else.
+ */
+static int server_http(struct server *srv, struct lws *wsi, struct conn *c, const char *uri, int on_api)
 {
 	unsigned char hdr[LWS_PRE + 1536], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof(hdr) - 1;
 	unsigned status = HTTP_STATUS_OK;
 	const struct webasset *asset;
 	const char *type;
 	struct msgbuf *body;
+	int api_path = strcmp(uri, "/healthz") == 0 || strcmp(uri, "/metrics") == 0;
 
 	if (!c)
 		return -1;
 	if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0)
 		return server_http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, "only GET is served");
+	if (api_path ? !on_api && srv->api_vh : on_api)
+		return server_http_status(wsi, HTTP_STATUS_NOT_FOUND, "not found");
+	if (api_path && !server_api_allowed(srv, wsi))
+		return server_http_status(wsi, HTTP_STATUS_FORBIDDEN, "forbidden");
 	if (strcmp(uri, "/healthz") == 0) {
 		body = server_healthz(srv);
 		type = "application/json";
@@ -1100,7 +1145,7 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
 		return server_admit(srv, wsi);
 	case LWS_CALLBACK_HTTP:
-		return server_http(srv, wsi, c, in);
+		return server_http(srv, wsi, c, in, 0);
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 		return server_http_write(wsi, c);
 	case LWS_CALLBACK_CLOSED_HTTP:
@@ -1132,6 +1177,38 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	}
 	return 0;
 }
+
+/* The [api] listener: plain HTTP, /metrics and /healthz only. */
+static int server_api_callback(struct lws *wsi, enum lws_callback_reasons reason,
+			       void *user, void *in, size_t len)
+{
+	struct server *srv = lws_context_user(lws_get_context(wsi));
+	struct conn *c = user;   /* only its http_body is used here */
+
+	switch (reason) {
+	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+		if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, "no WebSocket here"))
+			return -1;
+		return 1;
+	case LWS_CALLBACK_HTTP:
+		return server_http(srv, wsi, c, in, 1);
+	case LWS_CALLBACK_HTTP_WRITEABLE:
+		return server_http_write(wsi, c);
+	case LWS_CALLBACK_CLOSED_HTTP:
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+	case LWS_CALLBACK_WSI_DESTROY:
+		conn_http_reset(c);
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+static const struct lws_protocols server_api_protocols[] = {
+	{ "chatd-api", server_api_callback, sizeof(struct conn), 0, 0, NULL, 0 },
+	{ NULL, NULL, 0, 0, 0, NULL, 0 }
+};
 
 static const struct lws_protocols server_protocols[] = {
 	/* rx_buffer_size: lws keeps a receive buffer of this size per
@@ -1165,6 +1242,30 @@ static void server_apply_limits(struct server *srv)
 static unsigned server_header_secs(const struct config *cfg)
 {
 	return (unsigned)ceil(fmin(cfg->header_timeout, cfg->handshake_timeout));
+}
+
+/* The [api] listener: a second vhost on the same context and loop. */
+static int server_api_listen(struct server *srv, const struct config *cfg, char *err, size_t errlen)
+{
+	struct lws_context_creation_info info;
+
+	memset(&info, 0, sizeof(info));
+	info.port = cfg->api_port;
+	info.iface = cfg->api_listen;
+	info.protocols = server_api_protocols;
+	info.vhost_name = "api";
+	info.timeout_secs = server_header_secs(cfg);
+	info.timeout_secs_ah_idle = server_header_secs(cfg);
+	if (!strchr(cfg->api_listen, ':'))
+		info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+	srv->api_vh = lws_create_vhost(srv->ctx, &info);
+	if (!srv->api_vh) {
+		snprintf(err, errlen, "cannot listen on %s port %d for [api] (address in use or not available?)",
+			 cfg->api_listen, cfg->api_port);
+		return -1;
+	}
+	srv->api_port = lws_get_vhost_listen_port(srv->api_vh);
+	return 0;
 }
 
 struct server *server_new(struct ev_loop *loop, const struct config *cfg,
@@ -1259,6 +1360,13 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 		return NULL;
 	}
 	srv->port = lws_get_vhost_listen_port(srv->vh);
+	if (cfg->api_listen[0] && server_api_listen(srv, cfg, err, errlen) < 0) {
+		lws_context_destroy(srv->ctx);
+		hub_free(srv->hub);
+		free(srv);
+		return NULL;
+	}
+	server_load_allow(srv, cfg);
 	ev_prepare_init(&srv->flush_watcher, server_on_prepare);
 	srv->flush_watcher.data = srv;
 	ev_set_priority(&srv->flush_watcher, EV_MINPRI);
@@ -1280,6 +1388,7 @@ void server_reconfigure(struct server *srv, const struct config *cfg)
 {
 	srv->cfg = cfg;
 	server_apply_limits(srv);
+	server_load_allow(srv, cfg);
 	hub_reconfigure(srv->hub, cfg);
 }
 
@@ -1317,5 +1426,6 @@ void server_free(struct server *srv)
 }
 
 int server_port(const struct server *srv) { return srv->port; }
+int server_api_port(const struct server *srv) { return srv->api_vh ? srv->api_port : -1; }
 size_t server_connection_count(const struct server *srv) { return srv->nconns; }
 struct hub *server_hub(struct server *srv) { return srv->hub; }

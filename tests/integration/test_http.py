@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from chatd_helpers import http_get, raw_upgrade, run, scaled, wait_until
+from chatd_helpers import free_port, http_get, raw_upgrade, run, scaled, wait_until
 
 METRIC_NAMES = {
     "chatd_connections": "gauge",
@@ -209,3 +209,78 @@ def test_any_origin_when_list_empty(chatd):
     srv = chatd({"server": {"allowed_origins": []}})
     r = srv.raw(origin="http://whatever.example")
     r.hello("alice")
+
+
+# ---------------------------------------------------------------------------
+# [api]: /metrics and /healthz on a listener of their own, or to an allowlist
+
+def http_get_from(src, port, path):
+    """GET from source address src (any of 127.0.0.0/8) -> status."""
+    return http_get(port, path, source=src)[0]
+
+
+def test_api_listener_takes_metrics_and_healthz_off_the_chat_port(chatd):
+    api = free_port()
+    srv = chatd({"api": {"listen": "127.0.0.1", "port": api}})
+    # The chat port: the page and WebSockets, but no /metrics, no /healthz.
+    for path in ("/metrics", "/healthz"):
+        assert http_get(srv.port, path)[0] == 404, path
+    assert http_get(srv.port, "/")[0] == 200
+
+    async def chat():
+        c = await srv.client("apiuser")
+        await c.join("lobby")
+        await c.close()
+    run(chat())
+    # The API port: /metrics and /healthz, nothing else, no WebSocket.
+    status, hdrs, body = http_get(api, "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok", (status, body)
+    status, hdrs, body = http_get(api, "/metrics")
+    assert status == 200 and hdrs["content-type"].startswith("text/plain")
+    assert "chatd_connections_total 1" in body.decode()
+    for path in ("/", "/app.js", "/ws", "/nope"):
+        assert http_get(api, path)[0] == 404, path
+    status, _, _ = raw_upgrade(api, path="/ws")
+    assert status == 404
+    assert "serving /metrics and /healthz on http://127.0.0.1:%d only" % api in srv.log_text()
+
+
+def test_api_listener_address_in_use_is_a_clear_error(chatd):
+    import socket as _socket
+    busy = _socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        srv = chatd({"api": {"listen": "127.0.0.1", "port": busy.getsockname()[1]}}, start=False)
+        srv.expected_rc = 1
+        with pytest.raises(AssertionError, match="exited with 1"):
+            srv.start(timeout=5)
+        assert "for [api]" in srv.log_text()
+    finally:
+        busy.close()
+
+
+def test_api_allow_limits_who_reads_metrics_and_healthz(chatd):
+    import signal
+    srv = chatd({"api": {"allow": ["127.0.0.2/32", "10.0.0.0/8", "::1"]}}, start=False)
+    srv.probe_source = "127.0.0.2"
+    srv.start()
+    for path in ("/metrics", "/healthz"):
+        assert http_get_from("127.0.0.1", srv.port, path) == 403, path
+        assert http_get_from("127.0.0.2", srv.port, path) == 200, path
+    assert http_get_from("127.0.0.1", srv.port, "/") == 200, "the page is not behind the allowlist"
+    # Live on reload.
+    srv.rewrite({"api": {"allow": ["127.0.0.0/8"]}})
+    srv.signal(signal.SIGHUP)
+    wait_until(lambda: http_get_from("127.0.0.1", srv.port, "/metrics") == 200, scaled(5),
+               what="api.allow reloaded")
+
+
+def test_api_allow_applies_on_the_api_listener_too(chatd):
+    api = free_port()
+    srv = chatd({"api": {"listen": "127.0.0.1", "port": api, "allow": ["127.0.0.3"]}}, start=False)
+    srv.probe_source = "127.0.0.3"
+    srv.start()
+    assert http_get_from("127.0.0.1", api, "/healthz") == 403
+    assert http_get_from("127.0.0.3", api, "/healthz") == 200
+    assert http_get_from("127.0.0.3", srv.port, "/healthz") == 404
