@@ -93,6 +93,7 @@ class ChatdServer:
         self.preexec = None          # extra child setup (e.g. resource limits)
         self.expected_rc = 0         # exit status teardown expects (-9 for a node a test kills)
         self.probe_source = None     # address the readiness probe comes from (api.allow tests)
+        self.wrapper = []            # command that execs chatd (a sandbox), same pid
 
     @property
     def api_port(self):
@@ -132,7 +133,7 @@ class ChatdServer:
                 resource.setrlimit(resource.RLIMIT_NOFILE, rlimit_nofile)
             if extra is not None:
                 extra()
-        self.proc = subprocess.Popen([chatd_bin(), "-c", self.config_path], stdout=self.logf,
+        self.proc = subprocess.Popen(self.wrapper + [chatd_bin(), "-c", self.config_path], stdout=self.logf,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=chatd_env(), cwd=str(self.dir), preexec_fn=preexec)
         deadline = time.monotonic() + scaled(timeout)
