@@ -753,3 +753,32 @@ def test_header_timeout_is_shorter_than_handshake_timeout(chatd):
     took = slowloris(srv.port, stop_after=scaled(6))
     assert took is not None and took <= scaled(1) + 1.5, "dropped after %r s" % took
     check_recovered(srv)
+
+
+def test_pending_per_ip_with_tls_releases_every_handshake(chatd, tmp_path):
+    """Over TLS the count covers the TLS handshake too, and every connection
+    gives its slot back: with a cap of 3, 15 https requests and 10 wss
+    sessions in a row all go through; 3 silent TCP connections (a TLS
+    handshake never started) fill the cap, and a 4th is closed at accept."""
+    import ssl as _ssl
+    from test_auth_tls import make_cert
+    cert, key = make_cert(tmp_path)
+    srv = chatd({"server": {"max_pending_per_ip": 3}, "tls": {"cert": cert, "key": key}})
+    for _ in range(15):
+        assert srv.http("/healthz")[0] == 200
+    ctx = _ssl.create_default_context(cafile=cert)
+    for i in range(10):
+        raw = RawWS.connect(srv.port, ssl_context=ctx)
+        raw.hello("tls%d" % i)
+        raw.close()
+    silent = [tcp(srv.port) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        extra = tcp(srv.port)
+        extra.settimeout(scaled(2.0))
+        assert refused_now(extra), "a 4th connection in its TLS handshake was kept"
+        extra.close()
+    finally:
+        for s in silent:
+            s.close()
+    wait_until(lambda: srv.http("/healthz")[0] == 200, scaled(3), what="slots back after the close")
