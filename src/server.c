@@ -1178,7 +1178,9 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	return 0;
 }
 
-/* The [api] listener: plain HTTP, /metrics and /healthz only. */
+/* The [api] listener: plain HTTP, /metrics and /healthz only. Its
+ * connections count against max_pending_per_ip like those of the chat port
+ * (they share the header pool). */
 static int server_api_callback(struct lws *wsi, enum lws_callback_reasons reason,
 			       void *user, void *in, size_t len)
 {
@@ -1186,6 +1188,11 @@ static int server_api_callback(struct lws *wsi, enum lws_callback_reasons reason
 	struct conn *c = user;   /* only its http_body is used here */
 
 	switch (reason) {
+	case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+		return server_accept(srv, (int)(intptr_t)in);
+	case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+		server_pending_bind(srv, wsi);
+		break;
 	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
 		if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, "no WebSocket here"))
 			return -1;
@@ -1196,7 +1203,10 @@ static int server_api_callback(struct lws *wsi, enum lws_callback_reasons reason
 		return server_http_write(wsi, c);
 	case LWS_CALLBACK_CLOSED_HTTP:
 	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		conn_http_reset(c);
+		break;
 	case LWS_CALLBACK_WSI_DESTROY:
+		server_pending_done(srv, wsi);
 		conn_http_reset(c);
 		break;
 	default:

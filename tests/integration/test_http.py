@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -284,3 +285,25 @@ def test_api_allow_applies_on_the_api_listener_too(chatd):
     assert http_get_from("127.0.0.1", api, "/healthz") == 403
     assert http_get_from("127.0.0.3", api, "/healthz") == 200
     assert http_get_from("127.0.0.3", srv.port, "/healthz") == 404
+
+
+def test_api_listener_connections_count_as_pending(chatd):
+    """The API listener shares lws' header pool, so its connections count
+    against server.max_pending_per_ip too, and each gives its slot back."""
+    import socket as _socket
+    api = free_port()
+    srv = chatd({"server": {"max_pending_per_ip": 2}, "api": {"listen": "127.0.0.1", "port": api}})
+    for _ in range(10):
+        assert http_get(api, "/metrics")[0] == 200
+    held = [_socket.create_connection(("127.0.0.1", api)) for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        s = _socket.create_connection(("127.0.0.1", api))
+        s.settimeout(scaled(2.0))
+        assert s.recv(100).startswith(b"HTTP/1.1 503"), "a 3rd pending connection was kept"
+        s.close()
+    finally:
+        for h in held:
+            h.close()
+    wait_until(lambda: http_get(api, "/healthz")[0] == 200, scaled(3), what="slots back")
+    assert srv.metrics().value("chatd_connections_refused_total", reason="max_pending_per_ip") == 1
