@@ -59,6 +59,7 @@ struct metrics {
 
 struct metrics_gauges {
 	uint64_t connections;
+	uint64_t pending;                 /* accepted, not a WebSocket (yet) */
 	uint64_t sessions;
 	uint64_t rooms;
 	uint64_t queue_bytes;

@@ -52,6 +52,8 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 		       "# TYPE chatd_start_time_seconds gauge\nchatd_start_time_seconds %.3f\n",
 		       g->start_time);
 	metrics_one(&w, "chatd_connections", "gauge", "Open WebSocket connections.", g->connections);
+	metrics_one(&w, "chatd_connections_pending", "gauge",
+		    "Connections in their TLS handshake, request head or plain HTTP.", g->pending);
 	metrics_one(&w, "chatd_sessions", "gauge", "Sessions that completed hello.", g->sessions);
 	metrics_one(&w, "chatd_rooms", "gauge", "Rooms held in memory.", g->rooms);
 	metrics_one(&w, "chatd_queue_bytes", "gauge", "Bytes held in all send queues.", g->queue_bytes);

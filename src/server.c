@@ -127,6 +127,7 @@ struct server {
 	long max_conns;                /* min(max_connections, what fits in fds) */
 	long fd_limit;
 	struct server_ip *ips;
+	size_t npending;               /* sum of every server_ip.pending */
 	struct server_ip *accepting;   /* counted at accept, not yet bound to its wsi */
 	int accepting_fd;              /* its socket */
 	int port;
@@ -906,6 +907,7 @@ static int server_admit(struct server *srv, struct lws *wsi)
 static void server_pending_release(struct server *srv, struct server_ip *e)
 {
 	e->pending--;
+	srv->npending--;
 	server_ip_unref(srv, e);
 }
 
@@ -949,6 +951,7 @@ static int server_accept(struct server *srv, int fd)
 		return 1;
 	}
 	e->pending++;
+	srv->npending++;
 	srv->accepting = e;
 	srv->accepting_fd = fd;
 	return 0;
@@ -996,6 +999,7 @@ static struct msgbuf *server_metrics(struct server *srv)
 {
 	struct metrics_gauges g = {
 		.connections = srv->nconns,
+		.pending = srv->npending,
 		.sessions = hub_session_count(srv->hub),
 		.rooms = hub_room_count(srv->hub),
 		.queue_bytes = hub_queue_bytes(srv->hub),

@@ -81,6 +81,8 @@ def wait_gauges_zero(srv, timeout):
         last.clear()
         last.update({k: m.value(k) for k in ("chatd_connections", "chatd_sessions",
                                              "chatd_queue_bytes", "chatd_queue_messages")})
+        # Not a WebSocket: only the request that reads these metrics.
+        last["chatd_connections_pending - 1"] = m.value("chatd_connections_pending") - 1
         return all(v == 0 for v in last.values())
     try:
         wait_until(pred, timeout, interval=0.05, what="connection, session and queue gauges back to 0")
@@ -716,9 +718,10 @@ def test_pending_per_ip_cap_counts_until_upgrade_or_close(chatd):
             other.recv(1)
         other.close()
         assert srv.http("/healthz")[0] == 200
-        # One closes: its slot is free again.
+        # One closes: its slot is free again (3 held + this metrics request).
         held.pop().close()
-        time.sleep(0.3)
+        wait_until(lambda: srv.metrics().value("chatd_connections_pending") == 4, scaled(3),
+                   what="the closed connection's slot released")
         held.append(partial_from(srv.port, "127.0.0.2"))
         held[-1].settimeout(0.5)
         with pytest.raises(socket.timeout):
@@ -771,6 +774,9 @@ def test_pending_per_ip_with_tls_releases_every_handshake(chatd, tmp_path):
         raw = RawWS.connect(srv.port, ssl_context=ctx)
         raw.hello("tls%d" % i)
         raw.close()
+    # Every closed connection seen by the server: only the one asking is left.
+    wait_until(lambda: srv.metrics().value("chatd_connections_pending") == 1, scaled(3),
+               what="closed connections released")
     silent = [tcp(srv.port) for _ in range(3)]
     try:
         time.sleep(0.2)

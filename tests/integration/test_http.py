@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from chatd_helpers import free_port, http_get, raw_upgrade, run, scaled, wait_until
+from chatd_helpers import free_port, http_get, parse_metrics, raw_upgrade, run, scaled, wait_until
 
 METRIC_NAMES = {
     "chatd_connections": "gauge",
@@ -62,9 +62,12 @@ def test_metrics_names_types_and_values(server):
         family = name[:-len("_total")] if name.endswith("_total") else name
         assert m.types.get(name, m.types.get(family)) == typ, "# TYPE of %s: %r" % (name, m.types)
         assert m.get(name) == 0, "%s should start at 0, is %r" % (name, m.get(name))
-    for reason in ("max_connections", "max_connections_per_ip", "origin"):
+    for reason in ("max_connections", "max_connections_per_ip", "origin", "max_pending_per_ip"):
         v = m.get("chatd_connections_refused_total", reason=reason)
         assert v in (None, 0), (reason, v)
+    # Not a WebSocket: the request reading the metrics, and nothing else.
+    assert m.types.get("chatd_connections_pending") == "gauge", m.types
+    assert m.get("chatd_connections_pending") == 1
 
 
 def test_metrics_follow_activity(server):
@@ -295,6 +298,12 @@ def test_api_listener_connections_count_as_pending(chatd):
     srv = chatd({"server": {"max_pending_per_ip": 2}, "api": {"listen": "127.0.0.1", "port": api}})
     for _ in range(10):
         assert http_get(api, "/metrics")[0] == 200
+
+    def pending_from_elsewhere():
+        _, _, body = http_get(api, "/metrics", source="127.0.0.2")
+        return parse_metrics(body.decode()).value("chatd_connections_pending")
+    # Every closed request seen by the server: only the one asking is left.
+    wait_until(lambda: pending_from_elsewhere() == 1, scaled(3), what="closed requests released")
     held = [_socket.create_connection(("127.0.0.1", api)) for _ in range(2)]
     try:
         time.sleep(0.2)
@@ -302,8 +311,17 @@ def test_api_listener_connections_count_as_pending(chatd):
         s.settimeout(scaled(2.0))
         assert s.recv(100).startswith(b"HTTP/1.1 503"), "a 3rd pending connection was kept"
         s.close()
+        # Another address is not affected, and sees the one refusal.
+        status, _, body = http_get(api, "/metrics", source="127.0.0.2")
+        assert status == 200
+        assert 'chatd_connections_refused_total{reason="max_pending_per_ip"} 1\n' in body.decode()
     finally:
         for h in held:
             h.close()
-    wait_until(lambda: http_get(api, "/healthz")[0] == 200, scaled(3), what="slots back")
-    assert srv.metrics().value("chatd_connections_refused_total", reason="max_pending_per_ip") == 1
+
+    def healthy():
+        try:
+            return http_get(api, "/healthz")[0] == 200
+        except OSError:
+            return False
+    wait_until(healthy, scaled(3), what="slots back")
