@@ -15,7 +15,7 @@ PKGS=(
 )
 TEST_PKGS=(
   libcmocka-dev python3-pytest python3-cryptography sqlite3 openssl curl procps iproute2
-  systemd dpkg-dev file
+  systemd libseccomp2 util-linux dpkg-dev file
   redis-server
   clang libclang-rt-14-dev llvm
   chromium fonts-dejavu-core
