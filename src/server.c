@@ -539,6 +539,14 @@ static void server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
  * iteration is serviced again at the end of it (server_on_check), while the
  * kernel holds more for it, up to SERVER_REREAD_ROUNDS chunks.
  *
+ * Only plain TCP connections are read again. lws' own io callback starts
+ * its idle watcher after servicing a socket, and that is what later
+ * services data OpenSSL has already decrypted but lws has not delivered
+ * (its "TLS pending" list); a direct lws_service_fd() from here does not,
+ * so a ping could sit in OpenSSL's buffer unanswered, and under a heavy
+ * upload lws 4.1 spun in that loop without returning. The kernel's FIONREAD
+ * does not see OpenSSL's buffer anyway.
+ *
  * A reader is not read again once it has sent a quarter of its queue bound
  * in messages this iteration: replies that wait for the storage commit are
  * not in its queue yet, so conn_rx_check cannot see them, and every message
@@ -588,7 +596,7 @@ static void server_on_check(struct ev_loop *loop, ev_check *w, int revents)
 			srv->rx_more[i] = NULL;
 			c->rx_more = 0;
 			c->rx_round = 0;
-			if (!c->established || c->close_code || c->rx_paused ||
+			if (!c->established || c->close_code || c->rx_paused || c->tls ||
 			    4 * c->rx_msgs >= l->send_queue_messages ||
 			    ioctl(c->fd, FIONREAD, &avail) || avail <= 0)
 				continue;
@@ -729,6 +737,10 @@ static int conn_send_plain(struct server *srv, struct conn *c)
 				      iov[k].iov_len - (size_t)w, LWS_WRITE_RAW) < 0)
 				return -1;
 			hub_session_consumed(srv->hub, c->sess, k + 1, srv->write_now);
+			/* lws tries to send it at once: if the kernel took it all,
+			 * lws holds nothing and will not call back, so go on. */
+			if (!lws_partial_buffered(c->wsi))
+				continue;
 			c->out_blocked = 1;   /* lws calls back once it is out */
 			return 1;
 		}
