@@ -11,9 +11,10 @@ PKGS=(
   libev-dev libwebsockets-dev libcjson-dev uthash-dev libtomlplusplus-dev
   libsqlite3-dev libjwt-dev libsystemd-dev libhiredis-dev
   python3 python3-websockets ca-certificates
+  libssl-dev openssl   # chatload's wss:// (OpenSSL); bench/compare.sh makes its TLS certificate
 )
 TEST_PKGS=(
-  libcmocka-dev python3-pytest sqlite3 openssl curl procps iproute2
+  libcmocka-dev python3-pytest sqlite3 curl procps iproute2
   systemd dpkg-dev file
   redis-server
   clang libclang-rt-14-dev llvm
