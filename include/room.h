@@ -68,7 +68,8 @@ struct membership *room_member_add(struct room *r, struct session *s);
 void room_member_remove(struct membership *m);
 
 /* Record message seq (its encoded frame, and its (from, id) for dedup); the
- * ring takes its own reference to frame. Keeps at most max_ring frames and
+ * ring takes its own reference to frame. frame NULL (it could not be made):
+ * only the dedup entry, and the ring restarts after seq. Keeps at most max_ring frames and
  * max_dedup ids (smaller limits after a reload apply here). The ring holds
  * consecutive seqs only: a seq that does not follow the ring's last one
  * starts a new ring. Does not touch r->seq. Returns -1 on ENOMEM. */

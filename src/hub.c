@@ -585,10 +585,17 @@ static uint64_t hub_oldest_held(struct hub *h, struct room *r)
 	return oldest;
 }
 
+static void hub_release(struct msgbuf **v, uint32_t n)
+{
+	while (n)
+		msgbuf_unref(v[--n]);
+}
+
 struct hub_collect {
 	struct room *room;
 	struct msgbuf **v;
 	uint32_t n, max;
+	int failed;                  /* a message could not be encoded */
 };
 
 static void hub_collect_emit(void *arg, const struct hub_msg *m)
@@ -596,44 +603,49 @@ static void hub_collect_emit(void *arg, const struct hub_msg *m)
 	struct hub_collect *hc = arg;
 	struct msgbuf *mb;
 
-	if (hc->n >= hc->max || !(mb = hub_encode_message(hc->room->name, m)))
+	if (hc->n >= hc->max)
 		return;
+	if (!(mb = hub_encode_message(hc->room->name, m))) {
+		hc->failed = 1;
+		return;
+	}
 	hc->v[hc->n++] = mb;
 }
 
 /* Frames of r's messages lo..hi (seq order, at most max) from the ring,
  * and from the engine for what the ring no longer holds. Each frame in
- * v[] carries a reference for the caller. Returns how many. */
-static uint32_t hub_collect(struct hub *h, struct room *r, uint64_t lo, uint64_t hi,
-			    struct msgbuf **v, uint32_t max)
+ * v[] carries a reference for the caller. Returns how many, or -1 (and no
+ * references) when the engine could not read what it holds: an answer
+ * with messages silently missing would look complete. */
+static int hub_collect(struct hub *h, struct room *r, uint64_t lo, uint64_t hi,
+		       struct msgbuf **v, uint32_t max)
 {
-	struct hub_collect hc = { r, v, 0, max };
+	struct hub_collect hc = { r, v, 0, max, 0 };
 	uint64_t ring_lo = room_oldest_seq(r), seq;
 
-	if (lo < ring_lo && h->engine.read && lo <= hi)
-		h->engine.read(h->engine.ctx, r->name, lo, hi < ring_lo ? hi : ring_lo - 1, max,
-			       hub_collect_emit, &hc);
+	if (lo < ring_lo && h->engine.read && lo <= hi &&
+	    (h->engine.read(h->engine.ctx, r->name, lo, hi < ring_lo ? hi : ring_lo - 1, max,
+			    hub_collect_emit, &hc) < 0 || hc.failed)) {
+		hub_release(v, hc.n);
+		return -1;
+	}
 	for (seq = lo > ring_lo ? lo : ring_lo; seq <= hi && hc.n < max; seq++) {
 		struct msgbuf *mb = room_frame(r, seq);
 		if (mb)
 			v[hc.n++] = msgbuf_ref(mb);
 	}
-	return hc.n;
-}
-
-static void hub_release(struct msgbuf **v, uint32_t n)
-{
-	while (n)
-		msgbuf_unref(v[--n]);
+	return (int)hc.n;
 }
 
 /* Replay r's messages after since to s, oldest first, as far as s's queue
  * takes them without tripping the slow-consumer policy. Returns 1 if all
- * were queued, 0 if it stopped early. */
+ * were queued, 0 if it stopped early, -1 (nothing queued) if they could not
+ * be read. */
 static int hub_replay(struct hub *h, struct session *s, struct room *r, uint64_t since)
 {
 	uint32_t max = h->lim.send_queue_messages, n, i, queued = 0;
 	struct msgbuf **v;
+	int got;
 
 	if (since >= r->seq)
 		return 1;
@@ -641,8 +653,12 @@ static int hub_replay(struct hub *h, struct session *s, struct room *r, uint64_t
 		max = PROTO_HISTORY_MAX * 2;
 	v = malloc(sizeof(*v) * max);
 	if (!v)
-		return 0;
-	n = hub_collect(h, r, since + 1, r->seq, v, max);
+		return -1;
+	if ((got = hub_collect(h, r, since + 1, r->seq, v, max)) < 0) {
+		free(v);
+		return -1;
+	}
+	n = (uint32_t)got;
 	/* Keep one frame and some bytes free for the joined reply. */
 	for (i = 0; i < n && hub_fits(h, s, v[i]->len, 1, 4096); i++)
 		if (hub_enqueue(h, s, v[i], 1) == 0)
@@ -662,9 +678,11 @@ struct hub_waiter {
 	char ref[PROTO_REF_MAX + 1];
 };
 
-/* Join s to the loaded room r and answer, replaying since when asked. */
-static void hub_join(struct hub *h, struct session *s, struct room *r, int has_since,
-		     uint64_t since, const char *epoch, const struct proto_str *ref)
+/* Join s to the loaded room r and answer, replaying since when asked.
+ * Never frees r: on failure (answered with an error, -1) the caller lets
+ * go of r with hub_room_maybe_free once it no longer uses it. */
+static int hub_join(struct hub *h, struct session *s, struct room *r, int has_since,
+		    uint64_t since, const char *epoch, const struct proto_str *ref)
 {
 	int recovered = 0, complete = 1;
 	struct jsonw w;
@@ -672,12 +690,16 @@ static void hub_join(struct hub *h, struct session *s, struct room *r, int has_s
 	if (has_since && (!epoch || strcmp(epoch, r->epoch) == 0) && since <= r->seq) {
 		recovered = hub_oldest_held(h, r) <= since + 1;
 		complete = hub_replay(h, s, r, since);
+		if (complete < 0) {
+			hub_error(h, s, ref, PROTO_ERR_UNAVAILABLE,
+				  "the room's history could not be read; join again");
+			return -1;
+		}
 	}
 	if (!room_member_find(r, s)) {
 		if (!room_member_add(r, s)) {
 			hub_error(h, s, ref, PROTO_ERR_INTERNAL, "out of memory");
-			hub_room_maybe_free(h, r);
-			return;
+			return -1;
 		}
 		log_debug(s->id, "joined %s", r->name);
 		hub_presence(h, r, s, "join");
@@ -700,6 +722,7 @@ static void hub_join(struct hub *h, struct session *s, struct room *r, int has_s
 	}
 	hub_w_ref(&w, ref);
 	hub_w_reply(h, s, &w);
+	return 0;
 }
 
 static void hub_park_join(struct hub *h, struct session *s, struct room *r, const struct proto_cmd *c)
@@ -779,7 +802,8 @@ static void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cm
 	}
 	if (c->epoch.p)
 		hub_copy(epoch, &c->epoch);
-	hub_join(h, s, r, c->has_since, c->since, c->epoch.p ? epoch : NULL, &c->ref);
+	if (hub_join(h, s, r, c->has_since, c->since, c->epoch.p ? epoch : NULL, &c->ref))
+		hub_room_maybe_free(h, r);
 }
 
 /* The room named in c if s is a member of it, else NULL (error sent). */
@@ -1013,6 +1037,10 @@ void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
 	r = hub_room_get(h, p->room, strlen(p->room));
 	if (r && r->pending)
 		r->pending--;
+	/* The frame first, before anything moves: in memory only, a message
+	 * that cannot be kept was never accepted (its seq goes back, no gap). */
+	if (r && status == PROTO_OK && !(mb = hub_encode_message(r->name, &m)) && !h->engine.submit)
+		status = PROTO_ERR_INTERNAL;
 	if (r && r->inflight)
 		hub_retry_done(h, r, p->seq, status != PROTO_OK || !r ? PROTO_ERR_UNAVAILABLE : PROTO_OK);
 	if (status != PROTO_OK || !r) {
@@ -1023,26 +1051,27 @@ void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
 		if (sender)
 			hub_error(h, sender, &ref, r ? status : PROTO_ERR_INTERNAL,
 				  status == PROTO_ERR_UNAVAILABLE ? "storage unavailable; the message was not stored"
+				  : status == PROTO_ERR_INTERNAL ? "out of memory; the message was not accepted"
 								  : "the message could not be accepted");
 		if (r)
 			hub_room_maybe_free(h, r);
 		return;
 	}
+	/* Stored: seq moves on, and the (from, id) pair is remembered even
+	 * without a frame, so that a retry gets this ack, never a second seq.
+	 * Members who got no frame see a gap in seq and page history. */
 	r->seq = p->seq;
 	if (r->seq_assigned < r->seq)
 		r->seq_assigned = r->seq;
-	mb = hub_encode_message(r->name, &m);
-	if (!mb || room_append(r, p->seq, mb, p->from, strlen(p->from), p->id, strlen(p->id),
-			       h->lim.messages_per_room, h->lim.dedup_window)) {
-		log_error(sender ? sender->id : NULL, "out of memory keeping message %s/%llu in memory",
-			  r->name, (unsigned long long)p->seq);
-		if (!mb)
-			return;
-	}
+	if (room_append(r, p->seq, mb, p->from, strlen(p->from), p->id, strlen(p->id),
+			h->lim.messages_per_room, h->lim.dedup_window) || !mb)
+		log_error(sender ? sender->id : NULL, "out of memory keeping message %s/%llu in memory%s",
+			  r->name, (unsigned long long)p->seq, mb ? "" : "; its members miss it");
 	h->m->messages_in++;
 	if (sender)
 		hub_ack(h, sender, p->id, r->name, p->seq, p->has_ref ? p->ref : NULL);
-	hub_room_broadcast(h, r, mb, NULL, 1);
+	if (mb)
+		hub_room_broadcast(h, r, mb, NULL, 1);
 	msgbuf_unref(mb);
 }
 
@@ -1091,10 +1120,10 @@ int hub_apply(struct hub *h, const char *room, const char *epoch, const struct h
 		return 0;          /* seen already (resync overlap) */
 	if (m->seq != r->seq + 1)
 		return -1;         /* a gap: the engine re-reads the room */
+	/* No frame (ENOMEM): not applied, so the engine re-reads it later. */
+	if (!(mb = hub_encode_message(r->name, m)))
+		return -1;
 	r->seq = r->seq_assigned = m->seq;
-	mb = hub_encode_message(r->name, m);
-	if (!mb)
-		return 0;
 	if (room_append(r, m->seq, mb, m->from, strlen(m->from), m->id, strlen(m->id),
 			h->lim.messages_per_room, h->lim.dedup_window))
 		log_error(NULL, "out of memory keeping message %s/%llu", r->name, (unsigned long long)m->seq);
@@ -1270,6 +1299,7 @@ static void hub_cmd_history(struct hub *h, struct session *s, const struct proto
 	uint64_t lo, hi, oldest;
 	uint32_t n, first = 0, last, i;
 	size_t total = 0, budget;
+	int got;
 	struct jsonw w;
 
 	if (!r)
@@ -1286,7 +1316,12 @@ static void hub_cmd_history(struct hub *h, struct session *s, const struct proto
 		if (lo < oldest)
 			lo = oldest;
 	}
-	n = lo <= hi ? hub_collect(h, r, lo, hi, v, c->limit) : 0;
+	got = lo <= hi ? hub_collect(h, r, lo, hi, v, c->limit) : 0;
+	if (got < 0) {
+		hub_error(h, s, &c->ref, PROTO_ERR_UNAVAILABLE, "the room's history could not be read");
+		return;
+	}
+	n = (uint32_t)got;
 	/* One reply frame must fit in the session's queue: cut it to the
 	 * budget, keeping the messages nearest to the requested bound. */
 	budget = h->lim.send_queue_bytes > s->q.bytes + 512 ? h->lim.send_queue_bytes - s->q.bytes - 512 : 0;

@@ -206,6 +206,16 @@ int room_append(struct room *r, uint64_t seq, struct msgbuf *frame, const char *
 		size_t from_len, const char *id, size_t id_len, uint32_t max_ring,
 		uint32_t max_dedup)
 {
+	/* The dedup entry first: it must not depend on the ring's memory. */
+	int rc = room_dedup_add(r, seq, from, from_len, id, id_len, max_dedup);
+
+	if (!frame) {
+		/* No frame for seq: the ring restarts after it. */
+		while (r->ring.len)
+			room_ring_drop_front(r);
+		r->ring_first_seq = seq + 1;
+		return rc;
+	}
 	/* Element i of the ring is seq ring_first_seq + i: keep it so. */
 	if (r->ring.len && seq != r->ring_first_seq + r->ring.len)
 		while (r->ring.len)
@@ -215,14 +225,15 @@ int room_append(struct room *r, uint64_t seq, struct msgbuf *frame, const char *
 		room_ring_drop_front(r);
 	if (!r->ring.len)
 		r->ring_first_seq = seq;
-	if (max_ring) {
-		if (room_ring_push(&r->ring, frame, max_ring))
-			return -1;
+	if (max_ring && room_ring_push(&r->ring, frame, max_ring) == 0) {
 		msgbuf_ref(frame);
-	} else {
-		r->ring_first_seq = seq + 1;
+		return rc;
 	}
-	return room_dedup_add(r, seq, from, from_len, id, id_len, max_dedup);
+	/* No ring, or no memory for it: the ring restarts after seq. */
+	while (r->ring.len)
+		room_ring_drop_front(r);
+	r->ring_first_seq = seq + 1;
+	return max_ring ? -1 : rc;
 }
 
 uint64_t room_oldest_seq(const struct room *r)

@@ -27,6 +27,8 @@
 #include "log.h"
 #include "metrics.h"
 #include "msgbuf.h"
+#include "proto.h"
+#include "room.h"
 #include "session.h"
 
 /* ---- fake transport ----------------------------------------------------- */
@@ -72,6 +74,34 @@ static double fk_now(void *ctx)
 
 static const struct hub_transport fake_tp = { fk_wake, fk_close, fk_now, NULL };
 
+/* ---- allocation failures ------------------------------------------------ */
+
+/*
+ * test_hub links with -Wl,--wrap=malloc,--wrap=calloc: every malloc and
+ * calloc of the hub's own code (chatd_core is a static library) goes
+ * through here, so a test can make the n-th next one fail. Allocations
+ * inside shared libraries (cJSON, libc's strdup) are not counted.
+ */
+static long alloc_fail_in;      /* 0: off; n: the n-th next allocation fails */
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t size);
+
+static int alloc_fails(void)
+{
+	return alloc_fail_in > 0 && --alloc_fail_in == 0;
+}
+
+void *__wrap_malloc(size_t n)
+{
+	return alloc_fails() ? NULL : __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+	return alloc_fails() ? NULL : __real_calloc(n, size);
+}
+
 /* ---- fixture ------------------------------------------------------------ */
 
 static struct config cfg;
@@ -87,6 +117,7 @@ static int setup(void **state)
 	(void)state;
 	memset(&fk, 0, sizeof fk);
 	memset(&metrics, 0, sizeof metrics);
+	alloc_fail_in = 0;
 	fk.now = 1000.5;
 	hub = NULL;
 	nconns = 0;
@@ -1326,6 +1357,310 @@ static void test_deferred_commit_failure_after_the_sender_is_gone(void **state)
 	expect_none(b);
 }
 
+/* ---- a fake asynchronous engine ---------------------------------------- */
+
+/*
+ * A local engine that does nothing inside the hub's calls: appends wait
+ * until the test completes them (per room in order, across rooms in any
+ * order), room loads wait until the test finishes them, and reads and
+ * appends can be made to fail. What it stored, it keeps, so that loads and
+ * reads return it; `oldest` says what it still holds.
+ */
+#define FE_MAX 256
+
+struct fe_msg {
+	char room[PROTO_ROOM_MAX + 1];
+	uint64_t seq, ts;
+	char from[PROTO_NAME_MAX + 1], id[PROTO_ID_MAX + 1], body[64];
+};
+
+static struct {
+	struct hub_pending *held[FE_MAX];
+	int nheld;
+	struct fe_msg log[FE_MAX];
+	int nlog;
+	struct room *loading[8];
+	int nloading;
+	int slow_load;      /* room_load answers later, through fe_finish_load */
+	int fail_read;      /* read emits the first message, then fails */
+	int reads, loads;
+} fe;
+
+static void fe_submit(void *ctx, struct hub *h, struct hub_pending *p)
+{
+	(void)ctx;
+	(void)h;
+	assert_true(fe.nheld < FE_MAX);
+	fe.held[fe.nheld++] = p;
+}
+
+/* Complete the oldest held append of room with status. */
+static void fe_complete(const char *room, enum proto_err status)
+{
+	int i;
+
+	for (i = 0; i < fe.nheld; i++) {
+		struct hub_pending *p = fe.held[i];
+		if (strcmp(p->room, room) != 0)
+			continue;
+		memmove(&fe.held[i], &fe.held[i + 1], sizeof(fe.held[0]) * (size_t)(fe.nheld - i - 1));
+		fe.nheld--;
+		if (status == PROTO_OK) {
+			struct fe_msg *m = &fe.log[fe.nlog++];
+			assert_true(fe.nlog <= FE_MAX);
+			snprintf(m->room, sizeof m->room, "%s", p->room);
+			m->seq = p->seq;
+			m->ts = p->ts;
+			snprintf(m->from, sizeof m->from, "%s", p->from);
+			snprintf(m->id, sizeof m->id, "%s", p->id);
+			snprintf(m->body, sizeof m->body, "%s", p->body);
+		}
+		hub_commit(hub, p, status);
+		hub_pending_free(p);
+		return;
+	}
+	fail_msg("no append of room %s is held", room);
+}
+
+static void fe_hub_msg(const struct fe_msg *f, struct hub_msg *m)
+{
+	m->seq = f->seq;
+	m->ts = f->ts;
+	m->from = f->from;
+	m->id = f->id;
+	m->body = f->body;
+	m->body_len = strlen(f->body);
+}
+
+/* Fill r from the log, as a storage engine would. */
+static void fe_fill(struct room *r)
+{
+	int i;
+
+	for (i = 0; i < fe.nlog; i++) {
+		struct hub_msg m;
+		if (strcmp(fe.log[i].room, r->name) != 0)
+			continue;
+		fe_hub_msg(&fe.log[i], &m);
+		r->seq = m.seq;
+		assert_int_equal(hub_room_restore(hub, r, &m), 0);
+	}
+}
+
+static int fe_room_load(void *ctx, struct hub *h, struct room *r)
+{
+	(void)ctx;
+	(void)h;
+	fe.loads++;
+	if (fe.slow_load) {
+		assert_true(fe.nloading < 8);
+		fe.loading[fe.nloading++] = r;
+		return 1;
+	}
+	fe_fill(r);
+	return 0;
+}
+
+static void fe_finish_load(int ok)
+{
+	struct room *r;
+
+	assert_true(fe.nloading > 0);
+	r = fe.loading[0];
+	memmove(&fe.loading[0], &fe.loading[1], sizeof(fe.loading[0]) * (size_t)--fe.nloading);
+	if (ok)
+		fe_fill(r);
+	hub_room_loaded(hub, r, ok);
+}
+
+static int fe_read(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
+		   void (*emit)(void *arg, const struct hub_msg *m), void *arg)
+{
+	int i, n = 0;
+
+	(void)ctx;
+	fe.reads++;
+	for (i = 0; i < fe.nlog && (uint32_t)n < max; i++) {
+		struct hub_msg m;
+		if (strcmp(fe.log[i].room, room) != 0 || fe.log[i].seq < lo || fe.log[i].seq > hi)
+			continue;
+		if (fe.fail_read && n == 1)
+			return -1;    /* e.g. SQLITE_IOERR half way */
+		fe_hub_msg(&fe.log[i], &m);
+		emit(arg, &m);
+		n++;
+	}
+	return fe.fail_read ? -1 : n;
+}
+
+static uint64_t fe_oldest(void *ctx, const char *room)
+{
+	int i;
+
+	(void)ctx;
+	for (i = 0; i < fe.nlog; i++)
+		if (!strcmp(fe.log[i].room, room))
+			return fe.log[i].seq;
+	return 0;
+}
+
+static void start_with_fake_engine(void)
+{
+	struct hub_engine e = { .submit = fe_submit, .room_load = fe_room_load, .read = fe_read,
+				.oldest = fe_oldest };
+
+	memset(&fe, 0, sizeof fe);
+	start();
+	hub_set_engine(hub, &e);
+}
+
+static void test_fake_engine_completes_rooms_out_of_order(void **state)
+{
+	struct session *a, *b;
+
+	start_with_fake_engine();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r1");
+	join(a, "r2");
+	join(b, "r1");
+	join(b, "r2");
+	drain(a);
+	send_msg(a, "r1", "x1", "one");
+	send_msg(a, "r2", "y1", "two");
+	send_msg(a, "r1", "x2", "three");
+	expect_none(a);
+	expect_none(b);
+	fe_complete("r2", PROTO_OK);
+	assert_string_equal(str(expect(b, "message"), "id"), "y1");
+	fe_complete("r1", PROTO_OK);
+	fe_complete("r1", PROTO_OK);
+	assert_string_equal(str(expect(b, "message"), "id"), "x1");
+	assert_true(num(expect(b, "message"), "seq") == 2);
+	assert_string_equal(str(expect(a, "ack"), "id"), "y1");
+	assert_string_equal(str(expect(a, "message"), "id"), "y1");
+	assert_string_equal(str(expect(a, "ack"), "id"), "x1");
+}
+
+/* Defect 2: a parked join whose member cannot be added must not free the
+ * room under hub_room_loaded (it freed it there, then again at its end). */
+static void test_failed_parked_join_does_not_free_the_room_twice(void **state)
+{
+	struct session *a, *b;
+
+	start_with_fake_engine();
+	fe.slow_load = 1;
+	a = login("alice");
+	b = login("bob");
+	in(a, "{\"type\":\"join\",\"room\":\"r\",\"ref\":\"ja\"}");
+	in(b, "{\"type\":\"join\",\"room\":\"r\",\"ref\":\"jb\"}");
+	expect_none(a);
+	expect_none(b);
+	alloc_fail_in = 1;          /* alice's membership */
+	fe_finish_load(1);
+	alloc_fail_in = 0;
+	assert_string_equal(str(expect_error(a, "internal"), "ref"), "ja");
+	assert_string_equal(str(expect(b, "joined"), "ref"), "jb");
+	/* the room is alive and usable */
+	fe.slow_load = 0;
+	assert_true(num(join(a, "r"), "seq") == 0);
+	assert_int_equal(hub_room_count(hub), 1);
+}
+
+/* Defect 3: a storage read that fails must not be answered as complete. */
+static void test_failed_read_is_not_reported_as_recovered(void **state)
+{
+	struct session *a, *b;
+	char id[8];
+	int i;
+
+	cfg.messages_per_room = 2;
+	cfg.dedup_window = 2;
+	start_with_fake_engine();
+	a = login("alice");
+	join(a, "r");
+	for (i = 1; i <= 6; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		send_msg(a, "r", id, "x");
+		fe_complete("r", PROTO_OK);
+	}
+	drain(a);
+	b = login("bob");
+	/* the ring holds 5..6; 1..4 come from the engine, whose read fails */
+	fe.fail_read = 1;
+	in(b, "{\"type\":\"join\",\"room\":\"r\",\"since\":0,\"ref\":\"j\"}");
+	assert_string_equal(str(expect_error(b, "unavailable"), "ref"), "j");
+	expect_none(b);
+	drain(a);
+	in(a, "{\"type\":\"history\",\"room\":\"r\",\"limit\":5,\"ref\":\"h\"}");
+	assert_string_equal(str(expect_error(a, "unavailable"), "ref"), "h");
+	/* and once the engine reads again, both are whole */
+	fe.fail_read = 0;
+	in(b, "{\"type\":\"join\",\"room\":\"r\",\"since\":0}");
+	for (i = 1; i <= 6; i++)
+		assert_true(num(expect(b, "message"), "seq") == i);
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItem(expect(b, "joined"), "recovered")));
+	assert_true(fe.reads >= 3);
+}
+
+/* Defect 4: a stored message whose frame cannot be made still answers its
+ * sender and keeps its dedup entry, so a retry is not stored twice. */
+static void test_stored_message_without_a_frame_still_acks_and_dedups(void **state)
+{
+	struct session *a, *b;
+	cJSON *o;
+
+	start_with_fake_engine();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	send_msg(a, "r", "m1", "x");
+	alloc_fail_in = 1;          /* the message frame, at commit */
+	fe_complete("r", PROTO_OK);
+	alloc_fail_in = 0;
+	assert_true(num(expect(a, "ack"), "seq") == 1);
+	expect_none(b);
+	/* the retry: the same ack, nothing new stored */
+	send_msg(a, "r", "m1", "x");
+	assert_true(num(expect(a, "ack"), "seq") == 1);
+	assert_int_equal(fe.nheld, 0);
+	/* the members see the gap: the next message is seq 2 */
+	send_msg(a, "r", "m2", "y");
+	fe_complete("r", PROTO_OK);
+	o = expect(b, "message");
+	assert_true(num(o, "seq") == 2);
+	/* and history fills it from the engine */
+	in(b, "{\"type\":\"history\",\"room\":\"r\"}");
+	o = cJSON_GetObjectItem(expect(b, "history"), "messages");
+	assert_int_equal(cJSON_GetArraySize(o), 2);
+	assert_string_equal(str(cJSON_GetArrayItem(o, 0), "id"), "m1");
+}
+
+/* Defect 4, memory only: a message that cannot be kept is refused and its
+ * seq given back: no silent hole, no duplicate on retry. */
+static void test_memory_only_message_without_a_frame_is_refused(void **state)
+{
+	struct session *a, *b;
+
+	start();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	/* calloc pending, malloc body, malloc frame */
+	alloc_fail_in = 3;
+	send_msg(a, "r", "m1", "x");
+	alloc_fail_in = 0;
+	expect_error(a, "internal");
+	expect_none(b);
+	send_msg(a, "r", "m1", "x");
+	assert_true(num(expect(a, "ack"), "seq") == 1);
+	assert_true(num(expect(b, "message"), "seq") == 1);
+}
+
 /* Regression tests for bugs these tests found. */
 #include <signal.h>
 
@@ -1412,6 +1747,11 @@ int main(void)
 		T(test_deferred_commit_failure_after_the_sender_is_gone),
 		T(test_failed_commit_gives_its_seq_back),
 		T(test_unregister_of_the_largest_queue_under_global_cap_returns),
+		T(test_fake_engine_completes_rooms_out_of_order),
+		T(test_failed_parked_join_does_not_free_the_room_twice),
+		T(test_failed_read_is_not_reported_as_recovered),
+		T(test_stored_message_without_a_frame_still_acks_and_dedups),
+		T(test_memory_only_message_without_a_frame_is_refused),
 	};
 
 	/* the hub logs every session event on stderr; keep test output readable */
