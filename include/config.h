@@ -8,6 +8,9 @@
 #ifndef CHATD_CONFIG_H
 #define CHATD_CONFIG_H
 
+/* cluster.key_prefix: Redis keys are built in fixed buffers sized from it. */
+#define CONFIG_KEY_PREFIX_MAX 64
+
 #include <stddef.h>
 
 #ifdef __cplusplus
@@ -98,7 +101,8 @@ struct config {
 	char *redis;                  /* "redis://host:port[/db]", "" = single node */
 	char *redis_password;         /* AUTH password, "" = none */
 	long redis_db;                /* SELECT db (a /db in the URL wins) */
-	char *key_prefix;             /* "chatd:" - every Redis key and the channel */
+	char *key_prefix;             /* "chatd:" - every Redis key and the channel;
+				       * at most CONFIG_KEY_PREFIX_MAX bytes */
 	double node_ttl;              /* 10 s: a node silent this long is gone */
 
 	/* [log] */

@@ -33,6 +33,15 @@
 #define CL_BACKOFF_MIN 0.1
 #define CL_BACKOFF_MAX 5.0
 
+/* Every Redis key fits its buffer whole: the prefix is bounded by the
+ * config, room names and node ids by the protocol. A truncated key would
+ * silently name another room's data. */
+#define CL_KEY_MAX 256
+_Static_assert(CONFIG_KEY_PREFIX_MAX + sizeof("room:") + PROTO_ROOM_MAX + sizeof(":members") <= CL_KEY_MAX,
+	       "room keys fit");
+_Static_assert(CONFIG_KEY_PREFIX_MAX + sizeof("node:") + 64 + sizeof(":rooms") <= CL_KEY_MAX,
+	       "node keys fit");
+
 /* ---- scripts ------------------------------------------------------------ */
 
 /* KEYS seq epoch hist dedup dedupq; ARGV room from id body ts histmax
@@ -393,7 +402,7 @@ static void cl_ev_begin(struct cluster *c, struct jsonw *w, const char *t)
 /* Publish a presence or user delta and keep the Redis hash in step. */
 static void cl_send_delta(struct cluster *c, const char *room, const char *name, int delta)
 {
-	char hash[256], set[256], field[128], d[8];
+	char hash[CL_KEY_MAX], set[CL_KEY_MAX], field[128], d[8];
 	struct jsonw w;
 	struct msgbuf *mb;
 
@@ -428,7 +437,7 @@ static void cl_send_delta(struct cluster *c, const char *room, const char *name,
  * event; restart = the node itself is re-announcing). cb may be NULL. */
 static int cl_cleanup(struct cluster *c, const char *node, int restart, redisCallbackFn *cb, void *arg)
 {
-	char set[256], users[256], nodekey[256], online[256], ev[160];
+	char set[CL_KEY_MAX], users[CL_KEY_MAX], nodekey[CL_KEY_MAX], online[CL_KEY_MAX], ev[160];
 	const char *keys[4] = { set, users, nodekey, online };
 	const char *args[4] = { node, c->prefix, c->channel, ev };
 
@@ -483,7 +492,26 @@ static int cl_reply_str(const redisReply *r, const char **s, size_t *len)
 	return 0;
 }
 
-/* A "m" event, parsed: fills m (strings borrowed from j). */
+/* Seqs and timestamps are JSON numbers in the stream: exact integers up
+ * to 2^53. Anything else (0, negative, fractional, huge, NaN) is refused
+ * rather than cast: one bad seq would move a room's seq where no real
+ * message follows, and the room would ignore every later one. */
+#define CL_INT_MAX 9007199254740992.0
+
+static int cl_int(const cJSON *it, double min, uint64_t *out)
+{
+	double v;
+
+	if (!cJSON_IsNumber(it))
+		return -1;
+	v = it->valuedouble;
+	if (!(v >= min && v <= CL_INT_MAX) || floor(v) != v)
+		return -1;
+	*out = (uint64_t)v;
+	return 0;
+}
+
+/* A "m" event, parsed and checked: fills m (strings borrowed from j). */
 static int cl_parse_msg(const cJSON *j, struct hub_msg *m, const char **room, const char **epoch)
 {
 	const cJSON *seq = cJSON_GetObjectItemCaseSensitive(j, "seq");
@@ -494,11 +522,13 @@ static int cl_parse_msg(const cJSON *j, struct hub_msg *m, const char **room, co
 	const cJSON *body = cJSON_GetObjectItemCaseSensitive(j, "body");
 	const cJSON *ep = cJSON_GetObjectItemCaseSensitive(j, "epoch");
 
-	if (!cJSON_IsNumber(seq) || !cJSON_IsNumber(ts) || !cJSON_IsString(rm) || !cJSON_IsString(from) ||
-	    !cJSON_IsString(id) || !cJSON_IsString(body))
+	if (cl_int(seq, 1, &m->seq) || cl_int(ts, 0, &m->ts) || !cJSON_IsString(rm) ||
+	    !cJSON_IsString(from) || !cJSON_IsString(id) || !cJSON_IsString(body) ||
+	    !proto_valid_room(rm->valuestring, strlen(rm->valuestring)) ||
+	    !proto_valid_name(from->valuestring, strlen(from->valuestring)) ||
+	    !id->valuestring[0] || strlen(id->valuestring) > PROTO_ID_MAX ||
+	    (cJSON_IsString(ep) && (!ep->valuestring[0] || strlen(ep->valuestring) > 16)))
 		return -1;
-	m->seq = (uint64_t)seq->valuedouble;
-	m->ts = (uint64_t)ts->valuedouble;
 	m->from = from->valuestring;
 	m->id = id->valuestring;
 	m->body = body->valuestring;
@@ -508,7 +538,7 @@ static int cl_parse_msg(const cJSON *j, struct hub_msg *m, const char **room, co
 	return 0;
 }
 
-static void cl_sync_start(struct cluster *c, const char *room, struct room *initial);
+static int cl_sync_start(struct cluster *c, const char *room, struct room *initial);
 static void cl_check_up(struct cluster *c);
 static void cl_announce(struct cluster *c);
 
@@ -526,7 +556,9 @@ static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
 	if (c->closing)
 		return;            /* cluster_free frees the syncs */
 	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
-	    r->element[0]->type != REDIS_REPLY_INTEGER || cl_reply_str(r->element[1], &epoch, &len) ||
+	    r->element[0]->type != REDIS_REPLY_INTEGER || r->element[0]->integer < 0 ||
+	    (double)r->element[0]->integer > CL_INT_MAX ||
+	    cl_reply_str(r->element[1], &epoch, &len) || len < 1 || len > 16 ||
 	    r->element[2]->type != REDIS_REPLY_ARRAY || r->element[3]->type != REDIS_REPLY_ARRAY) {
 		c->m->redis_failures++;
 		log_warn(NULL, "cluster: loading room %s failed: %s", sy->room,
@@ -563,7 +595,10 @@ static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
 			cJSON *j = x->type == REDIS_REPLY_STRING ? cJSON_ParseWithLength(x->str, x->len) : NULL;
 			const char *rm, *mep;
 			struct hub_msg m;
-			if (j && !cl_parse_msg(j, &m, &rm, &mep) && hub_apply(c->hub, sy->room, ep, &m) < 0) {
+			/* Nothing past the shared seq exists: such an entry would
+			 * move the room where no real message follows. */
+			if (j && !cl_parse_msg(j, &m, &rm, &mep) && m.seq <= shared_seq &&
+			    hub_apply(c->hub, sy->room, ep, &m) < 0) {
 				hub_room_rebase(c->hub, sy->room, ep, m.seq - 1);
 				hub_apply(c->hub, sy->room, ep, &m);
 			}
@@ -621,7 +656,7 @@ static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
 
 static void cl_sync_send(struct cluster *c, struct cl_sync *sy)
 {
-	char k1[256], k2[256], k3[256], k4[256], cand[17];
+	char k1[CL_KEY_MAX], k2[CL_KEY_MAX], k3[CL_KEY_MAX], k4[CL_KEY_MAX], cand[17];
 	const char *keys[4] = { k1, k2, k3, k4 };
 	const char *args[1] = { cand };
 
@@ -634,15 +669,21 @@ static void cl_sync_send(struct cluster *c, struct cl_sync *sy)
 		sy->sent = 1;
 }
 
-static void cl_sync_start(struct cluster *c, const char *room, struct room *initial)
+static int cl_sync_start(struct cluster *c, const char *room, struct room *initial)
 {
 	struct cl_sync *sy = NULL;
 
 	HASH_FIND_STR(c->syncs, room, sy);
-	if (sy)
-		return;
+	if (sy) {
+		/* A resync of this room is in flight (it was freed and is used
+		 * again meanwhile): its answer is a whole snapshot, and every
+		 * event since is queued on it, so it serves as the first load. */
+		if (initial && !sy->initial)
+			sy->initial = initial;
+		return 0;
+	}
 	if (!(sy = calloc(1, sizeof(*sy))))
-		return;
+		return -1;
 	sy->c = c;
 	sy->initial = initial;
 	snprintf(sy->room, sizeof(sy->room), "%s", room);
@@ -650,6 +691,7 @@ static void cl_sync_start(struct cluster *c, const char *room, struct room *init
 	if (!initial)
 		c->m->redis_resyncs++;
 	cl_sync_send(c, sy);
+	return 0;
 }
 
 /* ---- the event stream --------------------------------------------------- */
@@ -699,10 +741,9 @@ static void cl_event(struct cluster *c, const char *json, size_t len)
 		const cJSON *ts = cJSON_GetObjectItemCaseSensitive(j, "ts");
 		struct hub_msg m;
 		if (!cJSON_IsString(to) || !cJSON_IsString(from) || !cJSON_IsString(id) ||
-		    !cJSON_IsString(body) || !cJSON_IsNumber(ts))
+		    !cJSON_IsString(body) || cl_int(ts, 0, &m.ts))
 			goto out;
 		m.seq = 0;
-		m.ts = (uint64_t)ts->valuedouble;
 		m.from = from->valuestring;
 		m.id = id->valuestring;
 		m.body = body->valuestring;
@@ -800,7 +841,7 @@ static void cl_on_send(redisAsyncContext *ac, void *reply, void *priv)
 static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 {
 	struct cluster *c = ctx;
-	char k[5][256], ts[24], hmax[16], dmax[16], cand[17];
+	char k[5][CL_KEY_MAX], ts[24], hmax[16], dmax[16], cand[17];
 	const char *keys[5] = { k[0], k[1], k[2], k[3], k[4] };
 	const char *args[9] = { p->room, p->from, p->id, p->body, ts, hmax, dmax, c->channel, cand };
 	size_t lens[9] = { 0, 0, 0, p->body_len ? p->body_len : 0, 0, 0, 0, 0, 0 };
@@ -838,9 +879,8 @@ static int cl_room_load(void *ctx, struct hub *hub, struct room *r)
 {
 	struct cluster *c = ctx;
 
-	if (!c->up)
+	if (!c->up || cl_sync_start(c, r->name, r))
 		return -1;
-	cl_sync_start(c, r->name, r);
 	return 1;
 }
 
@@ -915,7 +955,7 @@ static enum proto_err cl_dm(void *ctx, struct hub *hub, struct hub_pending *p)
 	call->c = c;
 	call->p = p;
 	{
-		char online[256];
+		char online[CL_KEY_MAX];
 		const char *keys[1] = { online };
 		const char *args[3] = { p->to, c->channel, (const char *)mb->data };
 		size_t lens[3] = { 0, 0, mb->len };
@@ -953,7 +993,7 @@ static void cl_on_users(redisAsyncContext *ac, void *reply, void *priv);
 
 static void cl_announce(struct cluster *c)
 {
-	char users[256];
+	char users[CL_KEY_MAX];
 	const char *hg[2] = { "HGETALL", users };
 	struct cl_count *e, *tmp;
 
@@ -1196,7 +1236,7 @@ static void cl_on_exists(redisAsyncContext *ac, void *reply, void *priv)
 static void cl_on_heartbeat(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct cluster *c = w->data;
-	char key[256], px[24];
+	char key[CL_KEY_MAX], px[24];
 	const char *argv[5] = { "SET", key, "1", "PX", px };
 	struct cl_node *n, *tmp;
 
@@ -1259,10 +1299,16 @@ static int cl_parse_url(struct cluster *c, const char *url, char *err, size_t er
 struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, struct hub *hub,
 			    struct metrics *metrics, char *err, size_t errlen)
 {
-	struct cluster *c = calloc(1, sizeof(*c));
+	struct cluster *c;
 	struct hub_engine engine;
 	size_t n;
 
+	err[0] = '\0';
+	if (strlen(cfg->key_prefix) > CONFIG_KEY_PREFIX_MAX) {
+		snprintf(err, errlen, "cluster.key_prefix: at most %d bytes", CONFIG_KEY_PREFIX_MAX);
+		return NULL;
+	}
+	c = calloc(1, sizeof(*c));
 	if (!c) {
 		snprintf(err, errlen, "out of memory");
 		return NULL;

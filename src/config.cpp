@@ -63,6 +63,11 @@ bool valid_node_id(const std::string &s)
 	return true;
 }
 
+bool valid_key_prefix(const std::string &s)
+{
+	return s.size() <= CONFIG_KEY_PREFIX_MAX && no_nul(s);
+}
+
 bool valid_redis_url(const std::string &s)
 {
 	if (s.empty())
@@ -202,7 +207,7 @@ const Key keys[] = {
 	string("cluster", "redis", F(redis), valid_redis_url, "expected \"redis://host:port[/db]\" or \"\""),
 	string("cluster", "password", F(redis_password), no_nul, "expected a string"),
 	integer("cluster", "db", LONG, F(redis_db), 0, 1000000),
-	string("cluster", "key_prefix", F(key_prefix), no_nul, "expected a string"),
+	string("cluster", "key_prefix", F(key_prefix), valid_key_prefix, "expected a string of at most 64 bytes"),
 	number("cluster", "node_ttl", F(node_ttl), GT, 0),
 
 	choice("log", "level", F(log_level), level_names),

@@ -444,6 +444,25 @@ static void test_sample_config(void **state)
 	config_free(&c);
 }
 
+/* Redis keys are built in fixed buffers: a longer prefix truncated them and
+ * made keys of different rooms collide. */
+static void test_key_prefix_is_bounded(void **state)
+{
+	char text[256], prefix[80];
+	struct config c;
+	char err[512];
+
+	memset(prefix, 'p', 64);
+	prefix[64] = '\0';
+	snprintf(text, sizeof text, "[cluster]\nkey_prefix = \"%s\"\n", prefix);
+	assert_int_equal(load(text, &c, err, sizeof err), 0);
+	assert_int_equal(strlen(c.key_prefix), 64);
+	config_free(&c);
+	strcat(prefix, "q");
+	snprintf(text, sizeof text, "[cluster]\nkey_prefix = \"%s\"\n", prefix);
+	expect_error(text, "2: cluster.key_prefix: expected a string of at most 64 bytes");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -464,6 +483,7 @@ int main(void)
 		cmocka_unit_test(test_error_buffer),
 		cmocka_unit_test(test_names),
 		cmocka_unit_test(test_sample_config),
+		cmocka_unit_test(test_key_prefix_is_bounded),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,6 +22,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "hub.h"
 #include "log.h"
@@ -1661,6 +1662,26 @@ static void test_memory_only_message_without_a_frame_is_refused(void **state)
 	assert_true(num(expect(b, "message"), "seq") == 1);
 }
 
+/* Defect 6: cluster_new out of memory must say so, not hand back whatever
+ * the caller's error buffer held. */
+static void test_cluster_new_out_of_memory_says_so(void **state)
+{
+	struct cluster *c;
+	char err[64];
+
+	start();
+	free(cfg.redis);
+	cfg.redis = strdup("redis://127.0.0.1:1");
+	assert_non_null(cfg.redis);
+	memset(err, 'X', sizeof err - 1);
+	err[sizeof err - 1] = '\0';
+	alloc_fail_in = 2;          /* the cluster, then its channel name */
+	c = cluster_new(&cfg, NULL, hub, &metrics, err, sizeof err);
+	alloc_fail_in = 0;
+	assert_null(c);
+	assert_string_equal(err, "out of memory");
+}
+
 /* Regression tests for bugs these tests found. */
 #include <signal.h>
 
@@ -1752,6 +1773,7 @@ int main(void)
 		T(test_failed_read_is_not_reported_as_recovered),
 		T(test_stored_message_without_a_frame_still_acks_and_dedups),
 		T(test_memory_only_message_without_a_frame_is_refused),
+		T(test_cluster_new_out_of_memory_says_so),
 	};
 
 	/* the hub logs every session event on stderr; keep test output readable */
