@@ -75,6 +75,7 @@ struct config {
 	double rate;                  /* 20 commands/s, > 0 */
 	double burst;                 /* 40, >= 1 */
 	long sessions_per_name;       /* 1, >= 1 */
+	long max_rooms;               /* 10000, >= 1: rooms held in memory */
 
 	/* [history] */
 	long messages_per_room;       /* 1000, >= 0 */

@@ -53,6 +53,7 @@ struct hub_limits {
 	enum config_slow_policy slow_consumer;
 	double rate, burst;
 	uint32_t sessions_per_name;
+	uint32_t max_rooms;
 	uint32_t messages_per_room;
 	uint32_t dedup_window;
 	double heartbeat_interval;

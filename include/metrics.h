@@ -36,6 +36,9 @@ struct metrics {
 	uint64_t refused[METRICS_REFUSED_COUNT];
 	uint64_t errors[PROTO_ERR_COUNT];
 	uint64_t reloads, reload_failures;
+	uint64_t rooms_idle;              /* gauge, kept by the hub: rooms with no use */
+	uint64_t rooms_evicted;           /* idle rooms dropped from memory (limits.max_rooms) */
+	uint64_t rooms_refused;           /* joins refused: max_rooms rooms all in use */
 	/* storage engine */
 	uint64_t storage_commits;         /* transactions committed */
 	uint64_t storage_committed;       /* messages written */

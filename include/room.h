@@ -45,6 +45,8 @@ struct room {
 	unsigned loading : 1;           /* an engine is fetching its state (cluster) */
 	void *waiters;                  /* joins parked while loading (hub-owned) */
 	void *inflight;                 /* retries of messages not yet committed (hub-owned) */
+	unsigned idle : 1;              /* on the hub's idle list (hub-owned) */
+	struct room *idle_prev, *idle_next;  /* that list, least recently used first */
 	struct membership *members;
 	uint32_t member_count;
 	struct room_ring ring;          /* msgbuf refs of the last messages, seq order */

@@ -186,6 +186,7 @@ const Key keys[] = {
 	number("limits", "rate", F(rate), GT, 0),
 	number("limits", "burst", F(burst), GE, 1),
 	integer("limits", "sessions_per_name", LONG, F(sessions_per_name), 1, INT32_MAX),
+	integer("limits", "max_rooms", LONG, F(max_rooms), 1, INT32_MAX),
 
 	integer("history", "messages_per_room", LONG, F(messages_per_room), 0, INT32_MAX),
 	integer("history", "dedup_window", LONG, F(dedup_window), 0, INT32_MAX),
@@ -463,6 +464,7 @@ int config_defaults(struct config *cfg)
 	cfg->rate = 20;
 	cfg->burst = 40;
 	cfg->sessions_per_name = 1;
+	cfg->max_rooms = 10000;
 	cfg->messages_per_room = 1000;
 	cfg->dedup_window = 1000;
 	cfg->log_level = CONFIG_LOG_INFO;

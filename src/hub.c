@@ -18,6 +18,8 @@
 #include "proto.h"
 #include "room.h"
 
+#include <utlist.h>
+
 /* Sessions that share a name (limits.sessions_per_name). */
 struct hub_user {
 	char name[PROTO_NAME_MAX + 1];
@@ -41,6 +43,7 @@ struct hub {
 	struct session *sessions;    /* every registered session, by num */
 	struct hub_user *users;      /* authenticated names */
 	struct room *rooms;
+	struct room *idle;           /* rooms not in use, least recently used first */
 	uint64_t next_num, salt, rng, mark;
 	uint64_t authed;
 	int draining;
@@ -405,13 +408,78 @@ static void hub_w_names(struct hub *h, struct jsonw *w, struct room *r)
 
 /* ---- rooms -------------------------------------------------------------- */
 
-static struct room *hub_room_get(struct hub *h, const char *name, size_t len)
+/* ---- room memory: at most limits.max_rooms, idle ones evicted LRU ------ */
+
+/* In use: a member, a message or a join on its way, or a load. */
+static int hub_room_busy(const struct room *r)
+{
+	return r->member_count || r->pending || r->loading || r->waiters || r->inflight;
+}
+
+static void hub_idle_unlink(struct hub *h, struct room *r)
+{
+	if (!r->idle)
+		return;
+	DL_DELETE2(h->idle, r, idle_prev, idle_next);
+	r->idle = 0;
+	r->idle_prev = r->idle_next = NULL;
+	h->m->rooms_idle--;
+}
+
+/* Drop idle rooms, least recently used first, until at most max are held.
+ * With an engine, an evicted room is loaded again on its next use; in
+ * memory only, its history is gone (a new epoch tells resuming clients). */
+static void hub_rooms_trim(struct hub *h, uint64_t max)
+{
+	while (HASH_COUNT(h->rooms) > max && h->idle) {
+		struct room *r = h->idle;
+
+		log_debug(NULL, "room %s evicted from memory (seq %llu)", r->name,
+			  (unsigned long long)r->seq);
+		hub_idle_unlink(h, r);
+		HASH_DEL(h->rooms, r);
+		room_free(r);
+		h->m->rooms_evicted++;
+	}
+}
+
+/* r may have become idle. A room that never carried a message is forgotten
+ * at once; one with history waits on the idle list, so that seq and epoch
+ * stay meaningful while memory allows. */
+static void hub_room_release(struct hub *h, struct room *r)
+{
+	if (hub_room_busy(r) || r->idle)
+		return;
+	if (!r->seq) {
+		HASH_DEL(h->rooms, r);
+		room_free(r);
+		return;
+	}
+	DL_APPEND2(h->idle, r, idle_prev, idle_next);
+	r->idle = 1;
+	h->m->rooms_idle++;
+	hub_rooms_trim(h, h->lim.max_rooms);
+}
+
+/* The room named name, held or loaded now (and no longer idle), or NULL
+ * with *why saying why: the engine could not load it, or max_rooms rooms
+ * are held and all in use. */
+static struct room *hub_room_get(struct hub *h, const char *name, size_t len, const char **why)
 {
 	struct room *r = hub_room_find(h, name, len);
 	char epoch[17];
 
-	if (r)
+	*why = "the room could not be loaded";
+	if (r) {
+		hub_idle_unlink(h, r);
 		return r;
+	}
+	hub_rooms_trim(h, h->lim.max_rooms - 1);
+	if (HASH_COUNT(h->rooms) >= h->lim.max_rooms) {
+		h->m->rooms_refused++;
+		*why = "this server holds as many rooms as limits.max_rooms allows, all in use; try later";
+		return NULL;
+	}
 	/* A new epoch whenever a room's seq history starts from nothing, so
 	 * that a (seq, epoch) pair never names two different messages. An
 	 * engine with storage replaces it with the stored one. */
@@ -434,16 +502,6 @@ static struct room *hub_room_get(struct hub *h, const char *name, size_t len)
 	return r;
 }
 
-/* Rooms that never carried a message are forgotten when the last member
- * leaves; rooms with history stay, so seq and epoch remain meaningful. */
-static void hub_room_maybe_free(struct hub *h, struct room *r)
-{
-	if (r->member_count || r->seq || r->pending || r->loading || r->waiters || r->inflight)
-		return;
-	HASH_DEL(h->rooms, r);
-	room_free(r);
-}
-
 static void hub_member_leave(struct hub *h, struct membership *m)
 {
 	struct room *r = m->room;
@@ -453,7 +511,7 @@ static void hub_member_leave(struct hub *h, struct membership *m)
 	hub_presence(h, r, s, "leave");
 	if (h->engine.presence && session_authenticated(s))
 		h->engine.presence(h->engine.ctx, r->name, s->name, 0);
-	hub_room_maybe_free(h, r);
+	hub_room_release(h, r);
 }
 
 /* ---- commands ----------------------------------------------------------- */
@@ -680,7 +738,7 @@ struct hub_waiter {
 
 /* Join s to the loaded room r and answer, replaying since when asked.
  * Never frees r: on failure (answered with an error, -1) the caller lets
- * go of r with hub_room_maybe_free once it no longer uses it. */
+ * go of r with hub_room_release once it no longer uses it. */
 static int hub_join(struct hub *h, struct session *s, struct room *r, int has_since,
 		    uint64_t since, const char *epoch, const struct proto_str *ref)
 {
@@ -779,21 +837,22 @@ void hub_room_loaded(struct hub *h, struct room *r, int ok)
 		}
 		free(wt);
 	}
-	hub_room_maybe_free(h, r);
+	hub_room_release(h, r);
 }
 
 static void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct room *r;
+	const char *why;
 	char epoch[PROTO_EPOCH_MAX + 1];
 
 	if (!auth_room_allowed(s->ident, c->room.p, c->room.len)) {
 		hub_error(h, s, &c->ref, PROTO_ERR_FORBIDDEN, "your token does not allow this room");
 		return;
 	}
-	r = hub_room_get(h, c->room.p, c->room.len);
+	r = hub_room_get(h, c->room.p, c->room.len, &why);
 	if (!r) {
-		hub_error(h, s, &c->ref, PROTO_ERR_UNAVAILABLE, "the room could not be loaded");
+		hub_error(h, s, &c->ref, PROTO_ERR_UNAVAILABLE, why);
 		return;
 	}
 	if (r->loading) {
@@ -803,7 +862,7 @@ static void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cm
 	if (c->epoch.p)
 		hub_copy(epoch, &c->epoch);
 	if (hub_join(h, s, r, c->has_since, c->since, c->epoch.p ? epoch : NULL, &c->ref))
-		hub_room_maybe_free(h, r);
+		hub_room_release(h, r);
 }
 
 /* The room named in c if s is a member of it, else NULL (error sent). */
@@ -1029,12 +1088,13 @@ void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
 	struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len };
 	struct msgbuf *mb = NULL;
 	struct room *r;
+	const char *why;
 	uint64_t num = p->sender;
 
 	HASH_FIND(hh, h->sessions, &num, sizeof(num), sender);
 	if (sender && sender->closing)
 		sender = NULL;
-	r = hub_room_get(h, p->room, strlen(p->room));
+	r = hub_room_get(h, p->room, strlen(p->room), &why);
 	if (r && r->pending)
 		r->pending--;
 	/* The frame first, before anything moves: in memory only, a message
@@ -1054,7 +1114,7 @@ void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
 				  : status == PROTO_ERR_INTERNAL ? "out of memory; the message was not accepted"
 								  : "the message could not be accepted");
 		if (r)
-			hub_room_maybe_free(h, r);
+			hub_room_release(h, r);
 		return;
 	}
 	/* Stored: seq moves on, and the (from, id) pair is remembered even
@@ -1073,6 +1133,7 @@ void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
 	if (mb)
 		hub_room_broadcast(h, r, mb, NULL, 1);
 	msgbuf_unref(mb);
+	hub_room_release(h, r);     /* its members may all have left meanwhile */
 }
 
 static struct session *hub_sender(struct hub *h, uint64_t num)
@@ -1091,7 +1152,7 @@ void hub_send_done(struct hub *h, struct hub_pending *p, enum proto_err status)
 
 	if (r && r->pending) {
 		r->pending--;
-		hub_room_maybe_free(h, r);
+		hub_room_release(h, r);
 	}
 	if (!sender)
 		return;
@@ -1468,6 +1529,7 @@ void hub_limits_from_config(struct hub_limits *l, const struct config *cfg)
 	l->rate = cfg->rate;
 	l->burst = cfg->burst;
 	l->sessions_per_name = (uint32_t)cfg->sessions_per_name;
+	l->max_rooms = (uint32_t)cfg->max_rooms;
 	l->messages_per_room = (uint32_t)cfg->messages_per_room;
 	l->dedup_window = (uint32_t)cfg->dedup_window;
 	l->heartbeat_interval = cfg->heartbeat_interval;
@@ -1512,6 +1574,7 @@ void hub_set_auth(struct hub *h, const struct auth *auth)
 void hub_reconfigure(struct hub *h, const struct config *cfg)
 {
 	hub_limits_from_config(&h->lim, cfg);
+	hub_rooms_trim(h, h->lim.max_rooms);
 }
 
 void hub_free(struct hub *h)
@@ -1525,6 +1588,7 @@ void hub_free(struct hub *h)
 		hub_session_unregister(h, s);
 	HASH_ITER(hh, h->rooms, r, rtmp) {
 		struct hub_waiter *wt = r->waiters, *next;
+		hub_idle_unlink(h, r);
 		for (; wt; wt = next) {
 			next = wt->next;
 			free(wt);

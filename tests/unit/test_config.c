@@ -63,6 +63,7 @@ static void assert_zeroed(const struct config *c)
 	assert_int_equal(c->slow_consumer, 0);
 	assert_true(c->rate == 0 && c->burst == 0);
 	assert_int_equal(c->sessions_per_name, 0);
+	assert_int_equal(c->max_rooms, 0);
 	assert_int_equal(c->messages_per_room, 0);
 	assert_int_equal(c->dedup_window, 0);
 	assert_int_equal(c->log_level, 0);
@@ -95,6 +96,7 @@ static void assert_defaults(const struct config *c)
 	assert_true(c->rate == 20);
 	assert_true(c->burst == 40);
 	assert_int_equal(c->sessions_per_name, 1);
+	assert_int_equal(c->max_rooms, 10000);
 	assert_int_equal(c->messages_per_room, 1000);
 	assert_int_equal(c->dedup_window, 1000);
 	assert_int_equal(c->log_level, CONFIG_LOG_INFO);
@@ -167,6 +169,7 @@ static void test_every_key(void **state)
 		"rate = 5\n"
 		"burst = 7.5\n"
 		"sessions_per_name = 2\n"
+		"max_rooms = 7\n"
 		"[history]\n"
 		"messages_per_room = 0\n"
 		"dedup_window = 10\n"
@@ -197,6 +200,7 @@ static void test_every_key(void **state)
 	assert_true(c.rate == 5);
 	assert_true(c.burst == 7.5);
 	assert_int_equal(c.sessions_per_name, 2);
+	assert_int_equal(c.max_rooms, 7);
 	assert_int_equal(c.messages_per_room, 0);
 	assert_int_equal(c.dedup_window, 10);
 	assert_int_equal(c.log_level, CONFIG_LOG_DEBUG);
@@ -292,6 +296,7 @@ static void test_out_of_range(void **state)
 	expect_error("[limits]\nsend_queue_bytes = 0\n", "2: limits.send_queue_bytes: expected an integer >= 1");
 	expect_error("[limits]\ntotal_queue_bytes = -5\n", "2: limits.total_queue_bytes: expected an integer >= 1");
 	expect_error("[limits]\nsessions_per_name = 0\n", "2: limits.sessions_per_name: expected an integer in 1..2147483647");
+	expect_error("[limits]\nmax_rooms = 0\n", "2: limits.max_rooms: expected an integer in 1..2147483647");
 	expect_error("[history]\nmessages_per_room = -1\n", "2: history.messages_per_room: expected an integer in 0..2147483647");
 	expect_error("[history]\ndedup_window = -1\n", "2: history.dedup_window: expected an integer in 0..2147483647");
 }

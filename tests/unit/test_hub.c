@@ -1373,6 +1373,7 @@ struct fe_msg {
 	char room[PROTO_ROOM_MAX + 1];
 	uint64_t seq, ts;
 	char from[PROTO_NAME_MAX + 1], id[PROTO_ID_MAX + 1], body[64];
+	char epoch[17];
 };
 
 static struct {
@@ -1415,6 +1416,7 @@ static void fe_complete(const char *room, enum proto_err status)
 			snprintf(m->from, sizeof m->from, "%s", p->from);
 			snprintf(m->id, sizeof m->id, "%s", p->id);
 			snprintf(m->body, sizeof m->body, "%s", p->body);
+			snprintf(m->epoch, sizeof m->epoch, "%s", p->epoch);
 		}
 		hub_commit(hub, p, status);
 		hub_pending_free(p);
@@ -1444,6 +1446,7 @@ static void fe_fill(struct room *r)
 			continue;
 		fe_hub_msg(&fe.log[i], &m);
 		r->seq = m.seq;
+		memcpy(r->epoch, fe.log[i].epoch, sizeof r->epoch);
 		assert_int_equal(hub_room_restore(hub, r, &m), 0);
 	}
 }
@@ -1682,6 +1685,119 @@ static void test_cluster_new_out_of_memory_says_so(void **state)
 	assert_string_equal(err, "out of memory");
 }
 
+/* ---- room memory -------------------------------------------------------- */
+
+/* alice joins room, sends one message there and leaves: the room is idle. */
+static const char *room_used_once(struct session *a, const char *room)
+{
+	const char *epoch = str(join(a, room), "epoch");
+
+	send_msg(a, room, "m", "x");
+	expect(a, "ack");
+	expect(a, "message");
+	in(a, "{\"type\":\"leave\",\"room\":\"%s\"}", room);
+	expect(a, "left");
+	return epoch;
+}
+
+static void test_idle_rooms_past_max_rooms_are_evicted_least_recent_first(void **state)
+{
+	struct session *a;
+	const char *e1;
+	char name[8];
+	cJSON *j;
+	int i;
+
+	cfg.max_rooms = 3;
+	start();
+	a = login("alice");
+	e1 = room_used_once(a, "r1");
+	for (i = 2; i <= 5; i++) {
+		snprintf(name, sizeof name, "r%d", i);
+		room_used_once(a, name);
+		assert_true(hub_room_count(hub) <= 3);
+	}
+	assert_int_equal(hub_room_count(hub), 3);
+	assert_int_equal(metrics.rooms_evicted, 2);
+	assert_int_equal(metrics.rooms_idle, 3);
+	/* r5 was used last: still held */
+	assert_true(num(join(a, "r5"), "seq") == 1);
+	assert_int_equal(metrics.rooms_idle, 2);
+	/* r1 was the least recently used: memory only, its history is gone,
+	 * and a new epoch tells a resuming client so */
+	in(a, "{\"type\":\"join\",\"room\":\"r1\",\"since\":1,\"epoch\":\"%s\"}", e1);
+	j = expect(a, "joined");
+	assert_true(num(j, "seq") == 0);
+	assert_string_not_equal(str(j, "epoch"), e1);
+	assert_true(cJSON_IsFalse(cJSON_GetObjectItem(j, "recovered")));
+}
+
+static void test_max_rooms_all_in_use_refuses_a_new_room(void **state)
+{
+	struct session *a;
+
+	cfg.max_rooms = 2;
+	start();
+	a = login("alice");
+	join(a, "r1");
+	join(a, "r2");
+	in(a, "{\"type\":\"join\",\"room\":\"r3\",\"ref\":\"full\"}");
+	assert_non_null(strstr(str(expect_error(a, "unavailable"), "message"), "limits.max_rooms"));
+	assert_int_equal(metrics.rooms_refused, 1);
+	assert_int_equal(hub_room_count(hub), 2);
+	in(a, "{\"type\":\"leave\",\"room\":\"r1\"}");
+	expect(a, "left");
+	assert_true(num(join(a, "r3"), "seq") == 0);
+}
+
+/* With an engine, an evicted room is loaded again: resume and paging see
+ * the whole history, dedup included. */
+static void test_evicted_room_reloads_from_the_engine(void **state)
+{
+	struct session *a, *b;
+	const char *epoch;
+	char id[8];
+	cJSON *o;
+	int i;
+
+	cfg.max_rooms = 1;
+	cfg.messages_per_room = 2;
+	start_with_fake_engine();
+	a = login("alice");
+	epoch = str(join(a, "r"), "epoch");
+	for (i = 1; i <= 5; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		send_msg(a, "r", id, "x");
+		fe_complete("r", PROTO_OK);
+	}
+	in(a, "{\"type\":\"leave\",\"room\":\"r\"}");
+	drain(a);
+	join(a, "other");                 /* evicts r */
+	assert_int_equal(metrics.rooms_evicted, 1);
+	assert_int_equal(fe.loads, 2);
+	b = login("bob");
+	in(a, "{\"type\":\"leave\",\"room\":\"other\"}");
+	expect(a, "left");
+	in(b, "{\"type\":\"join\",\"room\":\"r\",\"since\":1,\"epoch\":\"%s\"}", epoch);
+	for (i = 2; i <= 5; i++)
+		assert_true(num(expect(b, "message"), "seq") == i);
+	o = expect(b, "joined");
+	assert_int_equal(fe.loads, 3);
+	assert_true(num(o, "seq") == 5);
+	assert_string_equal(str(o, "epoch"), epoch);
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItem(o, "recovered")));
+	in(b, "{\"type\":\"history\",\"room\":\"r\",\"before\":4,\"limit\":2}");
+	o = cJSON_GetObjectItem(expect(b, "history"), "messages");
+	assert_int_equal(cJSON_GetArraySize(o), 2);
+	assert_true(num(cJSON_GetArrayItem(o, 0), "seq") == 2);
+	/* a retry of an old id is still recognised */
+	in(a, "{\"type\":\"join\",\"room\":\"r\"}");
+	expect(a, "joined");
+	send_msg(a, "r", "m3", "x");
+	assert_true(num(expect(a, "ack"), "seq") == 3);
+	assert_int_equal(fe.nheld, 0);
+}
+
 /* Regression tests for bugs these tests found. */
 #include <signal.h>
 
@@ -1774,6 +1890,9 @@ int main(void)
 		T(test_stored_message_without_a_frame_still_acks_and_dedups),
 		T(test_memory_only_message_without_a_frame_is_refused),
 		T(test_cluster_new_out_of_memory_says_so),
+		T(test_idle_rooms_past_max_rooms_are_evicted_least_recent_first),
+		T(test_max_rooms_all_in_use_refuses_a_new_room),
+		T(test_evicted_room_reloads_from_the_engine),
 	};
 
 	/* the hub logs every session event on stderr; keep test output readable */
