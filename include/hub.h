@@ -89,9 +89,12 @@ struct room;
 /*
  * An engine persists (and, in a cluster, sequences) accepted messages.
  * submit: the engine owns p until hub_pending_free(p).
+ *   Every engine completes p after submit has returned, never inside it
+ *   (the hub is in the middle of a command; it logs "engine contract
+ *   broken" if that happens).
  *   Local engines (sequences == 0): p->seq and p->ts are set by the hub;
  *   the engine calls hub_commit() for p exactly once, in seq order per
- *   room, now or later. A failed commit must fail every later pending
+ *   room. A failed commit must fail every later pending
  *   message of the same room too, so that seq stays gap-free.
  *   Sequencing engines (sequences == 1, the cluster): the engine assigns
  *   p->seq, answers the sender with hub_send_done(), and every node learns

@@ -177,6 +177,8 @@ struct cluster {
 	int cmd_ready, sub_ready, up, closing;
 	double backoff;
 	ev_timer reconnect, heartbeat;
+	ev_prepare refuse;              /* answers `refused` before the loop waits */
+	struct hub_pending *refused, *refused_tail;  /* sends that cannot go to Redis */
 	struct cl_count *pres;          /* "node\x1froom\x1fname" -> n (other nodes) */
 	struct cl_room *rooms;          /* room -> remote names */
 	struct cl_count *users_by_node; /* "node\x1fname" -> n (other nodes) */
@@ -838,6 +840,35 @@ static void cl_on_send(redisAsyncContext *ac, void *reply, void *priv)
 	free(call);
 }
 
+/* A send that cannot reach Redis is answered unavailable later in this
+ * loop iteration, never inside cl_submit (the engine contract). */
+static void cl_refuse(struct cluster *c, struct hub_pending *p)
+{
+	c->m->redis_failures++;
+	p->next = NULL;
+	if (c->refused_tail)
+		c->refused_tail->next = p;
+	else
+		c->refused = p;
+	c->refused_tail = p;
+	ev_prepare_start(c->loop, &c->refuse);
+}
+
+static void cl_on_refuse(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	struct cluster *c = w->data;
+	struct hub_pending *p;
+
+	ev_prepare_stop(loop, w);
+	while ((p = c->refused)) {
+		c->refused = p->next;
+		if (!c->refused)
+			c->refused_tail = NULL;
+		hub_send_done(c->hub, p, PROTO_ERR_UNAVAILABLE);
+		hub_pending_free(p);
+	}
+}
+
 static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 {
 	struct cluster *c = ctx;
@@ -848,9 +879,7 @@ static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 	struct cl_call *call;
 
 	if (!c->up || !(call = calloc(1, sizeof(*call)))) {
-		c->m->redis_failures++;
-		hub_send_done(hub, p, PROTO_ERR_UNAVAILABLE);
-		hub_pending_free(p);
+		cl_refuse(c, p);
 		return;
 	}
 	cl_room_key(c, k[0], sizeof(k[0]), p->room, "seq");
@@ -869,9 +898,7 @@ static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 		args[3] = "";
 	if (cl_eval(c, cl_on_send, call, cl_lua_send, 5, keys, 9, args, lens)) {
 		free(call);
-		c->m->redis_failures++;
-		hub_send_done(hub, p, PROTO_ERR_UNAVAILABLE);
-		hub_pending_free(p);
+		cl_refuse(c, p);
 	}
 }
 
@@ -1344,6 +1371,8 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 	c->reconnect.data = c;
 	ev_timer_init(&c->heartbeat, cl_on_heartbeat, 0., c->ttl / 3);
 	c->heartbeat.data = c;
+	ev_prepare_init(&c->refuse, cl_on_refuse);
+	c->refuse.data = c;
 	metrics->cluster_enabled = 1;
 
 	memset(&engine, 0, sizeof(engine));
@@ -1390,6 +1419,8 @@ void cluster_free(struct cluster *c)
 
 	if (!c)
 		return;
+	/* Sends refused this iteration still get their answer. */
+	cl_on_refuse(c->loop, &c->refuse, 0);
 	c->closing = 1;
 	hub_set_engine(c->hub, NULL);
 	ev_timer_stop(c->loop, &c->reconnect);

@@ -47,6 +47,7 @@ struct hub {
 	uint64_t next_num, salt, rng, mark;
 	uint64_t authed;
 	int draining;
+	int in_submit;               /* inside engine.submit: completing now breaks the contract */
 	uint64_t queue_bytes, queue_msgs;
 	struct session *qb[HUB_QB_BUCKETS];
 };
@@ -1075,10 +1076,22 @@ static void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cm
 	 * between waits for this commit (a cluster engine dedups in Redis). */
 	if (h->engine.submit && !h->engine.sequences)
 		hub_retry_add(r, p->seq, p->sender, p->from, p->id, NULL, 1);
-	if (h->engine.submit)
+	if (h->engine.submit) {
+		h->in_submit = 1;
 		h->engine.submit(h->engine.ctx, h, p);
-	else
+		h->in_submit = 0;
+	} else {
 		hub_mem_submit(h, p);
+	}
+}
+
+/* The engine contract: a submitted message completes later, never inside
+ * submit (the hub is in the middle of a command then). */
+static void hub_check_not_in_submit(struct hub *h, const struct hub_pending *p)
+{
+	if (h->in_submit)
+		log_error(NULL, "engine contract broken: message %s/%llu completed inside submit",
+			  p->room, (unsigned long long)p->seq);
 }
 
 void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
@@ -1091,6 +1104,7 @@ void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
 	const char *why;
 	uint64_t num = p->sender;
 
+	hub_check_not_in_submit(h, p);
 	HASH_FIND(hh, h->sessions, &num, sizeof(num), sender);
 	if (sender && sender->closing)
 		sender = NULL;
@@ -1150,6 +1164,7 @@ void hub_send_done(struct hub *h, struct hub_pending *p, enum proto_err status)
 	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
 	struct room *r = hub_room_find(h, p->room, strlen(p->room));
 
+	hub_check_not_in_submit(h, p);
 	if (r && r->pending) {
 		r->pending--;
 		hub_room_release(h, r);

@@ -121,22 +121,15 @@ static int storage_write_one(struct storage *st, const struct hub_pending *p)
 }
 
 /*
- * Write the whole batch in one transaction, then complete each message:
- * acked (and delivered) only if COMMIT succeeded. In "off" mode they were
- * acked at submit; a failure here loses them and is logged.
+ * Write list (n messages) in one transaction; SQLITE_OK or the error, with
+ * the transaction rolled back and logged.
  */
-static void storage_flush(struct storage *st)
+static int storage_write(struct storage *st, struct hub_pending *list, uint32_t n)
 {
-	struct hub_pending *p, *list = st->head;
-	uint32_t n = st->count;
-	double t0;
+	struct hub_pending *p;
+	double t0 = ev_time();
 	int rc;
 
-	if (!list)
-		return;
-	st->head = st->tail = NULL;
-	st->count = 0;
-	t0 = ev_time();
 	rc = storage_step_done(st, ST_BEGIN);
 	for (p = list; p && rc == SQLITE_OK; p = p->next)
 		rc = storage_write_one(st, p);
@@ -158,12 +151,53 @@ static void storage_flush(struct storage *st)
 		if (dt > st->m->storage_commit_max)
 			st->m->storage_commit_max = dt;
 	}
+	return rc;
+}
+
+/* Detach up to max messages from the front of *list; returns them, and
+ * their count in *n. */
+static struct hub_pending *storage_take(struct hub_pending **list, uint32_t max, uint32_t *n)
+{
+	struct hub_pending *head = *list, *p = head;
+
+	for (*n = 1; *n < max && p->next; (*n)++)
+		p = p->next;
+	*list = p->next;
+	p->next = NULL;
+	return head;
+}
+
+/*
+ * The completion point, once per loop iteration (and at close): never
+ * inside storage_submit, so the hub is never re-entered from its own call.
+ * Transactions of at most STORAGE_BATCH_MAX messages (batch, off) or of
+ * one (always):
+ *  - batch, always: acked only once their transaction committed; once one
+ *    fails, the rest fail too, so that no room's seq gets a hole;
+ *  - off: acked and delivered first, then written; a failure loses them
+ *    and is logged.
+ */
+static void storage_flush(struct storage *st)
+{
+	uint32_t max = st->sync == CONFIG_SYNC_ALWAYS ? 1 : STORAGE_BATCH_MAX, n;
+	struct hub_pending *list = st->head, *chunk, *p;
+	int rc = SQLITE_OK, off = st->sync == CONFIG_SYNC_OFF;
+
+	st->head = st->tail = NULL;
+	st->count = 0;
 	while (list) {
-		p = list;
-		list = p->next;
-		if (st->sync != CONFIG_SYNC_OFF)
-			hub_commit(st->hub, p, rc == SQLITE_OK ? PROTO_OK : PROTO_ERR_UNAVAILABLE);
-		hub_pending_free(p);
+		chunk = storage_take(&list, max, &n);
+		if (off)
+			for (p = chunk; p; p = p->next)
+				hub_commit(st->hub, p, PROTO_OK);
+		if (rc == SQLITE_OK || off)
+			rc = storage_write(st, chunk, n);
+		while ((p = chunk)) {
+			chunk = p->next;
+			if (!off)
+				hub_commit(st->hub, p, rc == SQLITE_OK ? PROTO_OK : PROTO_ERR_UNAVAILABLE);
+			hub_pending_free(p);
+		}
 	}
 }
 
@@ -183,10 +217,8 @@ static void storage_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 		st->head = p;
 	st->tail = p;
 	st->count++;
-	if (st->sync == CONFIG_SYNC_OFF)
-		hub_commit(hub, p, PROTO_OK);
-	if (st->sync == CONFIG_SYNC_ALWAYS || st->count >= STORAGE_BATCH_MAX)
-		storage_flush(st);
+	/* Completed at the end of this loop iteration (storage_on_prepare),
+	 * never here: the hub is in the middle of a command. */
 }
 
 /* ---- reading ------------------------------------------------------------ */

@@ -433,3 +433,31 @@ def test_non_rfc8259_frames_are_refused_never_stored_altered(chatd, tmp_path):
     srv.stop()
     rows = db_rows(str(tmp_path / "chat.db"), "SELECT id, body FROM messages ORDER BY seq")
     assert rows == [("ok", "ab\u00e9\U0001F600/\"\\\b\f\n\r\t end")], rows
+
+
+@pytest.mark.parametrize("sync", ["batch", "always", "off"])
+def test_every_sync_mode_completes_after_submit_in_order(chatd, tmp_path, sync):
+    """The engine contract: a message completes after submit returned, never
+    inside it (the hub logs an error if it is re-entered); acks and the
+    stored rows follow seq order in every sync mode."""
+    srv = chatd(storage_cfg(tmp_path, sync=sync))
+
+    async def main():
+        a = await srv.client("alice")
+        b = await srv.client("bob")
+        try:
+            await a.join("r")
+            await b.join("r")
+            await a.expect("presence")
+            acks, failed = await send_burst(a, "r", 50, "s")
+            assert not failed and sorted(acks.values()) == list(range(1, 51))
+            got = [(await b.expect("message"))["seq"] for _ in range(50)]
+            assert got == list(range(1, 51))
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+    srv.stop()
+    assert "engine contract broken" not in srv.log_text(), srv.log_tail()
+    assert db_rows(str(tmp_path / "chat.db"), "SELECT count(*), max(seq) FROM messages") == [(50, 50)]
