@@ -84,8 +84,6 @@ struct hub_msg {
 	size_t body_len;
 };
 
-struct room;
-
 /*
  * An engine persists (and, in a cluster, sequences) accepted messages.
  * submit: the engine owns p until hub_pending_free(p).
@@ -99,9 +97,11 @@ struct room;
  *   Sequencing engines (sequences == 1, the cluster): the engine assigns
  *   p->seq, answers the sender with hub_send_done(), and every node learns
  *   the message from the engine's stream through hub_apply().
- * room_load (optional): a room is first used on this node: restore its
- *   epoch, seq and recent messages (hub_room_restore) and return 0, or
- *   return 1 and call hub_room_loaded() later, or return -1.
+ * room_load (optional): room is first used on this node (or again, after
+ *   it was evicted): hand over its state as data - hub_load_state() with
+ *   its epoch and seq, then hub_load_message() for each recent message in
+ *   seq order - and return 0; or return 1 and do the same later, ending
+ *   with hub_room_loaded(); or return -1. Engines never see struct room.
  * read (optional): call emit for each stored message of room with
  *   lo <= seq <= hi, in seq order, at most max; returns the count or -1.
  * oldest (optional): the lowest seq stored for room, 0 if none.
@@ -115,7 +115,7 @@ struct room;
  */
 struct hub_engine {
 	void (*submit)(void *ctx, struct hub *hub, struct hub_pending *p);
-	int (*room_load)(void *ctx, struct hub *hub, struct room *r);
+	int (*room_load)(void *ctx, struct hub *hub, const char *room);
 	int (*read)(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
 		    void (*emit)(void *arg, const struct hub_msg *m), void *arg);
 	uint64_t (*oldest)(void *ctx, const char *room);
@@ -192,19 +192,23 @@ int hub_apply(struct hub *hub, const char *room, const char *epoch, const struct
 void hub_room_rebase(struct hub *hub, const char *room, const char *epoch, uint64_t seq);
 /* The latest seq a loaded room holds here, or -1 if the room is not loaded. */
 long long hub_room_seq(struct hub *hub, const char *room);
+/* room_load's answer, while room is loading (ignored otherwise): its epoch
+ * (at most 16 bytes) and latest seq, then its recent messages, seq order
+ * (-1 on ENOMEM). Strings are copied. */
+void hub_load_state(struct hub *hub, const char *room, const char *epoch, uint64_t seq);
+int hub_load_message(struct hub *hub, const char *room, const struct hub_msg *m);
 /* Finish an asynchronous room_load: ok = 0 fails the parked joins with
- * unavailable. */
-void hub_room_loaded(struct hub *hub, struct room *r, int ok);
+ * unavailable and forgets the room. */
+void hub_room_loaded(struct hub *hub, const char *room, int ok);
 /* A direct message from the stream for the local sessions of to. */
 void hub_direct(struct hub *hub, const char *to, const struct hub_msg *m);
 /* The answer to a dm routed by the engine. p stays the engine's. */
 void hub_dm_done(struct hub *hub, struct hub_pending *p, enum proto_err status);
 /* Someone on another node joined or left room: tell the local members. */
 void hub_remote_presence(struct hub *hub, const char *room, const char *name, int join);
-/* Visit every loaded room (for an engine's resync after a reconnect). */
-void hub_rooms_foreach(struct hub *hub, void (*fn)(void *arg, struct room *r), void *arg);
-/* Engine room_load helper: put a stored message into r's ring and dedup. */
-int hub_room_restore(struct hub *hub, struct room *r, const struct hub_msg *m);
+/* Visit every room held and loaded here (for an engine's resync after a
+ * reconnect); fn must not make the hub open or free rooms. */
+void hub_rooms_foreach(struct hub *hub, void (*fn)(void *arg, const char *room), void *arg);
 
 /* Gauges. */
 uint64_t hub_session_count(const struct hub *hub);   /* after hello */

@@ -28,7 +28,7 @@
 
 #include "jsonw.h"
 #include "log.h"
-#include "room.h"
+#include "proto.h"
 
 #define CL_BACKOFF_MIN 0.1
 #define CL_BACKOFF_MAX 5.0
@@ -148,7 +148,7 @@ struct cl_ev {
 struct cl_sync {
 	UT_hash_handle hh;
 	struct cluster *c;
-	struct room *initial;           /* set for a first load (hub room loading) */
+	int initial;                    /* the hub's first load of the room waits on it */
 	struct cl_ev *head, *tail;
 	int sent;                       /* a LOAD is in flight */
 	char room[PROTO_ROOM_MAX + 1];
@@ -540,7 +540,7 @@ static int cl_parse_msg(const cJSON *j, struct hub_msg *m, const char **room, co
 	return 0;
 }
 
-static int cl_sync_start(struct cluster *c, const char *room, struct room *initial);
+static int cl_sync_start(struct cluster *c, const char *room, int initial);
 static void cl_check_up(struct cluster *c);
 static void cl_announce(struct cluster *c);
 
@@ -549,7 +549,7 @@ static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
 	struct cl_sync *sy = priv;
 	struct cluster *c = sy->c;
 	redisReply *r = reply;
-	struct room *hr = sy->initial;
+	int first = sy->initial;
 	struct cl_ev *e, *next;
 	const char *epoch;
 	size_t len, i;
@@ -565,25 +565,27 @@ static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
 		c->m->redis_failures++;
 		log_warn(NULL, "cluster: loading room %s failed: %s", sy->room,
 			 r && r->type == REDIS_REPLY_ERROR ? r->str : "no answer");
-		if (hr)
-			hub_room_loaded(c->hub, hr, 0);
+		if (first)
+			hub_room_loaded(c->hub, sy->room, 0);
 		cl_sync_free(c, sy);
 		return;
 	}
-	if (hr) {
-		/* First load: the room takes the shared epoch, seq and history. */
-		snprintf(hr->epoch, sizeof(hr->epoch), "%.*s", (int)len, epoch);
-		hr->seq = (uint64_t)r->element[0]->integer;
+	if (first) {
+		/* First load: the room takes the shared epoch, seq and history
+		 * (the hub ignores entries past that seq). */
+		char ep[17];
+		snprintf(ep, sizeof(ep), "%.*s", (int)len, epoch);
+		hub_load_state(c->hub, sy->room, ep, (uint64_t)r->element[0]->integer);
 		for (i = 0; i < r->element[2]->elements; i++) {
 			const redisReply *x = r->element[2]->element[i];
 			cJSON *j = x->type == REDIS_REPLY_STRING ? cJSON_ParseWithLength(x->str, x->len) : NULL;
-			const char *rm, *ep;
+			const char *rm, *mep;
 			struct hub_msg m;
-			if (j && !cl_parse_msg(j, &m, &rm, &ep) && m.seq <= hr->seq)
-				hub_room_restore(c->hub, hr, &m);
+			if (j && !cl_parse_msg(j, &m, &rm, &mep))
+				hub_load_message(c->hub, sy->room, &m);
 			cJSON_Delete(j);
 		}
-		hub_room_loaded(c->hub, hr, 1);
+		hub_room_loaded(c->hub, sy->room, 1);
 	} else {
 		/* Resync: apply what this node missed, in order. A new epoch
 		 * (Redis lost its data) restarts the room; a gap older than the
@@ -671,7 +673,7 @@ static void cl_sync_send(struct cluster *c, struct cl_sync *sy)
 		sy->sent = 1;
 }
 
-static int cl_sync_start(struct cluster *c, const char *room, struct room *initial)
+static int cl_sync_start(struct cluster *c, const char *room, int initial)
 {
 	struct cl_sync *sy = NULL;
 
@@ -732,7 +734,7 @@ static void cl_event(struct cluster *c, const char *json, size_t len)
 		} else if (hub_apply(c->hub, room, epoch, &m) < 0) {
 			log_info(NULL, "cluster: gap in room %s before seq %llu; re-reading it", room,
 				 (unsigned long long)m.seq);
-			cl_sync_start(c, room, NULL);
+			cl_sync_start(c, room, 0);
 			/* This event is in what the load returns. */
 		}
 	} else if (!strcmp(t->valuestring, "d")) {
@@ -902,11 +904,11 @@ static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 	}
 }
 
-static int cl_room_load(void *ctx, struct hub *hub, struct room *r)
+static int cl_room_load(void *ctx, struct hub *hub, const char *room)
 {
 	struct cluster *c = ctx;
 
-	if (!c->up || cl_sync_start(c, r->name, r))
+	if (!c->up || cl_sync_start(c, room, 1))
 		return -1;
 	return 1;
 }
@@ -1071,12 +1073,9 @@ static void cl_on_users(redisAsyncContext *ac, void *reply, void *priv)
 	}
 }
 
-static void cl_resync_room(void *arg, struct room *r)
+static void cl_resync_room(void *arg, const char *room)
 {
-	struct cluster *c = arg;
-
-	if (!r->loading)
-		cl_sync_start(c, r->name, NULL);
+	cl_sync_start(arg, room, 0);
 }
 
 static void cl_check_up(struct cluster *c)
@@ -1126,7 +1125,7 @@ static void cl_lost(struct cluster *c)
 		if (sy->sent)
 			continue;       /* its callback frees it */
 		if (sy->initial)
-			hub_room_loaded(c->hub, sy->initial, 0);
+			hub_room_loaded(c->hub, sy->room, 0);
 		cl_sync_free(c, sy);
 	}
 	cl_schedule_reconnect(c);

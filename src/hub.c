@@ -488,16 +488,21 @@ static struct room *hub_room_get(struct hub *h, const char *name, size_t len, co
 	r = room_new(name, len, epoch);
 	if (!r)
 		return NULL;
+	HASH_ADD(hh, h->rooms, name[0], len, r);
 	if (h->engine.room_load) {
-		int rc = h->engine.room_load(h->engine.ctx, h, r);
+		int rc;
+
+		/* Loading while the engine hands over its state, now or later. */
+		r->loading = 1;
+		rc = h->engine.room_load(h->engine.ctx, h, r->name);
 		if (rc < 0) {
+			HASH_DEL(h->rooms, r);
 			room_free(r);
 			return NULL;
 		}
 		r->loading = rc > 0;
 	}
 	r->seq_assigned = r->seq;
-	HASH_ADD(hh, h->rooms, name[0], len, r);
 	log_debug(NULL, "room %s opened, epoch %s, seq %llu", r->name, r->epoch,
 		  (unsigned long long)r->seq);
 	return r;
@@ -621,12 +626,34 @@ static struct msgbuf *hub_encode_message(const char *room, const struct hub_msg 
 	return jsonw_finish(&w);
 }
 
-int hub_room_restore(struct hub *h, struct room *r, const struct hub_msg *m)
+/* The room of that name if it is loading, else NULL. */
+static struct room *hub_loading_room(struct hub *h, const char *room)
 {
-	struct msgbuf *mb = hub_encode_message(r->name, m);
+	struct room *r = hub_room_find(h, room, strlen(room));
+
+	return r && r->loading ? r : NULL;
+}
+
+void hub_load_state(struct hub *h, const char *room, const char *epoch, uint64_t seq)
+{
+	struct room *r = hub_loading_room(h, room);
+
+	if (!r)
+		return;
+	if (epoch && epoch[0] && strlen(epoch) < sizeof(r->epoch))
+		strcpy(r->epoch, epoch);
+	r->seq = r->seq_assigned = seq;
+}
+
+int hub_load_message(struct hub *h, const char *room, const struct hub_msg *m)
+{
+	struct room *r = hub_loading_room(h, room);
+	struct msgbuf *mb;
 	int rc;
 
-	if (!mb)
+	if (!r || !m->seq || m->seq > r->seq)
+		return 0;           /* nothing past the room's seq exists */
+	if (!(mb = hub_encode_message(r->name, m)))
 		return -1;
 	rc = room_append(r, m->seq, mb, m->from, strlen(m->from), m->id, strlen(m->id),
 			 h->lim.messages_per_room, h->lim.dedup_window);
@@ -807,11 +834,20 @@ static void hub_park_join(struct hub *h, struct session *s, struct room *r, cons
 	r->waiters = wt;
 }
 
-void hub_room_loaded(struct hub *h, struct room *r, int ok)
+void hub_room_loaded(struct hub *h, const char *room, int ok)
 {
-	struct hub_waiter *wt = r->waiters, *next;
+	struct room *r = hub_loading_room(h, room);
+	struct hub_waiter *wt, *next;
 
+	if (!r)
+		return;
+	wt = r->waiters;
 	r->loading = 0;
+	if (!ok) {
+		/* What a failed load handed over is not the room's state. */
+		room_reset(r);
+		r->seq = 0;
+	}
 	r->waiters = NULL;
 	r->seq_assigned = r->seq;
 	/* Parked joins were pushed on a stack: answer them oldest first. */
@@ -1309,12 +1345,13 @@ void hub_remote_presence(struct hub *h, const char *room, const char *name, int 
 	msgbuf_unref(mb);
 }
 
-void hub_rooms_foreach(struct hub *h, void (*fn)(void *arg, struct room *r), void *arg)
+void hub_rooms_foreach(struct hub *h, void (*fn)(void *arg, const char *room), void *arg)
 {
 	struct room *r, *tmp;
 
 	HASH_ITER(hh, h->rooms, r, tmp)
-		fn(arg, r);
+		if (!r->loading)
+			fn(arg, r->name);
 }
 
 /* dm through a cluster engine: it reaches the recipient's sessions on

@@ -16,7 +16,6 @@
 #include <sqlite3.h>
 
 #include "log.h"
-#include "room.h"
 
 /* "chat" */
 #define STORAGE_APP_ID 0x63686174
@@ -239,40 +238,40 @@ static void storage_row(sqlite3_stmt *s, struct hub_msg *m)
 		m->body = "";
 }
 
-static int storage_room_load(void *ctx, struct hub *hub, struct room *r)
+/* A room's state, handed to the hub as data: epoch and seq from rooms, then
+ * the messages its ring and dedup window hold. Synchronous (bounded). */
+static int storage_room_load(void *ctx, struct hub *hub, const char *room)
 {
 	struct storage *st = ctx;
 	sqlite3_stmt *s = st->st[ST_ROOM_GET];
 	const struct hub_limits *l = hub_limits(hub);
-	uint64_t keep, from;
+	uint64_t keep, from, seq = 0;
 	int rc;
 
-	storage_bind_text(s, 1, r->name, strlen(r->name));
+	storage_bind_text(s, 1, room, strlen(room));
 	rc = sqlite3_step(s);
 	if (rc == SQLITE_ROW) {
-		const char *epoch = (const char *)sqlite3_column_text(s, 0);
-		if (epoch && strlen(epoch) < sizeof(r->epoch))
-			strcpy(r->epoch, epoch);
-		r->seq = (uint64_t)sqlite3_column_int64(s, 1);
+		seq = (uint64_t)sqlite3_column_int64(s, 1);
+		hub_load_state(hub, room, (const char *)sqlite3_column_text(s, 0), seq);
 	}
 	sqlite3_reset(s);
 	sqlite3_clear_bindings(s);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-		log_error(NULL, "storage: loading room %s: %s", r->name, sqlite3_errmsg(st->db));
+		log_error(NULL, "storage: loading room %s: %s", room, sqlite3_errmsg(st->db));
 		return -1;
 	}
-	if (!r->seq)
+	if (!seq)
 		return 0;
 	/* The ring and the dedup window, as they were. */
 	keep = l->messages_per_room > l->dedup_window ? l->messages_per_room : l->dedup_window;
-	from = r->seq > keep ? r->seq - keep : 0;
+	from = seq > keep ? seq - keep : 0;
 	s = st->st[ST_RECENT];
-	storage_bind_text(s, 1, r->name, strlen(r->name));
+	storage_bind_text(s, 1, room, strlen(room));
 	sqlite3_bind_int64(s, 2, (sqlite3_int64)from);
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
 		struct hub_msg m;
 		storage_row(s, &m);
-		if (hub_room_restore(hub, r, &m)) {
+		if (hub_load_message(hub, room, &m)) {
 			rc = SQLITE_NOMEM;
 			break;
 		}
@@ -280,7 +279,7 @@ static int storage_room_load(void *ctx, struct hub *hub, struct room *r)
 	sqlite3_reset(s);
 	sqlite3_clear_bindings(s);
 	if (rc != SQLITE_DONE) {
-		log_error(NULL, "storage: loading messages of room %s: %s", r->name, sqlite3_errmsg(st->db));
+		log_error(NULL, "storage: loading messages of room %s: %s", room, sqlite3_errmsg(st->db));
 		return -1;
 	}
 	return 0;

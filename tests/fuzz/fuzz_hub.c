@@ -96,7 +96,7 @@ struct fz_msg {
 };
 static struct fz_msg store[FZ_STORE];
 static int nstore;
-static struct room *loads[16];
+static char loads[16][PROTO_ROOM_MAX + 1];
 static int nloads, slow_engine, failing_reads;
 
 /* ---- fake transport ----------------------------------------------------- */
@@ -168,48 +168,52 @@ static void store_msg(const struct fz_msg *f, struct hub_msg *m)
 	m->body_len = strlen(f->body);
 }
 
-/* Give r back what the engine holds of it: epoch, seq, messages. The room
- * seq is the highest stored, as a storage engine keeps it. */
-static void store_fill(struct room *r)
+/* Give the hub back what the engine holds of room, as data: the epoch and
+ * seq of its newest stored message, then the messages. */
+static void store_fill(const char *room)
 {
-	int i;
+	int i, last = -1;
 
+	for (i = 0; i < nstore; i++)
+		if (!strcmp(store[i].room, room))
+			last = i;
+	if (last < 0)
+		return;
+	hub_load_state(hub, room, store[last].epoch, store[last].seq);
 	for (i = 0; i < nstore; i++) {
 		struct hub_msg m;
-		if (strcmp(store[i].room, r->name) != 0 || store[i].seq <= r->seq)
+		if (strcmp(store[i].room, room) != 0)
 			continue;
-		memcpy(r->epoch, store[i].epoch, sizeof r->epoch);
-		r->seq = store[i].seq;
 		store_msg(&store[i], &m);
-		hub_room_restore(hub, r, &m);
+		hub_load_message(hub, room, &m);
 	}
 }
 
-static int eng_room_load(void *ctx, struct hub *h, struct room *r)
+static int eng_room_load(void *ctx, struct hub *h, const char *room)
 {
 	(void)ctx;
 	(void)h;
 	if (!slow_engine) {
-		store_fill(r);
+		store_fill(room);
 		return 0;
 	}
 	if (nloads == (int)(sizeof loads / sizeof loads[0]))
 		return -1;
-	loads[nloads++] = r;
+	snprintf(loads[nloads++], sizeof loads[0], "%s", room);
 	return 1;
 }
 
 static void eng_finish_load(int ok)
 {
-	struct room *r;
+	char room[PROTO_ROOM_MAX + 1];
 
 	if (!nloads)
 		return;
-	r = loads[0];
+	memcpy(room, loads[0], sizeof room);
 	memmove(&loads[0], &loads[1], sizeof(loads[0]) * (size_t)--nloads);
 	if (ok)
-		store_fill(r);
-	hub_room_loaded(hub, r, ok);
+		store_fill(room);
+	hub_room_loaded(hub, room, ok);
 }
 
 static int eng_read(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,

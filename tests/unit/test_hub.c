@@ -29,7 +29,6 @@
 #include "metrics.h"
 #include "msgbuf.h"
 #include "proto.h"
-#include "room.h"
 #include "session.h"
 
 /* ---- fake transport ----------------------------------------------------- */
@@ -1381,7 +1380,7 @@ static struct {
 	int nheld;
 	struct fe_msg log[FE_MAX];
 	int nlog;
-	struct room *loading[8];
+	char loading[8][PROTO_ROOM_MAX + 1];
 	int nloading;
 	int slow_load;      /* room_load answers later, through fe_finish_load */
 	int fail_read;      /* read emits the first message, then fails */
@@ -1435,46 +1434,51 @@ static void fe_hub_msg(const struct fe_msg *f, struct hub_msg *m)
 	m->body_len = strlen(f->body);
 }
 
-/* Fill r from the log, as a storage engine would. */
-static void fe_fill(struct room *r)
+/* Hand room's state to the hub as data, as a storage engine would: epoch
+ * and seq of its last message, then its messages. */
+static void fe_fill(const char *room)
 {
-	int i;
+	int i, last = -1;
 
+	for (i = 0; i < fe.nlog; i++)
+		if (!strcmp(fe.log[i].room, room))
+			last = i;
+	if (last < 0)
+		return;
+	hub_load_state(hub, room, fe.log[last].epoch, fe.log[last].seq);
 	for (i = 0; i < fe.nlog; i++) {
 		struct hub_msg m;
-		if (strcmp(fe.log[i].room, r->name) != 0)
+		if (strcmp(fe.log[i].room, room) != 0)
 			continue;
 		fe_hub_msg(&fe.log[i], &m);
-		r->seq = m.seq;
-		memcpy(r->epoch, fe.log[i].epoch, sizeof r->epoch);
-		assert_int_equal(hub_room_restore(hub, r, &m), 0);
+		assert_int_equal(hub_load_message(hub, room, &m), 0);
 	}
 }
 
-static int fe_room_load(void *ctx, struct hub *h, struct room *r)
+static int fe_room_load(void *ctx, struct hub *h, const char *room)
 {
 	(void)ctx;
 	(void)h;
 	fe.loads++;
 	if (fe.slow_load) {
 		assert_true(fe.nloading < 8);
-		fe.loading[fe.nloading++] = r;
+		snprintf(fe.loading[fe.nloading++], sizeof fe.loading[0], "%s", room);
 		return 1;
 	}
-	fe_fill(r);
+	fe_fill(room);
 	return 0;
 }
 
 static void fe_finish_load(int ok)
 {
-	struct room *r;
+	char room[PROTO_ROOM_MAX + 1];
 
 	assert_true(fe.nloading > 0);
-	r = fe.loading[0];
+	memcpy(room, fe.loading[0], sizeof room);
 	memmove(&fe.loading[0], &fe.loading[1], sizeof(fe.loading[0]) * (size_t)--fe.nloading);
 	if (ok)
-		fe_fill(r);
-	hub_room_loaded(hub, r, ok);
+		fe_fill(room);
+	hub_room_loaded(hub, room, ok);
 }
 
 static int fe_read(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
