@@ -35,6 +35,8 @@ struct room_ring {
 };
 
 struct room_dedup;
+struct hub_waiter;                      /* defined and owned by the hub */
+struct hub_retry;
 
 struct room {
 	char name[PROTO_ROOM_MAX + 1];
@@ -43,8 +45,8 @@ struct room {
 	uint64_t seq_assigned;          /* latest seq handed to the engine (>= seq) */
 	uint32_t pending;               /* messages between submit and commit */
 	unsigned loading : 1;           /* an engine is fetching its state (cluster) */
-	void *waiters;                  /* joins parked while loading (hub-owned) */
-	void *inflight;                 /* retries of messages not yet committed (hub-owned) */
+	struct hub_waiter *waiters;     /* joins parked while loading, oldest first (hub-owned) */
+	struct hub_retry *inflight;     /* retries of messages not yet committed (hub-owned) */
 	unsigned idle : 1;              /* on the hub's idle list (hub-owned) */
 	struct room *idle_prev, *idle_next;  /* that list, least recently used first */
 	struct membership *members;

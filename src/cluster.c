@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include <cjson/cJSON.h>
 #include <hiredis/adapters/libev.h>
@@ -29,6 +28,7 @@
 #include "jsonw.h"
 #include "log.h"
 #include "proto.h"
+#include "rng.h"
 
 #define CL_BACKOFF_MIN 0.1
 #define CL_BACKOFF_MAX 5.0
@@ -193,10 +193,7 @@ struct cluster {
 
 static uint64_t cl_random(struct cluster *c)
 {
-	c->rng ^= c->rng >> 12;
-	c->rng ^= c->rng << 25;
-	c->rng ^= c->rng >> 27;
-	return c->rng * 0x2545F4914F6CDD1DULL;
+	return rng_next(&c->rng);
 }
 
 static struct cl_count *cl_count_find(struct cl_count *h, const char *key)
@@ -1363,9 +1360,7 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 		return NULL;
 	}
 	snprintf(c->channel, n, "%sevents", cfg->key_prefix);
-	if (getrandom(&c->rng, sizeof(c->rng), GRND_NONBLOCK) != sizeof(c->rng))
-		c->rng = (uint64_t)(ev_time() * 1e6);
-	c->rng |= 1;
+	rng_seed(&c->rng);
 	ev_timer_init(&c->reconnect, cl_on_reconnect, 0., 0.);
 	c->reconnect.data = c;
 	ev_timer_init(&c->heartbeat, cl_on_heartbeat, 0., c->ttl / 3);

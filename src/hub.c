@@ -8,14 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "auth.h"
 #include "jsonw.h"
 #include "log.h"
 #include "proto.h"
+#include "rng.h"
 #include "room.h"
 
 #include <utlist.h>
@@ -56,11 +54,7 @@ struct hub {
 
 static uint64_t hub_random(struct hub *h)
 {
-	/* xorshift64*: epochs and id salts need uniqueness, not secrecy. */
-	h->rng ^= h->rng >> 12;
-	h->rng ^= h->rng << 25;
-	h->rng ^= h->rng >> 27;
-	return h->rng * 0x2545F4914F6CDD1DULL;
+	return rng_next(&h->rng);
 }
 
 static double hub_now(struct hub *h)
@@ -107,21 +101,10 @@ static void hub_q_account(struct hub *h, struct session *s, size_t bytes0, uint3
 	h->queue_msgs = h->queue_msgs - count0 + s->q.count;
 	if (idx == s->qb_idx)
 		return;
-	if (s->qb_idx >= 0) {
-		if (s->qb_prev)
-			s->qb_prev->qb_next = s->qb_next;
-		else
-			h->qb[s->qb_idx] = s->qb_next;
-		if (s->qb_next)
-			s->qb_next->qb_prev = s->qb_prev;
-	}
-	s->qb_prev = s->qb_next = NULL;
-	if (idx >= 0) {
-		s->qb_next = h->qb[idx];
-		if (s->qb_next)
-			s->qb_next->qb_prev = s;
-		h->qb[idx] = s;
-	}
+	if (s->qb_idx >= 0)
+		DL_DELETE2(h->qb[s->qb_idx], s, qb_prev, qb_next);
+	if (idx >= 0)
+		DL_PREPEND2(h->qb[idx], s, qb_prev, qb_next);
 	s->qb_idx = idx;
 }
 
@@ -349,20 +332,26 @@ static void hub_room_broadcast(struct hub *h, struct room *r, struct msgbuf *mb,
 	}
 }
 
-static void hub_presence(struct hub *h, struct room *r, struct session *s, const char *state)
+/* The presence event, for a local or a remote member; NULL on ENOMEM. */
+static struct msgbuf *hub_encode_presence(const char *room, const char *name, int join)
+{
+	struct jsonw w;
+
+	hub_w_begin(&w, "presence", 128);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_cstr(&w, "name", name);
+	jsonw_kv_cstr(&w, "state", join ? "join" : "leave");
+	jsonw_obj_close(&w);
+	return jsonw_finish(&w);
+}
+
+static void hub_presence(struct hub *h, struct room *r, struct session *s, int join)
 {
 	struct msgbuf *mb;
-	struct jsonw w;
 
 	if (h->draining || !r->member_count || (r->member_count == 1 && room_member_find(r, s)))
 		return;
-	hub_w_begin(&w, "presence", 128);
-	jsonw_kv_cstr(&w, "room", r->name);
-	jsonw_kv_cstr(&w, "name", s->name);
-	jsonw_kv_cstr(&w, "state", state);
-	jsonw_obj_close(&w);
-	mb = jsonw_finish(&w);
-	if (!mb)
+	if (!(mb = hub_encode_presence(r->name, s->name, join)))
 		return;
 	hub_room_broadcast(h, r, mb, s, 0);
 	msgbuf_unref(mb);
@@ -514,7 +503,7 @@ static void hub_member_leave(struct hub *h, struct membership *m)
 	struct session *s = m->sess;
 
 	room_member_remove(m);
-	hub_presence(h, r, s, "leave");
+	hub_presence(h, r, s, 0);
 	if (h->engine.presence && session_authenticated(s))
 		h->engine.presence(h->engine.ctx, r->name, s->name, 0);
 	hub_room_release(h, r);
@@ -590,10 +579,7 @@ static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_c
 	memcpy(s->name, name, len);
 	s->name[len] = '\0';
 	s->user = u;
-	s->user_next = u->sessions;
-	if (u->sessions)
-		u->sessions->user_prev = s;
-	u->sessions = s;
+	DL_PREPEND2(u->sessions, s, user_prev, user_next);
 	u->count++;
 	h->authed++;
 	if (h->engine.user)
@@ -659,6 +645,34 @@ int hub_load_message(struct hub *h, const char *room, const struct hub_msg *m)
 			 h->lim.messages_per_room, h->lim.dedup_window);
 	msgbuf_unref(mb);
 	return rc;
+}
+
+/*
+ * The one path of an accepted message, whatever the engine: the hub makes
+ * its frame (hub_encode_message), records it in the room (hub_room_record:
+ * seq, ring, dedup), answers the sender if the engine asks it to (hub_ack),
+ * and hands the same frame to every member (hub_room_fanout). Memory only:
+ * hub_cmd_send -> hub_commit at once; storage: hub_cmd_send -> engine
+ * submit -> hub_commit at its group commit; cluster: hub_cmd_send ->
+ * engine submit -> Redis -> hub_send_done (the sender's ack) and, on every
+ * node, hub_apply from the stream (the fan-out).
+ */
+static void hub_room_record(struct hub *h, struct room *r, const struct hub_msg *m,
+			    struct msgbuf *mb)
+{
+	r->seq = m->seq;
+	if (r->seq_assigned < r->seq)
+		r->seq_assigned = r->seq;
+	if (room_append(r, m->seq, mb, m->from, strlen(m->from), m->id, strlen(m->id),
+			h->lim.messages_per_room, h->lim.dedup_window) || !mb)
+		log_error(NULL, "out of memory keeping message %s/%llu in memory%s", r->name,
+			  (unsigned long long)m->seq, mb ? "" : "; its members miss it");
+}
+
+static void hub_room_fanout(struct hub *h, struct room *r, struct msgbuf *mb)
+{
+	if (mb)
+		hub_room_broadcast(h, r, mb, NULL, 1);
 }
 
 /* The lowest seq of r still held in memory or by the engine. */
@@ -788,7 +802,7 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 			return -1;
 		}
 		log_debug(s->id, "joined %s", r->name);
-		hub_presence(h, r, s, "join");
+		hub_presence(h, r, s, 1);
 		if (h->engine.presence)
 			h->engine.presence(h->engine.ctx, r->name, s->name, 1);
 	}
@@ -830,8 +844,7 @@ static void hub_park_join(struct hub *h, struct session *s, struct room *r, cons
 		wt->has_ref = 1;
 		hub_copy(wt->ref, &c->ref);
 	}
-	wt->next = r->waiters;
-	r->waiters = wt;
+	LL_APPEND(r->waiters, wt);
 }
 
 void hub_room_loaded(struct hub *h, const char *room, int ok)
@@ -850,17 +863,7 @@ void hub_room_loaded(struct hub *h, const char *room, int ok)
 	}
 	r->waiters = NULL;
 	r->seq_assigned = r->seq;
-	/* Parked joins were pushed on a stack: answer them oldest first. */
-	{
-		struct hub_waiter *rev = NULL;
-		while (wt) {
-			next = wt->next;
-			wt->next = rev;
-			rev = wt;
-			wt = next;
-		}
-		wt = rev;
-	}
+	/* Parked joins, answered in the order they came. */
 	for (; wt; wt = next) {
 		struct session *s = NULL;
 		struct proto_str ref = { wt->has_ref ? wt->ref : NULL, strlen(wt->ref) };
@@ -1030,8 +1033,7 @@ static void hub_retry_add(struct room *r, uint64_t seq, uint64_t sender, const c
 		t->ref[ref->len] = '\0';
 		t->has_ref = 1;
 	}
-	t->next = r->inflight;
-	r->inflight = t;
+	LL_PREPEND(r->inflight, t);
 }
 
 static void hub_ack(struct hub *h, struct session *s, const char *id, const char *room,
@@ -1040,15 +1042,13 @@ static void hub_ack(struct hub *h, struct session *s, const char *id, const char
 /* The pending message seq of r completed: answer the retries waiting on it. */
 static void hub_retry_done(struct hub *h, struct room *r, uint64_t seq, enum proto_err status)
 {
-	struct hub_retry **pp = (struct hub_retry **)&r->inflight, *t;
+	struct hub_retry *t, *tmp;
 
-	while ((t = *pp)) {
+	LL_FOREACH_SAFE(r->inflight, t, tmp) {
 		struct session *s = NULL;
-		if (t->seq != seq) {
-			pp = &t->next;
+		if (t->seq != seq)
 			continue;
-		}
-		*pp = t->next;
+		LL_DELETE(r->inflight, t);
 		HASH_FIND(hh, h->sessions, &t->sender, sizeof(t->sender), s);
 		if (!t->original && s && !s->closing) {
 			struct proto_str ref = { t->has_ref ? t->ref : NULL, strlen(t->ref) };
@@ -1170,18 +1170,11 @@ void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
 	/* Stored: seq moves on, and the (from, id) pair is remembered even
 	 * without a frame, so that a retry gets this ack, never a second seq.
 	 * Members who got no frame see a gap in seq and page history. */
-	r->seq = p->seq;
-	if (r->seq_assigned < r->seq)
-		r->seq_assigned = r->seq;
-	if (room_append(r, p->seq, mb, p->from, strlen(p->from), p->id, strlen(p->id),
-			h->lim.messages_per_room, h->lim.dedup_window) || !mb)
-		log_error(sender ? sender->id : NULL, "out of memory keeping message %s/%llu in memory%s",
-			  r->name, (unsigned long long)p->seq, mb ? "" : "; its members miss it");
+	hub_room_record(h, r, &m, mb);
 	h->m->messages_in++;
 	if (sender)
 		hub_ack(h, sender, p->id, r->name, p->seq, p->has_ref ? p->ref : NULL);
-	if (mb)
-		hub_room_broadcast(h, r, mb, NULL, 1);
+	hub_room_fanout(h, r, mb);
 	msgbuf_unref(mb);
 	hub_room_release(h, r);     /* its members may all have left meanwhile */
 }
@@ -1235,11 +1228,8 @@ int hub_apply(struct hub *h, const char *room, const char *epoch, const struct h
 	/* No frame (ENOMEM): not applied, so the engine re-reads it later. */
 	if (!(mb = hub_encode_message(r->name, m)))
 		return -1;
-	r->seq = r->seq_assigned = m->seq;
-	if (room_append(r, m->seq, mb, m->from, strlen(m->from), m->id, strlen(m->id),
-			h->lim.messages_per_room, h->lim.dedup_window))
-		log_error(NULL, "out of memory keeping message %s/%llu", r->name, (unsigned long long)m->seq);
-	hub_room_broadcast(h, r, mb, NULL, 1);
+	hub_room_record(h, r, m, mb);
+	hub_room_fanout(h, r, mb);
 	msgbuf_unref(mb);
 	return 0;
 }
@@ -1330,16 +1320,8 @@ void hub_remote_presence(struct hub *h, const char *room, const char *name, int 
 {
 	struct room *r = hub_room_find(h, room, strlen(room));
 	struct msgbuf *mb;
-	struct jsonw w;
 
-	if (!r || r->loading || !r->member_count)
-		return;
-	hub_w_begin(&w, "presence", 128);
-	jsonw_kv_cstr(&w, "room", r->name);
-	jsonw_kv_cstr(&w, "name", name);
-	jsonw_kv_cstr(&w, "state", join ? "join" : "leave");
-	jsonw_obj_close(&w);
-	if (!(mb = jsonw_finish(&w)))
+	if (!r || r->loading || !r->member_count || !(mb = hub_encode_presence(r->name, name, join)))
 		return;
 	hub_room_broadcast(h, r, mb, NULL, 0);
 	msgbuf_unref(mb);
@@ -1550,12 +1532,7 @@ void hub_session_unregister(struct hub *h, struct session *s)
 		hub_member_leave(h, m);
 	}
 	if (u) {
-		if (s->user_prev)
-			s->user_prev->user_next = s->user_next;
-		else
-			u->sessions = s->user_next;
-		if (s->user_next)
-			s->user_next->user_prev = s->user_prev;
+		DL_DELETE2(u->sessions, s, user_prev, user_next);
 		if (h->engine.user)
 			h->engine.user(h->engine.ctx, s->name, 0);
 		if (--u->count == 0) {
@@ -1598,9 +1575,7 @@ struct hub *hub_new(const struct config *cfg, const struct hub_transport *tp,
 	snprintf(h->node_id, sizeof(h->node_id), "%s", cfg->node_id);
 	h->tp = *tp;
 	h->m = metrics;
-	if (getrandom(&h->rng, sizeof(h->rng), GRND_NONBLOCK) != sizeof(h->rng))
-		h->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-	h->rng |= 1;  /* xorshift must not start at 0 */
+	rng_seed(&h->rng);
 	h->salt = hub_random(h);
 	return h;
 }

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <utlist.h>
+
 struct room_dedup {
 	UT_hash_handle hh;
 	uint64_t seq;
@@ -130,23 +132,15 @@ struct membership *room_member_add(struct room *r, struct session *s)
 	m->room = r;
 	m->sess = s;
 	HASH_ADD(hh_room, r->members, sess, sizeof(m->sess), m);
-	m->sess_next = s->rooms;
-	s->rooms = m;
+	LL_PREPEND2(s->rooms, m, sess_next);
 	r->member_count++;
 	return m;
 }
 
 void room_member_remove(struct membership *m)
 {
-	struct membership **pp;
-
 	HASH_DELETE(hh_room, m->room->members, m);
-	for (pp = &m->sess->rooms; *pp; pp = &(*pp)->sess_next) {
-		if (*pp == m) {
-			*pp = m->sess_next;
-			break;
-		}
-	}
+	LL_DELETE2(m->sess->rooms, m, sess_next);
 	m->room->member_count--;
 	free(m);
 }
