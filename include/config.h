@@ -140,6 +140,16 @@ const char *config_storage_sync_name(enum config_storage_sync s);
  * the file cannot be read or the secret is empty. */
 char *config_jwt_secret(const struct config *cfg, size_t *len, char *err, size_t errlen);
 
+/* cluster.redis, split: redis://[[user]:password@]host[:port][/db].
+ * host and password point into the URL (not NUL-terminated). */
+struct config_redis {
+	const char *host, *password;    /* password NULL: none in the URL */
+	size_t host_len, password_len;
+	int port;                       /* 6379 if not given */
+	long db;                        /* -1 if not given */
+};
+int config_redis_parse(const char *url, struct config_redis *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1285,33 +1285,24 @@ static void cl_on_heartbeat(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
+/* cluster.redis into host, port, db and password (config.h's parser, the
+ * same one the config was checked with). */
 static int cl_parse_url(struct cluster *c, const char *url, char *err, size_t errlen)
 {
-	const char *p = url + 8, *at = strrchr(p, '@'), *slash, *colon;
-	char hostport[256];
+	struct config_redis u;
 
-	if (strncmp(url, "redis://", 8) != 0) {
+	if (config_redis_parse(url, &u)) {
 		snprintf(err, errlen, "cluster.redis: expected redis://host:port");
 		return -1;
 	}
-	if (at) {
-		/* redis://:password@host:port or redis://user:password@... */
-		const char *pw = memchr(p, ':', (size_t)(at - p));
-		if (pw) {
-			free(c->password);
-			c->password = strndup(pw + 1, (size_t)(at - pw - 1));
-		}
-		p = at + 1;
+	if (u.password) {
+		free(c->password);
+		c->password = strndup(u.password, u.password_len);
 	}
-	slash = strchr(p, '/');
-	snprintf(hostport, sizeof(hostport), "%.*s", slash ? (int)(slash - p) : (int)strlen(p), p);
-	colon = strrchr(hostport, ':');
-	c->port = colon ? atoi(colon + 1) : 6379;
-	if (colon)
-		hostport[colon - hostport] = '\0';
-	c->host = strdup(hostport);
-	if (slash && slash[1])
-		c->db = atol(slash + 1);
+	c->host = strndup(u.host, u.host_len);
+	c->port = u.port;
+	if (u.db >= 0)
+		c->db = u.db;
 	if (!c->host || !c->password) {
 		snprintf(err, errlen, "out of memory");
 		return -1;

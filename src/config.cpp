@@ -70,31 +70,9 @@ bool valid_key_prefix(const std::string &s)
 
 bool valid_redis_url(const std::string &s)
 {
-	if (s.empty())
-		return true;
-	if (s.rfind("redis://", 0) != 0 || !no_nul(s))
-		return false;
-	std::string rest = s.substr(8);
-	size_t at = rest.rfind('@');
-	if (at != std::string::npos)
-		rest = rest.substr(at + 1);
-	size_t slash = rest.find('/');
-	std::string hostport = rest.substr(0, slash);
-	size_t colon = hostport.rfind(':');
-	if (hostport.empty() || colon == 0)
-		return false;
-	if (colon != std::string::npos) {
-		std::string port = hostport.substr(colon + 1);
-		if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-		    std::stol(port) < 1 || std::stol(port) > 65535)
-			return false;
-	}
-	if (slash != std::string::npos) {
-		std::string db = rest.substr(slash + 1);
-		if (!db.empty() && (db.size() > 6 || db.find_first_not_of("0123456789") != std::string::npos))
-			return false;
-	}
-	return true;
+	struct config_redis u;
+
+	return s.empty() || (no_nul(s) && config_redis_parse(s.c_str(), &u) == 0);
 }
 
 /* ---- the key table ----------------------------------------------------- */
@@ -443,6 +421,51 @@ bool read_file(const char *path, std::string &out)
 }
 
 } // namespace
+
+/* The one parser of cluster.redis: the config checks it, the cluster
+ * connects with its parts. */
+int config_redis_parse(const char *url, struct config_redis *out)
+{
+	const char *p = url + 8, *at, *slash, *colon, *pw, *end;
+
+	memset(out, 0, sizeof(*out));
+	out->port = 6379;
+	out->db = -1;
+	if (strncmp(url, "redis://", 8) != 0)
+		return -1;
+	if ((at = strrchr(p, '@'))) {
+		/* redis://:password@host or redis://user:password@host */
+		if ((pw = (const char *)memchr(p, ':', (size_t)(at - p)))) {
+			out->password = pw + 1;
+			out->password_len = (size_t)(at - pw - 1);
+		}
+		p = at + 1;
+	}
+	slash = strchr(p, '/');
+	end = slash ? slash : p + strlen(p);
+	for (colon = end; colon > p && colon[-1] != ':'; colon--)
+		;
+	colon = colon > p ? colon - 1 : NULL;
+	out->host = p;
+	out->host_len = (size_t)((colon ? colon : end) - p);
+	if (!out->host_len)
+		return -1;
+	if (colon) {
+		size_t n = (size_t)(end - colon - 1);
+		if (n < 1 || n > 5 || strspn(colon + 1, "0123456789") < n)
+			return -1;
+		out->port = atoi(colon + 1);
+		if (out->port < 1 || out->port > 65535)
+			return -1;
+	}
+	if (slash && slash[1]) {
+		size_t n = strlen(slash + 1);
+		if (n > 6 || strspn(slash + 1, "0123456789") != n)
+			return -1;
+		out->db = atol(slash + 1);
+	}
+	return 0;
+}
 
 int config_defaults(struct config *cfg)
 {

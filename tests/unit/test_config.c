@@ -468,6 +468,38 @@ static void test_key_prefix_is_bounded(void **state)
 	expect_error(text, "2: cluster.key_prefix: expected a string of at most 64 bytes");
 }
 
+/* The one parser of cluster.redis: what the config accepts, the cluster
+ * connects with (it was parsed twice, two ways). */
+static void test_redis_url_parts(void **state)
+{
+	struct config_redis u;
+
+	assert_int_equal(config_redis_parse("redis://127.0.0.1", &u), 0);
+	assert_int_equal(u.host_len, 9);
+	assert_memory_equal(u.host, "127.0.0.1", 9);
+	assert_int_equal(u.port, 6379);
+	assert_int_equal(u.db, -1);
+	assert_null(u.password);
+	assert_int_equal(config_redis_parse("redis://user:s3:cr@t@h.example:6380/12", &u), 0);
+	assert_int_equal(u.password_len, 7);
+	assert_memory_equal(u.password, "s3:cr@t", 7);
+	assert_int_equal(u.host_len, 9);
+	assert_memory_equal(u.host, "h.example", 9);
+	assert_int_equal(u.port, 6380);
+	assert_int_equal(u.db, 12);
+	assert_int_equal(config_redis_parse("redis://:pw@h/", &u), 0);
+	assert_int_equal(u.password_len, 2);
+	assert_int_equal(u.db, -1);
+	assert_int_equal(config_redis_parse("http://h:1", &u), -1);
+	assert_int_equal(config_redis_parse("redis://:1", &u), -1);
+	assert_int_equal(config_redis_parse("redis://h:", &u), -1);
+	assert_int_equal(config_redis_parse("redis://h:65536", &u), -1);
+	assert_int_equal(config_redis_parse("redis://h:0", &u), -1);
+	assert_int_equal(config_redis_parse("redis://h:12x", &u), -1);
+	assert_int_equal(config_redis_parse("redis://h/1234567", &u), -1);
+	assert_int_equal(config_redis_parse("redis://h/x", &u), -1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -489,6 +521,7 @@ int main(void)
 		cmocka_unit_test(test_names),
 		cmocka_unit_test(test_sample_config),
 		cmocka_unit_test(test_key_prefix_is_bounded),
+		cmocka_unit_test(test_redis_url_parts),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
