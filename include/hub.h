@@ -9,8 +9,8 @@
  * Life of a session: hub_session_register() when a WebSocket is established
  * -> hub_session_input() per text frame -> output lands in the session's
  * queue and the hub calls transport->wake() -> the transport writes with
- * hub_session_peek()/hub_session_pop() -> hub_session_unregister() from the
- * transport's one release path, whatever ended the connection.
+ * hub_session_frames()/hub_session_consumed() -> hub_session_unregister()
+ * from the transport's one release path, whatever ended the connection.
  *
  * Accepting a message is split in two steps, submit and commit, so that an
  * engine (storage with group commit, or a cluster) can complete it later;
@@ -32,7 +32,7 @@
 struct hub;
 
 struct hub_transport {
-	/* s has output queued: arrange for hub_session_peek/pop to be called. */
+	/* s has output queued: arrange for hub_session_frames/consumed to be called. */
 	void (*wake)(void *ctx, void *conn);
 	/* Close the connection with a WebSocket close code; with flush, what is
 	 * queued is written first. The transport must NOT call

@@ -165,7 +165,7 @@ static void hub_slow_close(struct hub *h, struct session *s, const char *why)
 }
 
 /* Make room for one frame of len bytes in s's own queue; -1 if s was closed. */
-static int hub_make_room(struct hub *h, struct session *s, size_t len)
+static int hub_q_make_space(struct hub *h, struct session *s, size_t len)
 {
 	const struct hub_limits *l = &h->lim;
 
@@ -182,7 +182,7 @@ static int hub_make_room(struct hub *h, struct session *s, size_t len)
 
 /* Keep all queues together under total_queue_bytes by applying the policy
  * to the largest queues first; -1 if that closed s itself. */
-static int hub_global_room(struct hub *h, struct session *s, size_t len)
+static int hub_q_global_space(struct hub *h, struct session *s, size_t len)
 {
 	uint64_t cap = h->lim.total_queue_bytes;
 
@@ -222,7 +222,7 @@ static int hub_enqueue(struct hub *h, struct session *s, struct msgbuf *mb, int 
 
 	if (s->closing)
 		return -1;
-	if (hub_make_room(h, s, len) || hub_global_room(h, s, len))
+	if (hub_q_make_space(h, s, len) || hub_q_global_space(h, s, len))
 		return -1;
 	b = s->q.bytes;
 	c = s->q.count;
@@ -685,7 +685,7 @@ static uint64_t hub_oldest_held(struct hub *h, struct room *r)
 	return oldest;
 }
 
-static void hub_release(struct msgbuf **v, uint32_t n)
+static void hub_frames_unref(struct msgbuf **v, uint32_t n)
 {
 	while (n)
 		msgbuf_unref(v[--n]);
@@ -726,7 +726,7 @@ static int hub_collect(struct hub *h, struct room *r, uint64_t lo, uint64_t hi,
 	if (lo < ring_lo && h->engine.read && lo <= hi &&
 	    (h->engine.read(h->engine.ctx, r->name, lo, hi < ring_lo ? hi : ring_lo - 1, max,
 			    hub_collect_emit, &hc) < 0 || hc.failed)) {
-		hub_release(v, hc.n);
+		hub_frames_unref(v, hc.n);
 		return -1;
 	}
 	for (seq = lo > ring_lo ? lo : ring_lo; seq <= hi && hc.n < max; seq++) {
@@ -763,7 +763,7 @@ static int hub_replay(struct hub *h, struct session *s, struct room *r, uint64_t
 	for (i = 0; i < n && hub_fits(h, s, v[i]->len, 1, 4096); i++)
 		if (hub_enqueue(h, s, v[i], 1) == 0)
 			queued++;
-	hub_release(v, n);
+	hub_frames_unref(v, n);
 	free(v);
 	return queued == n && (n < max || since + n >= r->seq);
 }
@@ -1437,7 +1437,7 @@ static void hub_cmd_history(struct hub *h, struct session *s, const struct proto
 		jsonw_raw(&w, (const char *)v[i]->data, v[i]->len);
 	jsonw_arr_close(&w);
 	hub_w_ref(&w, &c->ref);
-	hub_release(v, n);
+	hub_frames_unref(v, n);
 	hub_w_reply(h, s, &w);
 }
 

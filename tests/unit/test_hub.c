@@ -1815,7 +1815,7 @@ static void on_alarm(int sig)
 
 /* Unregistering the session that holds the largest queue, while the global
  * cap is nearly reached, must not hang: the presence leave to the others
- * makes hub_global_room() pick the departing (closing) session as the
+ * makes hub_q_global_space() pick the departing (closing) session as the
  * largest; closing it again is a no-op that frees nothing, forever. */
 static void test_unregister_of_the_largest_queue_under_global_cap_returns(void **state)
 {
