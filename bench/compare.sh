@@ -57,6 +57,7 @@ else
   : "${S5_CYCLES:=20000}" "${S5_CONCURRENCY:=200}"
 fi
 : "${S1_ROOM_SIZE:=10}"          # chatd's idle clients join rooms of this size (presence stays small)
+: "${S3_SWEEP:=2 4 8}"           # S3's chart: these multiples of the base rate, after it
 : "${S2B_P99_MS:=200}"           # saturation: highest rate with no loss and p99 below this
 : "${S5_MAX_S:=120}"             # churn: time bound
 : "${SERVER_CPU:=0}" "${TOOL_CPU:=1}"
@@ -107,14 +108,17 @@ SRV_PID=""
 SRV_NAME=""
 PORT=$PORT_BASE
 
-chatd_config() { # file port queue_messages queue_bytes
+chatd_config() { # file port queue_messages queue_bytes max_connections
   cat > "$1" <<EOF
 # chatd bench config (bench/compare.sh): limits raised so that the load,
 # not the per-session rate limit or connection cap, is what is measured.
+# max_connections stays at its default (10000) unless the scenario needs
+# more: chatd sizes its open-files limit, and so libwebsockets' fd table,
+# by it.
 [server]
 listen = "127.0.0.1"
 port = $2
-max_connections = 19900
+max_connections = $5
 handshake_timeout = 60
 [limits]
 rate = 1000000
@@ -138,13 +142,18 @@ wait_port() {
 }
 
 start_server() { # name scenario [queue_messages queue_bytes]
-  local name=$1 sc=$2 qm=${3:-4096} qb=${4:-4194304}
+  local name=$1 sc=$2 qm=${3:-4096} qb=${4:-4194304} maxc=10000
+  case "$sc" in
+    S1) maxc=$(( S1_CLIENTS + 900 )) ;;
+    S3) maxc=$(( S3_CLIENTS + 500 )) ;;
+  esac
+  [ "$maxc" -ge 10000 ] || maxc=10000
   PORT=$((PORT + 1))
   SRV_NAME=$name
   local logf=$RESULTS/$sc-$name.server.log
   case "$name" in
     chatd)
-      chatd_config "$RESULTS/$sc-chatd.toml" "$PORT" "$qm" "$qb"
+      chatd_config "$RESULTS/$sc-chatd.toml" "$PORT" "$qm" "$qb" "$maxc"
       taskset -c "$SERVER_CPU" "$CHATD_BIN" -c "$RESULTS/$sc-chatd.toml" >"$logf" 2>&1 &
       echo "taskset -c $SERVER_CPU $CHATD_BIN -c $sc-chatd.toml" >> "$RESULTS/commands.txt" ;;
     *)
@@ -243,11 +252,19 @@ sc_S2b() {
   stop_server S2b
 }
 
+# S3: the base rate (1 message/s per client), then the sweep for the chart
+# (S3_SWEEP: multiples of it) until a step loses messages or the server dies.
 sc_S3() {
   local name=$1 out=$RESULTS/S3-$1.json
-  local rooms=$(( S3_CLIENTS / S3_ROOM_SIZE ))
+  local rooms=$(( S3_CLIENTS / S3_ROOM_SIZE )) m ok
+  : > "$out"
   start_server "$name" S3 || return 0
-  run_load "$out" --mode fanout --clients "$S3_CLIENTS" --rooms "$rooms" --senders "$S3_CLIENTS" --rate "$S3_CLIENTS" --payload 64 --duration "$S3_DURATION"
+  for m in 1 $S3_SWEEP; do
+    run_load "$out" --mode fanout --clients "$S3_CLIENTS" --rooms "$rooms" --senders "$S3_CLIENTS" --rate $(( S3_CLIENTS * m )) --payload 64 --duration "$S3_DURATION"
+    kill -0 "$SRV_PID" 2>/dev/null || break
+    ok=$(jget "$out" "int(d['lost']==0 and d['connected']==d['clients'])")
+    [ "$ok" = 1 ] || break
+  done
   stop_server S3
 }
 
@@ -280,11 +297,11 @@ for sc in $SCENARIOS; do
 done
 
 {
-  echo "sizes: S1_CLIENTS=$S1_CLIENTS S1_ROOM_SIZE=$S1_ROOM_SIZE S1_HOLD=$S1_HOLD S2_CLIENTS=$S2_CLIENTS S2_SENDERS=$S2_SENDERS S2_PAYLOAD=$S2_PAYLOAD S2A_DELIVERIES=$S2A_DELIVERIES S2A_DURATION=$S2A_DURATION S2B_START=$S2B_START S2B_STEPS=$S2B_STEPS S2B_DURATION=$S2B_DURATION S2B_P99_MS=$S2B_P99_MS S3_CLIENTS=$S3_CLIENTS S3_ROOM_SIZE=$S3_ROOM_SIZE S3_DURATION=$S3_DURATION S4_CLIENTS=$S4_CLIENTS S4_SENDERS=$S4_SENDERS S4_RATE=$S4_RATE S4_PAYLOAD=$S4_PAYLOAD S4_DURATION=$S4_DURATION S4_BASE_DURATION=$S4_BASE_DURATION S5_CYCLES=$S5_CYCLES S5_CONCURRENCY=$S5_CONCURRENCY"
+  echo "sizes: S1_CLIENTS=$S1_CLIENTS S1_ROOM_SIZE=$S1_ROOM_SIZE S1_HOLD=$S1_HOLD S2_CLIENTS=$S2_CLIENTS S2_SENDERS=$S2_SENDERS S2_PAYLOAD=$S2_PAYLOAD S2A_DELIVERIES=$S2A_DELIVERIES S2A_DURATION=$S2A_DURATION S2B_START=$S2B_START S2B_STEPS=$S2B_STEPS S2B_DURATION=$S2B_DURATION S2B_P99_MS=$S2B_P99_MS S3_CLIENTS=$S3_CLIENTS S3_ROOM_SIZE=$S3_ROOM_SIZE S3_DURATION=$S3_DURATION S3_SWEEP=${S3_SWEEP// /,} S4_CLIENTS=$S4_CLIENTS S4_SENDERS=$S4_SENDERS S4_RATE=$S4_RATE S4_PAYLOAD=$S4_PAYLOAD S4_DURATION=$S4_DURATION S4_BASE_DURATION=$S4_BASE_DURATION S5_CYCLES=$S5_CYCLES S5_CONCURRENCY=$S5_CONCURRENCY"
 } >> "$RESULTS/meta.txt"
 
 if [ "$WRITE_DOC" = 1 ]; then
-  "$PY" bench/report.py "$RESULTS" "$DOC"
-  log "wrote the table into $DOC"
+  "$PY" bench/report.py "$RESULTS" "$DOC" "$(dirname "$DOC")/perf"
+  log "wrote the tables into $DOC and the charts into $(dirname "$DOC")/perf"
 fi
 log "done: $RESULTS"

@@ -7,9 +7,13 @@
 # the send timestamp). chatd is pinned to CPU 0, chatload to CPU 1; in the
 # two-node case both nodes share CPU 0 and Redis runs on CPU 1.
 #
+# Every configuration runs each rate of RATES (messages/s in total) in turn,
+# on one server process; its saturation is the highest rate with no loss
+# and p99 < P99_MS, reported with its ratio to memory only.
+#
 # Usage: bench/engines.sh [--build-dir DIR] [--out FILE]
-# Sizes (environment): CLIENTS=200 SENDERS=10 RATE=2000 (messages/s in
-# total) PAYLOAD=64 DURATION=10.
+# Sizes (environment): CLIENTS=200 SENDERS=10 RATES="500 1000 2000 4000 8000"
+# PAYLOAD=64 DURATION=5 P99_MS=200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build-bench
@@ -23,7 +27,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-: "${CLIENTS:=200}" "${SENDERS:=10}" "${RATE:=2000}" "${PAYLOAD:=64}" "${DURATION:=10}"
+: "${CLIENTS:=200}" "${SENDERS:=10}" "${RATES:=500 1000 2000 4000 8000}" "${PAYLOAD:=64}" "${DURATION:=5}" "${P99_MS:=200}"
 
 scripts/setup.sh --test >/dev/null
 scripts/build.sh "$BUILD" -DCHATD_TESTS=OFF >/dev/null
@@ -40,15 +44,16 @@ trap cleanup EXIT
 
 free_port() { /usr/bin/python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
-# start_chatd NAME PORT EXTRA_TOML -> pid
+# start_chatd NAME PORT EXTRA_TOML: sets CHATD_PID. Not called in $( ):
+# PIDS must be this shell's, or stop_all and the EXIT trap miss the server.
 start_chatd() {
   local name=$1 port=$2 extra=$3 cfg=$TMP/$1.toml
-  printf '[server]\nport = %s\nnode_id = "%s"\nmax_connections = 19000\n[limits]\nrate = 100000\nburst = 100000\nsend_queue_messages = 4096\nsend_queue_bytes = 8388608\n[log]\nlevel = "warn"\n%b' \
+  printf '[server]\nport = %s\nnode_id = "%s"\n[limits]\nrate = 100000\nburst = 100000\nsend_queue_messages = 4096\nsend_queue_bytes = 8388608\n[log]\nlevel = "warn"\n%b' \
     "$port" "$name" "$extra" > "$cfg"
   taskset -c 0 "$CHATD" -c "$cfg" > "$TMP/$name.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && { echo "${PIDS[-1]}"; return; }
+    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && { CHATD_PID=${PIDS[-1]}; return; }
     sleep 0.05
   done
   echo "engines.sh: $name did not start" >&2; cat "$TMP/$name.log" >&2; exit 1
@@ -60,13 +65,16 @@ stop_all() {
   PIDS=()
 }
 
-run_load() {   # label pid url...
-  local label=$1 pid=$2; shift 2
+run_load() {   # label pid url...   (one JSON line per rate of RATES)
+  local label=$1 pid=$2 rate; shift 2
   local urls=()
   for u in "$@"; do urls+=(--url "$u"); done
-  taskset -c 1 "$LOAD" --mode fanout "${urls[@]}" --clients "$CLIENTS" --senders "$SENDERS" \
-    --rate "$RATE" --payload "$PAYLOAD" --duration "$DURATION" --server-pid "$pid" --label "$label" \
-    2>>"$TMP/load.err" | tail -1
+  for rate in $RATES; do
+    taskset -c 1 "$LOAD" --mode fanout "${urls[@]}" --clients "$CLIENTS" --senders "$SENDERS" \
+      --rate "$rate" --payload "$PAYLOAD" --duration "$DURATION" --server-pid "$pid" --label "$label" \
+      2>>"$TMP/load.err" | tail -1 || true   # chatload exits non-zero on a lossy step
+    kill -0 "$pid" 2>/dev/null || break
+  done
 }
 
 results=$TMP/results.jsonl
@@ -76,7 +84,8 @@ for mode in memory off batch always; do
   port=$(free_port)
   if [ "$mode" = memory ]; then extra='[storage]\npath = ""\n'
   else extra="[storage]\npath = \"$TMP/$mode.db\"\nsync = \"$mode\"\n"; fi
-  pid=$(start_chatd "st-$mode" "$port" "$extra")
+  start_chatd "st-$mode" "$port" "$extra"
+  pid=$CHATD_PID
   run_load "storage-$mode" "$pid" "ws://127.0.0.1:$port/ws" >> "$results"
   curl -s "http://127.0.0.1:$port/metrics" | grep -E '^chatd_storage_(commits_total|messages_total|commit_seconds_(total|max)) ' \
     | sed "s/^/storage-$mode /" >> "$TMP/storage-metrics.txt" || true
@@ -91,26 +100,50 @@ RPID=${PIDS[-1]}
 for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
 cluster="[storage]\npath = \"\"\n[cluster]\nredis = \"redis://127.0.0.1:$RPORT\"\n"
 p1=$(free_port)
-pid1=$(start_chatd n1 "$p1" "$cluster")
+start_chatd n1 "$p1" "$cluster"
+pid1=$CHATD_PID
 run_load "cluster-1-node" "$pid1" "ws://127.0.0.1:$p1/ws" >> "$results"
 p2=$(free_port)
-pid2=$(start_chatd n2 "$p2" "$cluster")
+start_chatd n2 "$p2" "$cluster"
+pid2=$CHATD_PID
 run_load "cluster-2-nodes" "$pid1" "ws://127.0.0.1:$p1/ws" "ws://127.0.0.1:$p2/ws" >> "$results"
 stop_all
 
-/usr/bin/python3 - "$results" "$TMP/storage-metrics.txt" <<'EOF' | tee ${OUT:+"$OUT"}
+/usr/bin/python3 - "$results" "$TMP/storage-metrics.txt" "$P99_MS" <<'EOF' | tee ${OUT:+"$OUT"}
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
-print("| run | deliveries/s | loss | p50 ms | p99 ms | max ms | server CPU % |")
-print("|---|---|---|---|---|---|---|")
+bound = float(sys.argv[3])
+labels = []
 for r in rows:
-    lat = r.get("latency_ms", {})
-    print("| %s | %.0f | %s | %.2f | %.2f | %.2f | %.0f |" % (
-        r.get("label"), r.get("deliveries_per_s", 0), "%s (%.2f%%)" % (r.get("lost", "?"), r.get("loss_pct", 0)),
-        lat.get("p50", 0), lat.get("p99", 0), lat.get("max", 0), r.get("server_cpu_pct", 0)))
+    if r["label"] not in labels:
+        labels.append(r["label"])
+def ok(r):
+    return (r["lost"] == 0 and r["connected"] == r["clients"] and r["latency_ms"]["p99"] < bound
+            and r["send_behind"] <= 0.01 * r["rate"] * r["duration_s"])
+sat = {}
+for l in labels:
+    good = [r for r in rows if r["label"] == l and ok(r)]
+    sat[l] = max(good, key=lambda r: r["deliveries_per_s"]) if good else None
+base = sat.get("storage-memory")
+print("Saturation: the highest step with no loss and p99 < %g ms; ratio to memory only." % bound)
+print()
+print("| run | saturation deliveries/s | ratio to memory only | p50 ms | p99 ms | server CPU % | chatload CPU % | steps (offered deliveries/s → p99 ms, loss) |")
+print("|---|---|---|---|---|---|---|---|")
+for l in labels:
+    b = sat[l]
+    steps = ", ".join("%.0fk→%.2f%s" % (r["rate"] * r["clients"] / 1000, r["latency_ms"]["p99"],
+                                         "" if r["lost"] == 0 else " lost %.2f%%" % r["loss_pct"])
+                      for r in rows if r["label"] == l)
+    if b:
+        ratio = "%.2f" % (b["deliveries_per_s"] / base["deliveries_per_s"]) if base else "–"
+        print("| %s | %.0f | %s | %.2f | %.2f | %.0f | %.0f | %s |" % (
+            l, b["deliveries_per_s"], ratio, b["latency_ms"]["p50"], b["latency_ms"]["p99"],
+            b.get("server_cpu_pct", 0), b.get("tool_cpu_pct", 0), steps))
+    else:
+        print("| %s | none passed | – | – | – | – | – | %s |" % (l, steps))
 try:
     print()
-    print("Storage commits (from /metrics after each run):")
+    print("Storage commits (from /metrics after each configuration):")
     for line in open(sys.argv[2]):
         print("    " + line.rstrip())
 except FileNotFoundError:

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Turn a bench/compare.sh results directory into the tables of
+"""Turn a bench/compare.sh results directory into the tables and charts of
 docs/performance.md (between the compare.sh markers; the rest of the file is
-kept). Usage: bench/report.py RESULTS_DIR DOC"""
+kept). The charts are PNGs drawn with Debian's python3-matplotlib into
+CHART_DIR (default: docs/perf next to DOC) and linked from the tables.
+Usage: bench/report.py RESULTS_DIR DOC [CHART_DIR]"""
 import json
 import os
 import sys
@@ -172,9 +174,10 @@ def s2b(res, p99_bound):
 def s3(res):
     rows, p99, cpu = [], {}, {}
     for s in SERVERS:
-        d = last(res, "S3-%s.json" % s)
-        if not d:
+        steps = load(res, "S3-%s.json" % s)   # the base rate first, then the sweep
+        if not steps:
             continue
+        d = steps[0]
         lat = d["latency_ms"]
         p99[s], cpu[s] = lat["p99"], d.get("server_cpu_pct")
         rows.append([NAMES[s], num(d["deliveries_per_s"]), "{:,} ({:.3f}%)".format(d["lost"], d["loss_pct"]),
@@ -182,8 +185,9 @@ def s3(res):
                      num(d.get("server_rss_kib_peak")), flags(d)])
     if not rows:
         return ""
-    d = last(res, "S3-chatd.json") or last(res, "S3-bun.json")
-    return ("### S3 many rooms: {:,} clients in {:,} rooms of {}, every client sends 1 message/s\n\n").format(
+    d = (load(res, "S3-chatd.json") or load(res, "S3-bun.json"))[0]
+    return ("### S3 many rooms: {:,} clients in {:,} rooms of {}, every client sends 1 message/s\n\n"
+            "The table is that base rate; the chart adds the sweep to higher rates.\n\n").format(
         d["clients"], d["rooms"], d["clients"] // d["rooms"]) + \
         table(["server", "deliveries/s", "lost", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "server CPU %",
                "server RSS peak (KiB)", "notes"], rows) + \
@@ -261,8 +265,95 @@ def s5(res):
         "\n\nchatd/peer, cycles/s (higher is better): " + ratios(cps, None) + "\n"
 
 
+COLORS = {"chatd": "#1f77b4", "bun": "#ff7f0e", "node": "#2ca02c", "go": "#9467bd"}
+
+
+def offered(d):
+    """Deliveries/s offered by one step: messages/s times recipients per room."""
+    return d["rate"] * d["clients"] / max(d.get("rooms") or 1, 1)
+
+
+def plt_or_none():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        sys.stderr.write("report.py: python3-matplotlib is missing (bench/peers/install.sh installs it); no charts\n")
+        return None
+
+
+def chart_sweep(res, prefix, title, path):
+    """p50 and p99 against offered deliveries/s, one line pair per server."""
+    plt = plt_or_none()
+    series = {s: sorted(load(res, "%s-%s.json" % (prefix, s)), key=offered) for s in SERVERS}
+    series = {s: v for s, v in series.items() if v}
+    if not plt or not series:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for s, steps in series.items():
+        x = [offered(d) for d in steps]
+        for pct, style in (("p50", ":"), ("p99", "-")):
+            ax.plot(x, [d["latency_ms"][pct] for d in steps], style, marker="o", ms=4, color=COLORS[s],
+                    label="{} {}".format(NAMES[s], pct))
+        lossy = [(offered(d), d["latency_ms"]["p99"]) for d in steps if d["lost"] or d["connected"] != d["clients"]]
+        if lossy:
+            ax.plot(*zip(*lossy), "x", ms=9, mew=2, color=COLORS[s])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered deliveries/s (x: a step that lost messages)")
+    ax.set_ylabel("delivery latency, ms")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def chart_bars(res, prefix, key, title, ylabel, path):
+    plt = plt_or_none()
+    vals = [(NAMES[s], last(res, "%s-%s.json" % (prefix, s)), s) for s in SERVERS]
+    vals = [(n, d.get(key), s) for n, d, s in vals if d and d.get(key) is not None]
+    if not plt or not vals:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    bars = ax.bar([v[0] for v in vals], [v[1] for v in vals], color=[COLORS[v[2]] for v in vals])
+    for b, v in zip(bars, vals):
+        ax.annotate("{:,.2f}".format(v[1]) if v[1] < 100 else "{:,.0f}".format(v[1]),
+                    (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def charts(res, doc, outdir):
+    """Draw the charts; returns {section: markdown image line}."""
+    os.makedirs(outdir, exist_ok=True)
+    rel = os.path.relpath(outdir, os.path.dirname(os.path.abspath(doc)))
+    made = {}
+    for key, fn in (("S2b", lambda p: chart_sweep(res, "S2b", "S2b: one room, fan-out sweep", p)),
+                    ("S3", lambda p: chart_sweep(res, "S3", "S3: rooms of 10, rate sweep", p)),
+                    ("S1", lambda p: chart_bars(res, "S1", "rss_per_conn_kib", "S1: server memory per idle connection "
+                                                "(lower is better)", "KiB per connection", p)),
+                    ("S5", lambda p: chart_bars(res, "S5", "cycles_per_s", "S5: churn (higher is better)",
+                                                "cycles/s", p))):
+        name = "perf-%s.png" % key.lower()
+        if fn(os.path.join(outdir, name)):
+            made[key] = "![{} chart]({}/{})\n".format(key, rel, name)
+    return made
+
+
 def main():
     res, doc = sys.argv[1], sys.argv[2]
+    chart_dir = sys.argv[3] if len(sys.argv) > 3 else os.path.join(os.path.dirname(os.path.abspath(doc)), "perf")
+    pics = charts(res, doc, chart_dir)
     meta = {}
     with open(os.path.join(res, "meta.txt")) as f:
         for line in f:
@@ -294,9 +385,12 @@ def main():
     if events:
         parts += ["**Events during the run** (server deaths, stalls, errors in chatd's log):", "",
                   "\n".join("- " + e for e in events.splitlines()), ""]
-    for sec in (s1(res), s2a(res), s2b(res, p99_bound), s3(res), s4(res), s5(res)):
+    for key, sec in (("S1", s1(res)), ("S2a", s2a(res)), ("S2b", s2b(res, p99_bound)), ("S3", s3(res)),
+                     ("S4", s4(res)), ("S5", s5(res))):
         if sec:
             parts += [sec]
+            if key in pics:
+                parts += [pics[key]]
     parts += ["<details><summary>Exact commands of this run</summary>", "", "```", cmds, "```", "", "</details>", "",
               END]
     block = "\n".join(parts)

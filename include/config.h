@@ -46,6 +46,19 @@ enum config_log_level {
 	CONFIG_LOG_DEBUG = 3
 };
 
+/* Forward secrecy and AEAD only: no static RSA key exchange, no CBC. */
+#define CONFIG_TLS_CIPHERS \
+	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
+	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:" \
+	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+/* Every TLS 1.3 suite is ephemeral and AEAD; OpenSSL's default set. */
+#define CONFIG_TLS_CIPHERSUITES \
+	"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+/* A JWT secret shorter than this is refused: HS256 keys should carry at
+ * least the hash's 256 bits (RFC 7518 3.2). */
+#define CONFIG_JWT_SECRET_MIN 32
+
 struct config {
 	/* [server] */
 	char *listen;                 /* "127.0.0.1" */
@@ -97,6 +110,9 @@ struct config {
 	char *tls_cert;               /* PEM certificate chain, "" = plain ws:// */
 	char *tls_key;                /* PEM private key */
 	char *tls_ca;                 /* CA for client certificates, "" = none asked */
+	char *tls_ciphers;            /* TLS 1.2 cipher list (OpenSSL syntax); default
+				       * ECDHE + AEAD only (CONFIG_TLS_CIPHERS) */
+	char *tls_ciphersuites;       /* TLS 1.3 suites (OpenSSL syntax); "" = no TLS 1.3 */
 
 	/* [cluster] */
 	char *redis;                  /* "redis://host:port[/db]", "" = single node */
@@ -137,8 +153,12 @@ const char *config_storage_sync_name(enum config_storage_sync s);
 
 /* Read the JWT secret (inline or from jwt_secret_file) into a new buffer;
  * the caller frees it (and should wipe it). Returns NULL with err set when
- * the file cannot be read or the secret is empty. */
-char *config_jwt_secret(const struct config *cfg, size_t *len, char *err, size_t errlen);
+ * the file cannot be read, is writable by group or others (anyone who can
+ * rewrite it can mint tokens), or the secret is shorter than
+ * CONFIG_JWT_SECRET_MIN bytes. On success *warn is set (else "") when the
+ * file is readable by others: worth fixing, not fatal. */
+char *config_jwt_secret(const struct config *cfg, size_t *len, char *warn, size_t warnlen,
+			char *err, size_t errlen);
 
 /* cluster.redis, split: redis://[[user]:password@]host[:port][/db].
  * host and password point into the URL (not NUL-terminated). */

@@ -161,7 +161,9 @@ void hub_session_input(struct hub *hub, struct session *s, const char *data, siz
  */
 int hub_session_frames(struct hub *hub, struct session *s, struct iovec *iov, int max,
 		       size_t max_bytes);
-void hub_session_consumed(struct hub *hub, struct session *s, int n);
+/* now: when they were written (the transport's clock, as tp.now), for the
+ * delivery histogram. */
+void hub_session_consumed(struct hub *hub, struct session *s, int n, double now);
 /* What s has queued: frames and payload bytes (for input back-pressure). */
 void hub_session_backlog(const struct session *s, uint32_t *frames, size_t *bytes);
 

@@ -21,6 +21,20 @@ enum metrics_refusal {
 	METRICS_REFUSED_COUNT
 };
 
+/*
+ * A Prometheus histogram with fixed buckets (metrics_bounds in metrics.c, in
+ * seconds, from 0.5 ms to 10 s). count[i] holds the observations in bucket i
+ * alone, the last one being +Inf; they are made cumulative when rendered, so
+ * an observation costs a short scan and one increment.
+ */
+#define METRICS_BUCKETS 15
+struct metrics_histogram {
+	uint64_t count[METRICS_BUCKETS + 1];
+	double sum;
+};
+
+void metrics_observe(struct metrics_histogram *h, double seconds);
+
 struct metrics {
 	uint64_t connections_total;       /* WebSocket connections accepted */
 	uint64_t frames_in, frames_out;
@@ -39,6 +53,9 @@ struct metrics {
 	uint64_t rooms_idle;              /* gauge, kept by the hub: rooms with no use */
 	uint64_t rooms_evicted;           /* idle rooms dropped from memory (limits.max_rooms) */
 	uint64_t rooms_refused;           /* joins refused: max_rooms rooms all in use */
+	/* Time message and direct events waited in a recipient's send queue:
+	 * from the loop iteration that queued them to the write that took them. */
+	struct metrics_histogram delivery;
 	/* storage engine */
 	uint64_t storage_commits;         /* transactions committed */
 	uint64_t storage_committed;       /* messages written */
@@ -46,6 +63,7 @@ struct metrics {
 	uint64_t storage_pruned;          /* messages removed by retention */
 	double storage_commit_seconds;    /* sum of commit durations */
 	double storage_commit_max;        /* longest commit so far */
+	struct metrics_histogram storage_commit;   /* the same durations, bucketed */
 	int storage_enabled;
 	/* cluster engine */
 	int cluster_enabled;
@@ -66,7 +84,14 @@ struct metrics_gauges {
 	uint64_t queue_bytes;
 	uint64_t queued_messages;
 	double start_time;                /* unix seconds */
+	uint64_t connections_limit;       /* max_connections, as far as it fits in the fds */
+	uint64_t queue_bytes_limit;       /* limits.total_queue_bytes */
+	int64_t open_fds, max_fds;        /* -1 when unknown */
 };
+
+/* Open file descriptors of this process (a scan of /proc/self/fd, bounded by
+ * the open-files limit), or -1 when that cannot be read. */
+int64_t metrics_open_fds(void);
 
 /* Render into a new msgbuf (owned by the caller); NULL on ENOMEM. */
 struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gauges *g,

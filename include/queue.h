@@ -31,12 +31,16 @@ void queue_init(struct queue *q);
  * drop_oldest policy may discard; replies and presence are never dropped. Returns 0, -1 on ENOMEM.
  */
 int queue_push(struct queue *q, struct msgbuf *mb, int droppable);
+/* The same, stamped with the time t it was queued (seconds; 0 = unstamped),
+ * which queue_pop hands back so the wait can be measured. */
+int queue_push_at(struct queue *q, struct msgbuf *mb, int droppable, double t);
 
 /* The oldest entry, or NULL. The reference stays the queue's. */
 struct msgbuf *queue_peek(const struct queue *q);
 
-/* Remove the oldest entry and drop its reference. No-op when empty. */
-void queue_pop(struct queue *q);
+/* Remove the oldest entry and drop its reference. No-op when empty.
+ * Returns the entry's queue_push_at time (0 when unstamped or empty). */
+double queue_pop(struct queue *q);
 
 /*
  * The oldest entries as complete WebSocket text frames, for one gathered

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what chatd needs on Debian 12: to build and run it, and with
 # --test also what the test suite needs (pytest, cmocka, redis-server,
-# clang for the fuzzers, chromium + playwright-core for the web page).
+# clang for the fuzzers, chromium + playwright-core for the web page,
+# prometheus + matplotlib for the dashboard and alert rules).
 # Idempotent: what is installed already is skipped quickly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,15 +10,16 @@ cd "$(dirname "$0")/.."
 PKGS=(
   build-essential cmake pkg-config g++
   libev-dev libwebsockets-dev libcjson-dev uthash-dev libtomlplusplus-dev
-  libsqlite3-dev libjwt-dev libsystemd-dev libhiredis-dev
+  libsqlite3-dev libjwt-dev libsystemd-dev libhiredis-dev libssl-dev
   python3 python3-websockets ca-certificates
 )
 TEST_PKGS=(
-  libcmocka-dev python3-pytest sqlite3 openssl curl procps iproute2
+  libcmocka-dev python3-pytest python3-cryptography sqlite3 openssl curl procps iproute2
   systemd dpkg-dev file
   redis-server
   clang libclang-rt-14-dev llvm
   chromium fonts-dejavu-core
+  prometheus python3-matplotlib
 )
 
 with_tests=0
@@ -47,6 +49,18 @@ else
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # The tests run the prometheus binary on a port of their own; the Debian
+  # package also enables and starts a system service on :9090, which the
+  # tests do not need. Stop and disable it, but only when installed here,
+  # never an operator's own.
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/prometheus ]; then
+      $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+      $SUDO update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 [ $with_tests = 1 ] || exit 0

@@ -10,11 +10,11 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp:print_suppressions=0
 
 echo "== normal build"
-scripts/build.sh build
+scripts/build.sh build -DCHATD_TESTS=ON
 (cd build && ctest --output-on-failure --timeout 1200)
 
 echo "== ASan + UBSan build"
-scripts/build.sh build-asan -DCHATD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+scripts/build.sh build-asan -DCHATD_TESTS=ON -DCHATD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 (cd build-asan && ctest --output-on-failure --timeout 1800)
 
 echo "== libFuzzer targets (${CHATD_FUZZ_SECONDS:-60}s each)"

@@ -23,6 +23,8 @@
 #include <new>
 #include <string>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace {
@@ -182,6 +184,9 @@ const Key keys[] = {
 	string("tls", "cert", F(tls_cert), no_nul, "expected a file path"),
 	string("tls", "key", F(tls_key), no_nul, "expected a file path"),
 	string("tls", "ca", F(tls_ca), no_nul, "expected a file path"),
+	string("tls", "ciphers", F(tls_ciphers), non_empty, "expected an OpenSSL cipher list"),
+	string("tls", "ciphersuites", F(tls_ciphersuites), no_nul,
+	       "expected an OpenSSL TLS 1.3 ciphersuite list (\"\" = no TLS 1.3)"),
 
 	string("cluster", "redis", F(redis), valid_redis_url, "expected \"redis://host:port[/db]\" or \"\""),
 	string("cluster", "password", F(redis_password), no_nul, "expected a string"),
@@ -400,23 +405,71 @@ void put_err(char *err, size_t errlen, const char *f, ...)
 			*p = '?';
 }
 
-/* Reads the whole file; on failure returns false with errno set. */
-bool read_file(const char *path, std::string &out)
+/* Reads the whole stream; on failure returns false with errno set. */
+bool read_stream(FILE *f, std::string &out)
 {
-	std::unique_ptr<FILE, int (*)(FILE *)> f(fopen(path, "rb"), fclose);
-	if (!f)
-		return false;
 	char buf[8192];
 	size_t n;
-	while ((n = fread(buf, 1, sizeof buf, f.get())) > 0) {
+	while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
 		out.append(buf, n);
 		if (out.size() > max_file_bytes) {
 			errno = EFBIG;
 			return false;
 		}
 	}
-	if (ferror(f.get()))
+	if (ferror(f))
 		return false; /* errno from the failed read, e.g. EISDIR */
+	return true;
+}
+
+/* Reads the whole file; on failure returns false with errno set. */
+bool read_file(const char *path, std::string &out)
+{
+	std::unique_ptr<FILE, int (*)(FILE *)> f(fopen(path, "rb"), fclose);
+	return f && read_stream(f.get(), out);
+}
+
+/* The secret file decides who can mint tokens: whoever can write it can.
+ * Opened without blocking (a FIFO would stall a reload) and judged by the
+ * mode of what was opened, not of a path that could change in between. */
+bool read_secret_file(const char *path, std::string &out, char *warn, size_t warnlen,
+		      char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	struct stat st;
+
+	if (fd < 0) {
+		put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s", path, strerror(errno));
+		return false;
+	}
+	std::unique_ptr<FILE, int (*)(FILE *)> f(fdopen(fd, "rb"), fclose);
+	if (!f) {
+		put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s", path, strerror(errno));
+		close(fd);
+		return false;
+	}
+	if (fstat(fd, &st) != 0) {
+		put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s", path, strerror(errno));
+		return false;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		put_err(err, errlen, "auth.jwt_secret_file %s: not a regular file", path);
+		return false;
+	}
+	if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+		put_err(err, errlen, "auth.jwt_secret_file %s: writable by %s (mode %04o): whoever can "
+			"rewrite it can mint tokens; chmod 600 (or 640) it", path,
+			(st.st_mode & S_IWOTH) ? "others" : "group", (unsigned)(st.st_mode & 07777));
+		return false;
+	}
+	if (st.st_mode & S_IROTH)
+		put_err(warn, warnlen, "auth.jwt_secret_file %s: readable by others (mode %04o); "
+			"chmod 600 (or 640) it", path, (unsigned)(st.st_mode & 07777));
+	/* Read what was judged, through the same descriptor. */
+	if (!read_stream(f.get(), out)) {
+		put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s", path, strerror(errno));
+		return false;
+	}
 	return true;
 }
 
@@ -512,7 +565,10 @@ int config_defaults(struct config *cfg)
 	for (char **p : strs)
 		oom |= !(*p = strdup(""));
 	cfg->key_prefix = strdup("chatd:");
-	if (!cfg->listen || !cfg->node_id || !cfg->key_prefix || oom) {
+	cfg->tls_ciphers = strdup(CONFIG_TLS_CIPHERS);
+	cfg->tls_ciphersuites = strdup(CONFIG_TLS_CIPHERSUITES);
+	if (!cfg->listen || !cfg->node_id || !cfg->key_prefix || !cfg->tls_ciphers ||
+	    !cfg->tls_ciphersuites || oom) {
 		config_free(cfg);
 		return -1;
 	}
@@ -601,6 +657,8 @@ void config_free(struct config *cfg)
 	free(cfg->tls_cert);
 	free(cfg->tls_key);
 	free(cfg->tls_ca);
+	free(cfg->tls_ciphers);
+	free(cfg->tls_ciphersuites);
 	free(cfg->redis);
 	if (cfg->redis_password)
 		memset(cfg->redis_password, 0, strlen(cfg->redis_password));
@@ -620,17 +678,19 @@ const char *config_storage_sync_name(enum config_storage_sync s)
 	return (unsigned)s < 3 ? sync_names[s] : "unknown";
 }
 
-char *config_jwt_secret(const struct config *cfg, size_t *len, char *err, size_t errlen)
+char *config_jwt_secret(const struct config *cfg, size_t *len, char *warn, size_t warnlen,
+			char *err, size_t errlen)
 {
 	std::string secret;
+	const char *what = "auth.jwt_secret";
 
+	if (warn && warnlen)
+		warn[0] = '\0';
 	try {
 		if (cfg->jwt_secret_file && cfg->jwt_secret_file[0]) {
-			if (!read_file(cfg->jwt_secret_file, secret)) {
-				put_err(err, errlen, "auth.jwt_secret_file %s: cannot read: %s",
-					cfg->jwt_secret_file, strerror(errno));
+			what = "auth.jwt_secret_file";
+			if (!read_secret_file(cfg->jwt_secret_file, secret, warn, warnlen, err, errlen))
 				return nullptr;
-			}
 			/* A file written by echo ends in a newline that is not part of it. */
 			while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r'))
 				secret.pop_back();
@@ -639,6 +699,13 @@ char *config_jwt_secret(const struct config *cfg, size_t *len, char *err, size_t
 		}
 		if (secret.empty()) {
 			put_err(err, errlen, "auth: the JWT secret is empty");
+			return nullptr;
+		}
+		if (secret.size() < CONFIG_JWT_SECRET_MIN) {
+			put_err(err, errlen, "%s: the JWT secret is %zu bytes; at least %d are needed "
+				"(e.g. head -c 32 /dev/urandom | base64)", what, secret.size(),
+				CONFIG_JWT_SECRET_MIN);
+			std::fill(secret.begin(), secret.end(), '\0');
 			return nullptr;
 		}
 		char *p = static_cast<char *>(malloc(secret.size() + 1));

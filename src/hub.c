@@ -226,7 +226,9 @@ static int hub_enqueue(struct hub *h, struct session *s, struct msgbuf *mb, int 
 		return -1;
 	b = s->q.bytes;
 	c = s->q.count;
-	if (queue_push(&s->q, mb, droppable)) {
+	/* Message events are stamped with the loop's time (the start of the
+	 * iteration that made them), so their wait is measured when written. */
+	if (queue_push_at(&s->q, mb, droppable, droppable ? hub_now(h) : 0)) {
 		log_error(s->id, "out of memory queueing a frame; closing");
 		hub_session_close(h, s, 1011, "out of memory", 0);
 		return -1;
@@ -255,14 +257,16 @@ int hub_session_frames(struct hub *h, struct session *s, struct iovec *iov, int 
 	return queue_frames(&s->q, iov, max, max_bytes);
 }
 
-void hub_session_consumed(struct hub *h, struct session *s, int n)
+void hub_session_consumed(struct hub *h, struct session *s, int n, double now)
 {
 	size_t b = s->q.bytes;
 	uint32_t c = s->q.count;
+	double t;
 	int i;
 
 	for (i = 0; i < n; i++)
-		queue_pop(&s->q);
+		if ((t = queue_pop(&s->q)) > 0)
+			metrics_observe(&h->m->delivery, now - t);
 	hub_q_account(h, s, b, c);
 	h->m->frames_out += (uint64_t)n;
 }

@@ -23,6 +23,7 @@
 #include "metrics.h"
 #include "server.h"
 #include "storage.h"
+#include "tlsctx.h"
 
 struct chatd {
 	struct ev_loop *loop;
@@ -36,7 +37,7 @@ struct chatd {
 	ev_signal sig_term, sig_int, sig_hup;
 	ev_timer shutdown_timer;
 	ev_timer watchdog;             /* WATCHDOG=1 to systemd, when asked for */
-	long nofile;                   /* open-files limit after raising it */
+	long nofile;                   /* open-files limit after sizing it */
 	int stopping;
 };
 
@@ -78,7 +79,8 @@ static void chatd_config_destroy(struct config *cfg)
 }
 
 /* Files the config names that must be readable now (lws' own errors for
- * them are vague): TLS certificate, key and CA. */
+ * them are vague): TLS certificate, key and CA; then the [tls] settings as
+ * OpenSSL sees them. */
 static int chatd_check_files(const struct config *cfg, char *err, size_t errlen)
 {
 	const struct { const char *key, *path; } files[] = {
@@ -98,7 +100,7 @@ static int chatd_check_files(const struct config *cfg, char *err, size_t errlen)
 		}
 		fclose(f);
 	}
-	return 0;
+	return tlsctx_check(cfg, err, errlen);
 }
 
 /* The auth a config asks for: *out = NULL for mode "none". */
@@ -111,15 +113,29 @@ static int chatd_auth(const struct config *cfg, struct auth **out, char *err, si
 	return *out ? 0 : -1;
 }
 
-/* Raise the soft open-files limit to the hard one; returns the limit. */
-static long chatd_raise_nofile(void)
+/* Open files beyond server.max_connections: the server's own reserve
+ * (listener, logs, engines; see SERVER_FD_RESERVE) and connections still
+ * closing. */
+#define CHATD_FD_SPARE 256
+
+/*
+ * Size the soft open-files limit to what the configuration needs, within
+ * the hard limit: raised when it is lower, and lowered when it is higher.
+ * libwebsockets allocates its fd lookup table by this limit and (Debian
+ * builds it with _DEBUG) scans the whole table twice on every close, so a
+ * limit of 524288 would make each close walk 8 MiB. Returns the limit.
+ */
+static long chatd_size_nofile(const struct config *cfg)
 {
 	struct rlimit rl;
+	rlim_t need = (rlim_t)cfg->max_connections + CHATD_FD_SPARE;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
 		return -1;
-	if (rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
+	if (rl.rlim_max != RLIM_INFINITY && need > rl.rlim_max)
+		need = rl.rlim_max;
+	if (rl.rlim_cur != need) {
+		rl.rlim_cur = need;
 		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
 			getrlimit(RLIMIT_NOFILE, &rl);
 	}
@@ -257,7 +273,8 @@ static void chatd_reload(struct chatd *d, char *err, size_t errlen)
 		return;
 	}
 	if (strcmp(old->tls_cert, next->tls_cert) || strcmp(old->tls_key, next->tls_key) ||
-	    strcmp(old->tls_ca, next->tls_ca))
+	    strcmp(old->tls_ca, next->tls_ca) || strcmp(old->tls_ciphers, next->tls_ciphers) ||
+	    strcmp(old->tls_ciphersuites, next->tls_ciphersuites))
 		log_warn(NULL, "reload: [tls] changes need a restart");
 	if (strcmp(old->redis, next->redis) || strcmp(old->redis_password, next->redis_password) ||
 	    old->redis_db != next->redis_db || strcmp(old->key_prefix, next->key_prefix) ||
@@ -288,7 +305,7 @@ static int chatd_start(struct chatd *d, char *err, size_t errlen)
 	/* A file-size limit must turn into a write error (storage reports
 	 * it), not kill the daemon. */
 	signal(SIGXFSZ, SIG_IGN);
-	d->nofile = chatd_raise_nofile();
+	d->nofile = chatd_size_nofile(d->cfg);
 
 	d->loop = ev_default_loop(EVBACKEND_EPOLL);
 	if (!d->loop) {

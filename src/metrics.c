@@ -1,5 +1,6 @@
 #include "metrics.h"
 
+#include <dirent.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,6 +11,37 @@
 static const char *const metrics_refusal_names[METRICS_REFUSED_COUNT] = {
 	"max_connections", "max_connections_per_ip", "origin", "shutting_down",
 };
+
+static const double metrics_bounds[METRICS_BUCKETS] = {
+	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 7.5, 10,
+};
+
+void metrics_observe(struct metrics_histogram *h, double seconds)
+{
+	int i = 0;
+
+	if (seconds < 0)   /* the wall clock stepped back */
+		seconds = 0;
+	while (i < METRICS_BUCKETS && seconds > metrics_bounds[i])
+		i++;
+	h->count[i]++;
+	h->sum += seconds;
+}
+
+int64_t metrics_open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int64_t n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1;   /* not the one opendir holds */
+}
 
 /* printf into the writer's buffer as plain text (the writer only grows it). */
 static void metrics_printf(struct jsonw *w, const char *fmt, ...)
@@ -38,6 +70,29 @@ static void metrics_one(struct jsonw *w, const char *name, const char *type,
 		       name, help, name, type, name, v);
 }
 
+static void metrics_histogram(struct jsonw *w, const char *name, const char *help,
+			      const struct metrics_histogram *h)
+{
+	uint64_t cum = 0;
+	int i;
+
+	metrics_printf(w, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	for (i = 0; i < METRICS_BUCKETS; i++) {
+		cum += h->count[i];
+		metrics_printf(w, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", name, metrics_bounds[i], cum);
+	}
+	cum += h->count[METRICS_BUCKETS];
+	metrics_printf(w, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %.6f\n%s_count %" PRIu64 "\n",
+		       name, cum, name, h->sum, name, cum);
+}
+
+/* A gauge that may be unknown (-1): left out then, as Prometheus expects. */
+static void metrics_known(struct jsonw *w, const char *name, const char *help, int64_t v)
+{
+	if (v >= 0)
+		metrics_one(w, name, "gauge", help, (uint64_t)v);
+}
+
 struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
 			      const char *node_id)
 {
@@ -58,6 +113,11 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 	metrics_one(&w, "chatd_rooms_refused_total", "counter", "Joins of a new room refused: limits.max_rooms rooms were all in use.", m->rooms_refused);
 	metrics_one(&w, "chatd_queue_bytes", "gauge", "Bytes held in all send queues.", g->queue_bytes);
 	metrics_one(&w, "chatd_queue_messages", "gauge", "Frames held in all send queues.", g->queued_messages);
+	metrics_one(&w, "chatd_queue_bytes_limit", "gauge", "limits.total_queue_bytes: the cap on chatd_queue_bytes.", g->queue_bytes_limit);
+	metrics_one(&w, "chatd_connections_limit", "gauge", "WebSocket connections accepted at most (max_connections, as far as the open-files limit allows).", g->connections_limit);
+	metrics_known(&w, "process_open_fds", "Open file descriptors.", g->open_fds);
+	metrics_known(&w, "process_max_fds", "The open-files limit (RLIMIT_NOFILE).", g->max_fds);
+	metrics_histogram(&w, "chatd_delivery_seconds", "Time message and direct events waited in a recipient's send queue, until written to its socket.", &m->delivery);
 	metrics_one(&w, "chatd_connections_total", "counter", "WebSocket connections accepted.", m->connections_total);
 	metrics_one(&w, "chatd_frames_in_total", "counter", "Text frames received.", m->frames_in);
 	metrics_one(&w, "chatd_frames_out_total", "counter", "Frames written to clients.", m->frames_out);
@@ -82,6 +142,7 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 			       "# HELP chatd_storage_commit_seconds_max Longest storage transaction so far.\n"
 			       "# TYPE chatd_storage_commit_seconds_max gauge\nchatd_storage_commit_seconds_max %.6f\n",
 			       m->storage_commit_seconds, m->storage_commit_max);
+		metrics_histogram(&w, "chatd_storage_commit_duration_seconds", "Storage transactions by duration (the event loop is stalled meanwhile).", &m->storage_commit);
 	}
 	if (m->cluster_enabled) {
 		metrics_one(&w, "chatd_redis_up", "gauge", "1 when both Redis connections are ready.", (uint64_t)m->redis_up);

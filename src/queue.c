@@ -6,6 +6,7 @@ struct queue_node {
 	struct queue_node *next;
 	struct msgbuf *mb;
 	int droppable;
+	double t;                 /* when queued, for the delivery histogram; 0 = not measured */
 };
 
 /*
@@ -59,6 +60,11 @@ void queue_init(struct queue *q)
 
 int queue_push(struct queue *q, struct msgbuf *mb, int droppable)
 {
+	return queue_push_at(q, mb, droppable, 0);
+}
+
+int queue_push_at(struct queue *q, struct msgbuf *mb, int droppable, double t)
+{
 	struct queue_node *n = queue_node_get();
 
 	if (!n)
@@ -66,6 +72,7 @@ int queue_push(struct queue *q, struct msgbuf *mb, int droppable)
 	n->next = NULL;
 	n->mb = msgbuf_ref(mb);
 	n->droppable = droppable;
+	n->t = t;
 	if (q->tail)
 		q->tail->next = n;
 	else
@@ -96,10 +103,15 @@ static void queue_unlink(struct queue *q, struct queue_node *prev, struct queue_
 	queue_node_put(n);
 }
 
-void queue_pop(struct queue *q)
+double queue_pop(struct queue *q)
 {
-	if (q->head)
-		queue_unlink(q, NULL, q->head);
+	double t;
+
+	if (!q->head)
+		return 0;
+	t = q->head->t;
+	queue_unlink(q, NULL, q->head);
+	return t;
 }
 
 int queue_frames(struct queue *q, struct iovec *iov, int max, size_t max_bytes)

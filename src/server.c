@@ -27,6 +27,7 @@
 #include "log.h"
 #include "proto.h"
 #include "session.h"
+#include "tlsctx.h"
 #include "webassets.h"
 
 static_assert(LWS_PRE <= MSGBUF_HEADROOM, "msgbuf headroom must hold LWS_PRE");
@@ -100,6 +101,7 @@ struct server {
 	size_t nconns;
 	struct conn *releasing;        /* close decided inside hub code: release soon */
 	struct conn *out;              /* got frames this iteration: flush before sleeping */
+	double write_now;              /* clock for the delivery histogram: read once per flush pass */
 	struct conn **rx_more;         /* to read again this iteration (NULL: released) */
 	size_t rx_more_len, rx_more_cap;
 	uint32_t iter;                 /* loop iterations, for conn.rx_iter */
@@ -452,6 +454,8 @@ static void server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 	struct server *srv = w->data;
 	struct conn *c;
 
+	if (srv->out)
+		srv->write_now = ev_time();
 	do {
 		while (srv->releasing)
 			conn_release(srv, srv->releasing, 0);
@@ -661,11 +665,11 @@ static int conn_send_plain(struct server *srv, struct conn *c)
 			if (lws_write(c->wsi, (unsigned char *)iov[k].iov_base + w,
 				      iov[k].iov_len - (size_t)w, LWS_WRITE_RAW) < 0)
 				return -1;
-			hub_session_consumed(srv->hub, c->sess, k + 1);
+			hub_session_consumed(srv->hub, c->sess, k + 1, srv->write_now);
 			c->out_blocked = 1;   /* lws calls back once it is out */
 			return 1;
 		}
-		hub_session_consumed(srv->hub, c->sess, k);
+		hub_session_consumed(srv->hub, c->sess, k, srv->write_now);
 		if (k < n)
 			return conn_block(c);
 	}
@@ -693,7 +697,7 @@ static int conn_send_tls(struct server *srv, struct conn *c)
 			if (lws_write(c->wsi, out, used, LWS_WRITE_RAW) < 0)
 				return -1;
 		}
-		hub_session_consumed(srv->hub, c->sess, n);
+		hub_session_consumed(srv->hub, c->sess, n, srv->write_now);
 		srv->m->socket_writes++;
 		if (lws_partial_buffered(c->wsi)) {
 			srv->m->partial_writes++;
@@ -757,6 +761,7 @@ static int conn_write(struct server *srv, struct conn *c)
 	}
 	if (c->close_code && !c->close_flush)
 		return conn_close_now(c, c->close_code, c->close_reason);
+	srv->write_now = ev_time();
 	r = conn_send(srv, c);
 	if (r < 0)
 		return -1;
@@ -852,6 +857,10 @@ static struct msgbuf *server_metrics(struct server *srv)
 		.queue_bytes = hub_queue_bytes(srv->hub),
 		.queued_messages = hub_queue_messages(srv->hub),
 		.start_time = srv->started,
+		.connections_limit = srv->max_conns > 0 ? (uint64_t)srv->max_conns : 0,
+		.queue_bytes_limit = (uint64_t)srv->cfg->total_queue_bytes,
+		.open_fds = metrics_open_fds(),
+		.max_fds = srv->fd_limit > 0 ? srv->fd_limit : -1,
 	};
 
 	return metrics_render(srv->m, &g, srv->cfg->node_id);
@@ -940,6 +949,39 @@ static int server_http_write(struct lws *wsi, struct conn *c)
 
 /* ---- the lws callback --------------------------------------------------- */
 
+/* The vhost's SSL_CTX, once lws has set it up: chatd's cipher lists and
+ * client-certificate purpose (lws 4.1 ignores a cipher list OpenSSL
+ * rejects; tlsctx_setup does not). */
+static int server_tls_setup(struct server *srv, void *ssl_ctx)
+{
+	char err[512];
+
+	if (tlsctx_setup(ssl_ctx, srv->cfg, err, sizeof(err)) == 0)
+		return 0;
+	log_error(NULL, "%s", err);
+	return -1;
+}
+
+/* With tls.ca set, lws hands OpenSSL's verdict on each certificate of the
+ * client's chain to the protocol callback and believes the answer: without
+ * this a failed verification would be accepted. */
+static int server_tls_verify(struct lws *wsi, void *store_ctx, int preverify_ok)
+{
+	char peer[64] = "";
+
+	if (!preverify_ok)
+		lws_get_peer_simple(wsi, peer, sizeof(peer));
+	return tlsctx_verify_client(store_ctx, preverify_ok, peer);
+}
+
+static void server_tls_event(struct lws *wsi, const struct lws_ssl_info *si)
+{
+	char peer[64] = "";
+
+	lws_get_peer_simple(wsi, peer, sizeof(peer));
+	tlsctx_log_event(si->where, si->ret, peer);
+}
+
 static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 			   void *user, void *in, size_t len)
 {
@@ -947,6 +989,13 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	struct conn *c = user;
 
 	switch (reason) {
+	case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_SERVER_VERIFY_CERTS:
+		return server_tls_setup(srv, user);        /* user: the SSL_CTX */
+	case LWS_CALLBACK_OPENSSL_PERFORM_CLIENT_CERT_VERIFICATION:
+		return server_tls_verify(wsi, user, (int)len);  /* user: X509_STORE_CTX */
+	case LWS_CALLBACK_SSL_INFO:
+		server_tls_event(wsi, in);
+		return 0;
 	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
 		return server_admit(srv, wsi);
 	case LWS_CALLBACK_HTTP:
@@ -1071,6 +1120,7 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 		/* wss:// and https:// on the same port. */
 		info.ssl_cert_filepath = cfg->tls_cert;
 		info.ssl_private_key_filepath = cfg->tls_key;
+		info.ssl_info_event_mask = tlsctx_event_mask();
 		if (cfg->tls_ca[0]) {
 			info.ssl_ca_filepath = cfg->tls_ca;
 			info.options |= LWS_SERVER_OPTION_REQUIRE_VALID_OPENSSL_CLIENT_CERT;

@@ -9,9 +9,12 @@
 #include "storage.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -149,6 +152,7 @@ static int storage_write(struct storage *st, struct hub_pending *list, uint32_t 
 		st->m->storage_commit_seconds += dt;
 		if (dt > st->m->storage_commit_max)
 			st->m->storage_commit_max = dt;
+		metrics_observe(&st->m->storage_commit, dt);
 	}
 	return rc;
 }
@@ -445,6 +449,29 @@ static void storage_apply(struct storage *st, const struct config *cfg)
 	}
 }
 
+/* Chat history is private: a new database is created 0600 whatever the
+ * umask, and SQLite gives the WAL the database file's mode. An existing
+ * file keeps its mode (the operator's choice), with a warning if others
+ * can read it. */
+static int storage_create_private(const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	int fd;
+
+	if (strcmp(path, ":memory:") == 0)
+		return 0;
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
+	if (fd < 0) {
+		snprintf(err, errlen, "storage.path %s: cannot open: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)))
+		log_warn(NULL, "storage.path %s: readable or writable by group/others (mode %04o): "
+			 "chat history is private; chmod 600 it", path, (unsigned)(st.st_mode & 07777));
+	close(fd);
+	return 0;
+}
+
 struct storage *storage_open(const struct config *cfg, struct ev_loop *loop, struct hub *hub,
 			     struct metrics *metrics, char *err, size_t errlen)
 {
@@ -463,6 +490,11 @@ struct storage *storage_open(const struct config *cfg, struct ev_loop *loop, str
 	st->hub = hub;
 	st->m = metrics;
 	st->sync = cfg->storage_sync;
+	if (storage_create_private(st->path, err, errlen)) {
+		free(st->path);
+		free(st);
+		return NULL;
+	}
 	rc = sqlite3_open_v2(st->path, &st->db,
 			     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK) {

@@ -2,7 +2,7 @@
 # Install and build the peers chatd is compared with (bench/compare.sh):
 #   Bun (npm @oven/bun-linux-x64, pinned in package.json), Node ws (npm),
 #   the Go gorilla/websocket hub (Debian golang-go + golang-github-gorilla-websocket-dev,
-#   built offline in GOPATH mode).
+#   built offline in GOPATH mode), and Debian python3-matplotlib for bench/report.py charts.
 # Usage: bench/peers/install.sh [BUILD_DIR]   (default: build; the Go binary goes to BUILD_DIR/peers/gohub)
 # Needs: apt-get (root or sudo) and the npm registry. Idempotent.
 set -euo pipefail
@@ -14,7 +14,7 @@ case "$build" in /*) ;; *) build=$root/$build ;; esac
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 need=()
-for p in golang-go golang-github-gorilla-websocket-dev nodejs npm; do
+for p in golang-go golang-github-gorilla-websocket-dev python3-matplotlib nodejs npm; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 # node/npm may come from elsewhere (e.g. nodesource); only install Debian's if missing

@@ -140,6 +140,7 @@ static void check_config(const struct config *c)
 	CHECK(c->auth_mode != CONFIG_AUTH_JWT || c->jwt_secret[0] || c->jwt_secret_file[0]);
 	CHECK(isfinite(c->jwt_leeway) && c->jwt_leeway >= 0);
 	CHECK(c->tls_cert && c->tls_key && c->tls_ca);
+	CHECK(c->tls_ciphers && c->tls_ciphers[0] && c->tls_ciphersuites);
 	CHECK(!c->tls_cert[0] == !c->tls_key[0]);
 	CHECK(!c->tls_ca[0] || c->tls_cert[0]);
 	CHECK((unsigned)c->log_level <= CONFIG_LOG_DEBUG);
@@ -181,8 +182,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			/* Never read a file the input names: it could be a pipe. */
 			size_t len = 0;
 			char e2[128];
-			char *secret = config_jwt_secret(&cfg, &len, e2, sizeof e2);
-			CHECK(secret && len == strlen(cfg.jwt_secret));
+			char w[128];
+			char *secret = config_jwt_secret(&cfg, &len, w, sizeof w, e2, sizeof e2);
+			CHECK(strlen(cfg.jwt_secret) < CONFIG_JWT_SECRET_MIN
+			      ? !secret && e2[0] : secret && len == strlen(cfg.jwt_secret) && !w[0]);
 			free(secret);
 		}
 		config_free(&cfg);

@@ -32,6 +32,7 @@ def token(sub="alice", secret=SECRET, ttl=300, alg="HS256", **claims):
 def jwt_server(chatd, tmp_path):
     secret_file = tmp_path / "jwt.secret"
     secret_file.write_bytes(SECRET + b"\n")          # a trailing newline is not part of it
+    secret_file.chmod(0o600)
     return chatd({"auth": {"mode": "jwt", "jwt_secret_file": str(secret_file), "leeway": 1},
                   "server": {"handshake_timeout": 3}})
 
@@ -123,7 +124,7 @@ def test_rooms_claim_limits_joins(jwt_server):
 
 
 def test_reload_changes_the_secret_live(jwt_server, tmp_path):
-    new_secret = b"rotated-secret"
+    new_secret = b"rotated-secret-of-at-least-32-bytes"
 
     async def go():
         alice = await Client.connect(jwt_server.port)

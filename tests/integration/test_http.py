@@ -209,3 +209,71 @@ def test_any_origin_when_list_empty(chatd):
     srv = chatd({"server": {"allowed_origins": []}})
     r = srv.raw(origin="http://whatever.example")
     r.hello("alice")
+
+
+# ---------------------------------------------------------------------------
+# histograms, caps and file descriptors (what the dashboard and alerts use)
+
+def _histogram(m, name):
+    """(le -> cumulative count) of a histogram, checked for shape."""
+    assert m.types.get(name) == "histogram", m.types.get(name)
+    buckets = {}
+    for (n, labels), v in m.samples.items():
+        if n == name + "_bucket":
+            le = dict(labels)["le"]
+            buckets[float("inf") if le == "+Inf" else float(le)] = v
+    bounds = sorted(buckets)
+    assert len(bounds) > 5 and bounds[-1] == float("inf"), bounds
+    counts = [buckets[b] for b in bounds]
+    assert counts == sorted(counts), "buckets not cumulative: %r" % buckets
+    assert m.value(name + "_count") == counts[-1]
+    return buckets
+
+
+def test_metrics_histograms_limits_and_fds(chatd, tmp_path):
+    srv = chatd({"storage": {"path": str(tmp_path / "h.db")},
+                 "server": {"max_connections": 123},
+                 "limits": {"total_queue_bytes": 5000000}},
+                rlimit_nofile=(1000, 1000))
+    m = srv.metrics()
+    assert m.value("chatd_connections_limit") == 123
+    assert m.value("chatd_queue_bytes_limit") == 5000000
+    # chatd sizes its soft limit to max_connections + spare, within the hard
+    # limit; the metric is the limit in force, as /proc shows it.
+    with open("/proc/%d/limits" % srv.pid) as f:
+        soft = next(int(l.split()[3]) for l in f if l.startswith("Max open files"))
+    assert 123 < soft < 1000
+    assert m.value("process_max_fds") == soft
+    fds0 = m.value("process_open_fds")
+    assert 3 <= fds0 < 100, fds0
+    assert _histogram(m, "chatd_delivery_seconds")[float("inf")] == 0
+    assert _histogram(m, "chatd_storage_commit_duration_seconds")[float("inf")] == 0
+
+    async def main():
+        clients = [await srv.client() for _ in range(3)]
+        for i, c in enumerate(clients):
+            await c.hello("u%d" % i)
+            await c.join("r")
+        m = await asyncio.to_thread(srv.metrics)
+        assert m.value("process_open_fds") >= fds0 + 3       # one socket per client
+        for k in range(5):
+            await clients[0].send({"type": "send", "room": "r", "id": "m%d" % k, "body": "x"})
+        for c in clients:                                     # skip acks and presence
+            for k in range(5):
+                while (await c.recv())["type"] != "message":
+                    pass
+        for c in clients:
+            await c.close()
+
+    run(main())
+    m = srv.metrics()
+    delivery = _histogram(m, "chatd_delivery_seconds")
+    assert delivery[float("inf")] == 15, delivery             # 5 messages x 3 recipients
+    assert delivery[10.0] == 15                                # loopback: well under 10 s
+    assert 0 <= m.value("chatd_delivery_seconds_sum") < 15 * 10
+    commits = _histogram(m, "chatd_storage_commit_duration_seconds")
+    assert commits[float("inf")] == m.value("chatd_storage_commits_total") >= 1
+    assert abs(m.value("chatd_storage_commit_duration_seconds_sum")
+               - m.value("chatd_storage_commit_seconds_total")) < 1e-3
+    wait_until(lambda: srv.metrics().value("process_open_fds") <= fds0, scaled(5),
+               what="fds back to the idle count")

@@ -283,11 +283,32 @@ def _limits(pid):
     raise AssertionError("no Max open files in /proc/%d/limits" % pid)
 
 
-def test_raises_soft_nofile_limit_to_hard(chatd):
-    srv = chatd({"server": {"max_connections": 100}}, rlimit_nofile=(256, 2048))
+def test_raises_soft_nofile_limit_to_what_max_connections_needs(chatd):
+    srv = chatd({"server": {"max_connections": 1500}}, rlimit_nofile=(256, 4096))
     soft, hard = _limits(srv.pid)
-    assert hard == 2048
-    assert soft == hard, "soft open-files limit not raised: %d < %d" % (soft, hard)
+    assert hard == 4096
+    assert 1500 + 64 <= soft < hard, "soft open-files limit not sized to max_connections: %d" % soft
+    # and it is usable: 300 connections, more than the starting soft limit of 256
+    socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(300)]
+    try:
+        assert http_get(srv.port, "/healthz")[0] == 200
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_lowers_a_huge_soft_nofile_limit(chatd):
+    # lws sizes its fd table by the limit and scans it on every close.
+    srv = chatd({"server": {"max_connections": 100}}, rlimit_nofile=(20000, 20000))
+    soft, hard = _limits(srv.pid)
+    assert hard == 20000
+    assert 100 + 64 <= soft <= 1000, "soft open-files limit not lowered: %d" % soft
+
+
+def test_soft_nofile_limit_stops_at_hard(chatd):
+    srv = chatd({"server": {"max_connections": 5000}}, rlimit_nofile=(256, 2048))
+    soft, hard = _limits(srv.pid)
+    assert soft == hard == 2048
 
 
 def test_warns_when_max_connections_exceeds_nofile(chatd):

@@ -18,6 +18,8 @@ case "$unit" in */systemd/system/chatd.service) ;; *) fail "unit not in a system
 grep -q '^path = "/var/lib/chatd/chatd.db"' "$root/etc/chatd/chatd.toml" || fail "installed config does not store under /var/lib/chatd"
 "$build/chatd" -c "$root/etc/chatd/chatd.toml" --check-config >/dev/null || fail "installed config is invalid"
 [ -f "$root/usr/share/doc/chatd/README.md" ] || fail "no docs in share/doc/chatd"
+[ -f "$root/usr/share/chatd/prometheus/chatd-rules.yml" ] || fail "no Prometheus rules in share/chatd/prometheus"
+[ -f "$root/usr/share/chatd/grafana/chatd-dashboard.json" ] || fail "no Grafana dashboard in share/chatd/grafana"
 grep -q '^ExecStart=/usr/bin/chatd -c /etc/chatd/chatd.toml$' "$unit" || fail "ExecStart does not match the install"
 grep -q '^Type=notify$' "$unit" || fail "unit is not Type=notify"
 
@@ -41,6 +43,7 @@ done
 contents=$(dpkg-deb -c "$deb")
 grep -q '\./usr/bin/chatd$' <<<"$contents" || fail ".deb lacks /usr/bin/chatd"
 grep -q 'systemd/system/chatd.service$' <<<"$contents" || fail ".deb lacks the unit"
+grep -q '\./usr/share/chatd/prometheus/chatd-rules.yml$' <<<"$contents" || fail ".deb lacks the Prometheus rules"
 grep -q '^/etc/chatd/chatd.toml$' <<<"$(dpkg-deb -I "$deb" conffiles)" || fail "config is not a conffile"
 echo "packaging: install layout, unit, and $(basename "$deb") OK"
 echo "Depends: $deps"

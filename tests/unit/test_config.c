@@ -101,6 +101,8 @@ static void assert_defaults(const struct config *c)
 	assert_int_equal(c->dedup_window, 1000);
 	assert_int_equal(c->log_level, CONFIG_LOG_INFO);
 	assert_int_equal(c->log_format, CONFIG_LOG_TEXT);
+	assert_string_equal(c->tls_ciphers, CONFIG_TLS_CIPHERS);
+	assert_string_equal(c->tls_ciphersuites, CONFIG_TLS_CIPHERSUITES);
 }
 
 /* Loading text must fail with exactly "<path>:<suffix>" and leave *c zeroed. */
@@ -408,6 +410,21 @@ static void test_error_buffer(void **state)
 	assert_non_null(strstr(big, ":2: server.a?b: unknown key"));
 }
 
+/* [tls] cipher lists: taken as written (OpenSSL judges them at start);
+ * an empty TLS 1.2 list is refused here, an empty 1.3 list turns 1.3 off. */
+static void test_tls_cipher_keys(void **state)
+{
+	struct config c;
+	char err[512];
+
+	assert_int_equal(load("[tls]\nciphers = \"ECDHE-RSA-AES256-GCM-SHA384\"\nciphersuites = \"\"\n",
+			      &c, err, sizeof err), 0);
+	assert_string_equal(c.tls_ciphers, "ECDHE-RSA-AES256-GCM-SHA384");
+	assert_string_equal(c.tls_ciphersuites, "");
+	config_free(&c);
+	expect_error("[tls]\nciphers = \"\"\n", "2: tls.ciphers: expected an OpenSSL cipher list");
+}
+
 static void test_names(void **state)
 {
 	assert_string_equal(config_log_level_name(CONFIG_LOG_ERROR), "error");
@@ -518,6 +535,7 @@ int main(void)
 		cmocka_unit_test(test_frame_must_fit_message),
 		cmocka_unit_test(test_free_zeroed_struct),
 		cmocka_unit_test(test_error_buffer),
+		cmocka_unit_test(test_tls_cipher_keys),
 		cmocka_unit_test(test_names),
 		cmocka_unit_test(test_sample_config),
 		cmocka_unit_test(test_key_prefix_is_bounded),

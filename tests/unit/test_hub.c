@@ -196,7 +196,7 @@ static cJSON *next(struct session *s)
 	assert_true(cJSON_IsObject(o));
 	assert_true(nkept < (int)(sizeof kept / sizeof kept[0]));
 	kept[nkept++] = o;
-	hub_session_consumed(hub, s, 1);
+	hub_session_consumed(hub, s, 1, fk.now);
 	return o;
 }
 
@@ -584,6 +584,48 @@ static void test_send_acks_and_every_member_gets_messages_in_order(void **state)
 	}
 	assert_int_equal(metrics.messages_in, 3);
 	assert_int_equal(metrics.messages_out, 9);
+}
+
+static uint64_t delivery_observations(void)
+{
+	uint64_t n = 0;
+	int i;
+
+	for (i = 0; i <= METRICS_BUCKETS; i++)
+		n += metrics.delivery.count[i];
+	return n;
+}
+
+/* The delivery histogram sees message events only, with the time they
+ * waited from being queued (the loop's time then) to being consumed. */
+static void test_delivery_histogram_measures_the_wait_of_message_events(void **state)
+{
+	struct session *a, *b;
+
+	start();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	drain(b);
+	assert_int_equal(delivery_observations(), 0);   /* replies, presence: not measured */
+
+	send_msg(a, "r", "m1", "hi");
+	fk.now += 0.03;                                    /* written 30 ms later */
+	expect(a, "ack");
+	expect(a, "message");
+	expect(b, "message");
+	assert_int_equal(delivery_observations(), 2);      /* one per recipient */
+	assert_int_equal(metrics.delivery.count[6], 2);    /* (0.025, 0.05] */
+	assert_true(metrics.delivery.sum > 0.059 && metrics.delivery.sum < 0.061);
+
+	in(b, "{\"type\":\"dm\",\"to\":\"alice\",\"id\":\"d1\",\"body\":\"psst\"}");
+	fk.now += 2.0;
+	expect(a, "direct");
+	drain(b);
+	assert_int_equal(delivery_observations(), 3);
+	assert_int_equal(metrics.delivery.count[11], 1);   /* (1, 2.5] */
 }
 
 static void test_resend_of_an_accepted_id_gets_same_ack_and_no_broadcast(void **state)
@@ -1860,6 +1902,7 @@ int main(void)
 		T(test_members_and_ping),
 		T(test_members_and_history_require_membership),
 		T(test_send_acks_and_every_member_gets_messages_in_order),
+		T(test_delivery_histogram_measures_the_wait_of_message_events),
 		T(test_resend_of_an_accepted_id_gets_same_ack_and_no_broadcast),
 		T(test_dedup_survives_reconnect_under_the_same_name),
 		T(test_send_when_not_a_member_is_forbidden),

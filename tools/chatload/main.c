@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -620,7 +621,15 @@ int main(int argc, char **argv)
 			}
 		}
 	}
-	snprintf(o.run_id, sizeof(o.run_id), "%x", (unsigned)(getpid() ^ (unsigned)time(NULL)) & 0xfffff);
+	/* Names and message ids carry it: chatd dedups on (room, name, id) and
+	 * answers a repeated id with the original ack, so two runs against one
+	 * server must never share them. 32 random bits per run. */
+	{
+		uint32_t r;
+		if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+			r = (uint32_t)(getpid() ^ (unsigned)time(NULL) ^ (unsigned)now_ns());
+		snprintf(o.run_id, sizeof(o.run_id), "%08x", r);
+	}
 
 	/* A hard bound on the whole run, whatever happens. */
 	signal(SIGALRM, on_alarm);

@@ -302,8 +302,8 @@ static int conn_send_message(struct conn *c, uint64_t ts)
 	if (W.o->raw) {
 		n = body_put(b, ts);
 	} else {
-		n = (size_t)snprintf(b, 256, "{\"type\":\"send\",\"room\":\"%s\",\"id\":\"%llu\",\"body\":\"",
-				     c->roomname, (unsigned long long)++c->msg_id);
+		n = (size_t)snprintf(b, 256, "{\"type\":\"send\",\"room\":\"%s\",\"id\":\"%s.%llu\",\"body\":\"",
+				     c->roomname, W.o->run_id, (unsigned long long)++c->msg_id);
 		n += body_put(b + n, ts);
 		memcpy(b + n, "\"}", 3);
 		n += 2;
