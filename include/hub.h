@@ -105,12 +105,6 @@ struct hub_msg {
  * read (optional): call emit for each stored message of room with
  *   lo <= seq <= hi, in seq order, at most max; returns the count or -1.
  * oldest (optional): the lowest seq stored for room, 0 if none.
- * presence, user (optional): a local session joined/left a room, a name
- *   came online/went offline here; the engine tells the other nodes.
- * names (optional): emit the names present in room on other nodes.
- * dm (optional): route a direct message (p->to, p->from, p->id, p->body,
- *   p->ts set); returns PROTO_OK and later calls hub_dm_done(), or an
- *   error code (p stays the caller's then).
  * The default (no engine) keeps everything in memory only.
  */
 struct hub_engine {
@@ -119,11 +113,26 @@ struct hub_engine {
 	int (*read)(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
 		    void (*emit)(void *arg, const struct hub_msg *m), void *arg);
 	uint64_t (*oldest)(void *ctx, const char *room);
+	int sequences;
+	void *ctx;
+};
+
+/*
+ * What only a cluster has: other nodes. A separate, optional interface
+ * (hub_set_peers), all hooks required when set:
+ * presence, user: a local session joined/left a room, a name came
+ *   online/went offline here; tell the other nodes.
+ * names: emit the names present in room on other nodes.
+ * dm: route a direct message (p->to, p->from, p->id, p->body, p->ts set)
+ *   to the recipient's sessions on every node, this one included (through
+ *   hub_direct); returns PROTO_OK and later calls hub_dm_done(), or an
+ *   error code (p stays the caller's then).
+ */
+struct hub_peers {
 	void (*presence)(void *ctx, const char *room, const char *name, int join);
 	void (*user)(void *ctx, const char *name, int online);
 	void (*names)(void *ctx, const char *room, void (*emit)(void *arg, const char *name), void *arg);
 	enum proto_err (*dm)(void *ctx, struct hub *hub, struct hub_pending *p);
-	int sequences;
 	void *ctx;
 };
 
@@ -132,6 +141,8 @@ struct hub *hub_new(const struct config *cfg, const struct hub_transport *tp,
 /* Free the hub. Every session must have been unregistered first. */
 void hub_free(struct hub *hub);
 void hub_set_engine(struct hub *hub, const struct hub_engine *engine);
+/* Other nodes (a cluster); NULL: this node is alone. */
+void hub_set_peers(struct hub *hub, const struct hub_peers *peers);
 /* Token authentication: hello must carry a token auth verifies. NULL turns
  * it off (hello {name}). auth stays the caller's; replace it on reload. */
 struct auth;

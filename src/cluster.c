@@ -1315,6 +1315,7 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 {
 	struct cluster *c;
 	struct hub_engine engine;
+	struct hub_peers peers;
 	size_t n;
 
 	err[0] = '\0';
@@ -1363,13 +1364,15 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 	memset(&engine, 0, sizeof(engine));
 	engine.submit = cl_submit;
 	engine.room_load = cl_room_load;
-	engine.presence = cl_presence;
-	engine.user = cl_user;
-	engine.names = cl_names;
-	engine.dm = cl_dm;
 	engine.sequences = 1;
 	engine.ctx = c;
 	hub_set_engine(hub, &engine);
+	peers.presence = cl_presence;
+	peers.user = cl_user;
+	peers.names = cl_names;
+	peers.dm = cl_dm;
+	peers.ctx = c;
+	hub_set_peers(hub, &peers);
 	log_info(NULL, "cluster: node %s, Redis %s:%d db %ld, prefix \"%s\", node ttl %.3gs", c->node,
 		 c->host, c->port, c->db, c->prefix, c->ttl);
 	cl_connect(c);
@@ -1408,6 +1411,7 @@ void cluster_free(struct cluster *c)
 	cl_on_refuse(c->loop, &c->refuse, 0);
 	c->closing = 1;
 	hub_set_engine(c->hub, NULL);
+	hub_set_peers(c->hub, NULL);
 	ev_timer_stop(c->loop, &c->reconnect);
 	ev_timer_stop(c->loop, &c->heartbeat);
 	/* Pending callbacks run now with NULL replies and see closing. */

@@ -36,6 +36,7 @@ struct hub {
 	char node_id[65];
 	struct hub_transport tp;
 	struct hub_engine engine;
+	struct hub_peers peers;      /* all NULL: no other nodes */
 	const struct auth *auth;     /* NULL: names are taken on trust */
 	struct metrics *m;
 	struct session *sessions;    /* every registered session, by num */
@@ -395,8 +396,8 @@ static void hub_w_names(struct hub *h, struct jsonw *w, struct room *r)
 		u->mark = h->mark;
 		jsonw_cstr(w, u->name);
 	}
-	if (h->engine.names)
-		h->engine.names(h->engine.ctx, r->name, hub_names_remote, &nc);
+	if (h->peers.names)
+		h->peers.names(h->peers.ctx, r->name, hub_names_remote, &nc);
 	jsonw_arr_close(w);
 }
 
@@ -508,8 +509,8 @@ static void hub_member_leave(struct hub *h, struct membership *m)
 
 	room_member_remove(m);
 	hub_presence(h, r, s, 0);
-	if (h->engine.presence && session_authenticated(s))
-		h->engine.presence(h->engine.ctx, r->name, s->name, 0);
+	if (h->peers.presence && session_authenticated(s))
+		h->peers.presence(h->peers.ctx, r->name, s->name, 0);
 	hub_room_release(h, r);
 }
 
@@ -586,8 +587,8 @@ static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_c
 	DL_PREPEND2(u->sessions, s, user_prev, user_next);
 	u->count++;
 	h->authed++;
-	if (h->engine.user)
-		h->engine.user(h->engine.ctx, s->name, 1);
+	if (h->peers.user)
+		h->peers.user(h->peers.ctx, s->name, 1);
 	log_info(s->id, "hello name=%s", s->name);
 
 	hub_w_begin(&w, "welcome", 160);
@@ -807,8 +808,8 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 		}
 		log_debug(s->id, "joined %s", r->name);
 		hub_presence(h, r, s, 1);
-		if (h->engine.presence)
-			h->engine.presence(h->engine.ctx, r->name, s->name, 1);
+		if (h->peers.presence)
+			h->peers.presence(h->peers.ctx, r->name, s->name, 1);
 	}
 	hub_w_begin(&w, "joined", 256 + 40 * r->member_count);
 	jsonw_kv_cstr(&w, "room", r->name);
@@ -1342,7 +1343,7 @@ void hub_rooms_foreach(struct hub *h, void (*fn)(void *arg, const char *room), v
 
 /* dm through a cluster engine: it reaches the recipient's sessions on
  * every node, this one included, through hub_direct(). */
-static void hub_cmd_dm_engine(struct hub *h, struct session *s, const struct proto_cmd *c,
+static void hub_cmd_dm_peers(struct hub *h, struct session *s, const struct proto_cmd *c,
 			      struct hub_user *u)
 {
 	struct hub_pending *p;
@@ -1355,7 +1356,7 @@ static void hub_cmd_dm_engine(struct hub *h, struct session *s, const struct pro
 	if (!(p = hub_pending_from(h, s, c)))
 		return;
 	strcpy(p->to, to);
-	rc = h->engine.dm(h->engine.ctx, h, p);
+	rc = h->peers.dm(h->peers.ctx, h, p);
 	if (rc != PROTO_OK) {
 		hub_dm_done(h, p, rc);
 		hub_pending_free(p);
@@ -1368,8 +1369,8 @@ static void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd 
 	struct hub_msg m;
 	char to[PROTO_NAME_MAX + 1], ref[PROTO_REF_MAX + 1];
 
-	if (h->engine.dm) {
-		hub_cmd_dm_engine(h, s, c, u);
+	if (h->peers.dm) {
+		hub_cmd_dm_peers(h, s, c, u);
 		return;
 	}
 	if (!u) {
@@ -1537,8 +1538,8 @@ void hub_session_unregister(struct hub *h, struct session *s)
 	}
 	if (u) {
 		DL_DELETE2(u->sessions, s, user_prev, user_next);
-		if (h->engine.user)
-			h->engine.user(h->engine.ctx, s->name, 0);
+		if (h->peers.user)
+			h->peers.user(h->peers.ctx, s->name, 0);
 		if (--u->count == 0) {
 			HASH_DEL(h->users, u);
 			free(u);
@@ -1590,6 +1591,14 @@ void hub_set_engine(struct hub *h, const struct hub_engine *engine)
 		h->engine = *engine;
 	else
 		memset(&h->engine, 0, sizeof(h->engine));
+}
+
+void hub_set_peers(struct hub *h, const struct hub_peers *peers)
+{
+	if (peers)
+		h->peers = *peers;
+	else
+		memset(&h->peers, 0, sizeof(h->peers));
 }
 
 void hub_set_draining(struct hub *h)
