@@ -372,7 +372,7 @@ static int write_one(struct slot *sl)
 	n = hub_session_frames(hub, sl->s, iov, 4, 4096);
 	for (i = 0; i < n; i++)
 		check_frame(&iov[i]);
-	hub_session_consumed(hub, sl->s, n);
+	hub_session_consumed(hub, sl->s, n, clock_now);
 	return n > 0;
 }
 
