@@ -541,111 +541,136 @@ static int cl_sync_start(struct cluster *c, const char *room, int initial);
 static void cl_check_up(struct cluster *c);
 static void cl_announce(struct cluster *c);
 
-static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
+/* The LOAD script's answer {seq, epoch, hist, members}, checked; NULL if
+ * it is not one (Redis gone, an error, or data out of range). */
+static const redisReply *cl_load_reply(const redisReply *r, const char **epoch, size_t *len)
 {
-	struct cl_sync *sy = priv;
-	struct cluster *c = sy->c;
-	redisReply *r = reply;
-	int first = sy->initial;
-	struct cl_ev *e, *next;
-	const char *epoch;
-	size_t len, i;
-
-	sy->sent = 0;
-	if (c->closing)
-		return;            /* cluster_free frees the syncs */
 	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
 	    r->element[0]->type != REDIS_REPLY_INTEGER || r->element[0]->integer < 0 ||
 	    (double)r->element[0]->integer > CL_INT_MAX ||
-	    cl_reply_str(r->element[1], &epoch, &len) || len < 1 || len > 16 ||
-	    r->element[2]->type != REDIS_REPLY_ARRAY || r->element[3]->type != REDIS_REPLY_ARRAY) {
-		c->m->redis_failures++;
-		log_warn(NULL, "cluster: loading room %s failed: %s", sy->room,
-			 r && r->type == REDIS_REPLY_ERROR ? r->str : "no answer");
-		if (first)
-			hub_room_loaded(c->hub, sy->room, 0);
-		cl_sync_free(c, sy);
+	    cl_reply_str(r->element[1], epoch, len) || *len < 1 || *len > 16 ||
+	    r->element[2]->type != REDIS_REPLY_ARRAY || r->element[3]->type != REDIS_REPLY_ARRAY)
+		return NULL;
+	return r;
+}
+
+/* Call fn for each well-formed message of a history list. */
+static void cl_hist_each(const redisReply *hist, void (*fn)(void *arg, const struct hub_msg *m),
+			 void *arg)
+{
+	size_t i;
+
+	for (i = 0; i < hist->elements; i++) {
+		const redisReply *x = hist->element[i];
+		cJSON *j = x->type == REDIS_REPLY_STRING ? cJSON_ParseWithLength(x->str, x->len) : NULL;
+		const char *rm, *ep;
+		struct hub_msg m;
+
+		if (j && !cl_parse_msg(j, &m, &rm, &ep))
+			fn(arg, &m);
+		cJSON_Delete(j);
+	}
+}
+
+struct cl_load_ctx {
+	struct cluster *c;
+	const char *room;
+	const char *epoch;
+	uint64_t shared_seq;
+};
+
+static void cl_load_first_msg(void *arg, const struct hub_msg *m)
+{
+	struct cl_load_ctx *lc = arg;
+
+	hub_load_message(lc->c->hub, lc->room, m);
+}
+
+/* First load: the room takes the shared epoch, seq and history (the hub
+ * drops entries past that seq). */
+static void cl_load_first(struct cluster *c, struct cl_sync *sy, const redisReply *r, const char *ep)
+{
+	struct cl_load_ctx lc = { c, sy->room, ep, 0 };
+
+	hub_load_state(c->hub, sy->room, ep, (uint64_t)r->element[0]->integer);
+	cl_hist_each(r->element[2], cl_load_first_msg, &lc);
+	hub_room_loaded(c->hub, sy->room, 1);
+}
+
+static void cl_load_resync_msg(void *arg, const struct hub_msg *m)
+{
+	struct cl_load_ctx *lc = arg;
+
+	/* Nothing past the shared seq exists: such an entry would move the
+	 * room where no real message follows. */
+	if (m->seq > lc->shared_seq)
 		return;
+	if (hub_apply(lc->c->hub, lc->room, lc->epoch, m) < 0) {
+		hub_room_rebase(lc->c->hub, lc->room, lc->epoch, m->seq - 1);
+		hub_apply(lc->c->hub, lc->room, lc->epoch, m);
 	}
-	if (first) {
-		/* First load: the room takes the shared epoch, seq and history
-		 * (the hub ignores entries past that seq). */
-		char ep[17];
-		snprintf(ep, sizeof(ep), "%.*s", (int)len, epoch);
-		hub_load_state(c->hub, sy->room, ep, (uint64_t)r->element[0]->integer);
-		for (i = 0; i < r->element[2]->elements; i++) {
-			const redisReply *x = r->element[2]->element[i];
-			cJSON *j = x->type == REDIS_REPLY_STRING ? cJSON_ParseWithLength(x->str, x->len) : NULL;
-			const char *rm, *mep;
-			struct hub_msg m;
-			if (j && !cl_parse_msg(j, &m, &rm, &mep))
-				hub_load_message(c->hub, sy->room, &m);
-			cJSON_Delete(j);
-		}
-		hub_room_loaded(c->hub, sy->room, 1);
-	} else {
-		/* Resync: apply what this node missed, in order. A new epoch
-		 * (Redis lost its data) restarts the room; a gap older than the
-		 * capped history is skipped, said in the log. */
-		char ep[17];
-		uint64_t shared_seq = (uint64_t)r->element[0]->integer;
-		snprintf(ep, sizeof(ep), "%.*s", (int)len, epoch);
-		hub_room_rebase(c->hub, sy->room, ep, 0);
-		for (i = 0; i < r->element[2]->elements; i++) {
-			const redisReply *x = r->element[2]->element[i];
-			cJSON *j = x->type == REDIS_REPLY_STRING ? cJSON_ParseWithLength(x->str, x->len) : NULL;
-			const char *rm, *mep;
-			struct hub_msg m;
-			/* Nothing past the shared seq exists: such an entry would
-			 * move the room where no real message follows. */
-			if (j && !cl_parse_msg(j, &m, &rm, &mep) && m.seq <= shared_seq &&
-			    hub_apply(c->hub, sy->room, ep, &m) < 0) {
-				hub_room_rebase(c->hub, sy->room, ep, m.seq - 1);
-				hub_apply(c->hub, sy->room, ep, &m);
-			}
-			cJSON_Delete(j);
-		}
-		long long held = hub_room_seq(c->hub, sy->room);
-		if (held >= 0 && (uint64_t)held < shared_seq)
-			hub_room_rebase(c->hub, sy->room, ep, shared_seq);
-	}
-	/* The room's presence on other nodes, as Redis has it now. */
-	{
-		struct cl_room *cr = cl_room_get(c, sy->room, 0);
-		struct cl_count *pc, *ptmp;
-		char pre[PROTO_ROOM_MAX + 2];
-		/* Drop what we held for this room, then take Redis' view. */
-		snprintf(pre, sizeof(pre), "%s\x1f", sy->room);
-		HASH_ITER(hh, c->pres, pc, ptmp) {
-			const char *p = strchr(pc->key, 0x1f);
-			if (p && !strncmp(p + 1, pre, strlen(pre))) {
-				HASH_DEL(c->pres, pc);
-				free(pc);
-			}
-		}
-		if (cr) {
-			struct cl_rname *rn, *rtmp;
-			HASH_ITER(hh, cr->names, rn, rtmp) {
-				HASH_DEL(cr->names, rn);
-				free(rn);
-			}
-		}
-		for (i = 0; i + 1 < r->element[3]->elements; i += 2) {
-			const redisReply *v = r->element[3]->element[i + 1];
-			char node[65], name[PROTO_NAME_MAX + 1];
-			long n;
-			if (cl_split_field(r->element[3]->element[i], node, name))
-				continue;
-			n = v->type == REDIS_REPLY_STRING ? strtol(v->str, NULL, 10) : 0;
-			if (!strcmp(node, c->node))
-				continue;
-			cl_node_seen(c, node);
-			while (n-- > 0)
-				cl_presence_apply(c, node, sy->room, name, 1, 0);
+}
+
+/* Resync: apply what this node missed, in order. A new epoch (Redis lost
+ * its data) restarts the room; a gap older than the capped history is
+ * skipped, said in the log. */
+static void cl_load_resync(struct cluster *c, struct cl_sync *sy, const redisReply *r, const char *ep)
+{
+	struct cl_load_ctx lc = { c, sy->room, ep, (uint64_t)r->element[0]->integer };
+	long long held;
+
+	hub_room_rebase(c->hub, sy->room, ep, 0);
+	cl_hist_each(r->element[2], cl_load_resync_msg, &lc);
+	held = hub_room_seq(c->hub, sy->room);
+	if (held >= 0 && (uint64_t)held < lc.shared_seq)
+		hub_room_rebase(c->hub, sy->room, ep, lc.shared_seq);
+}
+
+/* The room's presence on other nodes, as Redis has it now: drop what this
+ * node held for the room, then take Redis' view. */
+static void cl_load_presence(struct cluster *c, const char *room, const redisReply *members)
+{
+	struct cl_room *cr = cl_room_get(c, room, 0);
+	struct cl_count *pc, *ptmp;
+	char pre[PROTO_ROOM_MAX + 2];
+	size_t i;
+
+	snprintf(pre, sizeof(pre), "%s\x1f", room);
+	HASH_ITER(hh, c->pres, pc, ptmp) {
+		const char *p = strchr(pc->key, 0x1f);
+		if (p && !strncmp(p + 1, pre, strlen(pre))) {
+			HASH_DEL(c->pres, pc);
+			free(pc);
 		}
 	}
-	/* Events that arrived meanwhile, in order (duplicates are ignored). */
-	e = sy->head;
+	if (cr) {
+		struct cl_rname *rn, *rtmp;
+		HASH_ITER(hh, cr->names, rn, rtmp) {
+			HASH_DEL(cr->names, rn);
+			free(rn);
+		}
+	}
+	for (i = 0; i + 1 < members->elements; i += 2) {
+		const redisReply *v = members->element[i + 1];
+		char node[65], name[PROTO_NAME_MAX + 1];
+		long n;
+		if (cl_split_field(members->element[i], node, name))
+			continue;
+		n = v->type == REDIS_REPLY_STRING ? strtol(v->str, NULL, 10) : 0;
+		if (!strcmp(node, c->node))
+			continue;
+		cl_node_seen(c, node);
+		while (n-- > 0)
+			cl_presence_apply(c, node, room, name, 1, 0);
+	}
+}
+
+/* The sync is over: free it, then replay the events that arrived
+ * meanwhile, in order (duplicates are ignored). */
+static void cl_sync_finish(struct cluster *c, struct cl_sync *sy)
+{
+	struct cl_ev *e = sy->head, *next;
+
 	sy->head = sy->tail = NULL;
 	cl_sync_free(c, sy);
 	for (; e; e = next) {
@@ -653,6 +678,37 @@ static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
 		cl_event(c, e->json, strlen(e->json));
 		free(e);
 	}
+}
+
+static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
+{
+	struct cl_sync *sy = priv;
+	struct cluster *c = sy->c;
+	const redisReply *r;
+	const char *epoch;
+	char ep[17];
+	size_t len;
+
+	sy->sent = 0;
+	if (c->closing)
+		return;            /* cluster_free frees the syncs */
+	if (!(r = cl_load_reply(reply, &epoch, &len))) {
+		c->m->redis_failures++;
+		log_warn(NULL, "cluster: loading room %s failed: %s", sy->room,
+			 reply && ((redisReply *)reply)->type == REDIS_REPLY_ERROR
+			 ? ((redisReply *)reply)->str : "no answer");
+		if (sy->initial)
+			hub_room_loaded(c->hub, sy->room, 0);
+		cl_sync_free(c, sy);
+		return;
+	}
+	snprintf(ep, sizeof(ep), "%.*s", (int)len, epoch);
+	if (sy->initial)
+		cl_load_first(c, sy, r, ep);
+	else
+		cl_load_resync(c, sy, r, ep);
+	cl_load_presence(c, sy->room, r->element[3]);
+	cl_sync_finish(c, sy);
 }
 
 static void cl_sync_send(struct cluster *c, struct cl_sync *sy)
@@ -697,61 +753,100 @@ static int cl_sync_start(struct cluster *c, const char *room, int initial)
 
 /* ---- the event stream --------------------------------------------------- */
 
+/* "m": a room message, in seq order. A room being (re)read keeps it for
+ * after the load; a gap starts a re-read (which brings this one too). */
+static void cl_ev_message(struct cluster *c, const cJSON *j, const char *json, size_t len)
+{
+	struct cl_sync *sy = NULL;
+	const char *room, *epoch;
+	struct hub_msg m;
+	struct cl_ev *e;
+
+	if (cl_parse_msg(j, &m, &room, &epoch))
+		return;
+	HASH_FIND_STR(c->syncs, room, sy);
+	if (!sy) {
+		if (hub_apply(c->hub, room, epoch, &m) < 0) {
+			log_info(NULL, "cluster: gap in room %s before seq %llu; re-reading it", room,
+				 (unsigned long long)m.seq);
+			cl_sync_start(c, room, 0);
+		}
+		return;
+	}
+	if (!(e = malloc(sizeof(*e) + len + 1)))
+		return;
+	memcpy(e->json, json, len);
+	e->json[len] = '\0';
+	e->next = NULL;
+	if (sy->tail)
+		sy->tail->next = e;
+	else
+		sy->head = e;
+	sy->tail = e;
+}
+
+/* "d": a direct message for the local sessions of its recipient. */
+static void cl_ev_direct(struct cluster *c, const cJSON *j)
+{
+	const cJSON *to = cJSON_GetObjectItemCaseSensitive(j, "to");
+	const cJSON *from = cJSON_GetObjectItemCaseSensitive(j, "from");
+	const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
+	const cJSON *body = cJSON_GetObjectItemCaseSensitive(j, "body");
+	const cJSON *ts = cJSON_GetObjectItemCaseSensitive(j, "ts");
+	struct hub_msg m;
+
+	if (!cJSON_IsString(to) || !cJSON_IsString(from) || !cJSON_IsString(id) ||
+	    !cJSON_IsString(body) || cl_int(ts, 0, &m.ts))
+		return;
+	m.seq = 0;
+	m.from = from->valuestring;
+	m.id = id->valuestring;
+	m.body = body->valuestring;
+	m.body_len = strlen(body->valuestring);
+	hub_direct(c->hub, to->valuestring, &m);
+}
+
+/* "p" / "u": another node's presence or user delta. */
+static void cl_ev_delta(struct cluster *c, const cJSON *j, const char *node, int user)
+{
+	const cJSON *room = cJSON_GetObjectItemCaseSensitive(j, "room");
+	const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name");
+	const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "d");
+	struct cl_sync *sy = NULL;
+
+	if (!cJSON_IsString(name) || !cJSON_IsNumber(d) ||
+	    !proto_valid_name(name->valuestring, strlen(name->valuestring)))
+		return;
+	cl_node_seen(c, node);
+	if (user) {
+		cl_user_apply(c, node, name->valuestring, d->valueint > 0 ? 1 : -1);
+		return;
+	}
+	if (!cJSON_IsString(room) || !proto_valid_room(room->valuestring, strlen(room->valuestring)))
+		return;
+	HASH_FIND_STR(c->syncs, room->valuestring, sy);
+	/* During a load, the load's snapshot wins. */
+	if (!sy)
+		cl_presence_apply(c, node, room->valuestring, name->valuestring,
+				  d->valueint > 0 ? 1 : -1, 1);
+}
+
+/* One event from the channel: dispatch on its type "t". */
 static void cl_event(struct cluster *c, const char *json, size_t len)
 {
 	cJSON *j = cJSON_ParseWithLength(json, len);
 	const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "t");
 	const cJSON *node = cJSON_GetObjectItemCaseSensitive(j, "node");
 	const char *nd = cJSON_IsString(node) ? node->valuestring : "";
+	int restart = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "restart"));
 
 	if (!cJSON_IsString(t)) {
-		cJSON_Delete(j);
-		return;
-	}
-	if (!strcmp(t->valuestring, "m")) {
-		struct cl_sync *sy = NULL;
-		const char *room, *epoch;
-		struct hub_msg m;
-		if (cl_parse_msg(j, &m, &room, &epoch))
-			goto out;
-		HASH_FIND_STR(c->syncs, room, sy);
-		if (sy) {
-			/* Being (re)read: keep it for after the load. */
-			struct cl_ev *e = malloc(sizeof(*e) + len + 1);
-			if (e) {
-				memcpy(e->json, json, len);
-				e->json[len] = '\0';
-				e->next = NULL;
-				if (sy->tail)
-					sy->tail->next = e;
-				else
-					sy->head = e;
-				sy->tail = e;
-			}
-		} else if (hub_apply(c->hub, room, epoch, &m) < 0) {
-			log_info(NULL, "cluster: gap in room %s before seq %llu; re-reading it", room,
-				 (unsigned long long)m.seq);
-			cl_sync_start(c, room, 0);
-			/* This event is in what the load returns. */
-		}
+		/* not an event */
+	} else if (!strcmp(t->valuestring, "m")) {
+		cl_ev_message(c, j, json, len);
 	} else if (!strcmp(t->valuestring, "d")) {
-		const cJSON *to = cJSON_GetObjectItemCaseSensitive(j, "to");
-		const cJSON *from = cJSON_GetObjectItemCaseSensitive(j, "from");
-		const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
-		const cJSON *body = cJSON_GetObjectItemCaseSensitive(j, "body");
-		const cJSON *ts = cJSON_GetObjectItemCaseSensitive(j, "ts");
-		struct hub_msg m;
-		if (!cJSON_IsString(to) || !cJSON_IsString(from) || !cJSON_IsString(id) ||
-		    !cJSON_IsString(body) || cl_int(ts, 0, &m.ts))
-			goto out;
-		m.seq = 0;
-		m.from = from->valuestring;
-		m.id = id->valuestring;
-		m.body = body->valuestring;
-		m.body_len = strlen(body->valuestring);
-		hub_direct(c->hub, to->valuestring, &m);
-	} else if (!strcmp(nd, c->node) && !strcmp(t->valuestring, "x") &&
-		   !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "restart")) && !c->leave_done) {
+		cl_ev_direct(c, j);
+	} else if (!strcmp(nd, c->node) && !strcmp(t->valuestring, "x") && !restart && !c->leave_done) {
 		/* Another node took this one for dead (a stall longer than
 		 * node_ttl) and removed its sessions: announce them again. */
 		log_warn(NULL, "cluster: the other nodes took this node for dead; announcing its sessions again");
@@ -759,29 +854,11 @@ static void cl_event(struct cluster *c, const char *json, size_t len)
 	} else if (!strcmp(nd, c->node) || !nd[0]) {
 		/* our own presence/user events */
 	} else if (!strcmp(t->valuestring, "p") || !strcmp(t->valuestring, "u")) {
-		const cJSON *room = cJSON_GetObjectItemCaseSensitive(j, "room");
-		const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name");
-		const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "d");
-		if (!cJSON_IsString(name) || !cJSON_IsNumber(d) ||
-		    !proto_valid_name(name->valuestring, strlen(name->valuestring)))
-			goto out;
-		cl_node_seen(c, nd);
-		if (t->valuestring[0] == 'u') {
-			cl_user_apply(c, nd, name->valuestring, d->valueint > 0 ? 1 : -1);
-		} else if (cJSON_IsString(room) && proto_valid_room(room->valuestring, strlen(room->valuestring))) {
-			struct cl_sync *sy = NULL;
-			HASH_FIND_STR(c->syncs, room->valuestring, sy);
-			/* During a load, the load's snapshot wins. */
-			if (!sy)
-				cl_presence_apply(c, nd, room->valuestring, name->valuestring,
-						  d->valueint > 0 ? 1 : -1, 1);
-		}
+		cl_ev_delta(c, j, nd, t->valuestring[0] == 'u');
 	} else if (!strcmp(t->valuestring, "x")) {
-		log_info(NULL, "cluster: node %s %s", nd,
-			 cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "restart")) ? "(re)connected" : "left");
+		log_info(NULL, "cluster: node %s %s", nd, restart ? "(re)connected" : "left");
 		cl_node_drop(c, nd);
 	}
-out:
 	cJSON_Delete(j);
 }
 
