@@ -50,12 +50,7 @@ static void cl_on_send(redisAsyncContext *ac, void *reply, void *priv)
 static void cl_refuse(struct cluster *c, struct hub_pending *p)
 {
 	c->m->redis_failures++;
-	p->next = NULL;
-	if (c->refused_tail)
-		c->refused_tail->next = p;
-	else
-		c->refused = p;
-	c->refused_tail = p;
+	LL_APPEND(c->refused, p);       /* few: the sends of one iteration */
 	ev_prepare_start(c->loop, &c->refuse);
 }
 
@@ -66,9 +61,7 @@ static void cl_on_refuse(struct ev_loop *loop, ev_prepare *w, int revents)
 
 	ev_prepare_stop(loop, w);
 	while ((p = c->refused)) {
-		c->refused = p->next;
-		if (!c->refused)
-			c->refused_tail = NULL;
+		LL_DELETE(c->refused, p);
 		hub_send_done(c->hub, p, PROTO_ERR_UNAVAILABLE);
 		hub_pending_free(p);
 	}

@@ -29,6 +29,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <uthash.h>
+#include <utlist.h>
 
 #include "jsonw.h"
 #include "log.h"
@@ -119,7 +120,7 @@ struct cluster {
 	double backoff;
 	ev_timer reconnect, heartbeat;
 	ev_prepare refuse;              /* answers `refused` before the loop waits */
-	struct hub_pending *refused, *refused_tail;  /* sends that cannot go to Redis */
+	struct hub_pending *refused;    /* sends that cannot go to Redis (utlist) */
 	struct cl_count *pres;          /* "node\x1froom\x1fname" -> n (other nodes) */
 	struct cl_room *rooms;          /* room -> remote names */
 	struct cl_count *users_by_node; /* "node\x1fname" -> n (other nodes) */

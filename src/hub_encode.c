@@ -100,6 +100,18 @@ void hub_w_names(struct hub *h, struct jsonw *w, struct room *r)
 	jsonw_arr_close(w);
 }
 
+/* The fields message and direct share (from, id, body, ts), then the end
+ * of the event: the finished buffer, or NULL on ENOMEM. */
+static struct msgbuf *hub_w_msg_finish(struct jsonw *w, const struct hub_msg *m)
+{
+	jsonw_kv_cstr(w, "from", m->from);
+	jsonw_kv_cstr(w, "id", m->id);
+	jsonw_kv_str(w, "body", m->body, m->body_len);
+	jsonw_kv_u64(w, "ts", m->ts);
+	jsonw_obj_close(w);
+	return jsonw_finish(w);
+}
+
 /* Encode a stored message as the "message" event every member receives. */
 struct msgbuf *hub_encode_message(const char *room, const struct hub_msg *m)
 {
@@ -108,12 +120,7 @@ struct msgbuf *hub_encode_message(const char *room, const struct hub_msg *m)
 	hub_w_begin(&w, "message", 160 + m->body_len + m->body_len / 8);
 	jsonw_kv_cstr(&w, "room", room);
 	jsonw_kv_u64(&w, "seq", m->seq);
-	jsonw_kv_cstr(&w, "from", m->from);
-	jsonw_kv_cstr(&w, "id", m->id);
-	jsonw_kv_str(&w, "body", m->body, m->body_len);
-	jsonw_kv_u64(&w, "ts", m->ts);
-	jsonw_obj_close(&w);
-	return jsonw_finish(&w);
+	return hub_w_msg_finish(&w, m);
 }
 
 void hub_ack(struct hub *h, struct session *s, const char *id, const char *room,
@@ -137,10 +144,5 @@ struct msgbuf *hub_encode_direct(const struct hub_msg *m)
 	struct jsonw w;
 
 	hub_w_begin(&w, "direct", 160 + m->body_len + m->body_len / 8);
-	jsonw_kv_cstr(&w, "from", m->from);
-	jsonw_kv_cstr(&w, "id", m->id);
-	jsonw_kv_str(&w, "body", m->body, m->body_len);
-	jsonw_kv_u64(&w, "ts", m->ts);
-	jsonw_obj_close(&w);
-	return jsonw_finish(&w);
+	return hub_w_msg_finish(&w, m);
 }

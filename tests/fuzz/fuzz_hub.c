@@ -64,6 +64,8 @@
 #include "room.h"
 #include "session.h"
 
+#include "../fake_store.h"
+
 #define CHECK(cond) do { if (!(cond)) { \
 	fprintf(stderr, "fuzz_hub: check failed at line %d: %s\n", __LINE__, #cond); \
 	__builtin_trap(); } } while (0)
@@ -87,17 +89,11 @@ static int auth_on;
  * is per-room seq order, as the contract wants). */
 static struct hub_pending *pend_head, *pend_tail;
 
-/* What the engine stored, oldest first (older ones fall off: retention). */
+/* What the engine stored (the last FZ_STORE messages: retention). */
 #define FZ_STORE 64
-struct fz_msg {
-	char room[PROTO_ROOM_MAX + 1], epoch[17];
-	char from[PROTO_NAME_MAX + 1], id[PROTO_ID_MAX + 1], body[64];
-	uint64_t seq, ts;
-};
-static struct fz_msg store[FZ_STORE];
-static int nstore;
+static struct fake_store store;
 static char loads[16][PROTO_ROOM_MAX + 1];
-static int nloads, slow_engine, failing_reads;
+static int nloads, slow_engine;
 
 /* ---- fake transport ----------------------------------------------------- */
 
@@ -142,59 +138,12 @@ static void eng_submit(void *ctx, struct hub *h, struct hub_pending *p)
 	pend_tail = p;
 }
 
-static void store_add(const struct hub_pending *p)
-{
-	struct fz_msg *m;
-
-	if (nstore == FZ_STORE)
-		memmove(&store[0], &store[1], sizeof(store[0]) * --nstore);
-	m = &store[nstore++];
-	snprintf(m->room, sizeof m->room, "%s", p->room);
-	snprintf(m->epoch, sizeof m->epoch, "%s", p->epoch);
-	snprintf(m->from, sizeof m->from, "%s", p->from);
-	snprintf(m->id, sizeof m->id, "%s", p->id);
-	snprintf(m->body, sizeof m->body, "%s", p->body);
-	m->seq = p->seq;
-	m->ts = p->ts;
-}
-
-static void store_msg(const struct fz_msg *f, struct hub_msg *m)
-{
-	m->seq = f->seq;
-	m->ts = f->ts;
-	m->from = f->from;
-	m->id = f->id;
-	m->body = f->body;
-	m->body_len = strlen(f->body);
-}
-
-/* Give the hub back what the engine holds of room, as data: the epoch and
- * seq of its newest stored message, then the messages. */
-static void store_fill(const char *room)
-{
-	int i, last = -1;
-
-	for (i = 0; i < nstore; i++)
-		if (!strcmp(store[i].room, room))
-			last = i;
-	if (last < 0)
-		return;
-	hub_load_state(hub, room, store[last].epoch, store[last].seq);
-	for (i = 0; i < nstore; i++) {
-		struct hub_msg m;
-		if (strcmp(store[i].room, room) != 0)
-			continue;
-		store_msg(&store[i], &m);
-		hub_load_message(hub, room, &m);
-	}
-}
-
 static int eng_room_load(void *ctx, struct hub *h, const char *room)
 {
 	(void)ctx;
 	(void)h;
 	if (!slow_engine) {
-		store_fill(room);
+		fake_store_load(&store, hub, room);
 		return 0;
 	}
 	if (nloads == (int)(sizeof loads / sizeof loads[0]))
@@ -212,38 +161,21 @@ static void eng_finish_load(int ok)
 	memcpy(room, loads[0], sizeof room);
 	memmove(&loads[0], &loads[1], sizeof(loads[0]) * (size_t)--nloads);
 	if (ok)
-		store_fill(room);
+		fake_store_load(&store, hub, room);
 	hub_room_loaded(hub, room, ok);
 }
 
 static int eng_read(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
 		    void (*emit)(void *arg, const struct hub_msg *m), void *arg)
 {
-	int i, n = 0;
-
 	(void)ctx;
-	for (i = 0; i < nstore && (uint32_t)n < max; i++) {
-		struct hub_msg m;
-		if (strcmp(store[i].room, room) != 0 || store[i].seq < lo || store[i].seq > hi)
-			continue;
-		if (failing_reads)
-			return -1;
-		store_msg(&store[i], &m);
-		emit(arg, &m);
-		n++;
-	}
-	return n;
+	return fake_store_read(&store, room, lo, hi, max, emit, arg);
 }
 
 static uint64_t eng_oldest(void *ctx, const char *room)
 {
-	int i;
-
 	(void)ctx;
-	for (i = 0; i < nstore; i++)
-		if (!strcmp(store[i].room, room))
-			return store[i].seq;
-	return 0;
+	return fake_store_oldest(&store, room);
 }
 
 static const struct hub_engine deferred_engine = {
@@ -252,7 +184,7 @@ static const struct hub_engine deferred_engine = {
 
 static void commit_one(struct hub_pending *p)
 {
-	store_add(p);
+	fake_store_add(&store, p);
 	hub_commit(hub, p, PROTO_OK);
 	hub_pending_free(p);
 }
@@ -603,9 +535,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(slots, 0, sizeof slots);
 	memset(&metrics, 0, sizeof metrics);
 	pend_head = pend_tail = NULL;
-	nstore = nloads = 0;
+	memset(&store, 0, sizeof store);
+	store.cap = FZ_STORE;
+	store.fail_reads = (hdr[0] & 16) != 0;
+	nloads = 0;
 	slow_engine = (hdr[0] & 8) != 0;
-	failing_reads = (hdr[0] & 16) != 0;
 	clock_now = 1700000000.0;
 	if (config_defaults(&cfg))
 		abort();

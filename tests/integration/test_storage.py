@@ -386,6 +386,16 @@ def test_retry_while_the_first_is_uncommitted_gets_the_same_ack(chatd, tmp_path)
     run(go())
 
 
+async def alice_and_bob_in(srv, room):
+    """Two clients joined to room, alice's presence event consumed."""
+    a = await srv.client("alice")
+    b = await srv.client("bob")
+    await a.join(room)
+    await b.join(room)
+    await a.expect("presence")
+    return a, b
+
+
 # Frames that cJSON alone took and altered: a bad \u escape became U+0000
 # and cut the body short ("ab\uZZZZcd" was stored and delivered as "ab"),
 # raw control characters and numbers outside the grammar went through.
@@ -407,12 +417,8 @@ def test_non_rfc8259_frames_are_refused_never_stored_altered(chatd, tmp_path):
     srv = chatd(storage_cfg(tmp_path))
 
     async def main():
-        a = await srv.client("alice")
-        b = await srv.client("bob")
+        a, b = await alice_and_bob_in(srv, "r")
         try:
-            await a.join("r")
-            await b.join("r")
-            await a.expect("presence")
             for text in NON_RFC8259_SENDS:
                 await a.send_text(text)
                 e = await a.expect_error("bad_request")
@@ -443,12 +449,8 @@ def test_every_sync_mode_completes_after_submit_in_order(chatd, tmp_path, sync):
     srv = chatd(storage_cfg(tmp_path, sync=sync))
 
     async def main():
-        a = await srv.client("alice")
-        b = await srv.client("bob")
+        a, b = await alice_and_bob_in(srv, "r")
         try:
-            await a.join("r")
-            await b.join("r")
-            await a.expect("presence")
             acks, failed = await send_burst(a, "r", 50, "s")
             assert not failed and sorted(acks.values()) == list(range(1, 51))
             got = [(await b.expect("message"))["seq"] for _ in range(50)]

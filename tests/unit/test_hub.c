@@ -31,6 +31,8 @@
 #include "proto.h"
 #include "session.h"
 
+#include "../fake_store.h"
+
 /* ---- fake transport ----------------------------------------------------- */
 
 struct closed {
@@ -1410,22 +1412,13 @@ static void test_deferred_commit_failure_after_the_sender_is_gone(void **state)
  */
 #define FE_MAX 256
 
-struct fe_msg {
-	char room[PROTO_ROOM_MAX + 1];
-	uint64_t seq, ts;
-	char from[PROTO_NAME_MAX + 1], id[PROTO_ID_MAX + 1], body[64];
-	char epoch[17];
-};
-
 static struct {
 	struct hub_pending *held[FE_MAX];
 	int nheld;
-	struct fe_msg log[FE_MAX];
-	int nlog;
+	struct fake_store store;
 	char loading[8][PROTO_ROOM_MAX + 1];
 	int nloading;
 	int slow_load;      /* room_load answers later, through fe_finish_load */
-	int fail_read;      /* read emits the first message, then fails */
 	int reads, loads;
 } fe;
 
@@ -1448,53 +1441,13 @@ static void fe_complete(const char *room, enum proto_err status)
 			continue;
 		memmove(&fe.held[i], &fe.held[i + 1], sizeof(fe.held[0]) * (size_t)(fe.nheld - i - 1));
 		fe.nheld--;
-		if (status == PROTO_OK) {
-			struct fe_msg *m = &fe.log[fe.nlog++];
-			assert_true(fe.nlog <= FE_MAX);
-			snprintf(m->room, sizeof m->room, "%s", p->room);
-			m->seq = p->seq;
-			m->ts = p->ts;
-			snprintf(m->from, sizeof m->from, "%s", p->from);
-			snprintf(m->id, sizeof m->id, "%s", p->id);
-			snprintf(m->body, sizeof m->body, "%s", p->body);
-			snprintf(m->epoch, sizeof m->epoch, "%s", p->epoch);
-		}
+		if (status == PROTO_OK)
+			fake_store_add(&fe.store, p);
 		hub_commit(hub, p, status);
 		hub_pending_free(p);
 		return;
 	}
 	fail_msg("no append of room %s is held", room);
-}
-
-static void fe_hub_msg(const struct fe_msg *f, struct hub_msg *m)
-{
-	m->seq = f->seq;
-	m->ts = f->ts;
-	m->from = f->from;
-	m->id = f->id;
-	m->body = f->body;
-	m->body_len = strlen(f->body);
-}
-
-/* Hand room's state to the hub as data, as a storage engine would: epoch
- * and seq of its last message, then its messages. */
-static void fe_fill(const char *room)
-{
-	int i, last = -1;
-
-	for (i = 0; i < fe.nlog; i++)
-		if (!strcmp(fe.log[i].room, room))
-			last = i;
-	if (last < 0)
-		return;
-	hub_load_state(hub, room, fe.log[last].epoch, fe.log[last].seq);
-	for (i = 0; i < fe.nlog; i++) {
-		struct hub_msg m;
-		if (strcmp(fe.log[i].room, room) != 0)
-			continue;
-		fe_hub_msg(&fe.log[i], &m);
-		assert_int_equal(hub_load_message(hub, room, &m), 0);
-	}
 }
 
 static int fe_room_load(void *ctx, struct hub *h, const char *room)
@@ -1507,7 +1460,7 @@ static int fe_room_load(void *ctx, struct hub *h, const char *room)
 		snprintf(fe.loading[fe.nloading++], sizeof fe.loading[0], "%s", room);
 		return 1;
 	}
-	fe_fill(room);
+	assert_int_equal(fake_store_load(&fe.store, hub, room), 0);
 	return 0;
 }
 
@@ -1519,39 +1472,22 @@ static void fe_finish_load(int ok)
 	memcpy(room, fe.loading[0], sizeof room);
 	memmove(&fe.loading[0], &fe.loading[1], sizeof(fe.loading[0]) * (size_t)--fe.nloading);
 	if (ok)
-		fe_fill(room);
+		assert_int_equal(fake_store_load(&fe.store, hub, room), 0);
 	hub_room_loaded(hub, room, ok);
 }
 
 static int fe_read(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
 		   void (*emit)(void *arg, const struct hub_msg *m), void *arg)
 {
-	int i, n = 0;
-
 	(void)ctx;
 	fe.reads++;
-	for (i = 0; i < fe.nlog && (uint32_t)n < max; i++) {
-		struct hub_msg m;
-		if (strcmp(fe.log[i].room, room) != 0 || fe.log[i].seq < lo || fe.log[i].seq > hi)
-			continue;
-		if (fe.fail_read && n == 1)
-			return -1;    /* e.g. SQLITE_IOERR half way */
-		fe_hub_msg(&fe.log[i], &m);
-		emit(arg, &m);
-		n++;
-	}
-	return fe.fail_read ? -1 : n;
+	return fake_store_read(&fe.store, room, lo, hi, max, emit, arg);
 }
 
 static uint64_t fe_oldest(void *ctx, const char *room)
 {
-	int i;
-
 	(void)ctx;
-	for (i = 0; i < fe.nlog; i++)
-		if (!strcmp(fe.log[i].room, room))
-			return fe.log[i].seq;
-	return 0;
+	return fake_store_oldest(&fe.store, room);
 }
 
 static void start_with_fake_engine(void)
@@ -1637,7 +1573,7 @@ static void test_failed_read_is_not_reported_as_recovered(void **state)
 	drain(a);
 	b = login("bob");
 	/* the ring holds 5..6; 1..4 come from the engine, whose read fails */
-	fe.fail_read = 1;
+	fe.store.fail_reads = 1;
 	in(b, "{\"type\":\"join\",\"room\":\"r\",\"since\":0,\"ref\":\"j\"}");
 	assert_string_equal(str(expect_error(b, "unavailable"), "ref"), "j");
 	expect_none(b);
@@ -1645,7 +1581,7 @@ static void test_failed_read_is_not_reported_as_recovered(void **state)
 	in(a, "{\"type\":\"history\",\"room\":\"r\",\"limit\":5,\"ref\":\"h\"}");
 	assert_string_equal(str(expect_error(a, "unavailable"), "ref"), "h");
 	/* and once the engine reads again, both are whole */
-	fe.fail_read = 0;
+	fe.store.fail_reads = 0;
 	in(b, "{\"type\":\"join\",\"room\":\"r\",\"since\":0}");
 	for (i = 1; i <= 6; i++)
 		assert_true(num(expect(b, "message"), "seq") == i);
