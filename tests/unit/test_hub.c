@@ -1528,6 +1528,92 @@ static void test_fake_engine_completes_rooms_out_of_order(void **state)
 	assert_string_equal(str(expect(a, "ack"), "id"), "x1");
 }
 
+/* A failed append fails its room only: the other room's append completes,
+ * the failed seq is given back, and nobody gets the failed message. */
+static void test_fake_engine_fails_an_append_in_one_room_only(void **state)
+{
+	struct session *a, *b;
+
+	start_with_fake_engine();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r1");
+	join(a, "r2");
+	join(b, "r1");
+	join(b, "r2");
+	drain(a);
+	send_msg(a, "r1", "x1", "lost");
+	send_msg(a, "r2", "y1", "kept");
+	fe_complete("r1", PROTO_ERR_UNAVAILABLE);
+	fe_complete("r2", PROTO_OK);
+	expect_error(a, "unavailable");
+	assert_string_equal(str(expect(a, "ack"), "id"), "y1");
+	assert_string_equal(str(expect(b, "message"), "id"), "y1");
+	expect_none(b);
+	send_msg(a, "r1", "x2", "again");
+	fe_complete("r1", PROTO_OK);
+	assert_true(num(expect(b, "message"), "seq") == 1);
+}
+
+/* A sequencing engine (the cluster's contract): it answers the sender with
+ * hub_send_done and feeds every message through hub_apply, which reports a
+ * gap (-1) instead of delivering out of order; the engine re-reads and the
+ * members get every message once, in order. A message whose frame cannot
+ * be made is reported as a gap too, and applied on the re-read. */
+static struct hub_pending *seq_held[8];
+static int seq_nheld;
+
+static void seq_submit(void *ctx, struct hub *h, struct hub_pending *p)
+{
+	(void)ctx;
+	(void)h;
+	assert_true(seq_nheld < 8);
+	seq_held[seq_nheld++] = p;
+}
+
+static void test_sequencing_engine_reports_gaps_and_recovers(void **state)
+{
+	struct hub_engine e = { .submit = seq_submit, .sequences = 1 };
+	struct hub_msg m1 = { 1, 5, "alice", "a1", "one", 3 };
+	struct hub_msg m2 = { 2, 6, "alice", "a2", "two", 3 };
+	struct hub_msg m3 = { 3, 7, "bob", "b1", "three", 5 };
+	struct session *a, *b;
+	const char *epoch;
+
+	seq_nheld = 0;
+	start();
+	hub_set_engine(hub, &e);
+	a = login("alice");
+	b = login("bob");
+	epoch = str(join(a, "r"), "epoch");
+	join(b, "r");
+	drain(a);
+	send_msg(a, "r", "a1", "one");
+	assert_int_equal(seq_nheld, 1);
+	assert_int_equal(seq_held[0]->seq, 0);       /* the engine assigns it */
+	seq_held[0]->seq = 1;
+	hub_send_done(hub, seq_held[0], PROTO_OK);
+	hub_pending_free(seq_held[0]);
+	assert_true(num(expect(a, "ack"), "seq") == 1);
+	expect_none(b);                                 /* fan-out comes from the stream */
+	assert_int_equal(hub_apply(hub, "r", epoch, &m1), 0);
+	assert_int_equal(hub_apply(hub, "r", epoch, &m3), -1);   /* 2 is missing: a gap */
+	assert_true(num(expect(b, "message"), "seq") == 1);
+	expect_none(b);
+	alloc_fail_in = 1;                              /* m2's frame */
+	assert_int_equal(hub_apply(hub, "r", epoch, &m2), -1);
+	alloc_fail_in = 0;
+	expect_none(b);
+	/* the re-read */
+	assert_int_equal(hub_apply(hub, "r", epoch, &m1), 0);   /* seen: ignored */
+	assert_int_equal(hub_apply(hub, "r", epoch, &m2), 0);
+	assert_int_equal(hub_apply(hub, "r", epoch, &m3), 0);
+	assert_true(num(expect(b, "message"), "seq") == 2);
+	assert_true(num(expect(b, "message"), "seq") == 3);
+	expect_none(b);
+	assert_int_equal(hub_room_seq(hub, "r"), 3);
+}
+
 /* Defect 2: a parked join whose member cannot be added must not free the
  * room under hub_room_loaded (it freed it there, then again at its end). */
 static void test_failed_parked_join_does_not_free_the_room_twice(void **state)
@@ -1868,6 +1954,8 @@ int main(void)
 		T(test_failed_commit_gives_its_seq_back),
 		T(test_unregister_of_the_largest_queue_under_global_cap_returns),
 		T(test_fake_engine_completes_rooms_out_of_order),
+		T(test_fake_engine_fails_an_append_in_one_room_only),
+		T(test_sequencing_engine_reports_gaps_and_recovers),
 		T(test_failed_parked_join_does_not_free_the_room_twice),
 		T(test_failed_read_is_not_reported_as_recovered),
 		T(test_stored_message_without_a_frame_still_acks_and_dedups),
