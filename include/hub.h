@@ -91,12 +91,13 @@ struct hub_msg {
  *   (the hub is in the middle of a command; it logs "engine contract
  *   broken" if that happens).
  *   Local engines (sequences == 0): p->seq and p->ts are set by the hub;
- *   the engine calls hub_commit() for p exactly once, in seq order per
+ *   the engine calls hub_append_done() for p exactly once, in seq order per
  *   room. A failed commit must fail every later pending
  *   message of the same room too, so that seq stays gap-free.
  *   Sequencing engines (sequences == 1, the cluster): the engine assigns
- *   p->seq, answers the sender with hub_send_done(), and every node learns
- *   the message from the engine's stream through hub_apply().
+ *   p->seq, answers the sender with hub_append_answered(), and every node
+ *   learns the message from the engine's stream through
+ *   hub_stream_message().
  * room_load (optional): room is first used on this node (or again, after
  *   it was evicted): hand over its state as data - hub_load_state() with
  *   its epoch and seq, then hub_load_message() for each recent message in
@@ -183,22 +184,26 @@ void hub_session_backlog(const struct session *s, uint32_t *frames, size_t *byte
 void hub_session_close(struct hub *hub, struct session *s, int code, const char *reason,
 		       int flush);
 
-/* Complete a submitted message (engine callback). status PROTO_OK commits
- * p->seq/p->ts: ring, ack to the sender if still here, fan-out. Anything
- * else answers the sender with that error. p stays the engine's. */
-void hub_commit(struct hub *hub, struct hub_pending *p, enum proto_err status);
+/*
+ * How a submitted message completes (after submit returned, never inside):
+ * hub_append_done (local engine): stored (PROTO_OK: ring, ack to the sender
+ *   if still here, fan-out) or not (the sender gets that error).
+ * hub_append_answered (sequencing engine): only the sender's answer, ack
+ *   {id, room, p->seq} or the error; the fan-out comes through
+ *   hub_stream_message, on every node.
+ * p stays the engine's in both.
+ */
+void hub_append_done(struct hub *hub, struct hub_pending *p, enum proto_err status);
+void hub_append_answered(struct hub *hub, struct hub_pending *p, enum proto_err status);
 void hub_pending_free(struct hub_pending *p);
 
 /* Cluster engine entry points (see struct hub_engine). */
-/* The sender's answer for a sequenced message: ack {id, room, p->seq} or
- * the error status. p stays the engine's. */
-void hub_send_done(struct hub *hub, struct hub_pending *p, enum proto_err status);
 /* A message from the cluster stream (any node's, in seq order per room):
  * ring, dedup, fan-out to local members. epoch is the room's epoch in the
  * stream; a different one means the shared history was lost and restarts.
  * Returns 0 (applied or already seen, or the room is not loaded here) or
  * -1 for a gap: the engine must re-read the room from hub_room_seq()+1. */
-int hub_apply(struct hub *hub, const char *room, const char *epoch, const struct hub_msg *m);
+int hub_stream_message(struct hub *hub, const char *room, const char *epoch, const struct hub_msg *m);
 /* The room's shared history restarted (a new epoch: tell the local members
  * with a "reset" event) or this node can no longer recover what it missed
  * before seq (same epoch: it moves on). No-op for rooms not loaded. */

@@ -10,7 +10,7 @@
  *    committed before its ack.
  *  - off: acked and delivered at that point, then written; a crash may
  *    lose the messages of the last iteration (synchronous=NORMAL).
- * In every mode a message completes (hub_commit) after storage_submit has
+ * In every mode a message completes (hub_append_done) after storage_submit has
  * returned, never inside it.
  * Seq and the room epoch are stored with every message, so seq never goes
  * back or repeats across restarts; the dedup window is reloaded with a room.

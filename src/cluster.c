@@ -40,7 +40,7 @@ static void cl_on_send(redisAsyncContext *ac, void *reply, void *priv)
 	/* The sender hears unavailable when the outcome is unknown (Redis
 	 * gone mid-call); a retry with the same id is de-duplicated. */
 	if (!c->closing)
-		hub_send_done(c->hub, call->p, st);
+		hub_append_answered(c->hub, call->p, st);
 	hub_pending_free(call->p);
 	free(call);
 }
@@ -62,7 +62,7 @@ static void cl_on_refuse(struct ev_loop *loop, ev_prepare *w, int revents)
 	ev_prepare_stop(loop, w);
 	while ((p = c->refused)) {
 		LL_DELETE(c->refused, p);
-		hub_send_done(c->hub, p, PROTO_ERR_UNAVAILABLE);
+		hub_append_answered(c->hub, p, PROTO_ERR_UNAVAILABLE);
 		hub_pending_free(p);
 	}
 }

@@ -58,7 +58,7 @@ static void cl_ev_message(struct cluster *c, const cJSON *j, const char *json, s
 		return;
 	HASH_FIND_STR(c->syncs, room, sy);
 	if (!sy) {
-		if (hub_apply(c->hub, room, epoch, &m) < 0) {
+		if (hub_stream_message(c->hub, room, epoch, &m) < 0) {
 			log_info(NULL, "cluster: gap in room %s before seq %llu; re-reading it", room,
 				 (unsigned long long)m.seq);
 			cl_sync_start(c, room, 0);

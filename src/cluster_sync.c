@@ -108,9 +108,9 @@ static void cl_load_resync_msg(void *arg, const struct hub_msg *m)
 	 * room where no real message follows. */
 	if (m->seq > lc->shared_seq)
 		return;
-	if (hub_apply(lc->c->hub, lc->room, lc->epoch, m) < 0) {
+	if (hub_stream_message(lc->c->hub, lc->room, lc->epoch, m) < 0) {
 		hub_room_rebase(lc->c->hub, lc->room, lc->epoch, m->seq - 1);
-		hub_apply(lc->c->hub, lc->room, lc->epoch, m);
+		hub_stream_message(lc->c->hub, lc->room, lc->epoch, m);
 	}
 }
 

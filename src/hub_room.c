@@ -153,10 +153,10 @@ void hub_member_leave(struct hub *h, struct membership *m)
  * its frame (hub_encode_message), records it in the room (hub_room_record:
  * seq, ring, dedup), answers the sender if the engine asks it to (hub_ack),
  * and hands the same frame to every member (hub_room_fanout). Memory only:
- * hub_cmd_send -> hub_commit at once; storage: hub_cmd_send -> engine
- * submit -> hub_commit at its group commit; cluster: hub_cmd_send ->
- * engine submit -> Redis -> hub_send_done (the sender's ack) and, on every
- * node, hub_apply from the stream (the fan-out).
+ * hub_cmd_send -> hub_append_done at once; storage: hub_cmd_send -> engine
+ * submit -> hub_append_done at its group commit; cluster: hub_cmd_send ->
+ * engine submit -> Redis -> hub_append_answered (the sender's ack) and, on every
+ * node, hub_stream_message from the stream (the fan-out).
  */
 void hub_room_record(struct hub *h, struct room *r, const struct hub_msg *m,
 		     struct msgbuf *mb)

@@ -1,13 +1,13 @@
 /*
  * hub_send.c - the path of a room message: the send command, submit to the
- * engine, and its completion (hub_commit for local engines, hub_send_done
- * and hub_apply for a sequencing one).
+ * engine, and its completion (hub_append_done for local engines, hub_append_answered
+ * and hub_stream_message for a sequencing one).
  */
 #include "hub_impl.h"
 
 static void hub_mem_submit(struct hub *h, struct hub_pending *p)
 {
-	hub_commit(h, p, PROTO_OK);
+	hub_append_done(h, p, PROTO_OK);
 	hub_pending_free(p);
 }
 
@@ -105,7 +105,7 @@ static void hub_check_not_in_submit(struct hub *h, const struct hub_pending *p)
 			  p->room, (unsigned long long)p->seq);
 }
 
-void hub_commit(struct hub *h, struct hub_pending *p, enum proto_err status)
+void hub_append_done(struct hub *h, struct hub_pending *p, enum proto_err status)
 {
 	struct session *sender = NULL;
 	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
@@ -162,7 +162,7 @@ struct session *hub_sender(struct hub *h, uint64_t num)
 	return s && !s->closing ? s : NULL;
 }
 
-void hub_send_done(struct hub *h, struct hub_pending *p, enum proto_err status)
+void hub_append_answered(struct hub *h, struct hub_pending *p, enum proto_err status)
 {
 	struct session *sender = hub_sender(h, p->sender);
 	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
@@ -185,7 +185,7 @@ void hub_send_done(struct hub *h, struct hub_pending *p, enum proto_err status)
 	}
 }
 
-int hub_apply(struct hub *h, const char *room, const char *epoch, const struct hub_msg *m)
+int hub_stream_message(struct hub *h, const char *room, const char *epoch, const struct hub_msg *m)
 {
 	struct room *r = hub_room_find(h, room, strlen(room));
 	struct msgbuf *mb;

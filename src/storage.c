@@ -192,13 +192,13 @@ static void storage_flush(struct storage *st)
 		chunk = storage_take(&list, max, &n);
 		if (off)
 			for (p = chunk; p; p = p->next)
-				hub_commit(st->hub, p, PROTO_OK);
+				hub_append_done(st->hub, p, PROTO_OK);
 		if (rc == SQLITE_OK || off)
 			rc = storage_write(st, chunk, n);
 		while ((p = chunk)) {
 			chunk = p->next;
 			if (!off)
-				hub_commit(st->hub, p, rc == SQLITE_OK ? PROTO_OK : PROTO_ERR_UNAVAILABLE);
+				hub_append_done(st->hub, p, rc == SQLITE_OK ? PROTO_OK : PROTO_ERR_UNAVAILABLE);
 			hub_pending_free(p);
 		}
 	}

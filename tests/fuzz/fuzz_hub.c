@@ -185,7 +185,7 @@ static const struct hub_engine deferred_engine = {
 static void commit_one(struct hub_pending *p)
 {
 	fake_store_add(&store, p);
-	hub_commit(hub, p, PROTO_OK);
+	hub_append_done(hub, p, PROTO_OK);
 	hub_pending_free(p);
 }
 
@@ -239,7 +239,7 @@ static void eng_fail(void)
 	if (!p)
 		return;
 	memcpy(room, p->room, sizeof room);
-	hub_commit(hub, p, PROTO_ERR_UNAVAILABLE);
+	hub_append_done(hub, p, PROTO_ERR_UNAVAILABLE);
 	hub_pending_free(p);
 	/* A failed commit fails every later pending message of the room. */
 	for (pp = &pend_head; *pp;) {
@@ -250,7 +250,7 @@ static void eng_fail(void)
 		}
 		*pp = p->next;
 		p->next = NULL;
-		hub_commit(hub, p, PROTO_ERR_UNAVAILABLE);
+		hub_append_done(hub, p, PROTO_ERR_UNAVAILABLE);
 		hub_pending_free(p);
 	}
 	pend_tail = NULL;

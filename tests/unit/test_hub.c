@@ -1273,7 +1273,7 @@ static void test_deferred_engine_acks_and_broadcasts_at_commit(void **state)
 	expect_none(a);                     /* nothing until the commit */
 	expect_none(b);
 
-	hub_commit(hub, p, PROTO_OK);
+	hub_append_done(hub, p, PROTO_OK);
 	hub_pending_free(p);
 	o = expect(a, "ack");
 	assert_true(num(o, "seq") == 1);
@@ -1299,7 +1299,7 @@ static void test_deferred_commit_after_the_sender_is_gone_still_broadcasts(void 
 	hub_session_unregister(hub, a);
 	assert_string_equal(str(expect(b, "presence"), "state"), "leave");
 
-	hub_commit(hub, eng.held[0], PROTO_OK);
+	hub_append_done(hub, eng.held[0], PROTO_OK);
 	hub_pending_free(eng.held[0]);
 	o = expect(b, "message");
 	assert_string_equal(str(o, "from"), "alice");
@@ -1326,7 +1326,7 @@ static void test_deferred_commit_does_not_ack_a_new_session_with_the_same_name(v
 	a2 = login("alice");
 	join(a2, "r");
 	drain(b);
-	hub_commit(hub, eng.held[0], PROTO_OK);
+	hub_append_done(hub, eng.held[0], PROTO_OK);
 	hub_pending_free(eng.held[0]);
 	/* a2 is a member so it gets the message, but no ack: it did not send */
 	assert_true(num(expect(a2, "message"), "seq") == 1);
@@ -1345,7 +1345,7 @@ static void test_deferred_commit_failure_answers_the_sender_only(void **state)
 	join(b, "r");
 	drain(a);
 	in(a, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"m1\",\"body\":\"x\",\"ref\":\"e\"}");
-	hub_commit(hub, eng.held[0], PROTO_ERR_UNAVAILABLE);
+	hub_append_done(hub, eng.held[0], PROTO_ERR_UNAVAILABLE);
 	hub_pending_free(eng.held[0]);
 	assert_string_equal(str(expect_error(a, "unavailable"), "ref"), "e");
 	expect_none(a);
@@ -1366,9 +1366,9 @@ static void test_failed_commit_gives_its_seq_back(void **state)
 	drain(b);
 	send_msg(a, "r", "m1", "lost");
 	send_msg(a, "r", "m2", "lost too");
-	hub_commit(hub, eng.held[0], PROTO_ERR_UNAVAILABLE);
+	hub_append_done(hub, eng.held[0], PROTO_ERR_UNAVAILABLE);
 	hub_pending_free(eng.held[0]);
-	hub_commit(hub, eng.held[1], PROTO_ERR_UNAVAILABLE);
+	hub_append_done(hub, eng.held[1], PROTO_ERR_UNAVAILABLE);
 	hub_pending_free(eng.held[1]);
 	expect_error(a, "unavailable");
 	expect_error(a, "unavailable");
@@ -1377,7 +1377,7 @@ static void test_failed_commit_gives_its_seq_back(void **state)
 	eng.n = 0;
 	eng.seq = 0;
 	send_msg(a, "r", "m3", "kept");
-	hub_commit(hub, eng.held[0], PROTO_OK);
+	hub_append_done(hub, eng.held[0], PROTO_OK);
 	hub_pending_free(eng.held[0]);
 	assert_true(num(expect(a, "ack"), "seq") == 1);
 	assert_true(num(expect(b, "message"), "seq") == 1);
@@ -1396,7 +1396,7 @@ static void test_deferred_commit_failure_after_the_sender_is_gone(void **state)
 	send_msg(a, "r", "m1", "x");
 	hub_session_unregister(hub, a);
 	drain(b);
-	hub_commit(hub, eng.held[0], PROTO_ERR_INTERNAL);
+	hub_append_done(hub, eng.held[0], PROTO_ERR_INTERNAL);
 	hub_pending_free(eng.held[0]);
 	expect_none(b);
 }
@@ -1443,7 +1443,7 @@ static void fe_complete(const char *room, enum proto_err status)
 		fe.nheld--;
 		if (status == PROTO_OK)
 			fake_store_add(&fe.store, p);
-		hub_commit(hub, p, status);
+		hub_append_done(hub, p, status);
 		hub_pending_free(p);
 		return;
 	}
@@ -1556,7 +1556,7 @@ static void test_fake_engine_fails_an_append_in_one_room_only(void **state)
 }
 
 /* A sequencing engine (the cluster's contract): it answers the sender with
- * hub_send_done and feeds every message through hub_apply, which reports a
+ * hub_append_answered and feeds every message through hub_stream_message, which reports a
  * gap (-1) instead of delivering out of order; the engine re-reads and the
  * members get every message once, in order. A message whose frame cannot
  * be made is reported as a gap too, and applied on the re-read. */
@@ -1592,22 +1592,22 @@ static void test_sequencing_engine_reports_gaps_and_recovers(void **state)
 	assert_int_equal(seq_nheld, 1);
 	assert_int_equal(seq_held[0]->seq, 0);       /* the engine assigns it */
 	seq_held[0]->seq = 1;
-	hub_send_done(hub, seq_held[0], PROTO_OK);
+	hub_append_answered(hub, seq_held[0], PROTO_OK);
 	hub_pending_free(seq_held[0]);
 	assert_true(num(expect(a, "ack"), "seq") == 1);
 	expect_none(b);                                 /* fan-out comes from the stream */
-	assert_int_equal(hub_apply(hub, "r", epoch, &m1), 0);
-	assert_int_equal(hub_apply(hub, "r", epoch, &m3), -1);   /* 2 is missing: a gap */
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m1), 0);
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m3), -1);   /* 2 is missing: a gap */
 	assert_true(num(expect(b, "message"), "seq") == 1);
 	expect_none(b);
 	alloc_fail_in = 1;                              /* m2's frame */
-	assert_int_equal(hub_apply(hub, "r", epoch, &m2), -1);
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m2), -1);
 	alloc_fail_in = 0;
 	expect_none(b);
 	/* the re-read */
-	assert_int_equal(hub_apply(hub, "r", epoch, &m1), 0);   /* seen: ignored */
-	assert_int_equal(hub_apply(hub, "r", epoch, &m2), 0);
-	assert_int_equal(hub_apply(hub, "r", epoch, &m3), 0);
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m1), 0);   /* seen: ignored */
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m2), 0);
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m3), 0);
 	assert_true(num(expect(b, "message"), "seq") == 2);
 	assert_true(num(expect(b, "message"), "seq") == 3);
 	expect_none(b);
