@@ -1818,6 +1818,26 @@ static void test_max_rooms_all_in_use_refuses_a_new_room(void **state)
 	assert_true(num(join(a, "r3"), "seq") == 0);
 }
 
+static void test_a_lower_max_rooms_on_reload_evicts_idle_rooms_at_once(void **state)
+{
+	struct session *a;
+
+	cfg.max_rooms = 10;
+	start();
+	a = login("alice");
+	room_used_once(a, "r1");
+	room_used_once(a, "r2");
+	room_used_once(a, "r3");
+	join(a, "busy");
+	assert_int_equal(hub_room_count(hub), 4);
+	cfg.max_rooms = 2;
+	hub_reconfigure(hub, &cfg);
+	/* the room in use stays; idle ones go, least recently used first */
+	assert_int_equal(hub_room_count(hub), 2);
+	assert_int_equal(metrics.rooms_evicted, 2);
+	assert_true(num(join(a, "r3"), "seq") == 1);
+}
+
 /* With an engine, an evicted room is loaded again: resume and paging see
  * the whole history, dedup included. */
 static void test_evicted_room_reloads_from_the_engine(void **state)
@@ -1963,6 +1983,7 @@ int main(void)
 		T(test_cluster_new_out_of_memory_says_so),
 		T(test_idle_rooms_past_max_rooms_are_evicted_least_recent_first),
 		T(test_max_rooms_all_in_use_refuses_a_new_room),
+		T(test_a_lower_max_rooms_on_reload_evicts_idle_rooms_at_once),
 		T(test_evicted_room_reloads_from_the_engine),
 	};
 
