@@ -3,20 +3,22 @@
 # (Bun pub/sub, Node ws, Go gorilla hub) back to back, each server pinned to
 # CPU 0 and chatload to CPU 1, and write the table into docs/performance.md.
 #
-# Usage: bench/compare.sh [--quick] [--servers "chatd bun node go"] [--scenarios "S1 S2a S2b S3 S4 S5"]
+# Usage: bench/compare.sh [--quick] [--servers "chatd bun node go"] [--scenarios "S1 S2a S2aTLS S2b S3 S4 S5"]
 #                         [--chatd-bin PATH] [--build-dir DIR] [--results DIR] [--doc FILE]
 #                         [--no-install] [--no-doc]
 # Every size is a variable (environment overrides, see the defaults below),
 # e.g. S1_CLIENTS=10000 bench/compare.sh --scenarios S1.
 # On a fresh Debian 12 machine it installs what it needs (scripts/setup.sh,
 # bench/peers/install.sh): apt-get and the npm registry.
+# S2aTLS is S2a over wss:// (chatd and Bun only; one self-signed ECDSA P-256
+# certificate per results directory, used by both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 QUICK=0
 SERVERS="chatd bun node go"
-SCENARIOS="S1 S2a S2b S3 S4 S5"
+SCENARIOS="S1 S2a S2aTLS S2b S3 S4 S5"
 CHATD_BIN=""
 BUILD=${BUILD_DIR:-build-bench}
 RESULTS=""
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
     --doc) DOC=$2; shift ;;
     --no-install) INSTALL=0 ;;
     --no-doc) WRITE_DOC=0 ;;
-    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -106,7 +108,20 @@ BUN=$ROOT/bench/peers/node_modules/@oven/bun-linux-x64/bin/bun
 # ---- servers ----
 SRV_PID=""
 SRV_NAME=""
+SRV_TLS=0                        # 1: the next start_server serves wss:// (S2aTLS)
 PORT=$PORT_BASE
+TLS_DIR=$RESULTS/tls
+
+# One self-signed certificate per results directory, the same for every
+# server (ECDSA P-256, so both sides do the same handshake work). The IP
+# subjectAltName lets chatload --tls-verify check it by hand if wanted.
+tls_files() {
+  [ -s "$TLS_DIR/cert.pem" ] && [ -s "$TLS_DIR/key.pem" ] && return 0
+  mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>/dev/null
+}
 
 chatd_config() { # file port queue_messages queue_bytes max_connections
   cat > "$1" <<EOF
@@ -129,6 +144,13 @@ total_queue_bytes = 1073741824
 [log]
 level = "warn"
 EOF
+  if [ "$SRV_TLS" = 1 ]; then
+    cat >> "$1" <<EOF
+[tls]
+cert = "$TLS_DIR/cert.pem"
+key = "$TLS_DIR/key.pem"
+EOF
+  fi
 }
 
 wait_port() {
@@ -157,8 +179,14 @@ start_server() { # name scenario [queue_messages queue_bytes]
       taskset -c "$SERVER_CPU" "$CHATD_BIN" -c "$RESULTS/$sc-chatd.toml" >"$logf" 2>&1 &
       echo "taskset -c $SERVER_CPU $CHATD_BIN -c $sc-chatd.toml" >> "$RESULTS/commands.txt" ;;
     *)
-      taskset -c "$SERVER_CPU" bench/peers/start.sh "$name" "$PORT" "$BUILD" >"$logf" 2>&1 &
-      echo "taskset -c $SERVER_CPU bench/peers/start.sh $name $PORT" >> "$RESULTS/commands.txt" ;;
+      if [ "$SRV_TLS" = 1 ]; then
+        TLS_CERT=$TLS_DIR/cert.pem TLS_KEY=$TLS_DIR/key.pem \
+          taskset -c "$SERVER_CPU" bench/peers/start.sh "$name" "$PORT" "$BUILD" >"$logf" 2>&1 &
+        echo "TLS_CERT=tls/cert.pem TLS_KEY=tls/key.pem taskset -c $SERVER_CPU bench/peers/start.sh $name $PORT" >> "$RESULTS/commands.txt"
+      else
+        taskset -c "$SERVER_CPU" bench/peers/start.sh "$name" "$PORT" "$BUILD" >"$logf" 2>&1 &
+        echo "taskset -c $SERVER_CPU bench/peers/start.sh $name $PORT" >> "$RESULTS/commands.txt"
+      fi ;;
   esac
   SRV_PID=$!
   if ! wait_port "$PORT"; then
@@ -195,9 +223,10 @@ trap '[ -n "$SRV_PID" ] && kill -KILL "$SRV_PID" 2>/dev/null; true' EXIT
 # run_load OUTFILE chatload-args...   (appends the JSON line to OUTFILE)
 run_load() {
   local out=$1; shift
-  local raw=()
+  local raw=() scheme=ws
   [ "$SRV_NAME" = chatd ] || raw=(--raw)
-  local cmd=(taskset -c "$TOOL_CPU" "$CHATLOAD" "${raw[@]}" --url "ws://127.0.0.1:$PORT/ws" --server-pid "$SRV_PID" --label "$SRV_NAME" "$@")
+  [ "$SRV_TLS" = 1 ] && scheme=wss
+  local cmd=(taskset -c "$TOOL_CPU" "$CHATLOAD" "${raw[@]}" --url "$scheme://127.0.0.1:$PORT/ws" --server-pid "$SRV_PID" --label "$SRV_NAME" "$@")
   echo "${cmd[*]}" | sed "s#$ROOT/##g; s#--server-pid [0-9]*#--server-pid \$PID#" >> "$RESULTS/commands.txt"
   "${cmd[@]}" >> "$out" 2> "$RESULTS/last.stderr" || true
   cat "$RESULTS/last.stderr" >> "$RESULTS/chatload.stderr"
@@ -222,6 +251,20 @@ sc_S2a() {
   start_server "$name" S2a || return 0
   run_load "$out" --mode fanout --clients "$S2_CLIENTS" --senders "$S2_SENDERS" --rate "$rate" --payload "$S2_PAYLOAD" --duration "$S2A_DURATION"
   stop_server S2a
+}
+
+# S2aTLS: S2a's sizes over wss://, chatd and Bun only (the Node and Go peers
+# serve plain ws:// only; they are skipped).
+sc_S2aTLS() {
+  local name=$1 out=$RESULTS/S2aTLS-$1.json
+  local rate=$(( S2A_DELIVERIES / S2_CLIENTS ))
+  case "$name" in chatd|bun) ;; *) log "S2aTLS: skipping $name (wss:// peer only for Bun)"; return 0 ;; esac
+  tls_files
+  SRV_TLS=1
+  start_server "$name" S2aTLS || { SRV_TLS=0; return 0; }
+  run_load "$out" --mode fanout --clients "$S2_CLIENTS" --senders "$S2_SENDERS" --rate "$rate" --payload "$S2_PAYLOAD" --duration "$S2A_DURATION"
+  stop_server S2aTLS
+  SRV_TLS=0
 }
 
 # S2b: double the rate until a step loses messages, misses its p99 bound or

@@ -143,6 +143,30 @@ def s2a(res):
         "\n\nchatd/peer, p99 (lower is better): " + ratios(p99, None) + "\n"
 
 
+def s2a_tls(res):
+    """S2a over wss:// (S2aTLS): chatd and Bun only, both on the same self-signed ECDSA P-256 certificate."""
+    rows, p99 = [], {}
+    for s in ("chatd", "bun"):
+        d = last(res, "S2aTLS-%s.json" % s)
+        if not d:
+            continue
+        lat = d["latency_ms"]
+        p99[s] = lat["p99"]
+        rows.append([NAMES[s], num(d["deliveries_per_s"]), "{:,} ({:.3f}%)".format(d["lost"], d["loss_pct"]),
+                     ms(lat["p50"]), ms(lat["p90"]), ms(lat["p99"]), ms(lat["p999"]), ms(lat["max"]),
+                     num(d.get("server_cpu_pct")), num(d.get("tool_cpu_pct")), flags(d)])
+    if not rows:
+        return ""
+    d = last(res, "S2aTLS-chatd.json") or last(res, "S2aTLS-bun.json")
+    hdr = ("### S2aTLS fan-out over wss:// (TLS): {} clients in one room, {} senders, {:.0f} messages/s of {} B "
+           "({:,.0f} deliveries/s)\n\nS2a's sizes over TLS, chatd (libwebsockets + OpenSSL) and Bun (BoringSSL) only, "
+           "both with the same self-signed ECDSA P-256 certificate; chatload verifies no certificate.\n\n").format(
+        d["clients"], d["senders"], d["rate"], d["payload"], d["rate"] * d["clients"])
+    return hdr + table(["server", "deliveries/s", "lost", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+                        "server CPU %", "chatload CPU %", "notes"], rows) + \
+        "\n\nchatd/peer, p99 (lower is better): " + ratios(p99, None) + "\n"
+
+
 def s2b(res, p99_bound):
     rows, best = [], {}
     for s in SERVERS:
@@ -385,8 +409,8 @@ def main():
     if events:
         parts += ["**Events during the run** (server deaths, stalls, errors in chatd's log):", "",
                   "\n".join("- " + e for e in events.splitlines()), ""]
-    for key, sec in (("S1", s1(res)), ("S2a", s2a(res)), ("S2b", s2b(res, p99_bound)), ("S3", s3(res)),
-                     ("S4", s4(res)), ("S5", s5(res))):
+    for key, sec in (("S1", s1(res)), ("S2a", s2a(res)), ("S2aTLS", s2a_tls(res)), ("S2b", s2b(res, p99_bound)),
+                     ("S3", s3(res)), ("S4", s4(res)), ("S5", s5(res))):
         if sec:
             parts += [sec]
             if key in pics:

@@ -59,6 +59,9 @@ enum config_log_level {
  * least the hash's 256 bits (RFC 7518 3.2). */
 #define CONFIG_JWT_SECRET_MIN 32
 
+/* api.allow holds at most this many ranges (a short list checked per request). */
+#define CONFIG_API_ALLOW_MAX 64
+
 struct config {
 	/* [server] */
 	char *listen;                 /* "127.0.0.1" */
@@ -68,11 +71,19 @@ struct config {
 	double shutdown_timeout;      /* 5 s, >= 0 */
 	long max_connections;         /* 10000, >= 1 */
 	long max_connections_per_ip;  /* 0 = unlimited */
+	long max_pending_per_ip;      /* 32: accepted, not yet a WebSocket; 0 = unlimited */
+	double header_timeout;        /* 5 s, > 0: TLS handshake + HTTP request head */
 	char **allowed_origins;       /* [] = any; each entry heap-owned */
 	size_t allowed_origins_count;
 	int tcp_nodelay;              /* true: every frame leaves at once (latency first);
 				       * false: Nagle coalesces bursts (fewer packets) */
 	long socket_send_buffer;      /* SO_SNDBUF of client sockets; 0 = kernel autotuning */
+
+	/* [api]: where and to whom /metrics and /healthz are served */
+	char *api_listen;             /* "" = on the chat port; else an address of their own */
+	int api_port;                 /* 9091, 0..65535 (0: the kernel picks one) */
+	char **api_allow;             /* CIDRs allowed to read them; [] = any; heap-owned */
+	size_t api_allow_count;       /* <= CONFIG_API_ALLOW_MAX */
 
 	/* [heartbeat] */
 	double heartbeat_interval;    /* 25 s, > 0 */

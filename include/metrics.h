@@ -18,6 +18,7 @@ enum metrics_refusal {
 	METRICS_REFUSED_MAX_PER_IP,
 	METRICS_REFUSED_ORIGIN,
 	METRICS_REFUSED_SHUTTING_DOWN,
+	METRICS_REFUSED_MAX_PENDING_PER_IP,   /* at accept, before any HTTP */
 	METRICS_REFUSED_COUNT
 };
 
@@ -79,6 +80,7 @@ struct metrics {
 
 struct metrics_gauges {
 	uint64_t connections;
+	uint64_t pending;                 /* accepted, not a WebSocket (yet) */
 	uint64_t sessions;
 	uint64_t rooms;
 	uint64_t queue_bytes;

@@ -38,6 +38,8 @@ void server_reconfigure(struct server *srv, const struct config *cfg);
 void server_shutdown(struct server *srv, void (*on_drained)(void *), void *arg);
 
 int server_port(const struct server *srv);
+/* The port of the [api] listener (/metrics, /healthz), -1 when there is none. */
+int server_api_port(const struct server *srv);
 size_t server_connection_count(const struct server *srv);
 struct hub *server_hub(struct server *srv);
 

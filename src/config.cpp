@@ -7,6 +7,8 @@
  */
 #include "config.h"
 
+#include "cidr.h"
+
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -70,6 +72,12 @@ bool valid_key_prefix(const std::string &s)
 	return s.size() <= CONFIG_KEY_PREFIX_MAX && no_nul(s);
 }
 
+bool valid_cidr(const std::string &s)
+{
+	struct cidr c;
+	return no_nul(s) && cidr_parse(s.c_str(), &c) == 0;
+}
+
 bool valid_redis_url(const std::string &s)
 {
 	struct config_redis u;
@@ -127,6 +135,14 @@ Key strings(const char *t, const char *n, size_t off, size_t count_off)
 	return key;
 }
 
+Key cidrs(const char *t, const char *n, size_t off, size_t count_off)
+{
+	Key key = strings(t, n, off, count_off);
+	key.ok = valid_cidr;
+	key.what = "expected an array of addresses or ranges such as \"10.0.0.0/8\" or \"::1\"";
+	return key;
+}
+
 Key boolean(const char *t, const char *n, size_t off)
 {
 	return Key{t, n, BOOL, off};
@@ -150,9 +166,15 @@ const Key keys[] = {
 	number("server", "shutdown_timeout", F(shutdown_timeout), GE, 0),
 	integer("server", "max_connections", LONG, F(max_connections), 1),
 	integer("server", "max_connections_per_ip", LONG, F(max_connections_per_ip), 0),
+	integer("server", "max_pending_per_ip", LONG, F(max_pending_per_ip), 0, INT32_MAX),
+	number("server", "header_timeout", F(header_timeout), GT, 0),
 	strings("server", "allowed_origins", F(allowed_origins), F(allowed_origins_count)),
 	boolean("server", "tcp_nodelay", F(tcp_nodelay)),
 	integer("server", "socket_send_buffer", LONG, F(socket_send_buffer), 0, INT32_MAX / 2),
+
+	string("api", "listen", F(api_listen), no_nul, "expected an address, or \"\" for the chat port"),
+	integer("api", "port", INT, F(api_port), 0, 65535),
+	cidrs("api", "allow", F(api_allow), F(api_allow_count)),
 
 	number("heartbeat", "interval", F(heartbeat_interval), GT, 0),
 	number("heartbeat", "timeout", F(heartbeat_timeout), GT, 0),
@@ -382,6 +404,9 @@ void Loader::cross_checks(const toml::table &root)
 		     "tls.cert and tls.key go together");
 	if (c.tls_ca && c.tls_ca[0] && !cert)
 		fail(at("tls", "ca")->source(), "tls.ca", "needs tls.cert and tls.key");
+	if (c.api_allow_count > CONFIG_API_ALLOW_MAX)
+		fail(at("api", "allow")->source(), "api.allow",
+		     fmt("at most %d ranges", CONFIG_API_ALLOW_MAX));
 	if (c.redis && c.redis[0] && c.storage_path && c.storage_path[0]) {
 		const toml::node *n = at("cluster", "redis");
 		fail(n ? n->source() : at("storage", "path")->source(), "cluster.redis",
@@ -528,6 +553,8 @@ int config_defaults(struct config *cfg)
 	cfg->shutdown_timeout = 5;
 	cfg->max_connections = 10000;
 	cfg->max_connections_per_ip = 0;
+	cfg->max_pending_per_ip = 32;
+	cfg->header_timeout = 5;
 	cfg->tcp_nodelay = 1;
 	cfg->heartbeat_interval = 25;
 	cfg->heartbeat_timeout = 60;
@@ -559,8 +586,10 @@ int config_defaults(struct config *cfg)
 	cfg->node_id = strdup(host);
 	cfg->jwt_leeway = 30;
 	cfg->node_ttl = 10;
+	cfg->api_port = 9091;
 	char **strs[] = {&cfg->storage_path, &cfg->jwt_secret, &cfg->jwt_secret_file,
-			 &cfg->tls_cert, &cfg->tls_key, &cfg->tls_ca, &cfg->redis, &cfg->redis_password};
+			 &cfg->tls_cert, &cfg->tls_key, &cfg->tls_ca, &cfg->redis, &cfg->redis_password,
+			 &cfg->api_listen};
 	bool oom = false;
 	for (char **p : strs)
 		oom |= !(*p = strdup(""));
@@ -665,6 +694,8 @@ void config_free(struct config *cfg)
 	free(cfg->redis_password);
 	free(cfg->key_prefix);
 	free_strings(cfg->allowed_origins, cfg->allowed_origins_count);
+	free(cfg->api_listen);
+	free_strings(cfg->api_allow, cfg->api_allow_count);
 	memset(cfg, 0, sizeof *cfg);
 }
 

@@ -226,6 +226,11 @@ static void chatd_warn_static(const struct config *old, const struct config *cur
 			 old->listen, old->port);
 	if (strcmp(old->node_id, cur->node_id) != 0)
 		log_warn(NULL, "reload: server.node_id changes need a restart; still %s", old->node_id);
+	if (strcmp(old->api_listen, cur->api_listen) != 0 || old->api_port != cur->api_port)
+		log_warn(NULL, "reload: api.listen/port changes need a restart");
+	if (old->header_timeout != cur->header_timeout)
+		log_warn(NULL, "reload: server.header_timeout changes need a restart; still %g",
+			 old->header_timeout);
 }
 
 static void chatd_reload(struct chatd *d, char *err, size_t errlen);
@@ -408,6 +413,10 @@ int main(int argc, char **argv)
 	log_info(NULL, "chatd %s listening on %s://%s:%d/ws (node %s, max %ld connections, open-files limit %ld)",
 		 CHATD_VERSION, d.cfg->tls_cert[0] ? "wss" : "ws", d.cfg->listen, server_port(d.srv),
 		 d.cfg->node_id, d.cfg->max_connections, d.nofile);
+	if (server_api_port(d.srv) >= 0)
+		log_info(NULL, "serving /metrics and /healthz on http://%s%s%s:%d only",
+			 strchr(d.cfg->api_listen, ':') ? "[" : "", d.cfg->api_listen,
+			 strchr(d.cfg->api_listen, ':') ? "]" : "", server_api_port(d.srv));
 	chatd_watchdog_start(&d);
 	chatd_notify("READY=1\nSTATUS=serving");
 	ev_run(d.loop, 0);

@@ -10,6 +10,7 @@
 
 static const char *const metrics_refusal_names[METRICS_REFUSED_COUNT] = {
 	"max_connections", "max_connections_per_ip", "origin", "shutting_down",
+	"max_pending_per_ip",
 };
 
 static const double metrics_bounds[METRICS_BUCKETS] = {
@@ -106,6 +107,8 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 		       "# TYPE chatd_start_time_seconds gauge\nchatd_start_time_seconds %.3f\n",
 		       g->start_time);
 	metrics_one(&w, "chatd_connections", "gauge", "Open WebSocket connections.", g->connections);
+	metrics_one(&w, "chatd_connections_pending", "gauge",
+		    "Connections in their TLS handshake, request head or plain HTTP.", g->pending);
 	metrics_one(&w, "chatd_sessions", "gauge", "Sessions that completed hello.", g->sessions);
 	metrics_one(&w, "chatd_rooms", "gauge", "Rooms held in memory.", g->rooms);
 	metrics_one(&w, "chatd_rooms_idle", "gauge", "Rooms held in memory with no member and nothing pending: evicted first.", m->rooms_idle);
@@ -157,7 +160,7 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 			       "# TYPE chatd_redis_publish_seconds_max gauge\nchatd_redis_publish_seconds_max %.6f\n",
 			       m->redis_send_seconds, m->redis_sends, m->redis_send_max);
 	}
-	metrics_printf(&w, "# HELP chatd_connections_refused_total WebSocket upgrades refused, by reason.\n"
+	metrics_printf(&w, "# HELP chatd_connections_refused_total Connections refused at accept or upgrade, by reason.\n"
 		       "# TYPE chatd_connections_refused_total counter\n");
 	for (i = 0; i < METRICS_REFUSED_COUNT; i++)
 		metrics_printf(&w, "chatd_connections_refused_total{reason=\"%s\"} %" PRIu64 "\n",

@@ -17,6 +17,7 @@
 
 #include <libwebsockets.h>
 #include <malloc.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
@@ -24,6 +25,7 @@
 #include <uthash.h>
 #include <utlist.h>
 
+#include "cidr.h"
 #include "log.h"
 #include "proto.h"
 #include "session.h"
@@ -52,10 +54,19 @@ static_assert(LWS_PRE <= MSGBUF_HEADROOM, "msgbuf headroom must hold LWS_PRE");
 #define SERVER_RX_KEEP 16384
 /* fds kept free for the listener, logs and later engines. */
 #define SERVER_FD_RESERVE 64
+/* A refused flood from one address logs one line per this many seconds. */
+#define SERVER_REFUSAL_LOG_EVERY 10.0
+/* lws' header pool never smaller than this (a tiny max_connections). */
+#define SERVER_HEADER_POOL_MIN 32
 
+/* Per peer address: its WebSocket connections (max_connections_per_ip) and
+ * its connections that are not a WebSocket yet (max_pending_per_ip). Freed
+ * when both are 0. */
 struct server_ip {
 	char ip[48];
-	uint32_t count;
+	uint32_t count;                /* established WebSocket connections */
+	uint32_t pending;              /* accepted, still in TLS/HTTP: see server_accept */
+	double refusal_logged;         /* last log line about a pending refusal */
 	UT_hash_handle hh;
 };
 
@@ -96,6 +107,10 @@ struct server {
 	struct hub *hub;
 	struct lws_context *ctx;
 	struct lws_vhost *vh;
+	struct lws_vhost *api_vh;      /* [api] listener, NULL: /metrics and /healthz on vh */
+	int api_port;
+	struct cidr allow[CONFIG_API_ALLOW_MAX];   /* api.allow, parsed */
+	size_t nallow;
 	void *foreign_loops[1];
 	struct conn *conns;
 	size_t nconns;
@@ -114,6 +129,9 @@ struct server {
 	long max_conns;                /* min(max_connections, what fits in fds) */
 	long fd_limit;
 	struct server_ip *ips;
+	size_t npending;               /* sum of every server_ip.pending */
+	struct server_ip *accepting;   /* counted at accept, not yet bound to its wsi */
+	int accepting_fd;              /* its socket */
 	int port;
 	int draining;
 	void (*on_drained)(void *);
@@ -236,6 +254,59 @@ static struct server_ip *server_ip_get(struct server *srv, const char *ip)
 	return e;
 }
 
+/*
+ * The peer address of socket fd as text, IPv4-mapped IPv6 shown as IPv4, so
+ * that the per-address counts agree whichever way a peer came in. -1 when
+ * the peer is already gone.
+ */
+static int server_peer_ip(int fd, char *buf, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&ss;
+	const void *a;
+	int af = AF_INET;
+
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) < 0)
+		return -1;
+	if (ss.ss_family == AF_INET) {
+		a = &((const struct sockaddr_in *)&ss)->sin_addr;
+	} else if (ss.ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+		a = &s6->sin6_addr.s6_addr[12];
+	} else if (ss.ss_family == AF_INET6) {
+		af = AF_INET6;
+		a = &s6->sin6_addr;
+	} else {
+		snprintf(buf, len, "local");
+		return 0;
+	}
+	return inet_ntop(af, a, buf, (socklen_t)len) ? 0 : -1;
+}
+
+/* The entry for ip, created at 0/0 if there is none; NULL out of memory. */
+static struct server_ip *server_ip_ref(struct server *srv, const char *ip)
+{
+	struct server_ip *e = server_ip_get(srv, ip);
+
+	if (e)
+		return e;
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		return NULL;
+	snprintf(e->ip, sizeof(e->ip), "%s", ip);
+	HASH_ADD_STR(srv->ips, ip, e);
+	return e;
+}
+
+/* Frees e once nothing counts on it any more. */
+static void server_ip_unref(struct server *srv, struct server_ip *e)
+{
+	if (e->count == 0 && e->pending == 0) {
+		HASH_DEL(srv->ips, e);
+		free(e);
+	}
+}
+
 static void conn_http_reset(struct conn *c)
 {
 	if (c && c->http_body) {
@@ -253,23 +324,17 @@ static int conn_open(struct server *srv, struct lws *wsi, struct conn *c)
 	memset(c, 0, sizeof(*c));
 	c->wsi = wsi;
 	c->srv = srv;
-	lws_get_peer_simple(wsi, ip, sizeof(ip));
-	c->ip = server_ip_get(srv, ip);
-	if (!c->ip) {
-		c->ip = calloc(1, sizeof(*c->ip));
-		if (!c->ip)
-			return -1;
-		snprintf(c->ip->ip, sizeof(c->ip->ip), "%s", ip);
-		HASH_ADD_STR(srv->ips, ip, c->ip);
-	}
+	if (server_peer_ip(lws_get_socket_fd(wsi), ip, sizeof(ip)) < 0)
+		return -1;   /* the peer left during the upgrade */
+	c->ip = server_ip_ref(srv, ip);
+	if (!c->ip)
+		return -1;
 	c->ip->count++;
 	c->sess = hub_session_register(srv->hub, c);
 	if (!c->sess) {
 		log_error(NULL, "out of memory registering a session from %s", ip);
-		if (--c->ip->count == 0) {
-			HASH_DEL(srv->ips, c->ip);
-			free(c->ip);
-		}
+		c->ip->count--;
+		server_ip_unref(srv, c->ip);
 		return -1;
 	}
 	c->next = srv->conns;
@@ -364,10 +429,8 @@ static void conn_release(struct server *srv, struct conn *c, int socket_gone)
 		c->next->prev = c->prev;
 	srv->nconns--;
 	srv->released_since_trim++;
-	if (--c->ip->count == 0) {
-		HASH_DEL(srv->ips, c->ip);
-		free(c->ip);
-	}
+	c->ip->count--;
+	server_ip_unref(srv, c->ip);
 	c->ip = NULL;
 	log_debug(c->sess->id, "released");
 	hub_session_unregister(srv->hub, c->sess);
@@ -476,6 +539,14 @@ static void server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
  * iteration is serviced again at the end of it (server_on_check), while the
  * kernel holds more for it, up to SERVER_REREAD_ROUNDS chunks.
  *
+ * Only plain TCP connections are read again. lws' own io callback starts
+ * its idle watcher after servicing a socket, and that is what later
+ * services data OpenSSL has already decrypted but lws has not delivered
+ * (its "TLS pending" list); a direct lws_service_fd() from here does not,
+ * so a ping could sit in OpenSSL's buffer unanswered, and under a heavy
+ * upload lws 4.1 spun in that loop without returning. The kernel's FIONREAD
+ * does not see OpenSSL's buffer anyway.
+ *
  * A reader is not read again once it has sent a quarter of its queue bound
  * in messages this iteration: replies that wait for the storage commit are
  * not in its queue yet, so conn_rx_check cannot see them, and every message
@@ -525,7 +596,7 @@ static void server_on_check(struct ev_loop *loop, ev_check *w, int revents)
 			srv->rx_more[i] = NULL;
 			c->rx_more = 0;
 			c->rx_round = 0;
-			if (!c->established || c->close_code || c->rx_paused ||
+			if (!c->established || c->close_code || c->rx_paused || c->tls ||
 			    4 * c->rx_msgs >= l->send_queue_messages ||
 			    ioctl(c->fd, FIONREAD, &avail) || avail <= 0)
 				continue;
@@ -666,6 +737,10 @@ static int conn_send_plain(struct server *srv, struct conn *c)
 				      iov[k].iov_len - (size_t)w, LWS_WRITE_RAW) < 0)
 				return -1;
 			hub_session_consumed(srv->hub, c->sess, k + 1, srv->write_now);
+			/* lws tries to send it at once: if the kernel took it all,
+			 * lws holds nothing and will not call back, so go on. */
+			if (!lws_partial_buffered(c->wsi))
+				continue;
 			c->out_blocked = 1;   /* lws calls back once it is out */
 			return 1;
 		}
@@ -822,14 +897,103 @@ static int server_admit(struct server *srv, struct lws *wsi)
 	if ((long)srv->nconns >= srv->max_conns)
 		return server_refuse(srv, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE,
 				     METRICS_REFUSED_MAX_CONNECTIONS, "too many connections");
-	if (cfg->max_connections_per_ip > 0) {
-		lws_get_peer_simple(wsi, ip, sizeof(ip));
+	if (cfg->max_connections_per_ip > 0 &&
+	    server_peer_ip(lws_get_socket_fd(wsi), ip, sizeof(ip)) == 0) {
 		e = server_ip_get(srv, ip);
 		if (e && (long)e->count >= cfg->max_connections_per_ip)
 			return server_refuse(srv, wsi, HTTP_STATUS_SERVICE_UNAVAILABLE,
 					     METRICS_REFUSED_MAX_PER_IP, "too many connections from this address");
 	}
 	return 0;
+}
+
+/* ---- connections that are not a WebSocket yet --------------------------- */
+
+/*
+ * Slowloris: a peer holds connections in the TLS or HTTP header phase by
+ * trickling bytes, and each holds one of lws' header buffers, which are
+ * shared by everyone. Such connections are counted per address from
+ * accept(), before lws allocates anything for them, and refused beyond
+ * server.max_pending_per_ip. The count is bound to the new wsi (as its
+ * opaque user data) in SERVER_NEW_CLIENT_INSTANTIATED, which lws issues for
+ * that very socket right after FILTER_NETWORK_CONNECTION (WSI_CREATE comes
+ * too early: lws clears the opaque pointer after it), and released once, by
+ * server_pending_done(): when the connection becomes a WebSocket
+ * (ESTABLISHED) or when lws destroys the wsi, whichever comes first.
+ */
+static void server_pending_release(struct server *srv, struct server_ip *e)
+{
+	e->pending--;
+	srv->npending--;
+	server_ip_unref(srv, e);
+}
+
+/* lws gave up on the last accepted socket before it had a wsi for it (out
+ * of memory, no room in its fd table): the socket is closed and no callback
+ * will release its count. */
+static void server_pending_drop_stray(struct server *srv)
+{
+	if (srv->accepting) {
+		server_pending_release(srv, srv->accepting);
+		srv->accepting = NULL;
+	}
+}
+
+/* FILTER_NETWORK_CONNECTION for a socket just accepted: 0 keep it, 1 lws
+ * closes it. */
+static int server_accept(struct server *srv, int fd)
+{
+	static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
+				   "Content-Length: 0\r\nConnection: close\r\n\r\n";
+	long cap = srv->cfg->max_pending_per_ip;
+	double now = ev_now(srv->loop);
+	struct server_ip *e;
+	char ip[48];
+
+	server_pending_drop_stray(srv);
+	if (server_peer_ip(fd, ip, sizeof(ip)) < 0 || !(e = server_ip_ref(srv, ip)))
+		return 1;
+	if (cap > 0 && e->pending >= (uint32_t)cap) {
+		srv->m->refused[METRICS_REFUSED_MAX_PENDING_PER_IP]++;
+		if (now - e->refusal_logged >= SERVER_REFUSAL_LOG_EVERY) {
+			e->refusal_logged = now;
+			log_info(NULL, "refusing connections from %s: %ld already in their handshake "
+				 "(server.max_pending_per_ip)", ip, cap);
+		}
+		/* A plain HTTP client learns why; best effort, never blocks.
+		 * A TLS client could not read it: it just sees the close. */
+		if (!srv->cfg->tls_cert[0])
+			(void)!send(fd, busy, sizeof(busy) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+		server_ip_unref(srv, e);
+		return 1;
+	}
+	e->pending++;
+	srv->npending++;
+	srv->accepting = e;
+	srv->accepting_fd = fd;
+	return 0;
+}
+
+/* SERVER_NEW_CLIENT_INSTANTIATED: the wsi of the socket server_accept()
+ * just counted. */
+static void server_pending_bind(struct server *srv, struct lws *wsi)
+{
+	if (!srv->accepting || lws_get_socket_fd(wsi) != srv->accepting_fd ||
+	    lws_get_opaque_user_data(wsi))
+		return;   /* not that socket's wsi (an h2 stream, say) */
+	lws_set_opaque_user_data(wsi, srv->accepting);
+	srv->accepting = NULL;
+}
+
+/* The connection upgraded or is gone: its pending count is released. */
+static void server_pending_done(struct server *srv, struct lws *wsi)
+{
+	struct server_ip *e = lws_get_opaque_user_data(wsi);
+
+	if (!e)
+		return;
+	lws_set_opaque_user_data(wsi, NULL);
+	server_pending_release(srv, e);
 }
 
 /* ---- HTTP --------------------------------------------------------------- */
@@ -852,6 +1016,7 @@ static struct msgbuf *server_metrics(struct server *srv)
 {
 	struct metrics_gauges g = {
 		.connections = srv->nconns,
+		.pending = srv->npending,
 		.sessions = hub_session_count(srv->hub),
 		.rooms = hub_room_count(srv->hub),
 		.queue_bytes = hub_queue_bytes(srv->hub),
@@ -883,6 +1048,35 @@ static int server_add_page_headers(struct lws *wsi, const char *type, unsigned c
 					   (const unsigned char *)"no-referrer", 11, p, end);
 }
 
+/* api.allow, parsed once per (re)load; the config loader has checked every
+ * entry, so none fails here. */
+static void server_load_allow(struct server *srv, const struct config *cfg)
+{
+	size_t i;
+
+	srv->nallow = 0;
+	for (i = 0; i < cfg->api_allow_count && i < CONFIG_API_ALLOW_MAX; i++)
+		if (cidr_parse(cfg->api_allow[i], &srv->allow[srv->nallow]) == 0)
+			srv->nallow++;
+}
+
+/* May this peer read /metrics and /healthz? Any peer when api.allow is []. */
+static int server_api_allowed(struct server *srv, struct lws *wsi)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	size_t i;
+
+	if (!srv->nallow)
+		return 1;
+	if (getpeername(lws_get_socket_fd(wsi), (struct sockaddr *)&ss, &sl) < 0)
+		return 0;
+	for (i = 0; i < srv->nallow; i++)
+		if (cidr_match(&srv->allow[i], (struct sockaddr *)&ss))
+			return 1;
+	return 0;
+}
+
 static int server_http_status(struct lws *wsi, unsigned status, const char *what)
 {
 	if (lws_return_http_status(wsi, status, what))
@@ -890,18 +1084,29 @@ static int server_http_status(struct lws *wsi, unsigned status, const char *what
 	return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
-static int server_http(struct server *srv, struct lws *wsi, struct conn *c, const char *uri)
+/*
+ * One HTTP GET. /metrics and /healthz are served on the [api] listener when
+ * there is one (on_api) and then nowhere else: the chat port answers 404
+ * for them as for any unknown path. Wherever they are served, api.allow
+ * decides who may read them. The API listener serves nothing else.
+ */
+static int server_http(struct server *srv, struct lws *wsi, struct conn *c, const char *uri, int on_api)
 {
 	unsigned char hdr[LWS_PRE + 1536], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof(hdr) - 1;
 	unsigned status = HTTP_STATUS_OK;
 	const struct webasset *asset;
 	const char *type;
 	struct msgbuf *body;
+	int api_path = strcmp(uri, "/healthz") == 0 || strcmp(uri, "/metrics") == 0;
 
 	if (!c)
 		return -1;
 	if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0)
 		return server_http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, "only GET is served");
+	if (api_path ? !on_api && srv->api_vh : on_api)
+		return server_http_status(wsi, HTTP_STATUS_NOT_FOUND, "not found");
+	if (api_path && !server_api_allowed(srv, wsi))
+		return server_http_status(wsi, HTTP_STATUS_FORBIDDEN, "forbidden");
 	if (strcmp(uri, "/healthz") == 0) {
 		body = server_healthz(srv);
 		type = "application/json";
@@ -996,10 +1201,16 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_SSL_INFO:
 		server_tls_event(wsi, in);
 		return 0;
+	case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+		/* user is lws' accept record here, not a struct conn. */
+		return server_accept(srv, (int)(intptr_t)in);
+	case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+		server_pending_bind(srv, wsi);
+		break;
 	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
 		return server_admit(srv, wsi);
 	case LWS_CALLBACK_HTTP:
-		return server_http(srv, wsi, c, in);
+		return server_http(srv, wsi, c, in, 0);
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 		return server_http_write(wsi, c);
 	case LWS_CALLBACK_CLOSED_HTTP:
@@ -1007,6 +1218,7 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		conn_http_reset(c);
 		break;
 	case LWS_CALLBACK_ESTABLISHED:
+		server_pending_done(srv, wsi);
 		return conn_open(srv, wsi, c);
 	case LWS_CALLBACK_RECEIVE:
 		return c ? conn_receive(srv, c, in, len) : -1;
@@ -1017,7 +1229,11 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	case LWS_CALLBACK_SERVER_WRITEABLE:
 		return c ? conn_write(srv, c) : -1;
 	case LWS_CALLBACK_CLOSED:
+		if (c)
+			conn_release(srv, c, 1);
+		break;
 	case LWS_CALLBACK_WSI_DESTROY:
+		server_pending_done(srv, wsi);
 		if (c)
 			conn_release(srv, c, 1);
 		break;
@@ -1026,6 +1242,48 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	}
 	return 0;
 }
+
+/* The [api] listener: plain HTTP, /metrics and /healthz only. Its
+ * connections count against max_pending_per_ip like those of the chat port
+ * (they share the header pool). */
+static int server_api_callback(struct lws *wsi, enum lws_callback_reasons reason,
+			       void *user, void *in, size_t len)
+{
+	struct server *srv = lws_context_user(lws_get_context(wsi));
+	struct conn *c = user;   /* only its http_body is used here */
+
+	switch (reason) {
+	case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+		return server_accept(srv, (int)(intptr_t)in);
+	case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+		server_pending_bind(srv, wsi);
+		break;
+	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+		if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, "no WebSocket here"))
+			return -1;
+		return 1;
+	case LWS_CALLBACK_HTTP:
+		return server_http(srv, wsi, c, in, 1);
+	case LWS_CALLBACK_HTTP_WRITEABLE:
+		return server_http_write(wsi, c);
+	case LWS_CALLBACK_CLOSED_HTTP:
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		conn_http_reset(c);
+		break;
+	case LWS_CALLBACK_WSI_DESTROY:
+		server_pending_done(srv, wsi);
+		conn_http_reset(c);
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+static const struct lws_protocols server_api_protocols[] = {
+	{ "chatd-api", server_api_callback, sizeof(struct conn), 0, 0, NULL, 0 },
+	{ NULL, NULL, 0, 0, 0, NULL, 0 }
+};
 
 static const struct lws_protocols server_protocols[] = {
 	/* rx_buffer_size: lws keeps a receive buffer of this size per
@@ -1052,6 +1310,37 @@ static void server_apply_limits(struct server *srv)
 			 fit > 0 ? fit : 0);
 		srv->max_conns = fit > 0 ? fit : 0;
 	}
+}
+
+/* The header phase in whole seconds (lws' unit): header_timeout, and never
+ * longer than handshake_timeout, which bounds the whole way to hello. */
+static unsigned server_header_secs(const struct config *cfg)
+{
+	return (unsigned)ceil(fmin(cfg->header_timeout, cfg->handshake_timeout));
+}
+
+/* The [api] listener: a second vhost on the same context and loop. */
+static int server_api_listen(struct server *srv, const struct config *cfg, char *err, size_t errlen)
+{
+	struct lws_context_creation_info info;
+
+	memset(&info, 0, sizeof(info));
+	info.port = cfg->api_port;
+	info.iface = cfg->api_listen;
+	info.protocols = server_api_protocols;
+	info.vhost_name = "api";
+	info.timeout_secs = server_header_secs(cfg);
+	info.timeout_secs_ah_idle = server_header_secs(cfg);
+	if (!strchr(cfg->api_listen, ':'))
+		info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+	srv->api_vh = lws_create_vhost(srv->ctx, &info);
+	if (!srv->api_vh) {
+		snprintf(err, errlen, "cannot listen on %s port %d for [api] (address in use or not available?)",
+			 cfg->api_listen, cfg->api_port);
+		return -1;
+	}
+	srv->api_port = lws_get_vhost_listen_port(srv->api_vh);
+	return 0;
 }
 
 struct server *server_new(struct ev_loop *loop, const struct config *cfg,
@@ -1096,11 +1385,21 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 	info.options = LWS_SERVER_OPTION_LIBEV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
 	info.foreign_loops = srv->foreign_loops;
 	info.user = srv;
-	info.max_http_header_pool = 256;
-	info.timeout_secs = (unsigned)ceil(cfg->handshake_timeout);
+	/* The header pool is sized to the connection limit, so that it is
+	 * never what runs out first: the per-address cap on connections still
+	 * in their handshake (server_accept) and header_timeout bound what a
+	 * peer can hold. lws allocates a header buffer (~4.5 KiB) per
+	 * connection in its header phase, not the whole pool. */
+	info.max_http_header_pool = (unsigned short)fmin(fmax((double)srv->max_conns,
+							      SERVER_HEADER_POOL_MIN), 65535);
+	/* lws' own deadlines for the phase before the upgrade: the TLS
+	 * handshake and the wait for a header buffer (timeout_secs), the
+	 * request head once a buffer is held (timeout_secs_ah_idle; bytes
+	 * trickling in do not extend it). */
+	info.timeout_secs = server_header_secs(cfg);
 	if (cfg->tls_cert[0])
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
-	info.timeout_secs_ah_idle = (unsigned)ceil(cfg->handshake_timeout);
+	info.timeout_secs_ah_idle = server_header_secs(cfg);
 	srv->ctx = lws_create_context(&info);
 	if (!srv->ctx) {
 		snprintf(err, errlen, "cannot create the libwebsockets context (libev support missing?)");
@@ -1113,7 +1412,7 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 	info.iface = cfg->listen;
 	info.protocols = server_protocols;
 	info.vhost_name = "chatd";
-	info.timeout_secs = (unsigned)ceil(cfg->handshake_timeout);
+	info.timeout_secs = server_header_secs(cfg);
 	if (!strchr(cfg->listen, ':'))
 		info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
 	if (cfg->tls_cert[0]) {
@@ -1137,6 +1436,13 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 		return NULL;
 	}
 	srv->port = lws_get_vhost_listen_port(srv->vh);
+	if (cfg->api_listen[0] && server_api_listen(srv, cfg, err, errlen) < 0) {
+		lws_context_destroy(srv->ctx);
+		hub_free(srv->hub);
+		free(srv);
+		return NULL;
+	}
+	server_load_allow(srv, cfg);
 	ev_prepare_init(&srv->flush_watcher, server_on_prepare);
 	srv->flush_watcher.data = srv;
 	ev_set_priority(&srv->flush_watcher, EV_MINPRI);
@@ -1158,6 +1464,7 @@ void server_reconfigure(struct server *srv, const struct config *cfg)
 {
 	srv->cfg = cfg;
 	server_apply_limits(srv);
+	server_load_allow(srv, cfg);
 	hub_reconfigure(srv->hub, cfg);
 }
 
@@ -1188,11 +1495,13 @@ void server_free(struct server *srv)
 	ev_timer_stop(srv->loop, &srv->trim_timer);
 	ev_timer_stop(srv->loop, &srv->kick_timer);
 	lws_context_destroy(srv->ctx);
+	server_pending_drop_stray(srv);
 	hub_free(srv->hub);
 	free(srv->rx_more);
 	free(srv);
 }
 
 int server_port(const struct server *srv) { return srv->port; }
+int server_api_port(const struct server *srv) { return srv->api_vh ? srv->api_port : -1; }
 size_t server_connection_count(const struct server *srv) { return srv->nconns; }
 struct hub *server_hub(struct server *srv) { return srv->hub; }

@@ -763,9 +763,20 @@
     window.addEventListener('online', () => { if (st.retryTimer) { st.attempt = 0; connect(); } });
     setInterval(tick, 1000);
 
-    // Shareable link: /?name=alice&room=lobby signs in and joins at once.
-    if (NAME_RE.test(qname)) signIn(qname, '', linkRooms);
-    else $('name').focus();
+    // Shareable link: /?name=alice&room=lobby fills the form but never
+    // signs in by itself. Anyone can craft such a link; opened as is, it would
+    // put the visitor into rooms under a name someone else chose (and save
+    // that name). One click (or Enter) on the prefilled form joins.
+    if (NAME_RE.test(qname)) {
+      const where = linkRooms.length ? ' and join ' + linkRooms.map((r) => '#' + r).join(', ') : '';
+      $('link-notice').textContent = 'This link signs you in as \u201c' + qname + '\u201d' + where +
+        '. Check the name and rooms, then press Join.';
+      $('link-notice').hidden = false;
+      $('signin-button').textContent = 'Join';
+      $('signin-button').focus();
+    } else {
+      $('name').focus();
+    }
   }
 
   init();

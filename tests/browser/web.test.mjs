@@ -179,10 +179,32 @@ bt('rooms, unread counts and direct messages', async (h) => {
   await alice.waitForSelector('button[data-key="#dev"]', { state: 'detached' });
 });
 
-bt('a shareable link signs in, joins and focuses the message box', async (h) => {
+bt('a shareable link alone does not sign in or join', async (h) => {
+  const srv = await h.chatd({ storage: false });
+  const alice = await h.page('alice');
+  await signIn(alice, srv.url, 'alice', 'lobby');
+  // A crafted link, opened by a visitor: nothing is sent, nothing is saved.
+  const visitor = await h.page('visitor');
+  await visitor.goto(srv.url + '/?name=mallory&room=lobby');
+  await sleep(1500);
+  assert.equal(visitor.sent.length, 0, 'no WebSocket frame before a click');
+  assert.equal(await visitor.isVisible('#signin'), true);
+  assert.equal(await visitor.isVisible('#chat'), false);
+  assert.equal(await visitor.evaluate(() => localStorage.getItem('chatd.name')), null, 'the name is not saved');
+  assert.match(await visitor.textContent('#link-notice'), /mallory.*#lobby/);
+  assert.deepEqual(await members(alice), ['alice'], 'nobody joined lobby');
+  const m = await (await fetch(srv.url + '/metrics')).text();
+  assert.match(m, /^chatd_sessions 1$/m, 'only alice has a session');
+});
+
+bt('a shareable link prefills the form; one click joins and focuses the message box', async (h) => {
   const srv = await h.chatd({ storage: false });
   const carol = await h.page('carol');
   await carol.goto(srv.url + '/?name=carol&room=lobby,dev&room=ops');
+  assert.equal(await carol.inputValue('#name'), 'carol');
+  assert.equal(await carol.inputValue('#rooms'), 'lobby, dev, ops');
+  assert.equal(await carol.evaluate(() => document.activeElement.id), 'signin-button', 'Join has the focus');
+  await carol.keyboard.press('Enter');
   for (const r of ['lobby', 'dev', 'ops']) await waitJoined(carol, r);
   assert.equal(await carol.getAttribute('button[data-key="#lobby"]', 'aria-current'), 'true');
   assert.equal(await carol.evaluate(() => document.activeElement.id), 'msg');
@@ -202,6 +224,7 @@ bt('a shareable link signs in, joins and focuses the message box', async (h) => 
   // A name already online is refused on the form.
   const other = await h.page('carol2');
   await other.goto(srv.url + '/?name=carol&room=lobby');
+  await other.click('#signin-button');
   await other.waitForSelector('#signin-error:has-text("already online")');
   assert.equal(await other.isVisible('#signin'), true);
 });
@@ -417,6 +440,7 @@ bt('usable on a narrow screen', async (h) => {
   const srv = await h.chatd({ storage: false });
   const page = await h.page('narrow', { width: 360, height: 700 });
   await page.goto(srv.url + '/?name=nina&room=lobby,dev');
+  await page.click('#signin-button');
   await waitJoined(page, 'dev');
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
   assert.ok(overflow <= 0, `no horizontal scrolling (overflow ${overflow}px)`);

@@ -134,14 +134,16 @@ def free_port():
 # ---------------------------------------------------------------------------
 # HTTP
 
-def http_get(port, path, headers=None, timeout=5.0, tls=False):
+def http_get(port, path, headers=None, timeout=5.0, tls=False, source=None):
     """GET http(s)://127.0.0.1:port/path -> (status, {lower-case header: value}, body bytes).
-    tls=True: https without certificate checks (tests' self-signed certificates)."""
+    tls=True: https without certificate checks (tests' self-signed certificates).
+    source: the local address to connect from (any of 127.0.0.0/8), default 127.0.0.1."""
+    src = (source, 0) if source else None
     if tls:
-        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout,
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, source_address=src,
                                            context=ssl._create_unverified_context())
     else:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=src)
     try:
         conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()

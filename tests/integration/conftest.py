@@ -92,6 +92,14 @@ class ChatdServer:
         self.stopped = False
         self.preexec = None          # extra child setup (e.g. resource limits)
         self.expected_rc = 0         # exit status teardown expects (-9 for a node a test kills)
+        self.probe_source = None     # address the readiness probe comes from (api.allow tests)
+        self.wrapper = []            # command that execs chatd (a sandbox), same pid
+
+    @property
+    def api_port(self):
+        """The [api] listener's port (plain HTTP, /metrics and /healthz), or None."""
+        api = self.config.get("api", {})
+        return api.get("port") if api.get("listen") else None
 
     @property
     def tls(self):
@@ -125,7 +133,7 @@ class ChatdServer:
                 resource.setrlimit(resource.RLIMIT_NOFILE, rlimit_nofile)
             if extra is not None:
                 extra()
-        self.proc = subprocess.Popen([chatd_bin(), "-c", self.config_path], stdout=self.logf,
+        self.proc = subprocess.Popen(self.wrapper + [chatd_bin(), "-c", self.config_path], stdout=self.logf,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=chatd_env(), cwd=str(self.dir), preexec_fn=preexec)
         deadline = time.monotonic() + scaled(timeout)
@@ -134,7 +142,12 @@ class ChatdServer:
             if rc is not None:
                 raise AssertionError("chatd exited with %d during startup\n%s" % (rc, self.log_tail()))
             try:
-                status, _, _ = http_get(self.port, "/healthz", timeout=1.0, tls=self.tls)
+                if self.api_port:
+                    status, _, _ = http_get(self.api_port, "/healthz", timeout=1.0,
+                                            source=self.probe_source)
+                else:
+                    status, _, _ = http_get(self.port, "/healthz", timeout=1.0, tls=self.tls,
+                                            source=self.probe_source)
                 if status == 200 or (not healthy and status == 503):
                     return self
             except OSError:
@@ -195,7 +208,10 @@ class ChatdServer:
         return http_get(self.port, path, **kw)
 
     def metrics(self):
-        status, hdrs, body = http_get(self.port, "/metrics", tls=self.tls)
+        if self.api_port:
+            status, hdrs, body = http_get(self.api_port, "/metrics")
+        else:
+            status, hdrs, body = http_get(self.port, "/metrics", tls=self.tls)
         assert status == 200, "/metrics -> %d %r" % (status, body[:200])
         return parse_metrics(body.decode())
 

@@ -22,7 +22,8 @@ import time
 import pytest
 
 from chatd_helpers import (OP_BINARY, OP_CONT, OP_PING, OP_TEXT, Client, RawWS,
-                           _upgrade_request, _ws_key, encode_frame, run, scaled, wait_until)
+                           _upgrade_request, _ws_key, encode_frame, http_get, run, scaled,
+                           wait_until)
 
 SEED = 0xC4A7D
 HANDSHAKE_TIMEOUT = 2      # the fixture's default server.handshake_timeout
@@ -80,6 +81,8 @@ def wait_gauges_zero(srv, timeout):
         last.clear()
         last.update({k: m.value(k) for k in ("chatd_connections", "chatd_sessions",
                                              "chatd_queue_bytes", "chatd_queue_messages")})
+        # Not a WebSocket: only the request that reads these metrics.
+        last["chatd_connections_pending - 1"] = m.value("chatd_connections_pending") - 1
         return all(v == 0 for v in last.values())
     try:
         wait_until(pred, timeout, interval=0.05, what="connection, session and queue gauges back to 0")
@@ -538,3 +541,255 @@ def test_hostile_mix_then_recovers(chatd):
     assert not [t for t in threads if t.is_alive()], "hostile clients still running"
     assert not errors, "\n".join(errors)
     check_recovered(srv)
+
+
+# ---------------------------------------------------------------------------
+# slowloris from one address against everyone else
+
+class Slowloris:
+    """n sockets from source address src, each sending a partial upgrade
+    request and then one header line every `every` seconds, never ending the
+    head. A socket the server closes (or refuses) is opened again after
+    `reopen` seconds, as a real attacker would. Runs in a thread until stop();
+    bounded by n sockets and by the caller's duration."""
+
+    def __init__(self, port, src, n, every=2.0, reopen=0.1):
+        self.port, self.src, self.n, self.every, self.reopen = port, src, n, every, reopen
+        self.stop_ev = threading.Event()
+        self.opened = 0          # connections the server accepted and kept past a first line
+        self.dropped = 0         # connections the server ended
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        self.stop_ev.set()
+        self.thread.join(10)
+
+    def _open(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((self.src, 0))
+        s.settimeout(1.0)
+        try:
+            s.connect(("127.0.0.1", self.port))
+            s.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
+        except OSError:
+            s.close()
+            return None
+        s.setblocking(False)
+        self.opened += 1
+        return s
+
+    def _run(self):
+        import selectors
+        sel = selectors.DefaultSelector()
+        due = {}                    # socket -> time of its next header line
+        reopen_at = [time.monotonic()] * self.n
+        line = 0
+        try:
+            while not self.stop_ev.is_set():
+                now = time.monotonic()
+                for i, t in enumerate(reopen_at):
+                    if t is not None and t <= now and not self.stop_ev.is_set():
+                        s = self._open()
+                        if s is None:
+                            reopen_at[i] = now + self.reopen
+                            continue
+                        reopen_at[i] = None
+                        due[s] = (i, now + self.every)
+                        sel.register(s, selectors.EVENT_READ)
+                for key, _ in sel.select(timeout=0.05):
+                    s = key.fileobj
+                    try:
+                        data = s.recv(4096)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if data == b"" or data.startswith(b"HTTP/"):
+                        i, _ = due.pop(s)
+                        sel.unregister(s)
+                        s.close()
+                        self.dropped += 1
+                        reopen_at[i] = time.monotonic() + self.reopen
+                now = time.monotonic()
+                for s, (i, t) in list(due.items()):
+                    if t <= now:
+                        line += 1
+                        try:
+                            s.send(b"X-Slow-%d: aaaaaaaa\r\n" % line)
+                        except OSError:
+                            pass
+                        due[s] = (i, now + self.every)
+        finally:
+            for s in due:
+                sel.unregister(s)
+                s.close()
+            sel.close()
+
+
+def probe_from_elsewhere(port):
+    """One /healthz and one WebSocket hello from 127.0.0.1 -> seconds each took
+    (None: no answer within 5 s)."""
+    t0 = time.monotonic()
+    try:
+        status, _, _ = http_get(port, "/healthz", timeout=5.0)
+        health = time.monotonic() - t0 if status == 200 else None
+    except OSError:
+        health = None
+    t0 = time.monotonic()
+    try:
+        raw = RawWS.connect(port, timeout=5.0)
+        try:
+            raw.hello("probe%d" % next(_names))
+            ws = time.monotonic() - t0
+        finally:
+            raw.close()
+    except (OSError, AssertionError):
+        ws = None
+    return health, ws
+
+
+def test_slowloris_from_one_address_does_not_lock_out_others(chatd):
+    """400 sockets from 127.0.0.2 hold partial upgrade requests, one header
+    line every 2 s, reopening whatever the server closes. Meanwhile, for
+    several seconds, /healthz and a WebSocket hello from 127.0.0.1 must each
+    answer within a second, every time. The server runs with the default
+    timeouts (handshake 10 s) and header pool: what an operator gets."""
+    srv = chatd({"server": {"handshake_timeout": 10, "max_connections": 2000}})
+    limit = scaled(1.0)
+    with Slowloris(srv.port, "127.0.0.2", 400) as attack:
+        time.sleep(2.5)                          # the attack is in place
+        results = []
+        t_end = time.monotonic() + 6.0
+        while time.monotonic() < t_end:
+            results.append(probe_from_elsewhere(srv.port))
+            time.sleep(0.25)
+        attacker_conns = attack.opened
+    slow = [r for r in results if r[0] is None or r[0] > limit or r[1] is None or r[1] > limit]
+    assert attacker_conns >= 50, "the attack never got going: %d connections" % attacker_conns
+    assert not slow, "%d of %d probes slower than %.1fs (healthz s, hello s): %r" % (
+        len(slow), len(results), limit, slow[:10])
+    check_recovered(srv)
+
+
+def partial_from(port, src):
+    """A connection from src with half an upgrade request in it."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((src, 0))
+    s.settimeout(scaled(3.0))
+    s.connect(("127.0.0.1", port))
+    send_quietly(s, b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    return s
+
+
+def refused_now(s):
+    """True when the server answered s with its 503 and hung up at once."""
+    try:
+        data = s.recv(4096)
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+    return data == b"" or data.startswith(b"HTTP/1.1 503")
+
+
+def test_pending_per_ip_cap_counts_until_upgrade_or_close(chatd):
+    """server.max_pending_per_ip: an address holds at most that many
+    connections that are not a WebSocket yet; the next is answered 503 and
+    closed at accept; other addresses are not affected; a slot comes back
+    when one of them closes and when one of them completes its upgrade."""
+    srv = chatd({"server": {"max_pending_per_ip": 4}})
+    held = [partial_from(srv.port, "127.0.0.2") for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        extra = partial_from(srv.port, "127.0.0.2")
+        assert refused_now(extra), "a 5th pending connection from one address was kept"
+        extra.close()
+        # Another address is not affected, nor is /healthz.
+        other = partial_from(srv.port, "127.0.0.3")
+        other.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            other.recv(1)
+        other.close()
+        assert srv.http("/healthz")[0] == 200
+        # One closes: its slot is free again (3 held + this metrics request).
+        held.pop().close()
+        wait_until(lambda: srv.metrics().value("chatd_connections_pending") == 4, scaled(3),
+                   what="the closed connection's slot released")
+        held.append(partial_from(srv.port, "127.0.0.2"))
+        held[-1].settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            held[-1].recv(1)
+        # One completes its upgrade: a WebSocket no longer counts as pending.
+        s = held.pop()
+        send_quietly(s, b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat.v1\r\n\r\n"
+                     % _ws_key().encode())
+        s.settimeout(scaled(3.0))
+        assert s.recv(4096).startswith(b"HTTP/1.1 101"), "upgrade did not complete"
+        more = partial_from(srv.port, "127.0.0.2")
+        more.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            more.recv(1)
+        held += [s, more]
+        m = srv.metrics()
+        assert m.value("chatd_connections_refused_total", reason="max_pending_per_ip") == 1
+        assert m.value("chatd_connections") == 1
+    finally:
+        for s in held:
+            s.close()
+    assert "refusing connections from 127.0.0.2" in srv.log_text()
+    check_recovered(srv)
+
+
+def test_header_timeout_is_shorter_than_handshake_timeout(chatd):
+    """server.header_timeout bounds the request head on its own: with a
+    10 s handshake_timeout and a 1 s header_timeout, a trickling upgrade is
+    dropped after 1-2 s (lws' timers tick once a second)."""
+    srv = chatd({"server": {"handshake_timeout": 10, "header_timeout": 1}})
+    took = slowloris(srv.port, stop_after=scaled(6))
+    assert took is not None and took <= scaled(1) + 1.5, "dropped after %r s" % took
+    check_recovered(srv)
+
+
+def test_pending_per_ip_with_tls_releases_every_handshake(chatd, tmp_path):
+    """Over TLS the count covers the TLS handshake too, and every connection
+    gives its slot back: with a cap of 3, 15 https requests and 10 wss
+    sessions in a row all go through; 3 silent TCP connections (a TLS
+    handshake never started) fill the cap, and a 4th is closed at accept."""
+    import ssl as _ssl
+    from test_auth_tls import make_cert
+    cert, key = make_cert(tmp_path)
+    srv = chatd({"server": {"max_pending_per_ip": 3}, "tls": {"cert": cert, "key": key}})
+    for _ in range(15):
+        assert srv.http("/healthz")[0] == 200
+    ctx = _ssl.create_default_context(cafile=cert)
+    for i in range(10):
+        raw = RawWS.connect(srv.port, ssl_context=ctx)
+        raw.hello("tls%d" % i)
+        raw.close()
+    # Every closed connection seen by the server: only the one asking is left.
+    wait_until(lambda: srv.metrics().value("chatd_connections_pending") == 1, scaled(3),
+               what="closed connections released")
+    silent = [tcp(srv.port) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        extra = tcp(srv.port)
+        extra.settimeout(scaled(2.0))
+        assert refused_now(extra), "a 4th connection in its TLS handshake was kept"
+        extra.close()
+    finally:
+        for s in silent:
+            s.close()
+    def healthy():
+        try:
+            return srv.http("/healthz")[0] == 200
+        except OSError:          # refused: the closes are not seen yet
+            return False
+    wait_until(healthy, scaled(3), what="slots back after the close")

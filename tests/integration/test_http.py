@@ -2,10 +2,11 @@
 
 import asyncio
 import json
+import time
 
 import pytest
 
-from chatd_helpers import http_get, raw_upgrade, run, scaled, wait_until
+from chatd_helpers import free_port, http_get, parse_metrics, raw_upgrade, run, scaled, wait_until
 
 METRIC_NAMES = {
     "chatd_connections": "gauge",
@@ -61,9 +62,12 @@ def test_metrics_names_types_and_values(server):
         family = name[:-len("_total")] if name.endswith("_total") else name
         assert m.types.get(name, m.types.get(family)) == typ, "# TYPE of %s: %r" % (name, m.types)
         assert m.get(name) == 0, "%s should start at 0, is %r" % (name, m.get(name))
-    for reason in ("max_connections", "max_connections_per_ip", "origin"):
+    for reason in ("max_connections", "max_connections_per_ip", "origin", "max_pending_per_ip"):
         v = m.get("chatd_connections_refused_total", reason=reason)
         assert v in (None, 0), (reason, v)
+    # Not a WebSocket: the request reading the metrics, and nothing else.
+    assert m.types.get("chatd_connections_pending") == "gauge", m.types
+    assert m.get("chatd_connections_pending") == 1
 
 
 def test_metrics_follow_activity(server):
@@ -277,3 +281,114 @@ def test_metrics_histograms_limits_and_fds(chatd, tmp_path):
                - m.value("chatd_storage_commit_seconds_total")) < 1e-3
     wait_until(lambda: srv.metrics().value("process_open_fds") <= fds0, scaled(5),
                what="fds back to the idle count")
+
+
+# [api]: /metrics and /healthz on a listener of their own, or to an allowlist
+
+def http_get_from(src, port, path):
+    """GET from source address src (any of 127.0.0.0/8) -> status."""
+    return http_get(port, path, source=src)[0]
+
+
+def test_api_listener_takes_metrics_and_healthz_off_the_chat_port(chatd):
+    api = free_port()
+    srv = chatd({"api": {"listen": "127.0.0.1", "port": api}})
+    # The chat port: the page and WebSockets, but no /metrics, no /healthz.
+    for path in ("/metrics", "/healthz"):
+        assert http_get(srv.port, path)[0] == 404, path
+    assert http_get(srv.port, "/")[0] == 200
+
+    async def chat():
+        c = await srv.client("apiuser")
+        await c.join("lobby")
+        await c.close()
+    run(chat())
+    # The API port: /metrics and /healthz, nothing else, no WebSocket.
+    status, hdrs, body = http_get(api, "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok", (status, body)
+    status, hdrs, body = http_get(api, "/metrics")
+    assert status == 200 and hdrs["content-type"].startswith("text/plain")
+    assert "chatd_connections_total 1" in body.decode()
+    for path in ("/", "/app.js", "/ws", "/nope"):
+        assert http_get(api, path)[0] == 404, path
+    status, _, _ = raw_upgrade(api, path="/ws")
+    assert status == 404
+    assert "serving /metrics and /healthz on http://127.0.0.1:%d only" % api in srv.log_text()
+
+
+def test_api_listener_address_in_use_is_a_clear_error(chatd):
+    import socket as _socket
+    busy = _socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        srv = chatd({"api": {"listen": "127.0.0.1", "port": busy.getsockname()[1]}}, start=False)
+        srv.expected_rc = 1
+        with pytest.raises(AssertionError, match="exited with 1"):
+            srv.start(timeout=5)
+        assert "for [api]" in srv.log_text()
+    finally:
+        busy.close()
+
+
+def test_api_allow_limits_who_reads_metrics_and_healthz(chatd):
+    import signal
+    srv = chatd({"api": {"allow": ["127.0.0.2/32", "10.0.0.0/8", "::1"]}}, start=False)
+    srv.probe_source = "127.0.0.2"
+    srv.start()
+    for path in ("/metrics", "/healthz"):
+        assert http_get_from("127.0.0.1", srv.port, path) == 403, path
+        assert http_get_from("127.0.0.2", srv.port, path) == 200, path
+    assert http_get_from("127.0.0.1", srv.port, "/") == 200, "the page is not behind the allowlist"
+    # Live on reload.
+    srv.rewrite({"api": {"allow": ["127.0.0.0/8"]}})
+    srv.signal(signal.SIGHUP)
+    wait_until(lambda: http_get_from("127.0.0.1", srv.port, "/metrics") == 200, scaled(5),
+               what="api.allow reloaded")
+
+
+def test_api_allow_applies_on_the_api_listener_too(chatd):
+    api = free_port()
+    srv = chatd({"api": {"listen": "127.0.0.1", "port": api, "allow": ["127.0.0.3"]}}, start=False)
+    srv.probe_source = "127.0.0.3"
+    srv.start()
+    assert http_get_from("127.0.0.1", api, "/healthz") == 403
+    assert http_get_from("127.0.0.3", api, "/healthz") == 200
+    assert http_get_from("127.0.0.3", srv.port, "/healthz") == 404
+
+
+def test_api_listener_connections_count_as_pending(chatd):
+    """The API listener shares lws' header pool, so its connections count
+    against server.max_pending_per_ip too, and each gives its slot back."""
+    import socket as _socket
+    api = free_port()
+    srv = chatd({"server": {"max_pending_per_ip": 2}, "api": {"listen": "127.0.0.1", "port": api}})
+    for _ in range(10):
+        assert http_get(api, "/metrics")[0] == 200
+
+    def pending_from_elsewhere():
+        _, _, body = http_get(api, "/metrics", source="127.0.0.2")
+        return parse_metrics(body.decode()).value("chatd_connections_pending")
+    # Every closed request seen by the server: only the one asking is left.
+    wait_until(lambda: pending_from_elsewhere() == 1, scaled(3), what="closed requests released")
+    held = [_socket.create_connection(("127.0.0.1", api)) for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        s = _socket.create_connection(("127.0.0.1", api))
+        s.settimeout(scaled(2.0))
+        assert s.recv(100).startswith(b"HTTP/1.1 503"), "a 3rd pending connection was kept"
+        s.close()
+        # Another address is not affected, and sees the one refusal.
+        status, _, body = http_get(api, "/metrics", source="127.0.0.2")
+        assert status == 200
+        assert 'chatd_connections_refused_total{reason="max_pending_per_ip"} 1\n' in body.decode()
+    finally:
+        for h in held:
+            h.close()
+
+    def healthy():
+        try:
+            return http_get(api, "/healthz")[0] == 200
+        except OSError:
+            return False
+    wait_until(healthy, scaled(3), what="slots back")

@@ -34,6 +34,19 @@ if echo "$out" | grep -i "chatd.service" | grep -qiv "ignoring\|not found in"; t
   fail "systemd-analyze verify reported problems"
 fi
 
+# Hardening (issue 17): resource caps and the sandbox are in the unit, and
+# systemd's own rating of it stays below 2.0 ("OK"); offline, no PID 1 needed.
+for want in '^MemoryHigh=' '^MemoryMax=' '^TasksMax=[0-9]' '^ProtectProc=invisible$' \
+            '^ProcSubset=pid$' '^SystemCallFilter=@system-service$' '^SystemCallFilter=~@privileged @resources$' \
+            '^NoNewPrivileges=yes$' '^CapabilityBoundingSet=$'; do
+  grep -q "$want" "$unit" || fail "unit lacks $want"
+done
+sec=$(systemd-analyze security --offline=yes "$tmp/chatd.service" 2>&1) || true
+score=$(sed -n 's/^.*Overall exposure level for chatd.service: \([0-9.]*\).*$/\1/p' <<<"$sec")
+[ -n "$score" ] || { echo "$sec" >&2; fail "systemd-analyze security gave no score"; }
+awk -v s="$score" 'BEGIN { exit !(s < 2.0) }' || { echo "$sec" >&2; fail "exposure $score, want < 2.0"; }
+echo "systemd-analyze security: exposure $score"
+
 (cd "$build" && cpack -G DEB -B "$tmp/pkg" >/dev/null 2>&1) || fail "cpack -G DEB"
 deb=$(ls "$tmp"/pkg/chatd_*.deb)
 deps=$(dpkg-deb -f "$deb" Depends)

@@ -54,6 +54,9 @@ static void assert_zeroed(const struct config *c)
 	assert_int_equal(c->max_connections_per_ip, 0);
 	assert_null(c->allowed_origins);
 	assert_int_equal(c->allowed_origins_count, 0);
+	assert_null(c->api_listen);
+	assert_null(c->api_allow);
+	assert_int_equal(c->api_allow_count, 0);
 	assert_true(c->heartbeat_interval == 0 && c->heartbeat_timeout == 0);
 	assert_int_equal(c->max_message_bytes, 0);
 	assert_int_equal(c->max_frame_bytes, 0);
@@ -83,6 +86,8 @@ static void assert_defaults(const struct config *c)
 	assert_true(c->shutdown_timeout == 5);
 	assert_int_equal(c->max_connections, 10000);
 	assert_int_equal(c->max_connections_per_ip, 0);
+	assert_int_equal(c->max_pending_per_ip, 32);
+	assert_true(c->header_timeout == 5);
 	assert_null(c->allowed_origins);
 	assert_int_equal(c->allowed_origins_count, 0);
 	assert_true(c->heartbeat_interval == 25);
@@ -157,7 +162,13 @@ static void test_every_key(void **state)
 		"shutdown_timeout = 0\n"
 		"max_connections = 500\n"
 		"max_connections_per_ip = 7\n"
+		"max_pending_per_ip = 3\n"
+		"header_timeout = 1.5\n"
 		"allowed_origins = [\"https://chat.example.com\", \"http://localhost:8080\"]\n"
+		"[api]\n"
+		"listen = \"127.0.0.1\"\n"
+		"port = 9100\n"
+		"allow = [\"10.0.0.0/8\", \"::1\"]\n"
 		"[heartbeat]\n"
 		"interval = 0.5\n"
 		"timeout = 1.25\n"
@@ -188,9 +199,15 @@ static void test_every_key(void **state)
 	assert_true(c.shutdown_timeout == 0);
 	assert_int_equal(c.max_connections, 500);
 	assert_int_equal(c.max_connections_per_ip, 7);
+	assert_int_equal(c.max_pending_per_ip, 3);
+	assert_true(c.header_timeout == 1.5);
 	assert_int_equal(c.allowed_origins_count, 2);
 	assert_string_equal(c.allowed_origins[0], "https://chat.example.com");
 	assert_string_equal(c.allowed_origins[1], "http://localhost:8080");
+	assert_string_equal(c.api_listen, "127.0.0.1");
+	assert_int_equal(c.api_port, 9100);
+	assert_int_equal(c.api_allow_count, 2);
+	assert_string_equal(c.api_allow[1], "::1");
 	assert_true(c.heartbeat_interval == 0.5);
 	assert_true(c.heartbeat_timeout == 1.25);
 	assert_int_equal(c.max_message_bytes, 100);
@@ -286,6 +303,18 @@ static void test_out_of_range(void **state)
 	expect_error("[server]\nshutdown_timeout = -0.5\n", "2: server.shutdown_timeout: expected a number >= 0");
 	expect_error("[server]\nmax_connections = 0\n", "2: server.max_connections: expected an integer >= 1");
 	expect_error("[server]\nmax_connections_per_ip = -1\n", "2: server.max_connections_per_ip: expected an integer >= 0");
+	expect_error("[server]\nmax_pending_per_ip = -1\n",
+		     "2: server.max_pending_per_ip: expected an integer in 0..2147483647");
+	expect_error("[server]\nheader_timeout = 0\n", "2: server.header_timeout: expected a number > 0");
+	expect_error("[api]\nallow = [\"10.0.0.0/33\"]\n",
+		     "2: api.allow: expected an array of addresses or ranges such as \"10.0.0.0/8\" or \"::1\"");
+	{
+		char text[4096] = "[api]\nallow = [";
+		for (int i = 0; i < CONFIG_API_ALLOW_MAX + 1; i++)
+			snprintf(text + strlen(text), sizeof text - strlen(text), "%s\"10.0.0.%d\"", i ? ", " : "", i);
+		strcat(text, "]\n");
+		expect_error(text, "2: api.allow: at most 64 ranges");
+	}
 	expect_error("[server]\nallowed_origins = [\"\"]\n",
 		     "2: server.allowed_origins: expected an array of non-empty strings");
 	expect_error("[heartbeat]\ninterval = -1\n", "2: heartbeat.interval: expected a number > 0");

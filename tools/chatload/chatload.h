@@ -21,6 +21,8 @@ enum cl_mode { MODE_IDLE, MODE_FANOUT, MODE_SLOW, MODE_CHURN };
 struct cl_opts {
 	enum cl_mode mode;
 	int raw;                   /* any text frame is a delivery; no chat.v1 */
+	int tls;                   /* wss:// */
+	char tls_ca[256];          /* --tls-verify CAFILE; "" = no verification */
 	uint32_t dst_addr;         /* host order, 127.x.y.z */
 	uint16_t dst_port;
 	uint16_t extra_ports[3];   /* --url given again: clients alternate over the ports */
@@ -120,6 +122,13 @@ struct wresult {
 	uint32_t series_count[SERIES_MAX];
 	char first_error[160];
 };
+
+/* tls.c: a TLS client context for wss:// (one per worker); NULL and err on
+ * failure. The caller owns it (SSL_CTX_free). */
+struct ssl_ctx_st;
+struct ssl_ctx_st *cl_tls_ctx_new(const struct cl_opts *o, char *err, size_t errlen);
+/* Text for the last failed TLS call (a static buffer); clears the error queue. */
+const char *cl_tls_error(int ssl_err);
 
 /* worker.c */
 void worker_main(const struct cl_opts *o, uint32_t wid, int rfd, int wfd) __attribute__((noreturn));

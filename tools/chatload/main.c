@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <openssl/ssl.h>
 
 #include "chatload.h"
 
@@ -52,7 +53,7 @@ static uint32_t slow_n;
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: chatload --mode idle|fanout|slow|churn --url ws://127.0.0.1:PORT/ws [options]\n"
+		"usage: chatload --mode idle|fanout|slow|churn --url ws[s]://127.0.0.1:PORT/ws [options]\n"
 		"  --raw                 peers: send bare bodies, count any text frame as a delivery\n"
 		"  --clients N           connections (idle, fanout, slow)\n"
 		"  --rooms K             rooms; client i joins room i%%K (raw: ?room=rI on the path when K>1)\n"
@@ -74,6 +75,8 @@ static void usage(FILE *f)
 		"  --max-out BYTES       per-sender unsent backlog bound (default 1 MiB)\n"
 		"  --server-pid PID      read the server's VmRSS and CPU from /proc/PID\n"
 		"  --url URL (again)     up to 4 nodes of one cluster: client i goes to URL i%%N\n"
+		"  --tls-verify CAFILE   wss://: verify the server's certificate against CAFILE and the\n"
+		"                        target address (default: no verification, for loopback benchmarks)\n"
 		"  --label TEXT          copied into the JSON line\n"
 		"  --self-test           check SHA-1, the accept key, frames and the histogram\n"
 		"  -v                    more output on stderr\n"
@@ -88,11 +91,16 @@ static int parse_url(struct cl_opts *o, const char *url)
 	struct in_addr a;
 	long port;
 
-	if (strncmp(url, "ws://", 5) != 0) {
-		fprintf(stderr, "chatload: only ws:// URLs are supported: %s\n", url);
+	if (strncmp(url, "ws://", 5) == 0) {
+		o->tls = 0;
+		h = url + 5;
+	} else if (strncmp(url, "wss://", 6) == 0) {
+		o->tls = 1;
+		h = url + 6;
+	} else {
+		fprintf(stderr, "chatload: only ws:// and wss:// URLs are supported: %s\n", url);
 		return -1;
 	}
-	h = url + 5;
 	slash = strchr(h, '/');
 	colon = memchr(h, ':', slash ? (size_t)(slash - h) : strlen(h));
 	if (!colon) {
@@ -452,7 +460,8 @@ int main(int argc, char **argv)
 		{ "src-ips", 1, 0, 'i' }, { "connect-concurrency", 1, 0, 'C' },
 		{ "setup-timeout", 1, 0, 'T' }, { "settle", 1, 0, 'Z' }, { "max-out", 1, 0, 'o' },
 		{ "server-pid", 1, 0, 'P' }, { "label", 1, 0, 'l' }, { "self-test", 0, 0, 'X' },
-		{ "room-prefix", 1, 0, 'x' }, { "help", 0, 0, 'h' }, { 0, 0, 0, 0 }
+		{ "room-prefix", 1, 0, 'x' }, { "tls-verify", 1, 0, 'V' }, { "help", 0, 0, 'h' },
+		{ 0, 0, 0, 0 }
 	};
 	struct cl_opts o;
 	int opt, have_url = 0;
@@ -494,8 +503,8 @@ int main(int argc, char **argv)
 				 * clients alternate over the ports. */
 				struct cl_opts more = o;
 				if (o.nextra >= 3 || parse_url(&more, optarg) || more.dst_addr != o.dst_addr ||
-				    strcmp(more.path, o.path)) {
-					fprintf(stderr, "chatload: up to 4 --url, same host and path, other ports\n");
+				    more.tls != o.tls || strcmp(more.path, o.path)) {
+					fprintf(stderr, "chatload: up to 4 --url, same scheme, host and path, other ports\n");
 					return 2;
 				}
 				o.extra_ports[o.nextra++] = more.dst_port;
@@ -533,6 +542,13 @@ int main(int argc, char **argv)
 			}
 			strcpy(o.room_prefix, optarg);
 			break;
+		case 'V':
+			if (strlen(optarg) >= sizeof(o.tls_ca)) {
+				fprintf(stderr, "chatload: --tls-verify: path too long\n");
+				return 2;
+			}
+			strcpy(o.tls_ca, optarg);
+			break;
 		case 'X': return cl_self_test();
 		case 'v': o.verbose++; break;
 		case 'h': usage(stdout); return 0;
@@ -542,6 +558,21 @@ int main(int argc, char **argv)
 	if ((int)o.mode < 0 || !have_url) {
 		usage(stderr);
 		return 2;
+	}
+	if (o.tls_ca[0] && !o.tls) {
+		fprintf(stderr, "chatload: --tls-verify needs a wss:// URL\n");
+		return 2;
+	}
+	if (o.tls) {
+		/* Each worker makes its own context after the fork; this one only
+		 * reports a bad CA file before anything starts. */
+		char err[256];
+		struct ssl_ctx_st *ctx = cl_tls_ctx_new(&o, err, sizeof(err));
+		if (!ctx) {
+			fprintf(stderr, "chatload: TLS: %s\n", err);
+			return 2;
+		}
+		SSL_CTX_free(ctx);
 	}
 	/* defaults per mode */
 	switch (o.mode) {
@@ -786,8 +817,8 @@ int main(int argc, char **argv)
 			ok = tot.connected == o.clients && lost <= 0 && tot.delivered > 0;
 
 		fprintf(f, "{\"tool\":\"chatload\",\"version\":\"%s\",\"mode\":\"%s\",\"label\":\"%s\",\"proto\":\"%s\","
-			"\"target\":\"%s%s\"", CL_VERSION, mode_name(o.mode), o.label, o.raw ? "raw" : "chat.v1",
-			o.host, o.path);
+			"\"target\":\"%s%s\",\"tls\":%s", CL_VERSION, mode_name(o.mode), o.label, o.raw ? "raw" : "chat.v1",
+			o.host, o.path, o.tls ? "true" : "false");
 		if (o.mode == MODE_CHURN) {
 			jint(f, "concurrency", o.concurrency);
 			jint(f, "cycles_target", (long long)o.cycles);

@@ -8,6 +8,12 @@
  * Client i (global index) belongs to worker i % W, to room i % K; clients
  * 0..S-1 are the senders, the last slow_clients ones (slow mode) never read
  * after their join.
+ *
+ * wss:// targets: one SSL_CTX per worker, one SSL* per connection on the same
+ * non-blocking socket. The TLS handshake runs in C_CONNECTING; afterwards
+ * every read and write goes through SSL_read/SSL_write, whose WANT_READ /
+ * WANT_WRITE become epoll interest. Plain ws:// connections have c->ssl ==
+ * NULL and take the plain recv()/send() branch.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -23,6 +29,8 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "chatload.h"
 
@@ -42,6 +50,10 @@ struct conn {
 	int fd;
 	uint8_t state;
 	uint8_t is_sender, is_slow, muted, in_frag, in_setup;
+	uint8_t tls_wr_wants_rd;   /* SSL_write said WANT_READ: retry it when readable */
+	uint8_t tls_rd_wants_wr;   /* SSL_read said WANT_WRITE: retry it when writable */
+	uint8_t tls_dead;          /* a fatal TLS error: no close_notify */
+	SSL *ssl;                  /* wss:// only; owned, freed in conn_close_fd */
 	uint32_t ev;               /* epoll events registered */
 	uint32_t idx;              /* global client index, or churn slot */
 	uint32_t room;
@@ -65,6 +77,7 @@ static struct {
 	const struct cl_opts *o;
 	uint32_t wid;
 	int epfd, rfd, wfd;
+	SSL_CTX *ssl_ctx;          /* wss:// only */
 	struct conn *conns;
 	uint32_t nconns;
 	struct conn **senders;
@@ -160,7 +173,7 @@ static void set_events(struct conn *c, uint32_t ev)
 
 static uint32_t base_events(struct conn *c)
 {
-	return c->muted ? 0 : EPOLLIN;
+	return (c->muted ? 0 : EPOLLIN) | (c->tls_rd_wants_wr ? EPOLLOUT : 0);
 }
 
 /* ---- connection teardown ---- */
@@ -189,8 +202,23 @@ static void conn_free_bufs(struct conn *c)
 	c->in_frag = 0;
 }
 
+/* The one release path of a connection's TLS state. A best-effort
+ * close_notify (one non-blocking try) when the session is healthy. */
+static void conn_free_tls(struct conn *c)
+{
+	if (!c->ssl)
+		return;
+	if (!c->tls_dead && SSL_is_init_finished(c->ssl))
+		SSL_shutdown(c->ssl);
+	SSL_free(c->ssl);
+	ERR_clear_error();
+	c->ssl = NULL;
+	c->tls_wr_wants_rd = c->tls_rd_wants_wr = c->tls_dead = 0;
+}
+
 static void conn_close_fd(struct conn *c)
 {
+	conn_free_tls(c);
 	if (c->fd >= 0) {
 		epoll_ctl(W.epfd, EPOLL_CTL_DEL, c->fd, NULL);
 		close(c->fd);
@@ -209,6 +237,9 @@ static void conn_fail(struct conn *c, const char *why)
 
 	if (c->fd < 0)
 		return;
+	/* a failed TLS handshake is a handshake failure, not a connect failure */
+	if (st == C_CONNECTING && c->ssl)
+		st = C_HANDSHAKE;
 	if (W.o->verbose > 1)
 		fprintf(stderr, "chatload[%u]: conn %u (%s): %s\n", W.wid, c->idx, c->name, why);
 	conn_close_fd(c);
@@ -238,11 +269,47 @@ static void conn_fail(struct conn *c, const char *why)
 
 /* ---- output ---- */
 
+/* One SSL_write of the unsent output: bytes taken (> 0), 0 when TLS must
+ * wait (epoll interest set), -1 when c failed. */
+static ssize_t tls_write(struct conn *c)
+{
+	uint32_t len = c->out_len - c->out_off;
+	int n = SSL_write(c->ssl, c->out + c->out_off, len > INT32_MAX ? INT32_MAX : (int)len);
+	int e;
+
+	if (n > 0) {
+		c->tls_wr_wants_rd = 0;
+		return n;
+	}
+	e = SSL_get_error(c->ssl, n);
+	if (e == SSL_ERROR_WANT_WRITE) {
+		set_events(c, base_events(c) | EPOLLOUT);
+		return 0;
+	}
+	if (e == SSL_ERROR_WANT_READ) {
+		c->tls_wr_wants_rd = 1;
+		set_events(c, base_events(c) | EPOLLIN);
+		return 0;
+	}
+	c->tls_dead = 1;
+	conn_fail(c, cl_tls_error(e));
+	return -1;
+}
+
 static int conn_flush(struct conn *c)
 {
 	while (c->out_off < c->out_len) {
-		ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
-				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t n;
+
+		if (c->ssl) {
+			n = tls_write(c);
+			if (n <= 0)
+				return (int)n;
+			W.res.bytes_out += (uint64_t)n;
+			c->out_off += (uint32_t)n;
+			continue;
+		}
+		n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -375,26 +442,14 @@ static void conn_open(struct conn *c)
 	}
 }
 
-static void conn_connected(struct conn *c)
+/* The HTTP upgrade request, once the connection (TCP, or TLS over it) is up. */
+static void conn_send_upgrade(struct conn *c)
 {
 	const struct cl_opts *o = W.o;
 	uint8_t keyraw[16];
 	char key[32], req[1024], path[400];
-	int err = 0, n;
-	socklen_t len = sizeof(err);
+	int n;
 
-	if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err) {
-		conn_fail(c, strerror(err ? err : errno));
-		return;
-	}
-	if (c->is_slow) {
-		struct sockaddr_in me;
-		socklen_t ml = sizeof(me);
-		if (getsockname(c->fd, (struct sockaddr *)&me, &ml) == 0 && !W.slow_port) {
-			W.slow_addr = ntohl(me.sin_addr.s_addr);
-			W.slow_port = ntohs(me.sin_port);
-		}
-	}
 	for (int i = 0; i < 16; i += 8) {
 		uint64_t r = rnd();
 		memcpy(keyraw + i, &r, 8);
@@ -419,6 +474,58 @@ static void conn_connected(struct conn *c)
 	c->out_off = 0;
 	c->ev = 0;                 /* force the MOD in conn_flush */
 	conn_flush(c);
+}
+
+/* One step of the TLS handshake; the connection stays in C_CONNECTING
+ * until it is done, then sends the upgrade request. */
+static void conn_tls_handshake(struct conn *c)
+{
+	int r = SSL_connect(c->ssl), e;
+
+	if (r == 1) {
+		conn_send_upgrade(c);
+		return;
+	}
+	e = SSL_get_error(c->ssl, r);
+	if (e == SSL_ERROR_WANT_READ) {
+		set_events(c, EPOLLIN);
+	} else if (e == SSL_ERROR_WANT_WRITE) {
+		set_events(c, EPOLLOUT);
+	} else {
+		c->tls_dead = 1;
+		conn_fail(c, cl_tls_error(e));
+	}
+}
+
+static void conn_connected(struct conn *c)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err) {
+		conn_fail(c, strerror(err ? err : errno));
+		return;
+	}
+	if (c->is_slow) {
+		struct sockaddr_in me;
+		socklen_t ml = sizeof(me);
+		if (getsockname(c->fd, (struct sockaddr *)&me, &ml) == 0 && !W.slow_port) {
+			W.slow_addr = ntohl(me.sin_addr.s_addr);
+			W.slow_port = ntohs(me.sin_port);
+		}
+	}
+	if (!W.ssl_ctx) {
+		conn_send_upgrade(c);
+		return;
+	}
+	c->ssl = SSL_new(W.ssl_ctx);
+	if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+		c->tls_dead = 1;
+		conn_fail(c, cl_tls_error(SSL_ERROR_SSL));
+		return;
+	}
+	SSL_set_connect_state(c->ssl);
+	conn_tls_handshake(c);
 }
 
 /* After the 101: chat.v1 sends hello + join (+ send in churn) at once. */
@@ -776,44 +883,108 @@ static long conn_frames(struct conn *c, uint8_t *buf, size_t n, size_t *need)
 	return (long)off;
 }
 
-static void conn_readable(struct conn *c)
+/* The stream ended (why == NULL: end of stream; else an error). */
+static void conn_read_end(struct conn *c, const char *why)
 {
-	uint8_t *buf;
-	size_t have, need;
+	if (c->state == C_CLOSING) {
+		churn_complete(c, 0);
+		return;
+	}
+	conn_fail(c, why ? why : "connection closed by the server without a close frame");
+}
+
+enum { TLS_RD_OPEN, TLS_RD_EOF, TLS_RD_ERROR };
+
+/* Fill buf[0..cap) with what the TLS connection has: SSL_read returns one
+ * record at a time, so it loops until OpenSSL wants the socket (WANT_READ)
+ * or the buffer is full. Returns the bytes read; *end says whether the
+ * stream ended after them (*why then names an error), *full that the buffer
+ * filled (OpenSSL may hold more, which no epoll event would announce). */
+static size_t tls_read(struct conn *c, uint8_t *buf, size_t cap, int *end, const char **why, int *full)
+{
+	size_t got = 0;
+
+	*end = TLS_RD_OPEN;
+	*full = 0;
+	while (got < cap) {
+		size_t room = cap - got;
+		int n = SSL_read(c->ssl, buf + got, room > INT32_MAX ? INT32_MAX : (int)room);
+		int e;
+
+		if (n > 0) {
+			got += (size_t)n;
+			continue;
+		}
+		e = SSL_get_error(c->ssl, n);
+		if (e == SSL_ERROR_WANT_READ)
+			break;
+		if (e == SSL_ERROR_WANT_WRITE) {
+			c->tls_rd_wants_wr = 1;
+			set_events(c, base_events(c));
+			return got;
+		}
+		if (e == SSL_ERROR_ZERO_RETURN) {
+			*end = TLS_RD_EOF;        /* close_notify, or EOF (SSL_OP_IGNORE_UNEXPECTED_EOF) */
+		} else {
+			c->tls_dead = 1;
+			*end = TLS_RD_ERROR;
+			*why = cl_tls_error(e);
+		}
+		return got;
+	}
+	if (c->tls_rd_wants_wr) {
+		c->tls_rd_wants_wr = 0;
+		set_events(c, base_events(c) | (c->out_len > c->out_off ? EPOLLOUT : 0));
+	}
+	*full = got == cap;
+	return got;
+}
+
+/* One read and what it brought. Returns 1 when a TLS read filled the buffer
+ * and c is still open (read again), else 0. */
+static int conn_read_once(struct conn *c)
+{
+	uint8_t *buf, *dst;
+	size_t have, need, cap;
 	ssize_t n;
 	long used;
+	int end = TLS_RD_OPEN, full = 0;
+	const char *why = NULL;
 
 	if (c->in_len) {
 		size_t want = (size_t)c->in_len + 65536;
 		if (ensure(&c->in, &c->in_cap, want)) {
 			conn_fail(c, "out of memory");
-			return;
+			return 0;
 		}
-		n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
 		buf = c->in;
 		have = c->in_len;
+		dst = c->in + c->in_len;
+		cap = c->in_cap - c->in_len;
 	} else {
-		n = recv(c->fd, W.rbuf, RBUF_SIZE, MSG_DONTWAIT);
-		buf = W.rbuf;
+		buf = dst = W.rbuf;
 		have = 0;
+		cap = RBUF_SIZE;
 	}
-	if (n < 0) {
-		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-			return;
-		if (c->state == C_CLOSING) {
-			churn_complete(c, 0);
-			return;
+	if (c->ssl) {
+		n = (ssize_t)tls_read(c, dst, cap, &end, &why, &full);
+		if (n == 0) {
+			if (end != TLS_RD_OPEN)
+				conn_read_end(c, why);
+			return 0;
 		}
-		conn_fail(c, strerror(errno));
-		return;
-	}
-	if (n == 0) {
-		if (c->state == C_CLOSING) {
-			churn_complete(c, 0);
-			return;
+	} else {
+		n = recv(c->fd, dst, cap, MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+				return 0;
+			conn_read_end(c, strerror(errno));
+			return 0;
 		}
-		conn_fail(c, "connection closed by the server without a close frame");
-		return;
+		if (n == 0) {
+			conn_read_end(c, NULL);
+			return 0;
+		}
 	}
 	W.now = now_ns();
 	W.res.bytes_in += (uint64_t)n;
@@ -822,24 +993,28 @@ static void conn_readable(struct conn *c)
 	if (c->state == C_HANDSHAKE) {
 		int h = conn_handshake_input(c, buf, have);
 		if (h < 0)
-			return;
+			return 0;
 		if (h == 0) {
 			if (buf == W.rbuf) {
 				if (ensure(&c->in, &c->in_cap, have + 1024)) {
 					conn_fail(c, "out of memory");
-					return;
+					return 0;
 				}
 				memcpy(c->in, buf, have);
 			}
 			c->in_len = (uint32_t)have;
-			return;
+			if (end != TLS_RD_OPEN) {
+				conn_read_end(c, why);
+				return 0;
+			}
+			return full;
 		}
 		used = h;
 	}
 	if ((size_t)used < have) {
 		long u = conn_frames(c, buf + used, have - (size_t)used, &need);
 		if (u < 0)
-			return;
+			return 0;
 		used += u;
 	}
 	have -= (size_t)used;
@@ -847,7 +1022,7 @@ static void conn_readable(struct conn *c)
 		if (buf == W.rbuf) {
 			if (ensure(&c->in, &c->in_cap, have > 4096 ? have : 4096)) {
 				conn_fail(c, "out of memory");
-				return;
+				return 0;
 			}
 			memcpy(c->in, buf + used, have);
 		} else {
@@ -862,11 +1037,26 @@ static void conn_readable(struct conn *c)
 			c->in_cap = 0;
 		}
 	}
+	if (end != TLS_RD_OPEN) {
+		conn_read_end(c, why);
+		return 0;
+	}
+	return full;
+}
+
+static void conn_readable(struct conn *c)
+{
+	while (conn_read_once(c))
+		;
 }
 
 static void conn_event(struct conn *c, uint32_t ev)
 {
 	if (c->state == C_CONNECTING) {
+		if (c->ssl) {
+			conn_tls_handshake(c);
+			return;
+		}
 		if (ev & (EPOLLERR | EPOLLHUP)) {
 			int err = 0;
 			socklen_t l = sizeof(err);
@@ -887,15 +1077,15 @@ static void conn_event(struct conn *c, uint32_t ev)
 			W.res.disconnected++;
 			return;
 		}
-		if ((ev & EPOLLOUT) && c->out_len > c->out_off)
+		if ((ev & (EPOLLOUT | EPOLLIN)) && c->out_len > c->out_off)
 			conn_flush(c);
 		return;
 	}
-	if ((ev & EPOLLOUT) && c->out_len > c->out_off) {
+	if (c->out_len > c->out_off && ((ev & EPOLLOUT) || ((ev & EPOLLIN) && c->tls_wr_wants_rd))) {
 		if (conn_flush(c) < 0)
 			return;
 	}
-	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
+	if ((ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) || ((ev & EPOLLOUT) && c->tls_rd_wants_wr))
 		conn_readable(c);
 }
 
@@ -1096,6 +1286,14 @@ void worker_main(const struct cl_opts *o, uint32_t wid, int rfd, int wfd)
 	W.src_next = wid;
 	signal(SIGPIPE, SIG_IGN);
 	W.epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (o->tls) {
+		char err[256];
+		W.ssl_ctx = cl_tls_ctx_new(o, err, sizeof(err));
+		if (!W.ssl_ctx) {
+			fprintf(stderr, "chatload[%u]: TLS: %s\n", wid, err);
+			_exit(1);
+		}
+	}
 	W.rbuf = malloc(RBUF_SIZE);
 	W.scratch_cap = 512 + 2 * (size_t)o->payload;
 	W.scratch = malloc(W.scratch_cap);
