@@ -5,7 +5,7 @@
  * Lua script per message increments the room's seq, appends to a capped
  * history list, remembers the client id for dedup and publishes the
  * message on one channel, atomically: publish order is seq order, on every
- * node. Each node applies the stream to its rooms (hub_apply) and keeps a
+ * node. Each node applies the stream to its rooms (hub_stream_message) and keeps a
  * replica of who is online where (presence, users), fed by the same
  * channel and by per-node heartbeat keys that expire when a node dies.
  *

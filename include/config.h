@@ -8,6 +8,9 @@
 #ifndef CHATD_CONFIG_H
 #define CHATD_CONFIG_H
 
+/* cluster.key_prefix: Redis keys are built in fixed buffers sized from it. */
+#define CONFIG_KEY_PREFIX_MAX 64
+
 #include <stddef.h>
 
 #ifdef __cplusplus
@@ -96,6 +99,7 @@ struct config {
 	double rate;                  /* 20 commands/s, > 0 */
 	double burst;                 /* 40, >= 1 */
 	long sessions_per_name;       /* 1, >= 1 */
+	long max_rooms;               /* 10000, >= 1: rooms held in memory */
 
 	/* [history] */
 	long messages_per_room;       /* 1000, >= 0 */
@@ -125,7 +129,8 @@ struct config {
 	char *redis;                  /* "redis://host:port[/db]", "" = single node */
 	char *redis_password;         /* AUTH password, "" = none */
 	long redis_db;                /* SELECT db (a /db in the URL wins) */
-	char *key_prefix;             /* "chatd:" - every Redis key and the channel */
+	char *key_prefix;             /* "chatd:" - every Redis key and the channel;
+				       * at most CONFIG_KEY_PREFIX_MAX bytes */
 	double node_ttl;              /* 10 s: a node silent this long is gone */
 
 	/* [log] */
@@ -165,6 +170,16 @@ const char *config_storage_sync_name(enum config_storage_sync s);
  * file is readable by others: worth fixing, not fatal. */
 char *config_jwt_secret(const struct config *cfg, size_t *len, char *warn, size_t warnlen,
 			char *err, size_t errlen);
+
+/* cluster.redis, split: redis://[[user]:password@]host[:port][/db].
+ * host and password point into the URL (not NUL-terminated). */
+struct config_redis {
+	const char *host, *password;    /* password NULL: none in the URL */
+	size_t host_len, password_len;
+	int port;                       /* 6379 if not given */
+	long db;                        /* -1 if not given */
+};
+int config_redis_parse(const char *url, struct config_redis *out);
 
 #ifdef __cplusplus
 }

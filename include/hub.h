@@ -9,8 +9,8 @@
  * Life of a session: hub_session_register() when a WebSocket is established
  * -> hub_session_input() per text frame -> output lands in the session's
  * queue and the hub calls transport->wake() -> the transport writes with
- * hub_session_peek()/hub_session_pop() -> hub_session_unregister() from the
- * transport's one release path, whatever ended the connection.
+ * hub_session_frames()/hub_session_consumed() -> hub_session_unregister()
+ * from the transport's one release path, whatever ended the connection.
  *
  * Accepting a message is split in two steps, submit and commit, so that an
  * engine (storage with group commit, or a cluster) can complete it later;
@@ -32,7 +32,7 @@
 struct hub;
 
 struct hub_transport {
-	/* s has output queued: arrange for hub_session_peek/pop to be called. */
+	/* s has output queued: arrange for hub_session_frames/consumed to be called. */
 	void (*wake)(void *ctx, void *conn);
 	/* Close the connection with a WebSocket close code; with flush, what is
 	 * queued is written first. The transport must NOT call
@@ -53,6 +53,7 @@ struct hub_limits {
 	enum config_slow_policy slow_consumer;
 	double rate, burst;
 	uint32_t sessions_per_name;
+	uint32_t max_rooms;
 	uint32_t messages_per_room;
 	uint32_t dedup_window;
 	double heartbeat_interval;
@@ -83,43 +84,56 @@ struct hub_msg {
 	size_t body_len;
 };
 
-struct room;
-
 /*
  * An engine persists (and, in a cluster, sequences) accepted messages.
  * submit: the engine owns p until hub_pending_free(p).
+ *   Every engine completes p after submit has returned, never inside it
+ *   (the hub is in the middle of a command; it logs "engine contract
+ *   broken" if that happens).
  *   Local engines (sequences == 0): p->seq and p->ts are set by the hub;
- *   the engine calls hub_commit() for p exactly once, in seq order per
- *   room, now or later. A failed commit must fail every later pending
+ *   the engine calls hub_append_done() for p exactly once, in seq order per
+ *   room. A failed commit must fail every later pending
  *   message of the same room too, so that seq stays gap-free.
  *   Sequencing engines (sequences == 1, the cluster): the engine assigns
- *   p->seq, answers the sender with hub_send_done(), and every node learns
- *   the message from the engine's stream through hub_apply().
- * room_load (optional): a room is first used on this node: restore its
- *   epoch, seq and recent messages (hub_room_restore) and return 0, or
- *   return 1 and call hub_room_loaded() later, or return -1.
+ *   p->seq, answers the sender with hub_append_answered(), and every node
+ *   learns the message from the engine's stream through
+ *   hub_stream_message().
+ * room_load (optional): room is first used on this node (or again, after
+ *   it was evicted): hand over its state as data - hub_load_state() with
+ *   its epoch and seq, then hub_load_message() for each recent message in
+ *   seq order - and return 0; or return 1 and do the same later, ending
+ *   with hub_room_loaded(); or return -1. Engines never see struct room.
  * read (optional): call emit for each stored message of room with
  *   lo <= seq <= hi, in seq order, at most max; returns the count or -1.
  * oldest (optional): the lowest seq stored for room, 0 if none.
- * presence, user (optional): a local session joined/left a room, a name
- *   came online/went offline here; the engine tells the other nodes.
- * names (optional): emit the names present in room on other nodes.
- * dm (optional): route a direct message (p->to, p->from, p->id, p->body,
- *   p->ts set); returns PROTO_OK and later calls hub_dm_done(), or an
- *   error code (p stays the caller's then).
  * The default (no engine) keeps everything in memory only.
  */
 struct hub_engine {
 	void (*submit)(void *ctx, struct hub *hub, struct hub_pending *p);
-	int (*room_load)(void *ctx, struct hub *hub, struct room *r);
+	int (*room_load)(void *ctx, struct hub *hub, const char *room);
 	int (*read)(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
 		    void (*emit)(void *arg, const struct hub_msg *m), void *arg);
 	uint64_t (*oldest)(void *ctx, const char *room);
+	int sequences;
+	void *ctx;
+};
+
+/*
+ * What only a cluster has: other nodes. A separate, optional interface
+ * (hub_set_peers), all hooks required when set:
+ * presence, user: a local session joined/left a room, a name came
+ *   online/went offline here; tell the other nodes.
+ * names: emit the names present in room on other nodes.
+ * dm: route a direct message (p->to, p->from, p->id, p->body, p->ts set)
+ *   to the recipient's sessions on every node, this one included (through
+ *   hub_direct); returns PROTO_OK and later calls hub_dm_done(), or an
+ *   error code (p stays the caller's then).
+ */
+struct hub_peers {
 	void (*presence)(void *ctx, const char *room, const char *name, int join);
 	void (*user)(void *ctx, const char *name, int online);
 	void (*names)(void *ctx, const char *room, void (*emit)(void *arg, const char *name), void *arg);
 	enum proto_err (*dm)(void *ctx, struct hub *hub, struct hub_pending *p);
-	int sequences;
 	void *ctx;
 };
 
@@ -128,6 +142,8 @@ struct hub *hub_new(const struct config *cfg, const struct hub_transport *tp,
 /* Free the hub. Every session must have been unregistered first. */
 void hub_free(struct hub *hub);
 void hub_set_engine(struct hub *hub, const struct hub_engine *engine);
+/* Other nodes (a cluster); NULL: this node is alone. */
+void hub_set_peers(struct hub *hub, const struct hub_peers *peers);
 /* Token authentication: hello must carry a token auth verifies. NULL turns
  * it off (hello {name}). auth stays the caller's; replace it on reload. */
 struct auth;
@@ -168,41 +184,49 @@ void hub_session_backlog(const struct session *s, uint32_t *frames, size_t *byte
 void hub_session_close(struct hub *hub, struct session *s, int code, const char *reason,
 		       int flush);
 
-/* Complete a submitted message (engine callback). status PROTO_OK commits
- * p->seq/p->ts: ring, ack to the sender if still here, fan-out. Anything
- * else answers the sender with that error. p stays the engine's. */
-void hub_commit(struct hub *hub, struct hub_pending *p, enum proto_err status);
+/*
+ * How a submitted message completes (after submit returned, never inside):
+ * hub_append_done (local engine): stored (PROTO_OK: ring, ack to the sender
+ *   if still here, fan-out) or not (the sender gets that error).
+ * hub_append_answered (sequencing engine): only the sender's answer, ack
+ *   {id, room, p->seq} or the error; the fan-out comes through
+ *   hub_stream_message, on every node.
+ * p stays the engine's in both.
+ */
+void hub_append_done(struct hub *hub, struct hub_pending *p, enum proto_err status);
+void hub_append_answered(struct hub *hub, struct hub_pending *p, enum proto_err status);
 void hub_pending_free(struct hub_pending *p);
 
 /* Cluster engine entry points (see struct hub_engine). */
-/* The sender's answer for a sequenced message: ack {id, room, p->seq} or
- * the error status. p stays the engine's. */
-void hub_send_done(struct hub *hub, struct hub_pending *p, enum proto_err status);
 /* A message from the cluster stream (any node's, in seq order per room):
  * ring, dedup, fan-out to local members. epoch is the room's epoch in the
  * stream; a different one means the shared history was lost and restarts.
  * Returns 0 (applied or already seen, or the room is not loaded here) or
  * -1 for a gap: the engine must re-read the room from hub_room_seq()+1. */
-int hub_apply(struct hub *hub, const char *room, const char *epoch, const struct hub_msg *m);
+int hub_stream_message(struct hub *hub, const char *room, const char *epoch, const struct hub_msg *m);
 /* The room's shared history restarted (a new epoch: tell the local members
  * with a "reset" event) or this node can no longer recover what it missed
  * before seq (same epoch: it moves on). No-op for rooms not loaded. */
 void hub_room_rebase(struct hub *hub, const char *room, const char *epoch, uint64_t seq);
 /* The latest seq a loaded room holds here, or -1 if the room is not loaded. */
 long long hub_room_seq(struct hub *hub, const char *room);
+/* room_load's answer, while room is loading (ignored otherwise): its epoch
+ * (at most 16 bytes) and latest seq, then its recent messages, seq order
+ * (-1 on ENOMEM). Strings are copied. */
+void hub_load_state(struct hub *hub, const char *room, const char *epoch, uint64_t seq);
+int hub_load_message(struct hub *hub, const char *room, const struct hub_msg *m);
 /* Finish an asynchronous room_load: ok = 0 fails the parked joins with
- * unavailable. */
-void hub_room_loaded(struct hub *hub, struct room *r, int ok);
+ * unavailable and forgets the room. */
+void hub_room_loaded(struct hub *hub, const char *room, int ok);
 /* A direct message from the stream for the local sessions of to. */
 void hub_direct(struct hub *hub, const char *to, const struct hub_msg *m);
 /* The answer to a dm routed by the engine. p stays the engine's. */
 void hub_dm_done(struct hub *hub, struct hub_pending *p, enum proto_err status);
 /* Someone on another node joined or left room: tell the local members. */
 void hub_remote_presence(struct hub *hub, const char *room, const char *name, int join);
-/* Visit every loaded room (for an engine's resync after a reconnect). */
-void hub_rooms_foreach(struct hub *hub, void (*fn)(void *arg, struct room *r), void *arg);
-/* Engine room_load helper: put a stored message into r's ring and dedup. */
-int hub_room_restore(struct hub *hub, struct room *r, const struct hub_msg *m);
+/* Visit every room held and loaded here (for an engine's resync after a
+ * reconnect); fn must not make the hub open or free rooms. */
+void hub_rooms_foreach(struct hub *hub, void (*fn)(void *arg, const char *room), void *arg);
 
 /* Gauges. */
 uint64_t hub_session_count(const struct hub *hub);   /* after hello */

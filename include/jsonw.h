@@ -3,7 +3,8 @@
  *
  * chatd emits a dozen fixed event shapes; writing them directly is one pass
  * and one allocation, where building a cJSON tree and printing it would be a
- * tree of allocations per event. Input (client frames) is parsed with cJSON.
+ * tree of allocations per event. Input (client frames) is checked as strict
+ * RFC 8259 (proto_json_strict), then parsed with cJSON.
  * Strings are escaped per RFC 8259; the caller passes valid UTF-8 (every
  * string chatd echoes came in a frame that libwebsockets checked as UTF-8).
  */

@@ -16,7 +16,8 @@ int log_enabled(enum config_log_level level);
 void log_write(enum config_log_level level, const char *session, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
-/* Sink for libwebsockets' own log lines (lws_set_log_level emit callback). */
+/* Sink for libwebsockets' own log lines (lws_set_log_level emit callback);
+ * in log_lws.c, part of the transport, not of the hub library. */
 void log_lws_emit(int lws_level, const char *line);
 
 #define log_error(sess, ...) log_write(CONFIG_LOG_ERROR, (sess), __VA_ARGS__)

@@ -51,6 +51,9 @@ struct metrics {
 	uint64_t refused[METRICS_REFUSED_COUNT];
 	uint64_t errors[PROTO_ERR_COUNT];
 	uint64_t reloads, reload_failures;
+	uint64_t rooms_idle;              /* gauge, kept by the hub: rooms with no use */
+	uint64_t rooms_evicted;           /* idle rooms dropped from memory (limits.max_rooms) */
+	uint64_t rooms_refused;           /* joins refused: max_rooms rooms all in use */
 	/* Time message and direct events waited in a recipient's send queue:
 	 * from the loop iteration that queued them to the write that took them. */
 	struct metrics_histogram delivery;

@@ -1,11 +1,13 @@
 /*
- * msgbuf.h - immutable, reference-counted output buffers.
+ * msgbuf.h - reference-counted output buffers.
  *
  * A broadcast encodes its JSON once into one msgbuf and every recipient's
- * queue holds a reference to it: no copy per recipient. MSGBUF_HEADROOM bytes
- * sit in front of the payload so that the WebSocket layer can write the frame
- * header in place (libwebsockets' LWS_PRE). Only the loop thread touches a
- * msgbuf, so the count is a plain integer.
+ * queue holds a reference to it: no copy per recipient. The payload does
+ * not change once the buffer is shared; the WebSocket frame header does not
+ * exist yet then: it is written lazily, once, into the MSGBUF_HEADROOM bytes
+ * in front of the payload (msgbuf_frame_text), and is the same for every
+ * recipient. Only the loop thread touches a msgbuf, so the count is a plain
+ * integer.
  */
 #ifndef CHATD_MSGBUF_H
 #define CHATD_MSGBUF_H

@@ -86,6 +86,11 @@ void proto_cmd_free(struct proto_cmd *cmd);
 const char *proto_err_name(enum proto_err code);
 const char *proto_type_name(enum proto_type type);
 
+/* NULL if data[0..len) is exactly one JSON text per RFC 8259 (valid UTF-8,
+ * strict numbers and escapes, no \u0000, no unpaired surrogate, nesting at
+ * most 32 deep), else a message for bad_request saying why not. */
+const char *proto_json_strict(const char *data, size_t len);
+
 /* RFC 3629 UTF-8 (no overlongs, no surrogates, nothing past U+10FFFF). */
 int proto_utf8_valid(const unsigned char *p, size_t len);
 

@@ -35,6 +35,8 @@ struct room_ring {
 };
 
 struct room_dedup;
+struct hub_waiter;                      /* defined and owned by the hub */
+struct hub_retry;
 
 struct room {
 	char name[PROTO_ROOM_MAX + 1];
@@ -43,8 +45,10 @@ struct room {
 	uint64_t seq_assigned;          /* latest seq handed to the engine (>= seq) */
 	uint32_t pending;               /* messages between submit and commit */
 	unsigned loading : 1;           /* an engine is fetching its state (cluster) */
-	void *waiters;                  /* joins parked while loading (hub-owned) */
-	void *inflight;                 /* retries of messages not yet committed (hub-owned) */
+	struct hub_waiter *waiters;     /* joins parked while loading, oldest first (hub-owned) */
+	struct hub_retry *inflight;     /* retries of messages not yet committed (hub-owned) */
+	unsigned idle : 1;              /* on the hub's idle list (hub-owned) */
+	struct room *idle_prev, *idle_next;  /* that list, least recently used first */
 	struct membership *members;
 	uint32_t member_count;
 	struct room_ring ring;          /* msgbuf refs of the last messages, seq order */
@@ -68,7 +72,8 @@ struct membership *room_member_add(struct room *r, struct session *s);
 void room_member_remove(struct membership *m);
 
 /* Record message seq (its encoded frame, and its (from, id) for dedup); the
- * ring takes its own reference to frame. Keeps at most max_ring frames and
+ * ring takes its own reference to frame. frame NULL (it could not be made):
+ * only the dedup entry, and the ring restarts after seq. Keeps at most max_ring frames and
  * max_dedup ids (smaller limits after a reload apply here). The ring holds
  * consecutive seqs only: a seq that does not follow the ring's last one
  * starts a new ring. Does not touch r->seq. Returns -1 on ENOMEM. */

@@ -31,8 +31,8 @@ struct session {
 	struct membership *rooms;        /* list, via membership.sess_next */
 	struct hub_user *user;           /* name entry, NULL until hello */
 	struct auth_identity *ident;     /* owned; what the token allowed (auth on) */
-	struct session *user_prev, *user_next;  /* other sessions of the same name */
-	struct session *qb_prev, *qb_next;      /* hub queue-size bucket list */
+	struct session *user_prev, *user_next;  /* other sessions of the same name (utlist DL) */
+	struct session *qb_prev, *qb_next;      /* hub queue-size bucket list (utlist DL) */
 	int qb_idx;                      /* bucket index, -1 when the queue is empty */
 	unsigned closing : 1;            /* close requested: no more output */
 	unsigned failed_hellos : 2;      /* rejected tokens so far */

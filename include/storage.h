@@ -2,13 +2,16 @@
  * storage.h - durable history in SQLite, as the hub's engine.
  *
  * What it guarantees per [storage] sync mode:
- *  - batch (default): messages accepted during one loop iteration (at most
- *    STORAGE_BATCH_MAX) are written in one transaction just before the loop
- *    waits for I/O; their acks and fan-out happen only after COMMIT returns
- *    (WAL, synchronous=FULL). Acked means on disk.
- *  - always: one transaction per message, committed before its ack.
- *  - off: acked and delivered at once, written in the next batch; a crash
- *    may lose the messages of the last iteration (synchronous=NORMAL).
+ *  - batch (default): messages accepted during one loop iteration are
+ *    written in one transaction (of at most STORAGE_BATCH_MAX) just before
+ *    the loop waits for I/O; their acks and fan-out happen only after
+ *    COMMIT returns (WAL, synchronous=FULL). Acked means on disk.
+ *  - always: the same point, but one transaction per message, each
+ *    committed before its ack.
+ *  - off: acked and delivered at that point, then written; a crash may
+ *    lose the messages of the last iteration (synchronous=NORMAL).
+ * In every mode a message completes (hub_append_done) after storage_submit has
+ * returned, never inside it.
  * Seq and the room epoch are stored with every message, so seq never goes
  * back or repeats across restarts; the dedup window is reloaded with a room.
  *

@@ -67,6 +67,11 @@ bool valid_node_id(const std::string &s)
 	return true;
 }
 
+bool valid_key_prefix(const std::string &s)
+{
+	return s.size() <= CONFIG_KEY_PREFIX_MAX && no_nul(s);
+}
+
 bool valid_cidr(const std::string &s)
 {
 	struct cidr c;
@@ -75,31 +80,9 @@ bool valid_cidr(const std::string &s)
 
 bool valid_redis_url(const std::string &s)
 {
-	if (s.empty())
-		return true;
-	if (s.rfind("redis://", 0) != 0 || !no_nul(s))
-		return false;
-	std::string rest = s.substr(8);
-	size_t at = rest.rfind('@');
-	if (at != std::string::npos)
-		rest = rest.substr(at + 1);
-	size_t slash = rest.find('/');
-	std::string hostport = rest.substr(0, slash);
-	size_t colon = hostport.rfind(':');
-	if (hostport.empty() || colon == 0)
-		return false;
-	if (colon != std::string::npos) {
-		std::string port = hostport.substr(colon + 1);
-		if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-		    std::stol(port) < 1 || std::stol(port) > 65535)
-			return false;
-	}
-	if (slash != std::string::npos) {
-		std::string db = rest.substr(slash + 1);
-		if (!db.empty() && (db.size() > 6 || db.find_first_not_of("0123456789") != std::string::npos))
-			return false;
-	}
-	return true;
+	struct config_redis u;
+
+	return s.empty() || (no_nul(s) && config_redis_parse(s.c_str(), &u) == 0);
 }
 
 /* ---- the key table ----------------------------------------------------- */
@@ -205,6 +188,7 @@ const Key keys[] = {
 	number("limits", "rate", F(rate), GT, 0),
 	number("limits", "burst", F(burst), GE, 1),
 	integer("limits", "sessions_per_name", LONG, F(sessions_per_name), 1, INT32_MAX),
+	integer("limits", "max_rooms", LONG, F(max_rooms), 1, INT32_MAX),
 
 	integer("history", "messages_per_room", LONG, F(messages_per_room), 0, INT32_MAX),
 	integer("history", "dedup_window", LONG, F(dedup_window), 0, INT32_MAX),
@@ -229,7 +213,7 @@ const Key keys[] = {
 	string("cluster", "redis", F(redis), valid_redis_url, "expected \"redis://host:port[/db]\" or \"\""),
 	string("cluster", "password", F(redis_password), no_nul, "expected a string"),
 	integer("cluster", "db", LONG, F(redis_db), 0, 1000000),
-	string("cluster", "key_prefix", F(key_prefix), no_nul, "expected a string"),
+	string("cluster", "key_prefix", F(key_prefix), valid_key_prefix, "expected a string of at most 64 bytes"),
 	number("cluster", "node_ttl", F(node_ttl), GT, 0),
 
 	choice("log", "level", F(log_level), level_names),
@@ -516,6 +500,51 @@ bool read_secret_file(const char *path, std::string &out, char *warn, size_t war
 
 } // namespace
 
+/* The one parser of cluster.redis: the config checks it, the cluster
+ * connects with its parts. */
+int config_redis_parse(const char *url, struct config_redis *out)
+{
+	const char *p = url + 8, *at, *slash, *colon, *pw, *end;
+
+	memset(out, 0, sizeof(*out));
+	out->port = 6379;
+	out->db = -1;
+	if (strncmp(url, "redis://", 8) != 0)
+		return -1;
+	if ((at = strrchr(p, '@'))) {
+		/* redis://:password@host or redis://user:password@host */
+		if ((pw = (const char *)memchr(p, ':', (size_t)(at - p)))) {
+			out->password = pw + 1;
+			out->password_len = (size_t)(at - pw - 1);
+		}
+		p = at + 1;
+	}
+	slash = strchr(p, '/');
+	end = slash ? slash : p + strlen(p);
+	for (colon = end; colon > p && colon[-1] != ':'; colon--)
+		;
+	colon = colon > p ? colon - 1 : NULL;
+	out->host = p;
+	out->host_len = (size_t)((colon ? colon : end) - p);
+	if (!out->host_len)
+		return -1;
+	if (colon) {
+		size_t n = (size_t)(end - colon - 1);
+		if (n < 1 || n > 5 || strspn(colon + 1, "0123456789") < n)
+			return -1;
+		out->port = atoi(colon + 1);
+		if (out->port < 1 || out->port > 65535)
+			return -1;
+	}
+	if (slash && slash[1]) {
+		size_t n = strlen(slash + 1);
+		if (n > 6 || strspn(slash + 1, "0123456789") != n)
+			return -1;
+		out->db = atol(slash + 1);
+	}
+	return 0;
+}
+
 int config_defaults(struct config *cfg)
 {
 	memset(cfg, 0, sizeof *cfg);
@@ -538,6 +567,7 @@ int config_defaults(struct config *cfg)
 	cfg->rate = 20;
 	cfg->burst = 40;
 	cfg->sessions_per_name = 1;
+	cfg->max_rooms = 10000;
 	cfg->messages_per_room = 1000;
 	cfg->dedup_window = 1000;
 	cfg->log_level = CONFIG_LOG_INFO;

@@ -10,7 +10,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <libwebsockets.h>
 
 static enum config_log_level log_level = CONFIG_LOG_INFO;
 static enum config_log_format log_format = CONFIG_LOG_TEXT;
@@ -96,24 +95,4 @@ void log_write(enum config_log_level level, const char *session, const char *fmt
 		fprintf(stderr, "%s %-5s %s%s%s%s\n", ts, config_log_level_name(level),
 			session ? "session=" : "", session ? session : "",
 			session ? " " : "", msg);
-}
-
-void log_lws_emit(int lws_level, const char *line)
-{
-	enum config_log_level level = CONFIG_LOG_DEBUG;
-	char buf[512];
-	size_t n;
-
-	if (lws_level & LLL_ERR)
-		level = CONFIG_LOG_ERROR;
-	else if (lws_level & LLL_WARN)
-		level = CONFIG_LOG_WARN;
-	if (!log_enabled(level))
-		return;
-	/* lws lines end with a newline; ours add one. */
-	snprintf(buf, sizeof(buf), "%s", line);
-	n = strlen(buf);
-	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-		buf[--n] = '\0';
-	log_write(level, NULL, "lws: %s", buf);
 }

@@ -111,6 +111,9 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 		    "Connections in their TLS handshake, request head or plain HTTP.", g->pending);
 	metrics_one(&w, "chatd_sessions", "gauge", "Sessions that completed hello.", g->sessions);
 	metrics_one(&w, "chatd_rooms", "gauge", "Rooms held in memory.", g->rooms);
+	metrics_one(&w, "chatd_rooms_idle", "gauge", "Rooms held in memory with no member and nothing pending: evicted first.", m->rooms_idle);
+	metrics_one(&w, "chatd_rooms_evicted_total", "counter", "Idle rooms dropped from memory to stay within limits.max_rooms.", m->rooms_evicted);
+	metrics_one(&w, "chatd_rooms_refused_total", "counter", "Joins of a new room refused: limits.max_rooms rooms were all in use.", m->rooms_refused);
 	metrics_one(&w, "chatd_queue_bytes", "gauge", "Bytes held in all send queues.", g->queue_bytes);
 	metrics_one(&w, "chatd_queue_messages", "gauge", "Frames held in all send queues.", g->queued_messages);
 	metrics_one(&w, "chatd_queue_bytes_limit", "gauge", "limits.total_queue_bytes: the cap on chatd_queue_bytes.", g->queue_bytes_limit);

@@ -116,25 +116,214 @@ static int proto_fail(struct proto_error *err, enum proto_err code, const char *
 	return -1;
 }
 
-/*
- * cJSON decodes "\u0000" into a NUL byte inside a C string, which would
- * silently cut the string short. Refuse such input instead of losing data:
- * a \u0000 escape is a "u0000" preceded by an odd run of backslashes.
- */
-static int proto_has_nul_escape(const char *data, size_t len)
-{
-	size_t i;
+/* ---- strict RFC 8259 ---------------------------------------------------- */
 
-	for (i = 1; i + 5 <= len; i++) {
-		size_t k, bs = 0;
-		if (data[i] != 'u' || memcmp(data + i, "u0000", 5) != 0)
-			continue;
-		for (k = i; k > 0 && data[k - 1] == '\\'; k--)
-			bs++;
-		if (bs % 2 == 1)
-			return 1;
+/*
+ * cJSON is lenient where the wire contract is not: it takes "+1", "01" and
+ * "1.", raw control characters inside strings, and it decodes a \u escape
+ * with bad hex digits as U+0000, which cuts the string short. Every frame
+ * passes this check before cJSON sees it, so a string is either delivered
+ * byte for byte as sent or refused with bad_request. Iterative, one pass,
+ * nesting bounded by PROTO_JSON_DEPTH.
+ */
+#define PROTO_JSON_DEPTH 32
+
+static size_t pj_ws(const unsigned char *p, size_t i, size_t n)
+{
+	while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+		i++;
+	return i;
+}
+
+static int pj_digit(const unsigned char *p, size_t i, size_t n)
+{
+	return i < n && p[i] >= '0' && p[i] <= '9';
+}
+
+static int pj_hex4(const unsigned char *p, size_t i, size_t n, unsigned *out)
+{
+	size_t k;
+
+	*out = 0;
+	if (i > n || n - i < 4)
+		return -1;
+	for (k = i; k < i + 4; k++) {
+		unsigned c = p[k], v;
+		if (c >= '0' && c <= '9')
+			v = c - '0';
+		else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+			v = (c | 0x20) - 'a' + 10;
+		else
+			return -1;
+		*out = *out << 4 | v;
 	}
 	return 0;
+}
+
+/* The string at p[i] == '"': the index after its closing quote, or 0. */
+static size_t pj_string(const unsigned char *p, size_t i, size_t n, const char **why)
+{
+	unsigned u, lo;
+
+	for (i++; i < n; i++) {
+		if (p[i] == '"')
+			return i + 1;
+		if (p[i] < 0x20) {
+			*why = "invalid JSON: control character in a string";
+			return 0;
+		}
+		if (p[i] != '\\')
+			continue;
+		if (++i >= n)
+			break;
+		if (p[i] && strchr("\"\\/bfnrt", p[i]))
+			continue;
+		if (p[i] != 'u' || pj_hex4(p, i + 1, n, &u)) {
+			*why = "invalid JSON: bad escape in a string";
+			return 0;
+		}
+		i += 4;
+		if (u == 0) {
+			/* Strings are C strings inside chatd. */
+			*why = "strings must not contain \\u0000";
+			return 0;
+		}
+		if (u >= 0xdc00 && u <= 0xdfff)
+			goto lone;
+		if (u >= 0xd800 && u <= 0xdbff) {
+			if (i + 2 >= n || p[i + 1] != '\\' || p[i + 2] != 'u' ||
+			    pj_hex4(p, i + 3, n, &lo) || lo < 0xdc00 || lo > 0xdfff)
+				goto lone;
+			i += 6;
+		}
+	}
+	*why = "invalid JSON: unterminated string";
+	return 0;
+lone:
+	*why = "invalid JSON: unpaired UTF-16 surrogate";
+	return 0;
+}
+
+/* The number at p[i]: the index after it, or 0. */
+static size_t pj_number(const unsigned char *p, size_t i, size_t n)
+{
+	if (i < n && p[i] == '-')
+		i++;
+	if (i < n && p[i] == '0')
+		i++;
+	else if (pj_digit(p, i, n) && p[i] != '0')
+		while (pj_digit(p, i, n))
+			i++;
+	else
+		return 0;
+	if (i < n && p[i] == '.') {
+		if (!pj_digit(p, ++i, n))
+			return 0;
+		while (pj_digit(p, i, n))
+			i++;
+	}
+	if (i < n && (p[i] == 'e' || p[i] == 'E')) {
+		i++;
+		if (i < n && (p[i] == '+' || p[i] == '-'))
+			i++;
+		if (!pj_digit(p, i, n))
+			return 0;
+		while (pj_digit(p, i, n))
+			i++;
+	}
+	return i;
+}
+
+/* A scalar at p[i] (not '{' or '['): the index after it, or 0. */
+static size_t pj_scalar(const unsigned char *p, size_t i, size_t n, const char **why)
+{
+	static const char *const lits[] = { "true", "false", "null" };
+	size_t k, end;
+
+	if (p[i] == '"')
+		return pj_string(p, i, n, why);
+	for (k = 0; k < 3; k++) {
+		size_t l = strlen(lits[k]);
+		if (n - i >= l && !memcmp(p + i, lits[k], l))
+			return i + l;
+	}
+	if (!(end = pj_number(p, i, n)))
+		*why = "invalid JSON";
+	return end;
+}
+
+/* An object key and its colon at p[i]: the index after the colon, or 0. */
+static size_t pj_key(const unsigned char *p, size_t i, size_t n, const char **why)
+{
+	i = pj_ws(p, i, n);
+	if (i >= n || p[i] != '"') {
+		*why = "invalid JSON: expected a string key";
+		return 0;
+	}
+	if (!(i = pj_string(p, i, n, why)))
+		return 0;
+	i = pj_ws(p, i, n);
+	if (i >= n || p[i] != ':') {
+		*why = "invalid JSON: expected ':'";
+		return 0;
+	}
+	return i + 1;
+}
+
+/* Is data[0..len) exactly one RFC 8259 JSON text (UTF-8, as the WebSocket
+ * layer already checked)? NULL if so, else why not. */
+const char *proto_json_strict(const char *data, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)data;
+	char stack[PROTO_JSON_DEPTH];
+	const char *why = "invalid JSON";
+	size_t i = 0;
+	int depth = 0;
+
+	if (!proto_utf8_valid(p, len))
+		return "invalid JSON: not UTF-8";
+	for (;;) {
+		/* A value starts at i. */
+		i = pj_ws(p, i, len);
+		if (i >= len)
+			return "invalid JSON: unexpected end";
+		if (p[i] == '{' || p[i] == '[') {
+			char close = p[i] == '{' ? '}' : ']';
+			if (depth == PROTO_JSON_DEPTH)
+				return "invalid JSON: nested too deep";
+			stack[depth++] = close;
+			i = pj_ws(p, i + 1, len);
+			if (i < len && p[i] == close) {
+				depth--;
+				i++;
+			} else if (close == '}' && !(i = pj_key(p, i, len, &why))) {
+				return why;
+			} else {
+				continue;
+			}
+		} else if (!(i = pj_scalar(p, i, len, &why))) {
+			return why;
+		}
+		/* After a value: close containers, or a comma for the next. */
+		for (;;) {
+			i = pj_ws(p, i, len);
+			if (!depth)
+				return i == len ? NULL : "invalid JSON: data after the object";
+			if (i >= len)
+				return "invalid JSON: unexpected end";
+			if (p[i] == stack[depth - 1]) {
+				depth--;
+				i++;
+				continue;
+			}
+			if (p[i] != ',')
+				return "invalid JSON: expected ',' or a closing bracket";
+			i++;
+			if (stack[depth - 1] == '}' && !(i = pj_key(p, i, len, &why)))
+				return why;
+			break;
+		}
+	}
 }
 
 /* Optional string field; -1 if present but not a string or too long/short. */
@@ -269,7 +458,7 @@ int proto_decode(const char *data, size_t len, size_t max_body,
 		 struct proto_cmd *cmd, struct proto_error *err)
 {
 	const cJSON *type, *ref;
-	const char *end = NULL;
+	const char *end = NULL, *why;
 	cJSON *root;
 	size_t i;
 
@@ -277,21 +466,15 @@ int proto_decode(const char *data, size_t len, size_t max_body,
 	err->code = PROTO_OK;
 	err->message[0] = '\0';
 
+	/* Strict first: cJSON only ever sees RFC 8259 text it decodes as sent. */
+	if ((why = proto_json_strict(data, len)))
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "%s", why);
 	root = cJSON_ParseWithLengthOpts(data, len, &end, 0);
 	if (!root)
 		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "invalid JSON");
 	cmd->json = root;
-	/* One frame is exactly one JSON value: trailing data is an error.
-	 * (cJSON's own check wants a NUL inside the length; frames have none.) */
-	while (end < data + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
-		end++;
-	if (end != data + len)
-		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "invalid JSON: data after the object");
 	if (!cJSON_IsObject(root))
 		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "a frame must be a JSON object");
-
-	if (proto_has_nul_escape(data, len))
-		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "strings must not contain \\u0000");
 	/* ref next, so that every later error can echo it. */
 	ref = cJSON_GetObjectItemCaseSensitive(root, "ref");
 	if (ref) {

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <utlist.h>
+
 struct room_dedup {
 	UT_hash_handle hh;
 	uint64_t seq;
@@ -130,23 +132,15 @@ struct membership *room_member_add(struct room *r, struct session *s)
 	m->room = r;
 	m->sess = s;
 	HASH_ADD(hh_room, r->members, sess, sizeof(m->sess), m);
-	m->sess_next = s->rooms;
-	s->rooms = m;
+	LL_PREPEND2(s->rooms, m, sess_next);
 	r->member_count++;
 	return m;
 }
 
 void room_member_remove(struct membership *m)
 {
-	struct membership **pp;
-
 	HASH_DELETE(hh_room, m->room->members, m);
-	for (pp = &m->sess->rooms; *pp; pp = &(*pp)->sess_next) {
-		if (*pp == m) {
-			*pp = m->sess_next;
-			break;
-		}
-	}
+	LL_DELETE2(m->sess->rooms, m, sess_next);
 	m->room->member_count--;
 	free(m);
 }
@@ -206,6 +200,16 @@ int room_append(struct room *r, uint64_t seq, struct msgbuf *frame, const char *
 		size_t from_len, const char *id, size_t id_len, uint32_t max_ring,
 		uint32_t max_dedup)
 {
+	/* The dedup entry first: it must not depend on the ring's memory. */
+	int rc = room_dedup_add(r, seq, from, from_len, id, id_len, max_dedup);
+
+	if (!frame) {
+		/* No frame for seq: the ring restarts after it. */
+		while (r->ring.len)
+			room_ring_drop_front(r);
+		r->ring_first_seq = seq + 1;
+		return rc;
+	}
 	/* Element i of the ring is seq ring_first_seq + i: keep it so. */
 	if (r->ring.len && seq != r->ring_first_seq + r->ring.len)
 		while (r->ring.len)
@@ -215,14 +219,15 @@ int room_append(struct room *r, uint64_t seq, struct msgbuf *frame, const char *
 		room_ring_drop_front(r);
 	if (!r->ring.len)
 		r->ring_first_seq = seq;
-	if (max_ring) {
-		if (room_ring_push(&r->ring, frame, max_ring))
-			return -1;
+	if (max_ring && room_ring_push(&r->ring, frame, max_ring) == 0) {
 		msgbuf_ref(frame);
-	} else {
-		r->ring_first_seq = seq + 1;
+		return rc;
 	}
-	return room_dedup_add(r, seq, from, from_len, id, id_len, max_dedup);
+	/* No ring, or no memory for it: the ring restarts after seq. */
+	while (r->ring.len)
+		room_ring_drop_front(r);
+	r->ring_first_seq = seq + 1;
+	return max_ring ? -1 : rc;
 }
 
 uint64_t room_oldest_seq(const struct room *r)

@@ -19,7 +19,6 @@
 #include <sqlite3.h>
 
 #include "log.h"
-#include "room.h"
 
 /* "chat" */
 #define STORAGE_APP_ID 0x63686174
@@ -124,22 +123,15 @@ static int storage_write_one(struct storage *st, const struct hub_pending *p)
 }
 
 /*
- * Write the whole batch in one transaction, then complete each message:
- * acked (and delivered) only if COMMIT succeeded. In "off" mode they were
- * acked at submit; a failure here loses them and is logged.
+ * Write list (n messages) in one transaction; SQLITE_OK or the error, with
+ * the transaction rolled back and logged.
  */
-static void storage_flush(struct storage *st)
+static int storage_write(struct storage *st, struct hub_pending *list, uint32_t n)
 {
-	struct hub_pending *p, *list = st->head;
-	uint32_t n = st->count;
-	double t0;
+	struct hub_pending *p;
+	double t0 = ev_time();
 	int rc;
 
-	if (!list)
-		return;
-	st->head = st->tail = NULL;
-	st->count = 0;
-	t0 = ev_time();
 	rc = storage_step_done(st, ST_BEGIN);
 	for (p = list; p && rc == SQLITE_OK; p = p->next)
 		rc = storage_write_one(st, p);
@@ -162,12 +154,53 @@ static void storage_flush(struct storage *st)
 			st->m->storage_commit_max = dt;
 		metrics_observe(&st->m->storage_commit, dt);
 	}
+	return rc;
+}
+
+/* Detach up to max messages from the front of *list; returns them, and
+ * their count in *n. */
+static struct hub_pending *storage_take(struct hub_pending **list, uint32_t max, uint32_t *n)
+{
+	struct hub_pending *head = *list, *p = head;
+
+	for (*n = 1; *n < max && p->next; (*n)++)
+		p = p->next;
+	*list = p->next;
+	p->next = NULL;
+	return head;
+}
+
+/*
+ * The completion point, once per loop iteration (and at close): never
+ * inside storage_submit, so the hub is never re-entered from its own call.
+ * Transactions of at most STORAGE_BATCH_MAX messages (batch, off) or of
+ * one (always):
+ *  - batch, always: acked only once their transaction committed; once one
+ *    fails, the rest fail too, so that no room's seq gets a hole;
+ *  - off: acked and delivered first, then written; a failure loses them
+ *    and is logged.
+ */
+static void storage_flush(struct storage *st)
+{
+	uint32_t max = st->sync == CONFIG_SYNC_ALWAYS ? 1 : STORAGE_BATCH_MAX, n;
+	struct hub_pending *list = st->head, *chunk, *p;
+	int rc = SQLITE_OK, off = st->sync == CONFIG_SYNC_OFF;
+
+	st->head = st->tail = NULL;
+	st->count = 0;
 	while (list) {
-		p = list;
-		list = p->next;
-		if (st->sync != CONFIG_SYNC_OFF)
-			hub_commit(st->hub, p, rc == SQLITE_OK ? PROTO_OK : PROTO_ERR_UNAVAILABLE);
-		hub_pending_free(p);
+		chunk = storage_take(&list, max, &n);
+		if (off)
+			for (p = chunk; p; p = p->next)
+				hub_append_done(st->hub, p, PROTO_OK);
+		if (rc == SQLITE_OK || off)
+			rc = storage_write(st, chunk, n);
+		while ((p = chunk)) {
+			chunk = p->next;
+			if (!off)
+				hub_append_done(st->hub, p, rc == SQLITE_OK ? PROTO_OK : PROTO_ERR_UNAVAILABLE);
+			hub_pending_free(p);
+		}
 	}
 }
 
@@ -187,10 +220,8 @@ static void storage_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 		st->head = p;
 	st->tail = p;
 	st->count++;
-	if (st->sync == CONFIG_SYNC_OFF)
-		hub_commit(hub, p, PROTO_OK);
-	if (st->sync == CONFIG_SYNC_ALWAYS || st->count >= STORAGE_BATCH_MAX)
-		storage_flush(st);
+	/* Completed at the end of this loop iteration (storage_on_prepare),
+	 * never here: the hub is in the middle of a command. */
 }
 
 /* ---- reading ------------------------------------------------------------ */
@@ -211,40 +242,40 @@ static void storage_row(sqlite3_stmt *s, struct hub_msg *m)
 		m->body = "";
 }
 
-static int storage_room_load(void *ctx, struct hub *hub, struct room *r)
+/* A room's state, handed to the hub as data: epoch and seq from rooms, then
+ * the messages its ring and dedup window hold. Synchronous (bounded). */
+static int storage_room_load(void *ctx, struct hub *hub, const char *room)
 {
 	struct storage *st = ctx;
 	sqlite3_stmt *s = st->st[ST_ROOM_GET];
 	const struct hub_limits *l = hub_limits(hub);
-	uint64_t keep, from;
+	uint64_t keep, from, seq = 0;
 	int rc;
 
-	storage_bind_text(s, 1, r->name, strlen(r->name));
+	storage_bind_text(s, 1, room, strlen(room));
 	rc = sqlite3_step(s);
 	if (rc == SQLITE_ROW) {
-		const char *epoch = (const char *)sqlite3_column_text(s, 0);
-		if (epoch && strlen(epoch) < sizeof(r->epoch))
-			strcpy(r->epoch, epoch);
-		r->seq = (uint64_t)sqlite3_column_int64(s, 1);
+		seq = (uint64_t)sqlite3_column_int64(s, 1);
+		hub_load_state(hub, room, (const char *)sqlite3_column_text(s, 0), seq);
 	}
 	sqlite3_reset(s);
 	sqlite3_clear_bindings(s);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-		log_error(NULL, "storage: loading room %s: %s", r->name, sqlite3_errmsg(st->db));
+		log_error(NULL, "storage: loading room %s: %s", room, sqlite3_errmsg(st->db));
 		return -1;
 	}
-	if (!r->seq)
+	if (!seq)
 		return 0;
 	/* The ring and the dedup window, as they were. */
 	keep = l->messages_per_room > l->dedup_window ? l->messages_per_room : l->dedup_window;
-	from = r->seq > keep ? r->seq - keep : 0;
+	from = seq > keep ? seq - keep : 0;
 	s = st->st[ST_RECENT];
-	storage_bind_text(s, 1, r->name, strlen(r->name));
+	storage_bind_text(s, 1, room, strlen(room));
 	sqlite3_bind_int64(s, 2, (sqlite3_int64)from);
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
 		struct hub_msg m;
 		storage_row(s, &m);
-		if (hub_room_restore(hub, r, &m)) {
+		if (hub_load_message(hub, room, &m)) {
 			rc = SQLITE_NOMEM;
 			break;
 		}
@@ -252,7 +283,7 @@ static int storage_room_load(void *ctx, struct hub *hub, struct room *r)
 	sqlite3_reset(s);
 	sqlite3_clear_bindings(s);
 	if (rc != SQLITE_DONE) {
-		log_error(NULL, "storage: loading messages of room %s: %s", r->name, sqlite3_errmsg(st->db));
+		log_error(NULL, "storage: loading messages of room %s: %s", room, sqlite3_errmsg(st->db));
 		return -1;
 	}
 	return 0;

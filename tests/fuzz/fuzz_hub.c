@@ -12,8 +12,11 @@
  *   3  POP       write out one frame
  *   4  RELEASE   the peer vanished: unregister the slot
  *   5  TICK      u8: the clock moves by u8 * 50 ms
- *   6  COMMIT    u8: the deferred engine commits that many pending messages
- *   7  FAIL      the deferred engine fails its oldest pending message (and,
+ *   6  COMMIT    u8 n: n < 128: the engine commits that many pending messages,
+ *                oldest first; n >= 128: it commits the oldest pending message
+ *                of room r(n % 8) only (rooms complete out of order); n >= 192:
+ *                it also finishes its oldest room load (ok unless n & 1)
+ *   7  FAIL      the engine fails its oldest pending message (and,
  *                per the engine contract, every later one of the same room)
  *   8  TOKEN     u8 alg, u16le len, len bytes of claims JSON: hello {token}
  *                with a token signed by the harness (auth on)
@@ -21,6 +24,13 @@
  *   10 DRAINING  hub_set_draining()
  *   11 TEMPLATE  u8 which, u8 arg: a well-formed frame of any command type
  *   12 CLOSE     u8: the hub closes the slot (hub_session_close), flush = u8 & 1
+ *
+ * Header byte 0: bit 1 drop_oldest, bit 2 an engine, bit 4 auth on, bit 8
+ * the engine is slow and unreliable: room loads wait for COMMIT >= 192, and
+ * reads fail while bit 16 is set. The engine keeps what it committed (the
+ * last FZ_STORE messages), so reloads and reads give it back. Byte 7's high
+ * nibble, if not 0, sets limits.max_rooms (1..15): rooms are evicted,
+ * reloaded, and new ones refused.
  *
  * Like the real transport (server.c), a frame that is not valid UTF-8 ends
  * the connection (1007) instead of reaching the hub, a close without flush
@@ -54,6 +64,8 @@
 #include "room.h"
 #include "session.h"
 
+#include "../fake_store.h"
+
 #define CHECK(cond) do { if (!(cond)) { \
 	fprintf(stderr, "fuzz_hub: check failed at line %d: %s\n", __LINE__, #cond); \
 	__builtin_trap(); } } while (0)
@@ -76,6 +88,12 @@ static int auth_on;
 /* The deferred engine: one FIFO of submitted messages (global submit order
  * is per-room seq order, as the contract wants). */
 static struct hub_pending *pend_head, *pend_tail;
+
+/* What the engine stored (the last FZ_STORE messages: retention). */
+#define FZ_STORE 64
+static struct fake_store store;
+static char loads[16][PROTO_ROOM_MAX + 1];
+static int nloads, slow_engine;
 
 /* ---- fake transport ----------------------------------------------------- */
 
@@ -120,7 +138,77 @@ static void eng_submit(void *ctx, struct hub *h, struct hub_pending *p)
 	pend_tail = p;
 }
 
-static const struct hub_engine deferred_engine = { .submit = eng_submit };
+static int eng_room_load(void *ctx, struct hub *h, const char *room)
+{
+	(void)ctx;
+	(void)h;
+	if (!slow_engine) {
+		fake_store_load(&store, hub, room);
+		return 0;
+	}
+	if (nloads == (int)(sizeof loads / sizeof loads[0]))
+		return -1;
+	snprintf(loads[nloads++], sizeof loads[0], "%s", room);
+	return 1;
+}
+
+static void eng_finish_load(int ok)
+{
+	char room[PROTO_ROOM_MAX + 1];
+
+	if (!nloads)
+		return;
+	memcpy(room, loads[0], sizeof room);
+	memmove(&loads[0], &loads[1], sizeof(loads[0]) * (size_t)--nloads);
+	if (ok)
+		fake_store_load(&store, hub, room);
+	hub_room_loaded(hub, room, ok);
+}
+
+static int eng_read(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
+		    void (*emit)(void *arg, const struct hub_msg *m), void *arg)
+{
+	(void)ctx;
+	return fake_store_read(&store, room, lo, hi, max, emit, arg);
+}
+
+static uint64_t eng_oldest(void *ctx, const char *room)
+{
+	(void)ctx;
+	return fake_store_oldest(&store, room);
+}
+
+static const struct hub_engine deferred_engine = {
+	.submit = eng_submit, .room_load = eng_room_load, .read = eng_read, .oldest = eng_oldest,
+};
+
+static void commit_one(struct hub_pending *p)
+{
+	fake_store_add(&store, p);
+	hub_append_done(hub, p, PROTO_OK);
+	hub_pending_free(p);
+}
+
+/* Commit the oldest pending message of room r<k> (per room in seq order,
+ * across rooms in any order). */
+static void eng_commit_room(unsigned k)
+{
+	struct hub_pending *p, *q, **pp;
+	char room[16];
+
+	snprintf(room, sizeof room, "r%u", k);
+	for (pp = &pend_head; (p = *pp); pp = &p->next) {
+		if (strcmp(p->room, room) != 0)
+			continue;
+		*pp = p->next;
+		p->next = NULL;
+		pend_tail = NULL;
+		for (q = pend_head; q; q = q->next)
+			pend_tail = q;
+		commit_one(p);
+		return;
+	}
+}
 
 static struct hub_pending *pend_pop(void)
 {
@@ -139,10 +227,8 @@ static void eng_commit(int n)
 {
 	struct hub_pending *p;
 
-	while (n-- > 0 && (p = pend_pop())) {
-		hub_commit(hub, p, PROTO_OK);
-		hub_pending_free(p);
-	}
+	while (n-- > 0 && (p = pend_pop()))
+		commit_one(p);
 }
 
 static void eng_fail(void)
@@ -153,7 +239,7 @@ static void eng_fail(void)
 	if (!p)
 		return;
 	memcpy(room, p->room, sizeof room);
-	hub_commit(hub, p, PROTO_ERR_UNAVAILABLE);
+	hub_append_done(hub, p, PROTO_ERR_UNAVAILABLE);
 	hub_pending_free(p);
 	/* A failed commit fails every later pending message of the room. */
 	for (pp = &pend_head; *pp;) {
@@ -164,7 +250,7 @@ static void eng_fail(void)
 		}
 		*pp = p->next;
 		p->next = NULL;
-		hub_commit(hub, p, PROTO_ERR_UNAVAILABLE);
+		hub_append_done(hub, p, PROTO_ERR_UNAVAILABLE);
 		hub_pending_free(p);
 	}
 	pend_tail = NULL;
@@ -218,7 +304,7 @@ static int write_one(struct slot *sl)
 	n = hub_session_frames(hub, sl->s, iov, 4, 4096);
 	for (i = 0; i < n; i++)
 		check_frame(&iov[i]);
-	hub_session_consumed(hub, sl->s, n);
+	hub_session_consumed(hub, sl->s, n, clock_now);
 	return n > 0;
 }
 
@@ -413,6 +499,8 @@ static void limits_from(struct config *cfg, const uint8_t h[8])
 	cfg->sessions_per_name = 1 + h[6] % 3;
 	cfg->messages_per_room = (h[6] >> 2) % 16;
 	cfg->dedup_window = h[7] % 16;
+	if (h[7] >> 4)
+		cfg->max_rooms = h[7] >> 4;
 }
 
 static uint16_t u16(const uint8_t **p, const uint8_t *end)
@@ -447,6 +535,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(slots, 0, sizeof slots);
 	memset(&metrics, 0, sizeof metrics);
 	pend_head = pend_tail = NULL;
+	memset(&store, 0, sizeof store);
+	store.cap = FZ_STORE;
+	store.fail_reads = (hdr[0] & 16) != 0;
+	nloads = 0;
+	slow_engine = (hdr[0] & 8) != 0;
 	clock_now = 1700000000.0;
 	if (config_defaults(&cfg))
 		abort();
@@ -493,7 +586,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			clock_now += u8(&p, end) * 0.05;
 			break;
 		case 6:
-			eng_commit(u8(&p, end));
+			a = u8(&p, end);
+			if (a < 128)
+				eng_commit(a);
+			else
+				eng_commit_room(a % 8);
+			if (a >= 192)
+				eng_finish_load(!(a & 1));
 			break;
 		case 7:
 			eng_fail();
@@ -533,6 +632,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 
 	/* Teardown: the engine completes everything, then every peer goes. */
+	while (nloads)
+		eng_finish_load(1);
 	eng_commit(1 << 30);
 	check_invariants();
 	for (i = 0; i < NSLOTS; i++) {

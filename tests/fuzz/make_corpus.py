@@ -58,6 +58,13 @@ proto = [
     ("ws-around", ' \t\r\n{"type":"ping"}\n '),
     ("nul-escape", '{"type":"send","room":"r","id":"1","body":"a\\u0000b"}'),
     ("nul-escape-even", '{"type":"send","room":"r","id":"1","body":"a\\\\u0000b"}'),
+    # Not RFC 8259: cJSON took these, and the bad \u hex cut the body short.
+    ("bad-hex-escape", '{"type":"send","room":"r","id":"1","body":"ab\\uZZZZcd"}'),
+    ("bad-escape", '{"type":"send","room":"r","id":"1","body":"a\\x41"}'),
+    ("raw-control", '{"type":"send","room":"r","id":"1","body":"a\tb"}'),
+    ("lone-surrogate", '{"type":"send","room":"r","id":"1","body":"\\ud800x"}'),
+    ("plus-number", '{"type":"join","room":"r","since":+1}'),
+    ("leading-zero", '{"type":"join","room":"r","since":01}'),
     ("trailing", '{"type":"ping"}{"type":"ping"}'),
     ("array", '[{"type":"ping"}]'),
     ("dup-keys", '{"type":"ping","type":"hello","name":"x"}'),
@@ -174,6 +181,17 @@ hub = [
      + tmpl(0, 1, 2) + inp(0, j({"type": "join", "room": "r1-x"}))
      + token(1, {"sub": "n1"}, alg=3) + token(1, {"sub": "n1", "exp": 1}) + token(1, {"sub": "bad name"})
      + token(1, {"sub": "n1", "rooms": "r0"}) + inp(1, j({"type": "hello", "name": "n1"})) + drain_all()),
+    # A slow, unreliable engine: loads wait, rooms complete out of order,
+    # at most 2 rooms in memory (evicted and reloaded), then failing reads.
+    ("async-engine", header(flags=2 | 8, dedup=0x2f) + op(CONNECT) + op(CONNECT, 1)
+     + tmpl(0, 0, 0) + tmpl(1, 0, 1) + tmpl(0, 1, 0) + tmpl(1, 1, 1) + op(COMMIT) + b"\xc0"
+     + op(COMMIT) + b"\xc0" + tmpl(0, 4, 0) + tmpl(1, 4, 1) + tmpl(1, 4, 5) + op(COMMIT) + b"\x81"
+     + op(COMMIT) + b"\x80" + op(COMMIT) + b"\x81" + tmpl(0, 3, 0) + tmpl(1, 3, 1) + tmpl(0, 1, 2)
+     + op(COMMIT) + b"\xc0" + tmpl(0, 1, 0) + op(COMMIT) + b"\xc1" + tmpl(1, 1, 0) + op(COMMIT) + b"\xc0"
+     + tmpl(1, 2, 0) + tmpl(1, 6, 0) + tmpl(1, 7, 2 << 2) + drain_all()),
+    ("async-engine-failing-reads", header(flags=2 | 16, dedup=0x1f, spn=0x04) + op(CONNECT) + tmpl(0, 0, 0)
+     + tmpl(0, 1, 0) + b"".join(tmpl(0, 4, i << 2) for i in range(4)) + op(COMMIT) + b"\x7f"
+     + tmpl(0, 3, 0) + tmpl(0, 1, 1) + tmpl(0, 2, 0) + tmpl(0, 6, 4) + tmpl(0, 8, 0) + op(DRAIN)),
     ("bad-utf8", header() + op(CONNECT) + inp(0, b'{"type":"hello","name":"\xff"}') + op(DRAIN)),
     ("garbage", header() + op(CONNECT) + inp(0, "{" * 300) + inp(0, '{"type":"send"}') + inp(0, "") + op(DRAIN)),
 ]

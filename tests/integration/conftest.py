@@ -248,6 +248,9 @@ class ChatdServer:
         found = sanitizer_report(self.log_text())
         if found:
             problems.append("sanitizer report in the chatd log: %s" % ", ".join(found))
+        if "engine contract broken" in self.log_text():
+            # hub.c logs it when an engine completes a message inside submit
+            problems.append("an engine broke the hub's contract (see the chatd log)")
         return problems
 
 

@@ -349,3 +349,98 @@ def test_redis_down_at_start_then_up(chatd, tmp_path):
         run(up())
     finally:
         redis.stop()
+
+
+def redis_cmd(redis, *args):
+    """One command to the test's redis-server over RESP; the reply, decoded
+    enough for these tests (status, error, integer, bulk, array)."""
+    with socket.create_connection(("127.0.0.1", redis.port), timeout=5) as s:
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        s.sendall(out)
+        f = s.makefile("rb")
+
+        def read():
+            line = f.readline().rstrip(b"\r\n")
+            kind, rest = line[:1], line[1:]
+            if kind in (b"+", b"-"):
+                return rest.decode()
+            if kind == b":":
+                return int(rest)
+            if kind == b"$":
+                n = int(rest)
+                return None if n < 0 else f.read(n + 2)[:-2].decode()
+            if kind == b"*":
+                return [read() for _ in range(int(rest))]
+            raise AssertionError("bad RESP reply %r" % line)
+        return read()
+
+
+def drop_subscription_and_wait_up(srv, redis):
+    """Kill the node's pub/sub connection: it reconnects and re-reads every
+    loaded room (a resync)."""
+    before = srv.metrics().value("chatd_redis_resyncs_total")
+    assert redis_cmd(redis, "CLIENT", "KILL", "TYPE", "pubsub") >= 1
+    wait_until(lambda: srv.metrics().value("chatd_redis_resyncs_total") > before,
+               scaled(10), what="the resync after the reconnect")
+
+
+def test_room_freed_during_its_resync_loads_when_used_again(chatd, redis):
+    """Defect 1: a resync in flight, the room freed (its last member left),
+    then joined again: the join must be answered once Redis answers, not
+    parked until a restart."""
+    srv = chatd(node_cfg(redis, 1))
+
+    async def go():
+        a = await srv.client("alice")
+        await a.join("quiet")              # no message: freed when empty
+        # Redis holds back every script (the resync's LOAD among them).
+        assert redis_cmd(redis, "CLIENT", "PAUSE", int(scaled(3) * 1000), "WRITE") == "OK"
+        await asyncio.to_thread(drop_subscription_and_wait_up, srv, redis)
+        await a.request({"type": "leave", "room": "quiet"}, "left")
+        await a.send({"type": "join", "room": "quiet", "ref": "again"})
+        j = await a.expect("joined", scaled(10))
+        assert j["ref"] == "again" and j["seq"] == 0
+        await a.send({"type": "send", "room": "quiet", "id": "m1", "body": "hi"})
+        seen = set()
+        got = await recv_until(a, lambda m: seen.add(m["type"]) or {"ack", "message"} <= seen)
+        assert [m["seq"] for m in got if m["type"] == "message"] == [1], got
+        await a.close()
+
+    run(go())
+
+
+def test_out_of_range_seqs_from_redis_do_not_wedge_a_room(chatd, redis):
+    """Defect 7: a stream entry with seq 0, past the room's seq, or out of
+    range is refused, and the room keeps delivering."""
+    srv = chatd(node_cfg(redis, 1))
+
+    async def go():
+        a = await srv.client("alice")
+        j = await a.join("r")
+        await a.send({"type": "send", "room": "r", "id": "m1", "body": "one"})
+        seen = set()
+        await recv_until(a, lambda m: seen.add(m["type"]) or {"ack", "message"} <= seen)
+        ep = j["epoch"]
+        for seq in ("0", "-3", "1000", "1e18", "1e300", "2.5"):
+            redis_cmd(redis, "RPUSH", "chatd:room:r:hist",
+                      '{"t":"m","room":"r","seq":%s,"from":"eve","id":"x%s","body":"bad","ts":1,"epoch":"%s"}'
+                      % (seq, seq, ep))
+            redis_cmd(redis, "PUBLISH", "chatd:events",
+                      '{"t":"m","room":"r","seq":%s,"from":"eve","id":"y%s","body":"bad","ts":1e300,"epoch":"%s"}'
+                      % (seq, seq, ep))
+        await asyncio.to_thread(drop_subscription_and_wait_up, srv, redis)
+        await a.send({"type": "send", "room": "r", "id": "m2", "body": "two"})
+        # The ack and the message come on two Redis connections: any order.
+        seen = set()
+        got = await recv_until(a, lambda m: seen.add((m["type"], m.get("id"))) or
+                               {("ack", "m2"), ("message", "m2")} <= seen)
+        assert [m["seq"] for m in got if m["type"] == "message"][-1] == 2, got
+        assert not [m for m in got if m["type"] == "reset" or m.get("from") == "eve"], got
+        h = await a.request({"type": "history", "room": "r"}, "history")
+        assert [(m["seq"], m["id"]) for m in h["messages"]] == [(1, "m1"), (2, "m2")]
+        await a.close()
+
+    run(go())

@@ -1,6 +1,7 @@
 """Durable history: the real binary with a real SQLite file in a temp dir."""
 
 import asyncio
+import json
 import os
 import resource
 import signal
@@ -383,3 +384,82 @@ def test_retry_while_the_first_is_uncommitted_gets_the_same_ack(chatd, tmp_path)
         await check(w)
 
     run(go())
+
+
+async def alice_and_bob_in(srv, room):
+    """Two clients joined to room, alice's presence event consumed."""
+    a = await srv.client("alice")
+    b = await srv.client("bob")
+    await a.join(room)
+    await b.join(room)
+    await a.expect("presence")
+    return a, b
+
+
+# Frames that cJSON alone took and altered: a bad \u escape became U+0000
+# and cut the body short ("ab\uZZZZcd" was stored and delivered as "ab"),
+# raw control characters and numbers outside the grammar went through.
+NON_RFC8259_SENDS = [
+    r'{"type":"send","room":"r","id":"e1","body":"ab\uZZZZcd"}',
+    r'{"type":"send","room":"r","id":"e2","body":"ab\u00g1cd"}',
+    r'{"type":"send","room":"r","id":"e3","body":"ab\u12"}',
+    r'{"type":"send","room":"r","id":"e4","body":"a\xb"}',
+    '{"type":"send","room":"r","id":"e5","body":"tab\there"}',
+    r'{"type":"send","room":"r","id":"e6","body":"\ud800 lone"}',
+    '{"type":"send","room":"r","id":"e7","body":"x","n":+1}',
+    '{"type":"send","room":"r","id":"e8","body":"x","n":01}',
+]
+
+
+def test_non_rfc8259_frames_are_refused_never_stored_altered(chatd, tmp_path):
+    """Every frame is strict JSON before it is used: a body is stored and
+    delivered byte for byte as sent, or refused with bad_request."""
+    srv = chatd(storage_cfg(tmp_path))
+
+    async def main():
+        a, b = await alice_and_bob_in(srv, "r")
+        try:
+            for text in NON_RFC8259_SENDS:
+                await a.send_text(text)
+                e = await a.expect_error("bad_request")
+                assert "JSON" in e["message"], e
+            # A valid frame with every escape RFC 8259 has arrives intact.
+            body = "ab\u00e9\U0001F600/\"\\\b\f\n\r\t end"
+            await a.send_text('{"type":"send","room":"r","id":"ok","body":%s}' % json.dumps(body))
+            ack = await a.expect("ack")
+            m = await b.expect("message")
+            assert (m["id"], m["body"], m["seq"]) == ("ok", body, ack["seq"]) and ack["seq"] == 1, m
+            h = await b.request({"type": "history", "room": "r"}, "history")
+            assert [x["body"] for x in h["messages"]] == [body]
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+    srv.stop()
+    rows = db_rows(str(tmp_path / "chat.db"), "SELECT id, body FROM messages ORDER BY seq")
+    assert rows == [("ok", "ab\u00e9\U0001F600/\"\\\b\f\n\r\t end")], rows
+
+
+@pytest.mark.parametrize("sync", ["batch", "always", "off"])
+def test_every_sync_mode_completes_after_submit_in_order(chatd, tmp_path, sync):
+    """The engine contract: a message completes after submit returned, never
+    inside it (the hub logs an error if it is re-entered); acks and the
+    stored rows follow seq order in every sync mode."""
+    srv = chatd(storage_cfg(tmp_path, sync=sync))
+
+    async def main():
+        a, b = await alice_and_bob_in(srv, "r")
+        try:
+            acks, failed = await send_burst(a, "r", 50, "s")
+            assert not failed and sorted(acks.values()) == list(range(1, 51))
+            got = [(await b.expect("message"))["seq"] for _ in range(50)]
+            assert got == list(range(1, 51))
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+    srv.stop()
+    assert "engine contract broken" not in srv.log_text(), srv.log_tail()
+    assert db_rows(str(tmp_path / "chat.db"), "SELECT count(*), max(seq) FROM messages") == [(50, 50)]

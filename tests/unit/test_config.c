@@ -66,6 +66,7 @@ static void assert_zeroed(const struct config *c)
 	assert_int_equal(c->slow_consumer, 0);
 	assert_true(c->rate == 0 && c->burst == 0);
 	assert_int_equal(c->sessions_per_name, 0);
+	assert_int_equal(c->max_rooms, 0);
 	assert_int_equal(c->messages_per_room, 0);
 	assert_int_equal(c->dedup_window, 0);
 	assert_int_equal(c->log_level, 0);
@@ -100,6 +101,7 @@ static void assert_defaults(const struct config *c)
 	assert_true(c->rate == 20);
 	assert_true(c->burst == 40);
 	assert_int_equal(c->sessions_per_name, 1);
+	assert_int_equal(c->max_rooms, 10000);
 	assert_int_equal(c->messages_per_room, 1000);
 	assert_int_equal(c->dedup_window, 1000);
 	assert_int_equal(c->log_level, CONFIG_LOG_INFO);
@@ -180,6 +182,7 @@ static void test_every_key(void **state)
 		"rate = 5\n"
 		"burst = 7.5\n"
 		"sessions_per_name = 2\n"
+		"max_rooms = 7\n"
 		"[history]\n"
 		"messages_per_room = 0\n"
 		"dedup_window = 10\n"
@@ -216,6 +219,7 @@ static void test_every_key(void **state)
 	assert_true(c.rate == 5);
 	assert_true(c.burst == 7.5);
 	assert_int_equal(c.sessions_per_name, 2);
+	assert_int_equal(c.max_rooms, 7);
 	assert_int_equal(c.messages_per_room, 0);
 	assert_int_equal(c.dedup_window, 10);
 	assert_int_equal(c.log_level, CONFIG_LOG_DEBUG);
@@ -323,6 +327,7 @@ static void test_out_of_range(void **state)
 	expect_error("[limits]\nsend_queue_bytes = 0\n", "2: limits.send_queue_bytes: expected an integer >= 1");
 	expect_error("[limits]\ntotal_queue_bytes = -5\n", "2: limits.total_queue_bytes: expected an integer >= 1");
 	expect_error("[limits]\nsessions_per_name = 0\n", "2: limits.sessions_per_name: expected an integer in 1..2147483647");
+	expect_error("[limits]\nmax_rooms = 0\n", "2: limits.max_rooms: expected an integer in 1..2147483647");
 	expect_error("[history]\nmessages_per_room = -1\n", "2: history.messages_per_room: expected an integer in 0..2147483647");
 	expect_error("[history]\ndedup_window = -1\n", "2: history.dedup_window: expected an integer in 0..2147483647");
 }
@@ -490,6 +495,57 @@ static void test_sample_config(void **state)
 	config_free(&c);
 }
 
+/* Redis keys are built in fixed buffers: a longer prefix truncated them and
+ * made keys of different rooms collide. */
+static void test_key_prefix_is_bounded(void **state)
+{
+	char text[256], prefix[80];
+	struct config c;
+	char err[512];
+
+	memset(prefix, 'p', 64);
+	prefix[64] = '\0';
+	snprintf(text, sizeof text, "[cluster]\nkey_prefix = \"%s\"\n", prefix);
+	assert_int_equal(load(text, &c, err, sizeof err), 0);
+	assert_int_equal(strlen(c.key_prefix), 64);
+	config_free(&c);
+	strcat(prefix, "q");
+	snprintf(text, sizeof text, "[cluster]\nkey_prefix = \"%s\"\n", prefix);
+	expect_error(text, "2: cluster.key_prefix: expected a string of at most 64 bytes");
+}
+
+/* The one parser of cluster.redis: what the config accepts, the cluster
+ * connects with (it was parsed twice, two ways). */
+static void test_redis_url_parts(void **state)
+{
+	struct config_redis u;
+
+	assert_int_equal(config_redis_parse("redis://127.0.0.1", &u), 0);
+	assert_int_equal(u.host_len, 9);
+	assert_memory_equal(u.host, "127.0.0.1", 9);
+	assert_int_equal(u.port, 6379);
+	assert_int_equal(u.db, -1);
+	assert_null(u.password);
+	assert_int_equal(config_redis_parse("redis://user:s3:cr@t@h.example:6380/12", &u), 0);
+	assert_int_equal(u.password_len, 7);
+	assert_memory_equal(u.password, "s3:cr@t", 7);
+	assert_int_equal(u.host_len, 9);
+	assert_memory_equal(u.host, "h.example", 9);
+	assert_int_equal(u.port, 6380);
+	assert_int_equal(u.db, 12);
+	assert_int_equal(config_redis_parse("redis://:pw@h/", &u), 0);
+	assert_int_equal(u.password_len, 2);
+	assert_int_equal(u.db, -1);
+	assert_int_equal(config_redis_parse("http://h:1", &u), -1);
+	assert_int_equal(config_redis_parse("redis://:1", &u), -1);
+	assert_int_equal(config_redis_parse("redis://h:", &u), -1);
+	assert_int_equal(config_redis_parse("redis://h:65536", &u), -1);
+	assert_int_equal(config_redis_parse("redis://h:0", &u), -1);
+	assert_int_equal(config_redis_parse("redis://h:12x", &u), -1);
+	assert_int_equal(config_redis_parse("redis://h/1234567", &u), -1);
+	assert_int_equal(config_redis_parse("redis://h/x", &u), -1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -511,6 +567,8 @@ int main(void)
 		cmocka_unit_test(test_tls_cipher_keys),
 		cmocka_unit_test(test_names),
 		cmocka_unit_test(test_sample_config),
+		cmocka_unit_test(test_key_prefix_is_bounded),
+		cmocka_unit_test(test_redis_url_parts),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

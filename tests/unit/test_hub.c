@@ -22,12 +22,16 @@
 
 #include <cjson/cJSON.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "hub.h"
 #include "log.h"
 #include "metrics.h"
 #include "msgbuf.h"
+#include "proto.h"
 #include "session.h"
+
+#include "../fake_store.h"
 
 /* ---- fake transport ----------------------------------------------------- */
 
@@ -72,6 +76,34 @@ static double fk_now(void *ctx)
 
 static const struct hub_transport fake_tp = { fk_wake, fk_close, fk_now, NULL };
 
+/* ---- allocation failures ------------------------------------------------ */
+
+/*
+ * test_hub links with -Wl,--wrap=malloc,--wrap=calloc: every malloc and
+ * calloc of the hub's own code (chatd_core is a static library) goes
+ * through here, so a test can make the n-th next one fail. Allocations
+ * inside shared libraries (cJSON, libc's strdup) are not counted.
+ */
+static long alloc_fail_in;      /* 0: off; n: the n-th next allocation fails */
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t size);
+
+static int alloc_fails(void)
+{
+	return alloc_fail_in > 0 && --alloc_fail_in == 0;
+}
+
+void *__wrap_malloc(size_t n)
+{
+	return alloc_fails() ? NULL : __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+	return alloc_fails() ? NULL : __real_calloc(n, size);
+}
+
 /* ---- fixture ------------------------------------------------------------ */
 
 static struct config cfg;
@@ -87,6 +119,7 @@ static int setup(void **state)
 	(void)state;
 	memset(&fk, 0, sizeof fk);
 	memset(&metrics, 0, sizeof metrics);
+	alloc_fail_in = 0;
 	fk.now = 1000.5;
 	hub = NULL;
 	nconns = 0;
@@ -1240,7 +1273,7 @@ static void test_deferred_engine_acks_and_broadcasts_at_commit(void **state)
 	expect_none(a);                     /* nothing until the commit */
 	expect_none(b);
 
-	hub_commit(hub, p, PROTO_OK);
+	hub_append_done(hub, p, PROTO_OK);
 	hub_pending_free(p);
 	o = expect(a, "ack");
 	assert_true(num(o, "seq") == 1);
@@ -1266,7 +1299,7 @@ static void test_deferred_commit_after_the_sender_is_gone_still_broadcasts(void 
 	hub_session_unregister(hub, a);
 	assert_string_equal(str(expect(b, "presence"), "state"), "leave");
 
-	hub_commit(hub, eng.held[0], PROTO_OK);
+	hub_append_done(hub, eng.held[0], PROTO_OK);
 	hub_pending_free(eng.held[0]);
 	o = expect(b, "message");
 	assert_string_equal(str(o, "from"), "alice");
@@ -1293,7 +1326,7 @@ static void test_deferred_commit_does_not_ack_a_new_session_with_the_same_name(v
 	a2 = login("alice");
 	join(a2, "r");
 	drain(b);
-	hub_commit(hub, eng.held[0], PROTO_OK);
+	hub_append_done(hub, eng.held[0], PROTO_OK);
 	hub_pending_free(eng.held[0]);
 	/* a2 is a member so it gets the message, but no ack: it did not send */
 	assert_true(num(expect(a2, "message"), "seq") == 1);
@@ -1312,7 +1345,7 @@ static void test_deferred_commit_failure_answers_the_sender_only(void **state)
 	join(b, "r");
 	drain(a);
 	in(a, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"m1\",\"body\":\"x\",\"ref\":\"e\"}");
-	hub_commit(hub, eng.held[0], PROTO_ERR_UNAVAILABLE);
+	hub_append_done(hub, eng.held[0], PROTO_ERR_UNAVAILABLE);
 	hub_pending_free(eng.held[0]);
 	assert_string_equal(str(expect_error(a, "unavailable"), "ref"), "e");
 	expect_none(a);
@@ -1333,9 +1366,9 @@ static void test_failed_commit_gives_its_seq_back(void **state)
 	drain(b);
 	send_msg(a, "r", "m1", "lost");
 	send_msg(a, "r", "m2", "lost too");
-	hub_commit(hub, eng.held[0], PROTO_ERR_UNAVAILABLE);
+	hub_append_done(hub, eng.held[0], PROTO_ERR_UNAVAILABLE);
 	hub_pending_free(eng.held[0]);
-	hub_commit(hub, eng.held[1], PROTO_ERR_UNAVAILABLE);
+	hub_append_done(hub, eng.held[1], PROTO_ERR_UNAVAILABLE);
 	hub_pending_free(eng.held[1]);
 	expect_error(a, "unavailable");
 	expect_error(a, "unavailable");
@@ -1344,7 +1377,7 @@ static void test_failed_commit_gives_its_seq_back(void **state)
 	eng.n = 0;
 	eng.seq = 0;
 	send_msg(a, "r", "m3", "kept");
-	hub_commit(hub, eng.held[0], PROTO_OK);
+	hub_append_done(hub, eng.held[0], PROTO_OK);
 	hub_pending_free(eng.held[0]);
 	assert_true(num(expect(a, "ack"), "seq") == 1);
 	assert_true(num(expect(b, "message"), "seq") == 1);
@@ -1363,9 +1396,494 @@ static void test_deferred_commit_failure_after_the_sender_is_gone(void **state)
 	send_msg(a, "r", "m1", "x");
 	hub_session_unregister(hub, a);
 	drain(b);
-	hub_commit(hub, eng.held[0], PROTO_ERR_INTERNAL);
+	hub_append_done(hub, eng.held[0], PROTO_ERR_INTERNAL);
 	hub_pending_free(eng.held[0]);
 	expect_none(b);
+}
+
+/* ---- a fake asynchronous engine ---------------------------------------- */
+
+/*
+ * A local engine that does nothing inside the hub's calls: appends wait
+ * until the test completes them (per room in order, across rooms in any
+ * order), room loads wait until the test finishes them, and reads and
+ * appends can be made to fail. What it stored, it keeps, so that loads and
+ * reads return it; `oldest` says what it still holds.
+ */
+#define FE_MAX 256
+
+static struct {
+	struct hub_pending *held[FE_MAX];
+	int nheld;
+	struct fake_store store;
+	char loading[8][PROTO_ROOM_MAX + 1];
+	int nloading;
+	int slow_load;      /* room_load answers later, through fe_finish_load */
+	int reads, loads;
+} fe;
+
+static void fe_submit(void *ctx, struct hub *h, struct hub_pending *p)
+{
+	(void)ctx;
+	(void)h;
+	assert_true(fe.nheld < FE_MAX);
+	fe.held[fe.nheld++] = p;
+}
+
+/* Complete the oldest held append of room with status. */
+static void fe_complete(const char *room, enum proto_err status)
+{
+	int i;
+
+	for (i = 0; i < fe.nheld; i++) {
+		struct hub_pending *p = fe.held[i];
+		if (strcmp(p->room, room) != 0)
+			continue;
+		memmove(&fe.held[i], &fe.held[i + 1], sizeof(fe.held[0]) * (size_t)(fe.nheld - i - 1));
+		fe.nheld--;
+		if (status == PROTO_OK)
+			fake_store_add(&fe.store, p);
+		hub_append_done(hub, p, status);
+		hub_pending_free(p);
+		return;
+	}
+	fail_msg("no append of room %s is held", room);
+}
+
+static int fe_room_load(void *ctx, struct hub *h, const char *room)
+{
+	(void)ctx;
+	(void)h;
+	fe.loads++;
+	if (fe.slow_load) {
+		assert_true(fe.nloading < 8);
+		snprintf(fe.loading[fe.nloading++], sizeof fe.loading[0], "%s", room);
+		return 1;
+	}
+	assert_int_equal(fake_store_load(&fe.store, hub, room), 0);
+	return 0;
+}
+
+static void fe_finish_load(int ok)
+{
+	char room[PROTO_ROOM_MAX + 1];
+
+	assert_true(fe.nloading > 0);
+	memcpy(room, fe.loading[0], sizeof room);
+	memmove(&fe.loading[0], &fe.loading[1], sizeof(fe.loading[0]) * (size_t)--fe.nloading);
+	if (ok)
+		assert_int_equal(fake_store_load(&fe.store, hub, room), 0);
+	hub_room_loaded(hub, room, ok);
+}
+
+static int fe_read(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
+		   void (*emit)(void *arg, const struct hub_msg *m), void *arg)
+{
+	(void)ctx;
+	fe.reads++;
+	return fake_store_read(&fe.store, room, lo, hi, max, emit, arg);
+}
+
+static uint64_t fe_oldest(void *ctx, const char *room)
+{
+	(void)ctx;
+	return fake_store_oldest(&fe.store, room);
+}
+
+static void start_with_fake_engine(void)
+{
+	struct hub_engine e = { .submit = fe_submit, .room_load = fe_room_load, .read = fe_read,
+				.oldest = fe_oldest };
+
+	memset(&fe, 0, sizeof fe);
+	start();
+	hub_set_engine(hub, &e);
+}
+
+static void test_fake_engine_completes_rooms_out_of_order(void **state)
+{
+	struct session *a, *b;
+
+	start_with_fake_engine();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r1");
+	join(a, "r2");
+	join(b, "r1");
+	join(b, "r2");
+	drain(a);
+	send_msg(a, "r1", "x1", "one");
+	send_msg(a, "r2", "y1", "two");
+	send_msg(a, "r1", "x2", "three");
+	expect_none(a);
+	expect_none(b);
+	fe_complete("r2", PROTO_OK);
+	assert_string_equal(str(expect(b, "message"), "id"), "y1");
+	fe_complete("r1", PROTO_OK);
+	fe_complete("r1", PROTO_OK);
+	assert_string_equal(str(expect(b, "message"), "id"), "x1");
+	assert_true(num(expect(b, "message"), "seq") == 2);
+	assert_string_equal(str(expect(a, "ack"), "id"), "y1");
+	assert_string_equal(str(expect(a, "message"), "id"), "y1");
+	assert_string_equal(str(expect(a, "ack"), "id"), "x1");
+}
+
+/* A failed append fails its room only: the other room's append completes,
+ * the failed seq is given back, and nobody gets the failed message. */
+static void test_fake_engine_fails_an_append_in_one_room_only(void **state)
+{
+	struct session *a, *b;
+
+	start_with_fake_engine();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r1");
+	join(a, "r2");
+	join(b, "r1");
+	join(b, "r2");
+	drain(a);
+	send_msg(a, "r1", "x1", "lost");
+	send_msg(a, "r2", "y1", "kept");
+	fe_complete("r1", PROTO_ERR_UNAVAILABLE);
+	fe_complete("r2", PROTO_OK);
+	expect_error(a, "unavailable");
+	assert_string_equal(str(expect(a, "ack"), "id"), "y1");
+	assert_string_equal(str(expect(b, "message"), "id"), "y1");
+	expect_none(b);
+	send_msg(a, "r1", "x2", "again");
+	fe_complete("r1", PROTO_OK);
+	assert_true(num(expect(b, "message"), "seq") == 1);
+}
+
+/* A sequencing engine (the cluster's contract): it answers the sender with
+ * hub_append_answered and feeds every message through hub_stream_message, which reports a
+ * gap (-1) instead of delivering out of order; the engine re-reads and the
+ * members get every message once, in order. A message whose frame cannot
+ * be made is reported as a gap too, and applied on the re-read. */
+static struct hub_pending *seq_held[8];
+static int seq_nheld;
+
+static void seq_submit(void *ctx, struct hub *h, struct hub_pending *p)
+{
+	(void)ctx;
+	(void)h;
+	assert_true(seq_nheld < 8);
+	seq_held[seq_nheld++] = p;
+}
+
+static void test_sequencing_engine_reports_gaps_and_recovers(void **state)
+{
+	struct hub_engine e = { .submit = seq_submit, .sequences = 1 };
+	struct hub_msg m1 = { 1, 5, "alice", "a1", "one", 3 };
+	struct hub_msg m2 = { 2, 6, "alice", "a2", "two", 3 };
+	struct hub_msg m3 = { 3, 7, "bob", "b1", "three", 5 };
+	struct session *a, *b;
+	const char *epoch;
+
+	seq_nheld = 0;
+	start();
+	hub_set_engine(hub, &e);
+	a = login("alice");
+	b = login("bob");
+	epoch = str(join(a, "r"), "epoch");
+	join(b, "r");
+	drain(a);
+	send_msg(a, "r", "a1", "one");
+	assert_int_equal(seq_nheld, 1);
+	assert_int_equal(seq_held[0]->seq, 0);       /* the engine assigns it */
+	seq_held[0]->seq = 1;
+	hub_append_answered(hub, seq_held[0], PROTO_OK);
+	hub_pending_free(seq_held[0]);
+	assert_true(num(expect(a, "ack"), "seq") == 1);
+	expect_none(b);                                 /* fan-out comes from the stream */
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m1), 0);
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m3), -1);   /* 2 is missing: a gap */
+	assert_true(num(expect(b, "message"), "seq") == 1);
+	expect_none(b);
+	alloc_fail_in = 1;                              /* m2's frame */
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m2), -1);
+	alloc_fail_in = 0;
+	expect_none(b);
+	/* the re-read */
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m1), 0);   /* seen: ignored */
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m2), 0);
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m3), 0);
+	assert_true(num(expect(b, "message"), "seq") == 2);
+	assert_true(num(expect(b, "message"), "seq") == 3);
+	expect_none(b);
+	assert_int_equal(hub_room_seq(hub, "r"), 3);
+}
+
+/* Defect 2: a parked join whose member cannot be added must not free the
+ * room under hub_room_loaded (it freed it there, then again at its end). */
+static void test_failed_parked_join_does_not_free_the_room_twice(void **state)
+{
+	struct session *a, *b;
+
+	start_with_fake_engine();
+	fe.slow_load = 1;
+	a = login("alice");
+	b = login("bob");
+	in(a, "{\"type\":\"join\",\"room\":\"r\",\"ref\":\"ja\"}");
+	in(b, "{\"type\":\"join\",\"room\":\"r\",\"ref\":\"jb\"}");
+	expect_none(a);
+	expect_none(b);
+	alloc_fail_in = 1;          /* alice's membership */
+	fe_finish_load(1);
+	alloc_fail_in = 0;
+	assert_string_equal(str(expect_error(a, "internal"), "ref"), "ja");
+	assert_string_equal(str(expect(b, "joined"), "ref"), "jb");
+	/* the room is alive and usable */
+	fe.slow_load = 0;
+	assert_true(num(join(a, "r"), "seq") == 0);
+	assert_int_equal(hub_room_count(hub), 1);
+}
+
+/* Defect 3: a storage read that fails must not be answered as complete. */
+static void test_failed_read_is_not_reported_as_recovered(void **state)
+{
+	struct session *a, *b;
+	char id[8];
+	int i;
+
+	cfg.messages_per_room = 2;
+	cfg.dedup_window = 2;
+	start_with_fake_engine();
+	a = login("alice");
+	join(a, "r");
+	for (i = 1; i <= 6; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		send_msg(a, "r", id, "x");
+		fe_complete("r", PROTO_OK);
+	}
+	drain(a);
+	b = login("bob");
+	/* the ring holds 5..6; 1..4 come from the engine, whose read fails */
+	fe.store.fail_reads = 1;
+	in(b, "{\"type\":\"join\",\"room\":\"r\",\"since\":0,\"ref\":\"j\"}");
+	assert_string_equal(str(expect_error(b, "unavailable"), "ref"), "j");
+	expect_none(b);
+	drain(a);
+	in(a, "{\"type\":\"history\",\"room\":\"r\",\"limit\":5,\"ref\":\"h\"}");
+	assert_string_equal(str(expect_error(a, "unavailable"), "ref"), "h");
+	/* and once the engine reads again, both are whole */
+	fe.store.fail_reads = 0;
+	in(b, "{\"type\":\"join\",\"room\":\"r\",\"since\":0}");
+	for (i = 1; i <= 6; i++)
+		assert_true(num(expect(b, "message"), "seq") == i);
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItem(expect(b, "joined"), "recovered")));
+	assert_true(fe.reads >= 3);
+}
+
+/* Defect 4: a stored message whose frame cannot be made still answers its
+ * sender and keeps its dedup entry, so a retry is not stored twice. */
+static void test_stored_message_without_a_frame_still_acks_and_dedups(void **state)
+{
+	struct session *a, *b;
+	cJSON *o;
+
+	start_with_fake_engine();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	send_msg(a, "r", "m1", "x");
+	alloc_fail_in = 1;          /* the message frame, at commit */
+	fe_complete("r", PROTO_OK);
+	alloc_fail_in = 0;
+	assert_true(num(expect(a, "ack"), "seq") == 1);
+	expect_none(b);
+	/* the retry: the same ack, nothing new stored */
+	send_msg(a, "r", "m1", "x");
+	assert_true(num(expect(a, "ack"), "seq") == 1);
+	assert_int_equal(fe.nheld, 0);
+	/* the members see the gap: the next message is seq 2 */
+	send_msg(a, "r", "m2", "y");
+	fe_complete("r", PROTO_OK);
+	o = expect(b, "message");
+	assert_true(num(o, "seq") == 2);
+	/* and history fills it from the engine */
+	in(b, "{\"type\":\"history\",\"room\":\"r\"}");
+	o = cJSON_GetObjectItem(expect(b, "history"), "messages");
+	assert_int_equal(cJSON_GetArraySize(o), 2);
+	assert_string_equal(str(cJSON_GetArrayItem(o, 0), "id"), "m1");
+}
+
+/* Defect 4, memory only: a message that cannot be kept is refused and its
+ * seq given back: no silent hole, no duplicate on retry. */
+static void test_memory_only_message_without_a_frame_is_refused(void **state)
+{
+	struct session *a, *b;
+
+	start();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	/* calloc pending, malloc body, malloc frame */
+	alloc_fail_in = 3;
+	send_msg(a, "r", "m1", "x");
+	alloc_fail_in = 0;
+	expect_error(a, "internal");
+	expect_none(b);
+	send_msg(a, "r", "m1", "x");
+	assert_true(num(expect(a, "ack"), "seq") == 1);
+	assert_true(num(expect(b, "message"), "seq") == 1);
+}
+
+/* Defect 6: cluster_new out of memory must say so, not hand back whatever
+ * the caller's error buffer held. */
+static void test_cluster_new_out_of_memory_says_so(void **state)
+{
+	struct cluster *c;
+	char err[64];
+
+	start();
+	free(cfg.redis);
+	cfg.redis = strdup("redis://127.0.0.1:1");
+	assert_non_null(cfg.redis);
+	memset(err, 'X', sizeof err - 1);
+	err[sizeof err - 1] = '\0';
+	alloc_fail_in = 2;          /* the cluster, then its channel name */
+	c = cluster_new(&cfg, NULL, hub, &metrics, err, sizeof err);
+	alloc_fail_in = 0;
+	assert_null(c);
+	assert_string_equal(err, "out of memory");
+}
+
+/* ---- room memory -------------------------------------------------------- */
+
+/* alice joins room, sends one message there and leaves: the room is idle. */
+static const char *room_used_once(struct session *a, const char *room)
+{
+	const char *epoch = str(join(a, room), "epoch");
+
+	send_msg(a, room, "m", "x");
+	expect(a, "ack");
+	expect(a, "message");
+	in(a, "{\"type\":\"leave\",\"room\":\"%s\"}", room);
+	expect(a, "left");
+	return epoch;
+}
+
+static void test_idle_rooms_past_max_rooms_are_evicted_least_recent_first(void **state)
+{
+	struct session *a;
+	const char *e1;
+	char name[8];
+	cJSON *j;
+	int i;
+
+	cfg.max_rooms = 3;
+	start();
+	a = login("alice");
+	e1 = room_used_once(a, "r1");
+	for (i = 2; i <= 5; i++) {
+		snprintf(name, sizeof name, "r%d", i);
+		room_used_once(a, name);
+		assert_true(hub_room_count(hub) <= 3);
+	}
+	assert_int_equal(hub_room_count(hub), 3);
+	assert_int_equal(metrics.rooms_evicted, 2);
+	assert_int_equal(metrics.rooms_idle, 3);
+	/* r5 was used last: still held */
+	assert_true(num(join(a, "r5"), "seq") == 1);
+	assert_int_equal(metrics.rooms_idle, 2);
+	/* r1 was the least recently used: memory only, its history is gone,
+	 * and a new epoch tells a resuming client so */
+	in(a, "{\"type\":\"join\",\"room\":\"r1\",\"since\":1,\"epoch\":\"%s\"}", e1);
+	j = expect(a, "joined");
+	assert_true(num(j, "seq") == 0);
+	assert_string_not_equal(str(j, "epoch"), e1);
+	assert_true(cJSON_IsFalse(cJSON_GetObjectItem(j, "recovered")));
+}
+
+static void test_max_rooms_all_in_use_refuses_a_new_room(void **state)
+{
+	struct session *a;
+
+	cfg.max_rooms = 2;
+	start();
+	a = login("alice");
+	join(a, "r1");
+	join(a, "r2");
+	in(a, "{\"type\":\"join\",\"room\":\"r3\",\"ref\":\"full\"}");
+	assert_non_null(strstr(str(expect_error(a, "unavailable"), "message"), "limits.max_rooms"));
+	assert_int_equal(metrics.rooms_refused, 1);
+	assert_int_equal(hub_room_count(hub), 2);
+	in(a, "{\"type\":\"leave\",\"room\":\"r1\"}");
+	expect(a, "left");
+	assert_true(num(join(a, "r3"), "seq") == 0);
+}
+
+static void test_a_lower_max_rooms_on_reload_evicts_idle_rooms_at_once(void **state)
+{
+	struct session *a;
+
+	cfg.max_rooms = 10;
+	start();
+	a = login("alice");
+	room_used_once(a, "r1");
+	room_used_once(a, "r2");
+	room_used_once(a, "r3");
+	join(a, "busy");
+	assert_int_equal(hub_room_count(hub), 4);
+	cfg.max_rooms = 2;
+	hub_reconfigure(hub, &cfg);
+	/* the room in use stays; idle ones go, least recently used first */
+	assert_int_equal(hub_room_count(hub), 2);
+	assert_int_equal(metrics.rooms_evicted, 2);
+	assert_true(num(join(a, "r3"), "seq") == 1);
+}
+
+/* With an engine, an evicted room is loaded again: resume and paging see
+ * the whole history, dedup included. */
+static void test_evicted_room_reloads_from_the_engine(void **state)
+{
+	struct session *a, *b;
+	const char *epoch;
+	char id[8];
+	cJSON *o;
+	int i;
+
+	cfg.max_rooms = 1;
+	cfg.messages_per_room = 2;
+	start_with_fake_engine();
+	a = login("alice");
+	epoch = str(join(a, "r"), "epoch");
+	for (i = 1; i <= 5; i++) {
+		snprintf(id, sizeof id, "m%d", i);
+		send_msg(a, "r", id, "x");
+		fe_complete("r", PROTO_OK);
+	}
+	in(a, "{\"type\":\"leave\",\"room\":\"r\"}");
+	drain(a);
+	join(a, "other");                 /* evicts r */
+	assert_int_equal(metrics.rooms_evicted, 1);
+	assert_int_equal(fe.loads, 2);
+	b = login("bob");
+	in(a, "{\"type\":\"leave\",\"room\":\"other\"}");
+	expect(a, "left");
+	in(b, "{\"type\":\"join\",\"room\":\"r\",\"since\":1,\"epoch\":\"%s\"}", epoch);
+	for (i = 2; i <= 5; i++)
+		assert_true(num(expect(b, "message"), "seq") == i);
+	o = expect(b, "joined");
+	assert_int_equal(fe.loads, 3);
+	assert_true(num(o, "seq") == 5);
+	assert_string_equal(str(o, "epoch"), epoch);
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItem(o, "recovered")));
+	in(b, "{\"type\":\"history\",\"room\":\"r\",\"before\":4,\"limit\":2}");
+	o = cJSON_GetObjectItem(expect(b, "history"), "messages");
+	assert_int_equal(cJSON_GetArraySize(o), 2);
+	assert_true(num(cJSON_GetArrayItem(o, 0), "seq") == 2);
+	/* a retry of an old id is still recognised */
+	in(a, "{\"type\":\"join\",\"room\":\"r\"}");
+	expect(a, "joined");
+	send_msg(a, "r", "m3", "x");
+	assert_true(num(expect(a, "ack"), "seq") == 3);
+	assert_int_equal(fe.nheld, 0);
 }
 
 /* Regression tests for bugs these tests found. */
@@ -1381,7 +1899,7 @@ static void on_alarm(int sig)
 
 /* Unregistering the session that holds the largest queue, while the global
  * cap is nearly reached, must not hang: the presence leave to the others
- * makes hub_global_room() pick the departing (closing) session as the
+ * makes hub_q_global_space() pick the departing (closing) session as the
  * largest; closing it again is a no-op that frees nothing, forever. */
 static void test_unregister_of_the_largest_queue_under_global_cap_returns(void **state)
 {
@@ -1455,6 +1973,18 @@ int main(void)
 		T(test_deferred_commit_failure_after_the_sender_is_gone),
 		T(test_failed_commit_gives_its_seq_back),
 		T(test_unregister_of_the_largest_queue_under_global_cap_returns),
+		T(test_fake_engine_completes_rooms_out_of_order),
+		T(test_fake_engine_fails_an_append_in_one_room_only),
+		T(test_sequencing_engine_reports_gaps_and_recovers),
+		T(test_failed_parked_join_does_not_free_the_room_twice),
+		T(test_failed_read_is_not_reported_as_recovered),
+		T(test_stored_message_without_a_frame_still_acks_and_dedups),
+		T(test_memory_only_message_without_a_frame_is_refused),
+		T(test_cluster_new_out_of_memory_says_so),
+		T(test_idle_rooms_past_max_rooms_are_evicted_least_recent_first),
+		T(test_max_rooms_all_in_use_refuses_a_new_room),
+		T(test_a_lower_max_rooms_on_reload_evicts_idle_rooms_at_once),
+		T(test_evicted_room_reloads_from_the_engine),
 	};
 
 	/* the hub logs every session event on stderr; keep test output readable */

@@ -502,6 +502,87 @@ static void test_integer_forms_that_are_exact_integers_accepted(void **state)
 	assert_int_equal(cmd.before, 0);
 }
 
+/* ---- strict RFC 8259 ---------------------------------------------------- */
+
+/* What cJSON alone accepts (and sometimes alters): each must be refused. */
+static void test_json_that_rfc8259_forbids_rejected(void **state)
+{
+	static const char *const bad[] = {
+		/* \u escapes with bad hex: cJSON decoded them as U+0000 and cut the body short */
+		"{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"ab\\uZZZZcd\"}",
+		"{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"ab\\u00g1cd\"}",
+		"{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"ab\\u12\"}",
+		/* escapes RFC 8259 does not have */
+		"{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"a\\x41\"}",
+		"{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"a\\'\"}",
+		/* raw control characters inside a string */
+		"{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"a\tb\"}",
+		"{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"a\nb\"}",
+		/* unpaired surrogates */
+		"{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"\\ud800\"}",
+		"{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"\\udc00x\"}",
+		"{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"\\ud800\\u0041\"}",
+		/* numbers outside the grammar */
+		"{\"type\":\"join\",\"room\":\"r\",\"since\":+1}",
+		"{\"type\":\"join\",\"room\":\"r\",\"since\":01}",
+		"{\"type\":\"join\",\"room\":\"r\",\"since\":1.}",
+		"{\"type\":\"join\",\"room\":\"r\",\"since\":.5}",
+		"{\"type\":\"join\",\"room\":\"r\",\"since\":1e}",
+		"{\"type\":\"join\",\"room\":\"r\",\"since\":-}",
+		"{\"type\":\"ping\",\"x\":[1,]}",
+		"{\"type\":\"ping\",\"x\":tru}",
+		"{\"type\":\"ping\",\"x\":nul}",
+		"{\"type\":\"ping\" \"x\":1}",
+		"{\"type\":\"ping\",\"x\":\"unterminated}",
+		"\xef\xbb\xbf{\"type\":\"ping\"}",
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		proto_cmd_free(&cmd);
+		if (decode(bad[i]) != -1 || err.code != PROTO_ERR_BAD_REQUEST)
+			fail_msg("accepted: %s", bad[i]);
+		assert_non_null(strstr(err.message, "JSON") ? err.message : NULL);
+	}
+	/* a \u0000 keeps its own message */
+	proto_cmd_free(&cmd);
+	assert_int_equal(decode("{\"type\":\"ping\",\"x\":\"\\u0000\"}"), -1);
+	assert_string_equal(err.message, "strings must not contain \\u0000");
+}
+
+static void test_strict_json_still_accepts_every_valid_form(void **state)
+{
+	assert_ok("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"\\ud83d\\ude00\\/\\\"\"}");
+	assert_str(cmd.body, "\xf0\x9f\x98\x80/\"");
+	proto_cmd_free(&cmd);
+	assert_ok(" \r\n\t{ \"type\" : \"ping\" , \"x\" : [ 1 , -0.5e+3 , 2E-2, 0, true, false, null, {}, [] , {\"a\":{}} ] } \n");
+	proto_cmd_free(&cmd);
+	assert_ok("{\"type\":\"send\",\"room\":\"r\",\"id\":\"1\",\"body\":\"\\u00E9\\u20ac\"}");
+	assert_str(cmd.body, "\xc3\xa9\xe2\x82\xac");
+}
+
+static int decode_nested(int depth)
+{
+	char buf[256];
+	int i, n = sprintf(buf, "{\"type\":\"ping\",\"x\":");
+
+	for (i = 0; i < depth; i++)
+		buf[n++] = '[';
+	for (i = 0; i < depth; i++)
+		buf[n++] = ']';
+	buf[n++] = '}';
+	proto_cmd_free(&cmd);
+	return decode_n(buf, (size_t)n, MAX_BODY);
+}
+
+static void test_strict_json_nesting_bound(void **state)
+{
+	/* the frame object itself is level 1 */
+	assert_int_equal(decode_nested(31), 0);
+	assert_int_equal(decode_nested(32), -1);
+	assert_string_equal(err.message, "invalid JSON: nested too deep");
+}
+
 /* ---- NUL escapes -------------------------------------------------------- */
 
 static void test_nul_escape_in_a_string_rejected(void **state)
@@ -613,6 +694,9 @@ int main(void)
 		T(test_body_limit_counts_decoded_bytes),
 		T(test_integers_must_be_non_negative_integers),
 		T(test_integer_forms_that_are_exact_integers_accepted),
+		T(test_json_that_rfc8259_forbids_rejected),
+		T(test_strict_json_still_accepts_every_valid_form),
+		T(test_strict_json_nesting_bound),
 		T(test_nul_escape_in_a_string_rejected),
 		T(test_escaped_backslash_before_u0000_text_accepted),
 		T(test_other_control_escapes_accepted),

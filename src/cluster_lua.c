@@ -1,0 +1,79 @@
+/*
+ * cluster_lua.c - the server-side Lua scripts: each runs atomically in
+ * Redis, so a message gets its seq, joins the history and the dedup hash,
+ * and is published in one step.
+ */
+#include "cluster_impl.h"
+
+/* KEYS seq epoch hist dedup dedupq; ARGV room from id body ts histmax
+ * dedupmax channel epoch-candidate. -> {stored?, seq, epoch} */
+const char cl_lua_send[] =
+	"local epoch = redis.call('GET', KEYS[2])\n"
+	"if not epoch then epoch = ARGV[9]; redis.call('SET', KEYS[2], epoch) end\n"
+	"local dk = ARGV[2] .. '\\31' .. ARGV[3]\n"
+	"local d = redis.call('HGET', KEYS[4], dk)\n"
+	"if d then return {0, tonumber(d), epoch} end\n"
+	"local seq = redis.call('INCR', KEYS[1])\n"
+	"local m = cjson.encode({t='m', room=ARGV[1], seq=seq, from=ARGV[2], id=ARGV[3],"
+	" body=ARGV[4], ts=tonumber(ARGV[5]), epoch=epoch})\n"
+	"local hmax = tonumber(ARGV[6])\n"
+	"if hmax > 0 then redis.call('RPUSH', KEYS[3], m); redis.call('LTRIM', KEYS[3], -hmax, -1) end\n"
+	"local dmax = tonumber(ARGV[7])\n"
+	"if dmax > 0 then\n"
+	"  redis.call('HSET', KEYS[4], dk, seq); redis.call('RPUSH', KEYS[5], dk)\n"
+	"  while redis.call('LLEN', KEYS[5]) > dmax do redis.call('HDEL', KEYS[4], redis.call('LPOP', KEYS[5])) end\n"
+	"end\n"
+	"redis.call('PUBLISH', ARGV[8], m)\n"
+	"return {1, seq, epoch}\n";
+
+/* KEYS seq epoch hist members; ARGV epoch-candidate -> {seq, epoch, hist, members} */
+const char cl_lua_load[] =
+	"local epoch = redis.call('GET', KEYS[2])\n"
+	"if not epoch then epoch = ARGV[1]; redis.call('SET', KEYS[2], epoch) end\n"
+	"return {tonumber(redis.call('GET', KEYS[1]) or '0'), epoch,"
+	" redis.call('LRANGE', KEYS[3], 0, -1), redis.call('HGETALL', KEYS[4])}\n";
+
+/* KEYS hash [set-or-online]; ARGV field delta member channel event kind
+ * kind "p": KEYS[2] is the node's room set (member = room);
+ * kind "u": KEYS[2] is the online hash (name -> sessions on all nodes). */
+const char cl_lua_delta[] =
+	"local d = tonumber(ARGV[2])\n"
+	"local n = redis.call('HINCRBY', KEYS[1], ARGV[1], d)\n"
+	"if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end\n"
+	"if ARGV[6] == 'p' then\n"
+	"  if d > 0 then redis.call('SADD', KEYS[2], ARGV[3]) end\n"
+	"else\n"
+	"  local t = redis.call('HINCRBY', KEYS[2], ARGV[3], d)\n"
+	"  if t <= 0 then redis.call('HDEL', KEYS[2], ARGV[3]) end\n"
+	"end\n"
+	"redis.call('PUBLISH', ARGV[4], ARGV[5])\n"
+	"return n\n";
+
+/* KEYS online; ARGV name channel event -> 1 published, 0 nobody online */
+const char cl_lua_dm[] =
+	"if tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') > 0 then\n"
+	"  redis.call('PUBLISH', ARGV[2], ARGV[3]); return 1\n"
+	"end\n"
+	"return 0\n";
+
+/* KEYS node-rooms users node-key online; ARGV node prefix channel event */
+const char cl_lua_cleanup[] =
+	"local pre = ARGV[1] .. '\\31'\n"
+	"for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+	"  local key = ARGV[2] .. 'room:' .. room .. ':members'\n"
+	"  for _, f in ipairs(redis.call('HKEYS', key)) do\n"
+	"    if string.sub(f, 1, #pre) == pre then redis.call('HDEL', key, f) end\n"
+	"  end\n"
+	"end\n"
+	"redis.call('DEL', KEYS[1])\n"
+	"for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do\n"
+	"  if string.sub(f, 1, #pre) == pre then\n"
+	"    local name = string.sub(f, #pre + 1)\n"
+	"    local n = tonumber(redis.call('HGET', KEYS[2], f) or '0')\n"
+	"    if redis.call('HINCRBY', KEYS[4], name, -n) <= 0 then redis.call('HDEL', KEYS[4], name) end\n"
+	"    redis.call('HDEL', KEYS[2], f)\n"
+	"  end\n"
+	"end\n"
+	"redis.call('DEL', KEYS[3])\n"
+	"redis.call('PUBLISH', ARGV[3], ARGV[4])\n"
+	"return 1\n";

@@ -1,0 +1,147 @@
+/*
+ * hub_impl.h - what the files of the hub share (not a public header: the
+ * transport and the engines use hub.h). The hub's state is one struct hub;
+ * each hub_*.c file does one job on it (see the comment at its top).
+ */
+#ifndef CHATD_HUB_IMPL_H
+#define CHATD_HUB_IMPL_H
+
+#include "hub.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <utlist.h>
+
+#include "auth.h"
+#include "jsonw.h"
+#include "log.h"
+#include "proto.h"
+#include "rng.h"
+#include "room.h"
+
+/* Sessions that share a name (limits.sessions_per_name). */
+struct hub_user {
+	char name[PROTO_NAME_MAX + 1];
+	struct session *sessions;
+	uint32_t count;
+	uint64_t mark;               /* de-duplicates names in member lists */
+	UT_hash_handle hh;
+};
+
+/* Sessions bucketed by floor(log2(queued bytes)), to find the largest
+ * queues in O(1) when the global cap is reached. */
+#define HUB_QB_BUCKETS 64
+
+struct hub {
+	struct hub_limits lim;
+	char node_id[65];
+	struct hub_transport tp;
+	struct hub_engine engine;
+	struct hub_peers peers;      /* all NULL: no other nodes */
+	const struct auth *auth;     /* NULL: names are taken on trust */
+	struct metrics *m;
+	struct session *sessions;    /* every registered session, by num */
+	struct hub_user *users;      /* authenticated names */
+	struct room *rooms;
+	struct room *idle;           /* rooms not in use, least recently used first */
+	uint64_t next_num, salt, rng, mark;
+	uint64_t authed;
+	int draining;
+	int in_submit;               /* inside engine.submit: completing now breaks the contract */
+	uint64_t queue_bytes, queue_msgs;
+	struct session *qb[HUB_QB_BUCKETS];
+};
+
+/* A join parked while its room loads (cluster). */
+struct hub_waiter {
+	struct hub_waiter *next;
+	uint64_t sender;
+	int has_since, has_epoch, has_ref;
+	uint64_t since;
+	char epoch[PROTO_EPOCH_MAX + 1];
+	char ref[PROTO_REF_MAX + 1];
+};
+
+/*
+ * A retry of a message whose commit is still pending (storage batch mode):
+ * it must get the same ack once the first one commits, not a second seq.
+ * Such retries wait here, per room, keyed by the pending message's seq.
+ */
+struct hub_retry {
+	struct hub_retry *next;
+	uint64_t seq;                       /* the pending original's seq */
+	uint64_t sender;
+	char from[PROTO_NAME_MAX + 1];
+	char id[PROTO_ID_MAX + 1];
+	char ref[PROTO_REF_MAX + 1];
+	int has_ref;
+	int original;                       /* the entry of the pending message itself */
+};
+
+/* hub.c */
+uint64_t hub_random(struct hub *h);
+double hub_now(struct hub *h);
+struct hub_user *hub_user_find(struct hub *h, const char *name, size_t len);
+void hub_copy(char *dst, const struct proto_str *src);
+int hub_enqueue(struct hub *h, struct session *s, struct msgbuf *mb, int droppable);
+int hub_fits(struct hub *h, struct session *s, size_t len, uint32_t reserve_n,
+	     size_t reserve_b);
+
+/* hub_encode.c */
+void hub_w_begin(struct jsonw *w, const char *type, size_t hint);
+void hub_w_ref(struct jsonw *w, const struct proto_str *ref);
+void hub_w_reply(struct hub *h, struct session *s, struct jsonw *w);
+void hub_error(struct hub *h, struct session *s, const struct proto_str *ref,
+	       enum proto_err code, const char *message);
+struct msgbuf *hub_encode_presence(const char *room, const char *name, int join);
+void hub_w_names(struct hub *h, struct jsonw *w, struct room *r);
+struct msgbuf *hub_encode_message(const char *room, const struct hub_msg *m);
+void hub_ack(struct hub *h, struct session *s, const char *id, const char *room,
+	     uint64_t seq, const char *ref);
+struct msgbuf *hub_encode_direct(const struct hub_msg *m);
+
+/* hub_room.c */
+struct room *hub_room_find(struct hub *h, const char *name, size_t len);
+void hub_room_broadcast(struct hub *h, struct room *r, struct msgbuf *mb,
+			struct session *except, int droppable);
+void hub_presence(struct hub *h, struct room *r, struct session *s, int join);
+void hub_idle_unlink(struct hub *h, struct room *r);
+void hub_rooms_trim(struct hub *h, uint64_t max);
+void hub_room_release(struct hub *h, struct room *r);
+struct room *hub_room_get(struct hub *h, const char *name, size_t len, const char **why);
+void hub_member_leave(struct hub *h, struct membership *m);
+void hub_room_record(struct hub *h, struct room *r, const struct hub_msg *m,
+		     struct msgbuf *mb);
+void hub_room_fanout(struct hub *h, struct room *r, struct msgbuf *mb);
+struct room *hub_member_room(struct hub *h, struct session *s,
+			     const struct proto_cmd *c, enum proto_err code);
+
+/* hub_join.c */
+void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_cmd_leave(struct hub *h, struct session *s, const struct proto_cmd *c);
+
+/* hub_history.c */
+uint64_t hub_oldest_held(struct hub *h, struct room *r);
+int hub_replay(struct hub *h, struct session *s, struct room *r, uint64_t since);
+void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c);
+
+/* hub_retry.c */
+struct hub_retry *hub_retry_find(struct room *r, const char *from, const struct proto_str *id);
+void hub_retry_add(struct room *r, uint64_t seq, uint64_t sender, const char *from,
+		   const char *id, const struct proto_str *ref, int original);
+void hub_retry_done(struct hub *h, struct room *r, uint64_t seq, enum proto_err status);
+void hub_retry_free_all(struct room *r);
+
+/* hub_send.c */
+struct hub_pending *hub_pending_from(struct hub *h, struct session *s,
+				     const struct proto_cmd *c);
+void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c);
+struct session *hub_sender(struct hub *h, uint64_t num);
+
+/* hub_dm.c */
+void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c);
+
+#endif

@@ -1,0 +1,242 @@
+/*
+ * hub_send.c - the path of a room message: the send command, submit to the
+ * engine, and its completion (hub_append_done for local engines, hub_append_answered
+ * and hub_stream_message for a sequencing one).
+ */
+#include "hub_impl.h"
+
+static void hub_mem_submit(struct hub *h, struct hub_pending *p)
+{
+	hub_append_done(h, p, PROTO_OK);
+	hub_pending_free(p);
+}
+
+void hub_pending_free(struct hub_pending *p)
+{
+	if (p) {
+		free(p->body);
+		free(p);
+	}
+}
+
+/* A pending message from a send or dm command: sender, id, ref, body, ts
+ * filled in. NULL (error answered) on ENOMEM. */
+struct hub_pending *hub_pending_from(struct hub *h, struct session *s,
+				     const struct proto_cmd *c)
+{
+	struct hub_pending *p = calloc(1, sizeof(*p));
+
+	if (p)
+		p->body = malloc(c->body.len + 1);
+	if (!p || !p->body) {
+		hub_pending_free(p);
+		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+		return NULL;
+	}
+	p->sender = s->num;
+	strcpy(p->from, s->name);
+	hub_copy(p->id, &c->id);
+	if (c->ref.p) {
+		hub_copy(p->ref, &c->ref);
+		p->has_ref = 1;
+	}
+	memcpy(p->body, c->body.p, c->body.len);
+	p->body[c->body.len] = '\0';
+	p->body_len = c->body.len;
+	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
+	return p;
+}
+
+void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
+{
+	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);
+	struct hub_pending *p;
+	uint64_t seq;
+	char id[PROTO_ID_MAX + 1], ref[PROTO_REF_MAX + 1];
+
+	if (!r)
+		return;
+	seq = room_dedup_find(r, s->name, strlen(s->name), c->id.p, c->id.len);
+	if (!seq && r->inflight) {
+		struct hub_retry *orig = hub_retry_find(r, s->name, &c->id);
+		if (orig) {
+			hub_copy(id, &c->id);
+			hub_retry_add(r, orig->seq, s->num, s->name, id, &c->ref, 0);
+			return;
+		}
+	}
+	if (seq) {
+		/* A retry of a message already accepted: same ack, no broadcast. */
+		hub_copy(id, &c->id);
+		if (c->ref.p)
+			hub_copy(ref, &c->ref);
+		hub_ack(h, s, id, r->name, seq, c->ref.p ? ref : NULL);
+		return;
+	}
+	if (!(p = hub_pending_from(h, s, c)))
+		return;
+	strcpy(p->room, r->name);
+	strcpy(p->epoch, r->epoch);
+	/* seq is handed out here, in arrival order; the engine may commit
+	 * later, but commits come back in this order. A cluster engine
+	 * hands out seqs itself. */
+	if (!h->engine.sequences)
+		p->seq = ++r->seq_assigned;
+	r->pending++;
+	/* A local engine may commit later: remember it so that a retry in
+	 * between waits for this commit (a cluster engine dedups in Redis). */
+	if (h->engine.submit && !h->engine.sequences)
+		hub_retry_add(r, p->seq, p->sender, p->from, p->id, NULL, 1);
+	if (h->engine.submit) {
+		h->in_submit = 1;
+		h->engine.submit(h->engine.ctx, h, p);
+		h->in_submit = 0;
+	} else {
+		hub_mem_submit(h, p);
+	}
+}
+
+/* The engine contract: a submitted message completes later, never inside
+ * submit (the hub is in the middle of a command then). */
+static void hub_check_not_in_submit(struct hub *h, const struct hub_pending *p)
+{
+	if (h->in_submit)
+		log_error(NULL, "engine contract broken: message %s/%llu completed inside submit",
+			  p->room, (unsigned long long)p->seq);
+}
+
+void hub_append_done(struct hub *h, struct hub_pending *p, enum proto_err status)
+{
+	struct session *sender = NULL;
+	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
+	struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len };
+	struct msgbuf *mb = NULL;
+	struct room *r;
+	const char *why;
+	uint64_t num = p->sender;
+
+	hub_check_not_in_submit(h, p);
+	HASH_FIND(hh, h->sessions, &num, sizeof(num), sender);
+	if (sender && sender->closing)
+		sender = NULL;
+	r = hub_room_get(h, p->room, strlen(p->room), &why);
+	if (r && r->pending)
+		r->pending--;
+	/* The frame first, before anything moves: in memory only, a message
+	 * that cannot be kept was never accepted (its seq goes back, no gap). */
+	if (r && status == PROTO_OK && !(mb = hub_encode_message(r->name, &m)) && !h->engine.submit)
+		status = PROTO_ERR_INTERNAL;
+	if (r && r->inflight)
+		hub_retry_done(h, r, p->seq, status != PROTO_OK || !r ? PROTO_ERR_UNAVAILABLE : PROTO_OK);
+	if (status != PROTO_OK || !r) {
+		/* Nothing was stored: the seq goes back, so seq stays gap-free
+		 * (the engine fails every later pending message of the room). */
+		if (r && !r->pending)
+			r->seq_assigned = r->seq;
+		if (sender)
+			hub_error(h, sender, &ref, r ? status : PROTO_ERR_INTERNAL,
+				  status == PROTO_ERR_UNAVAILABLE ? "storage unavailable; the message was not stored"
+				  : status == PROTO_ERR_INTERNAL ? "out of memory; the message was not accepted"
+								  : "the message could not be accepted");
+		if (r)
+			hub_room_release(h, r);
+		return;
+	}
+	/* Stored: seq moves on, and the (from, id) pair is remembered even
+	 * without a frame, so that a retry gets this ack, never a second seq.
+	 * Members who got no frame see a gap in seq and page history. */
+	hub_room_record(h, r, &m, mb);
+	h->m->messages_in++;
+	if (sender)
+		hub_ack(h, sender, p->id, r->name, p->seq, p->has_ref ? p->ref : NULL);
+	hub_room_fanout(h, r, mb);
+	msgbuf_unref(mb);
+	hub_room_release(h, r);     /* its members may all have left meanwhile */
+}
+
+struct session *hub_sender(struct hub *h, uint64_t num)
+{
+	struct session *s = NULL;
+
+	HASH_FIND(hh, h->sessions, &num, sizeof(num), s);
+	return s && !s->closing ? s : NULL;
+}
+
+void hub_append_answered(struct hub *h, struct hub_pending *p, enum proto_err status)
+{
+	struct session *sender = hub_sender(h, p->sender);
+	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
+	struct room *r = hub_room_find(h, p->room, strlen(p->room));
+
+	hub_check_not_in_submit(h, p);
+	if (r && r->pending) {
+		r->pending--;
+		hub_room_release(h, r);
+	}
+	if (!sender)
+		return;
+	if (status == PROTO_OK) {
+		h->m->messages_in++;
+		hub_ack(h, sender, p->id, p->room, p->seq, p->has_ref ? p->ref : NULL);
+	} else {
+		hub_error(h, sender, &ref, status, status == PROTO_ERR_UNAVAILABLE
+			  ? "the cluster is unavailable; the message may not have been stored (retry with the same id)"
+			  : "the message was not accepted");
+	}
+}
+
+int hub_stream_message(struct hub *h, const char *room, const char *epoch, const struct hub_msg *m)
+{
+	struct room *r = hub_room_find(h, room, strlen(room));
+	struct msgbuf *mb;
+
+	if (!r || r->loading)
+		return 0;          /* the load will bring it */
+	if (epoch && epoch[0] && strcmp(epoch, r->epoch) != 0)
+		/* The shared history was lost (e.g. Redis restarted empty):
+		 * a new epoch, and seq counts from the stream again. */
+		hub_room_rebase(h, room, epoch, m->seq - 1);
+	if (m->seq <= r->seq)
+		return 0;          /* seen already (resync overlap) */
+	if (m->seq != r->seq + 1)
+		return -1;         /* a gap: the engine re-reads the room */
+	/* No frame (ENOMEM): not applied, so the engine re-reads it later. */
+	if (!(mb = hub_encode_message(r->name, m)))
+		return -1;
+	hub_room_record(h, r, m, mb);
+	hub_room_fanout(h, r, mb);
+	msgbuf_unref(mb);
+	return 0;
+}
+
+void hub_room_rebase(struct hub *h, const char *room, const char *epoch, uint64_t seq)
+{
+	struct room *r = hub_room_find(h, room, strlen(room));
+	struct msgbuf *mb;
+	struct jsonw w;
+
+	if (!r || r->loading)
+		return;
+	if (!epoch || !epoch[0] || strcmp(epoch, r->epoch) == 0) {
+		if (seq > r->seq) {
+			log_warn(NULL, "room %s: messages %llu..%llu are no longer available here", r->name,
+				 (unsigned long long)r->seq + 1, (unsigned long long)seq);
+			r->seq = r->seq_assigned = seq;
+		}
+		return;
+	}
+	log_warn(NULL, "room %s: history restarted (epoch %s -> %s)", r->name, r->epoch, epoch);
+	snprintf(r->epoch, sizeof(r->epoch), "%s", epoch);
+	room_reset(r);
+	r->seq = r->seq_assigned = seq;
+	/* Clients hold (seq, epoch) pairs of the old history: tell them. */
+	hub_w_begin(&w, "reset", 128);
+	jsonw_kv_cstr(&w, "room", r->name);
+	jsonw_kv_cstr(&w, "epoch", r->epoch);
+	jsonw_kv_u64(&w, "seq", r->seq);
+	jsonw_obj_close(&w);
+	if ((mb = jsonw_finish(&w))) {
+		hub_room_broadcast(h, r, mb, NULL, 0);
+		msgbuf_unref(mb);
+	}
+}
