@@ -88,7 +88,8 @@ def test_journald_logs_have_priorities_and_no_timestamps(chatd, monkeypatch):
 # ---------------------------------------------------------------------------
 # the unit's sandbox (conf/chatd.service.in), rebuilt by unit_sandbox.py
 
-UNIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "conf", "chatd.service.in")
+REPO_DIR = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+UNIT = os.path.join(REPO_DIR, "conf", "chatd.service.in")
 
 
 def unit_value(key):
@@ -128,6 +129,11 @@ def test_chatd_runs_under_the_unit_sandbox(chatd, tmp_path, monkeypatch, request
     state = tempfile.mkdtemp(prefix="chatd-unit-")
     request.addfinalizer(lambda: shutil.rmtree(state, ignore_errors=True))
     os.chown(state, unit_sandbox.NOBODY, unit_sandbox.NOBODY)
+    # The binary too: the checkout may sit where nobody cannot enter (/root).
+    binary = os.path.join(state, "chatd")
+    shutil.copy2(os.environ.get("CHATD_BIN") or os.path.join(REPO_DIR, "build", "chatd"), binary)
+    os.chmod(binary, 0o755)
+    monkeypatch.setenv("CHATD_BIN", binary)
     path = os.path.join(state, "notify.sock")
     ns = NotifySocket(path)
     os.chmod(path, 0o666)

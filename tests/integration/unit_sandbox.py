@@ -89,6 +89,24 @@ def allowed_syscalls(unit_path):
 
 
 NOBODY = 65534
+_SCRIPT = []
+
+
+def script_copy():
+    """This file, where the unprivileged user can read it: the checkout may
+    sit under a directory only root can enter (/root on a CI machine)."""
+    if not _SCRIPT:
+        import atexit
+        import shutil
+        import tempfile
+        d = tempfile.mkdtemp(prefix="chatd-sandbox-")
+        os.chmod(d, 0o755)
+        atexit.register(shutil.rmtree, d, True)
+        dst = os.path.join(d, "unit_sandbox.py")
+        shutil.copyfile(os.path.abspath(__file__), dst)
+        os.chmod(dst, 0o644)
+        _SCRIPT.append(dst)
+    return _SCRIPT[0]
 
 
 def command(unit_path, uid=NOBODY):
@@ -97,7 +115,7 @@ def command(unit_path, uid=NOBODY):
     calls = allowed_syscalls(unit_path)
     user = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all"]
-    inner = ["/usr/bin/python3", os.path.join(HERE, "unit_sandbox.py"), "exec"] + calls + ["--"]
+    inner = ["/usr/bin/python3", script_copy(), "exec"] + calls + ["--"]
     opts = []
     if "pid" in unit_values(unit_path, "ProcSubset"):
         opts.append("subset=pid")
