@@ -122,10 +122,12 @@ def s1(res):
         "\n\nchatd/peer, KiB per connection (lower is better): " + ratios(per, None) + "\n"
 
 
-def s2a(res):
+def fixed_rate(res, prefix, servers):
+    """Rows, p99 per server and one result line of a fixed-rate fan-out run
+    (S2a, S2aTLS)."""
     rows, p99 = [], {}
-    for s in SERVERS:
-        d = last(res, "S2a-%s.json" % s)
+    for s in servers:
+        d = last(res, "%s-%s.json" % (prefix, s))
         if not d:
             continue
         lat = d["latency_ms"]
@@ -133,38 +135,33 @@ def s2a(res):
         rows.append([NAMES[s], num(d["deliveries_per_s"]), "{:,} ({:.3f}%)".format(d["lost"], d["loss_pct"]),
                      ms(lat["p50"]), ms(lat["p90"]), ms(lat["p99"]), ms(lat["p999"]), ms(lat["max"]),
                      num(d.get("server_cpu_pct")), num(d.get("tool_cpu_pct")), flags(d)])
+    d = last(res, "%s-chatd.json" % prefix) or last(res, "%s-bun.json" % prefix)
+    return rows, p99, d
+
+
+FIXED_RATE_HEAD = ["server", "deliveries/s", "lost", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+                   "server CPU %", "chatload CPU %", "notes"]
+
+
+def s2a(res):
+    rows, p99, d = fixed_rate(res, "S2a", SERVERS)
     if not rows:
         return ""
-    d = last(res, "S2a-chatd.json") or last(res, "S2a-bun.json")
     hdr = "### S2a fan-out at a fixed rate: {} clients in one room, {} senders, {:.0f} messages/s of {} B ({:,.0f} deliveries/s)\n\n".format(
         d["clients"], d["senders"], d["rate"], d["payload"], d["rate"] * d["clients"])
-    return hdr + table(["server", "deliveries/s", "lost", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
-                        "server CPU %", "chatload CPU %", "notes"], rows) + \
-        "\n\nchatd/peer, p99 (lower is better): " + ratios(p99, None) + "\n"
+    return hdr + table(FIXED_RATE_HEAD, rows) + "\n\nchatd/peer, p99 (lower is better): " + ratios(p99, None) + "\n"
 
 
 def s2a_tls(res):
     """S2a over wss:// (S2aTLS): chatd and Bun only, both on the same self-signed ECDSA P-256 certificate."""
-    rows, p99 = [], {}
-    for s in ("chatd", "bun"):
-        d = last(res, "S2aTLS-%s.json" % s)
-        if not d:
-            continue
-        lat = d["latency_ms"]
-        p99[s] = lat["p99"]
-        rows.append([NAMES[s], num(d["deliveries_per_s"]), "{:,} ({:.3f}%)".format(d["lost"], d["loss_pct"]),
-                     ms(lat["p50"]), ms(lat["p90"]), ms(lat["p99"]), ms(lat["p999"]), ms(lat["max"]),
-                     num(d.get("server_cpu_pct")), num(d.get("tool_cpu_pct")), flags(d)])
+    rows, p99, d = fixed_rate(res, "S2aTLS", ("chatd", "bun"))
     if not rows:
         return ""
-    d = last(res, "S2aTLS-chatd.json") or last(res, "S2aTLS-bun.json")
     hdr = ("### S2aTLS fan-out over wss:// (TLS): {} clients in one room, {} senders, {:.0f} messages/s of {} B "
            "({:,.0f} deliveries/s)\n\nS2a's sizes over TLS, chatd (libwebsockets + OpenSSL) and Bun (BoringSSL) only, "
            "both with the same self-signed ECDSA P-256 certificate; chatload verifies no certificate.\n\n").format(
         d["clients"], d["senders"], d["rate"], d["payload"], d["rate"] * d["clients"])
-    return hdr + table(["server", "deliveries/s", "lost", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
-                        "server CPU %", "chatload CPU %", "notes"], rows) + \
-        "\n\nchatd/peer, p99 (lower is better): " + ratios(p99, None) + "\n"
+    return hdr + table(FIXED_RATE_HEAD, rows) + "\n\nchatd/peer, p99 (lower is better): " + ratios(p99, None) + "\n"
 
 
 def s2b(res, p99_bound):
