@@ -1253,31 +1253,26 @@ static int server_api_callback(struct lws *wsi, enum lws_callback_reasons reason
 	struct conn *c = user;   /* only its http_body is used here */
 
 	switch (reason) {
-	case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
-		return server_accept(srv, (int)(intptr_t)in);
-	case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
-		server_pending_bind(srv, wsi);
-		break;
 	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
 		if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, "no WebSocket here"))
 			return -1;
 		return 1;
 	case LWS_CALLBACK_HTTP:
 		return server_http(srv, wsi, c, in, 1);
-	case LWS_CALLBACK_HTTP_WRITEABLE:
-		return server_http_write(wsi, c);
-	case LWS_CALLBACK_CLOSED_HTTP:
-	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
-		conn_http_reset(c);
-		break;
 	case LWS_CALLBACK_WSI_DESTROY:
 		server_pending_done(srv, wsi);
 		conn_http_reset(c);
-		break;
+		return 0;
+	case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+	case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
+	case LWS_CALLBACK_HTTP_WRITEABLE:
+	case LWS_CALLBACK_CLOSED_HTTP:
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		/* Accept accounting and HTTP responses: as on the chat port. */
+		return server_callback(wsi, reason, user, in, len);
 	default:
-		break;
+		return 0;
 	}
-	return 0;
 }
 
 static const struct lws_protocols server_api_protocols[] = {
