@@ -3,8 +3,13 @@
  *
  * The queue itself is unbounded plain data; the bounds (messages, bytes,
  * global bytes) and the slow-consumer policy are applied by the hub before
- * every push, so they are never overshot. Entries are small nodes taken from
- * a free list, not one malloc per recipient.
+ * every push, so they are never overshot.
+ *
+ * Entries live in one array used as a ring (a pointer and a time each), so
+ * a push is a store and the writer walks contiguous memory: no allocation
+ * per recipient. An empty queue holds no array: the smallest rings go back
+ * to a capped free list, bigger ones (grown by a backlog) are freed, so an
+ * idle connection costs nothing here and a burst's memory is given back.
  */
 #ifndef CHATD_QUEUE_H
 #define CHATD_QUEUE_H
@@ -15,12 +20,14 @@
 
 #include "msgbuf.h"
 
-struct queue_node;
+struct queue_ent;
 
 struct queue {
-	struct queue_node *head, *tail;
-	uint32_t count;       /* entries */
-	size_t bytes;         /* sum of payload lengths */
+	struct queue_ent *ring;   /* cap entries, NULL while empty */
+	uint32_t head;            /* index of the oldest entry */
+	uint32_t count;           /* entries */
+	uint32_t cap;             /* 0 or a power of two */
+	size_t bytes;             /* sum of payload lengths */
 };
 
 void queue_init(struct queue *q);
@@ -60,7 +67,7 @@ size_t queue_drop_oldest(struct queue *q, uint32_t max_count, size_t max_bytes);
 /* Drop every entry. */
 void queue_clear(struct queue *q);
 
-/* Release the node free list (at exit, so leak checkers see nothing). */
+/* Release the ring free list (at exit, so leak checkers see nothing). */
 void queue_pool_drain(void);
 
 #endif

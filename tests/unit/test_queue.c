@@ -2,7 +2,7 @@
  * test_queue.c - the per-session send queue: FIFO order, count/byte
  * accounting, reference counting of shared msgbufs, drop_oldest, clear.
  *
- * Every test ends with msgbuf_live() == 0 (no buffer leaked); the node pool
+ * Every test ends with msgbuf_live() == 0 (no buffer leaked); the ring pool
  * is drained after each test so ASan's leak check sees nothing.
  */
 #include <stdarg.h>
@@ -11,6 +11,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <string.h>
 
 #include "msgbuf.h"
@@ -349,7 +350,7 @@ static void test_clear_empties_and_releases_everything(void **state)
 	assert_int_equal(msgbuf_live(), 0);
 }
 
-static void test_many_entries_reuse_pooled_nodes(void **state)
+static void test_many_entries_reuse_pooled_rings(void **state)
 {
 	struct queue q;
 	int round, i;
@@ -367,6 +368,128 @@ static void test_many_entries_reuse_pooled_nodes(void **state)
 	assert_int_equal(msgbuf_live(), 0);
 	queue_pool_drain();
 	queue_pool_drain();   /* idempotent */
+}
+
+/* Push "0".."n-1" style names (as decimal strings) from start. */
+static void push_seq(struct queue *q, int start, int n, int droppable_every)
+{
+	char b[16];
+	int i;
+
+	for (i = start; i < start + n; i++) {
+		snprintf(b, sizeof b, "%d", i);
+		push_new(q, b, droppable_every ? (i % droppable_every) == 0 : 0);
+	}
+}
+
+/* Pop every entry, checking it is start, start+1, ... */
+static void expect_seq(struct queue *q, int start, int n)
+{
+	char b[16];
+	int i;
+
+	assert_int_equal(q->count, n);
+	for (i = start; i < start + n; i++) {
+		snprintf(b, sizeof b, "%d", i);
+		assert_string_equal((const char *)queue_peek(q)->data, b);
+		queue_pop(q);
+	}
+	assert_int_equal(q->count, 0);
+}
+
+/* The head is moved past the start of the array before the ring must
+ * grow: the grown ring keeps FIFO order across the old wrap point. */
+static void test_ring_grows_across_the_wrap_in_order(void **state)
+{
+	struct queue q;
+	int i;
+
+	queue_init(&q);
+	push_seq(&q, 0, 6, 0);
+	for (i = 0; i < 5; i++)
+		queue_pop(&q);             /* head now near the end of the array */
+	push_seq(&q, 6, 40, 0);        /* wraps, then grows twice */
+	assert_true(q.cap >= 41);
+	assert_int_equal(q.bytes, 1 + 4 * 1 + 36 * 2);   /* "5".."9", "10".."45" */
+	expect_seq(&q, 5, 41);
+	assert_int_equal(msgbuf_live(), 0);
+}
+
+/* queue_frames hands out the entries in order when they wrap around the
+ * end of the array, each a complete frame (header + payload). */
+static void test_frames_follow_the_wrap(void **state)
+{
+	struct queue q;
+	struct iovec iov[16];
+	char b[16];
+	int i, n;
+
+	queue_init(&q);
+	push_seq(&q, 0, 7, 0);
+	for (i = 0; i < 6; i++)
+		queue_pop(&q);
+	push_seq(&q, 7, 5, 0);         /* entries 6..11, wrapping */
+	n = queue_frames(&q, iov, 16, SIZE_MAX);
+	assert_int_equal(n, 6);
+	for (i = 0; i < n; i++) {
+		const unsigned char *f = iov[i].iov_base;
+		snprintf(b, sizeof b, "%d", 6 + i);
+		assert_int_equal(f[0], 0x81);
+		assert_int_equal(f[1], strlen(b));
+		assert_int_equal(iov[i].iov_len, 2 + strlen(b));
+		assert_memory_equal(f + 2, b, strlen(b));
+	}
+	/* bounded by max and by bytes (but always one frame) */
+	assert_int_equal(queue_frames(&q, iov, 2, SIZE_MAX), 2);
+	assert_int_equal(queue_frames(&q, iov, 16, 1), 1);
+	assert_int_equal(queue_frames(&q, iov, 16, 3 + 3), 2);
+	queue_clear(&q);
+	assert_int_equal(msgbuf_live(), 0);
+}
+
+/* Dropping from a wrapped ring keeps the survivors in order and the
+ * queue appendable. */
+static void test_drop_oldest_across_the_wrap_keeps_order(void **state)
+{
+	struct queue q;
+	char out[256];
+
+	queue_init(&q);
+	push_seq(&q, 0, 6, 0);
+	for (int i = 0; i < 6; i++)
+		queue_pop(&q);
+	push_new(&q, "r1", 0);
+	push_new(&q, "m1", 1);
+	push_new(&q, "m2", 1);
+	push_new(&q, "r2", 0);         /* these four wrap around the end */
+	push_new(&q, "m3", 1);
+	assert_int_equal(queue_drop_oldest(&q, 3, 1000), 2);
+	push_new(&q, "r3", 0);
+	drain(&q, out, sizeof out);
+	assert_string_equal(out, "r1,r2,m3,r3");
+	assert_int_equal(msgbuf_live(), 0);
+}
+
+/* An idle session holds no ring: popping, dropping or clearing the last
+ * entry gives the array back. */
+static void test_empty_queue_holds_no_ring(void **state)
+{
+	struct queue q;
+
+	queue_init(&q);
+	assert_null(q.ring);
+	push_new(&q, "a", 1);
+	assert_non_null(q.ring);
+	queue_pop(&q);
+	assert_null(q.ring);
+	push_seq(&q, 0, 100, 1);
+	assert_int_equal(queue_drop_oldest(&q, 0, 0), 100);
+	assert_null(q.ring);
+	push_seq(&q, 0, 3, 0);
+	queue_clear(&q);
+	assert_null(q.ring);
+	assert_int_equal(q.cap, 0);
+	assert_int_equal(msgbuf_live(), 0);
 }
 
 #define T(f) cmocka_unit_test_teardown(f, teardown)
@@ -389,7 +512,11 @@ int main(void)
 		T(test_drop_oldest_of_the_tail_keeps_the_queue_appendable),
 		T(test_drop_oldest_releases_shared_references),
 		T(test_clear_empties_and_releases_everything),
-		T(test_many_entries_reuse_pooled_nodes),
+		T(test_many_entries_reuse_pooled_rings),
+		T(test_ring_grows_across_the_wrap_in_order),
+		T(test_frames_follow_the_wrap),
+		T(test_drop_oldest_across_the_wrap_keeps_order),
+		T(test_empty_queue_holds_no_ring),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 
