@@ -698,6 +698,30 @@ static void delivery(struct conn *c, const uint8_t *body, size_t n)
 	}
 }
 
+/*
+ * Where the body of a chat.v1 message event starts. chatd ends the event
+ * with "body":"<body>","ts":N}, and every body of this run is exactly
+ * --payload unescaped bytes, so the body key is found from the end in a few
+ * bytes; anything else falls back to a search from the start. The pattern
+ * "body":" can only be a key: inside a JSON string each quote is escaped.
+ * (The forward memmem alone was a fifth of chatload's CPU at 3 M
+ * deliveries/s, where the tool, not the server, saturated first.)
+ */
+static const uint8_t *chat_body(const uint8_t *p, size_t n)
+{
+	static const char key[] = "\"body\":\"";
+	const uint8_t *q = memrchr(p, '"', n);
+	size_t want = (size_t)W.o->payload + 8;
+	int i;
+
+	for (i = 0; q && i < 2; i++)
+		q = memrchr(p, '"', (size_t)(q - p));
+	if (q && (size_t)(q - p) >= want && memcmp(q - want, key, 8) == 0)
+		return q - want + 8;
+	q = memmem(p, n, key, 8);
+	return q ? q + 8 : NULL;
+}
+
 /* A chat.v1 text message. Returns -1 if c was closed. */
 static int chat_message(struct conn *c, const uint8_t *p, size_t n)
 {
@@ -709,9 +733,9 @@ static int chat_message(struct conn *c, const uint8_t *p, size_t n)
 			conn_begin_close(c);
 			return c->fd < 0 ? -1 : 0;
 		}
-		b = memmem(p, n, "\"body\":\"", 8);
+		b = chat_body(p, n);
 		if (b)
-			delivery(c, b + 8, n - (size_t)(b + 8 - p));
+			delivery(c, b, n - (size_t)(b - p));
 		return 0;
 	}
 	t = memmem(p, n, "\"type\":\"", 8);
