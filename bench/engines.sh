@@ -11,18 +11,30 @@
 # on one server process; its saturation is the highest rate with no loss
 # and p99 < P99_MS, reported with its ratio to memory only.
 #
-# Usage: bench/engines.sh [--build-dir DIR] [--out FILE]
+# Each row also gives the server's CPU time per delivery at its saturation
+# step (CPU seconds / deliveries): with the server on one core, 1 / that
+# cost is the rate at which it would run out of CPU, a finer figure than
+# the doubling steps when two builds are compared.
+#
+# --baseline BIN runs every configuration with BIN as well, right before
+# the same configuration of this build (rows labelled "... @baseline"), and
+# reports this build's cost per delivery relative to the baseline's: the
+# "no throughput regression" check of a refactor, in one run.
+#
+# Usage: bench/engines.sh [--build-dir DIR] [--out FILE] [--baseline BIN]
 # Sizes (environment): CLIENTS=200 SENDERS=10 RATES="500 1000 2000 4000 8000"
 # PAYLOAD=64 DURATION=5 P99_MS=200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build-bench
 OUT=""
+BASELINE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-dir) BUILD=$2; shift ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
+    --baseline) BASELINE=$(readlink -f "$2"); shift ;;
+    -h|--help) sed -n 2,25p "$0"; exit 0 ;;
     *) echo "engines.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -31,7 +43,9 @@ done
 
 scripts/setup.sh --test >/dev/null
 scripts/build.sh "$BUILD" -DCHATD_TESTS=OFF >/dev/null
-CHATD=$PWD/$BUILD/chatd
+CHATD_CUR=$PWD/$BUILD/chatd
+CHATD=$CHATD_CUR
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || { echo "engines.sh: $BASELINE is not an executable" >&2; exit 2; }
 LOAD=$PWD/$BUILD/tools/chatload/chatload
 TMP=$(mktemp -d)
 PIDS=()
@@ -80,34 +94,49 @@ run_load() {   # label pid url...   (one JSON line per rate of RATES)
 results=$TMP/results.jsonl
 : > "$results"
 
-for mode in memory off batch always; do
-  port=$(free_port)
-  if [ "$mode" = memory ]; then extra='[storage]\npath = ""\n'
-  else extra="[storage]\npath = \"$TMP/$mode.db\"\nsync = \"$mode\"\n"; fi
-  start_chatd "st-$mode" "$port" "$extra"
-  pid=$CHATD_PID
-  run_load "storage-$mode" "$pid" "ws://127.0.0.1:$port/ws" >> "$results"
-  curl -s "http://127.0.0.1:$port/metrics" | grep -E '^chatd_storage_(commits_total|messages_total|commit_seconds_(total|max)) ' \
-    | sed "s/^/storage-$mode /" >> "$TMP/storage-metrics.txt" || true
-  stop_all
-done
+# run_storage SUFFIX / run_cluster SUFFIX: every configuration with $CHATD,
+# labels ending in SUFFIX ("" or "@baseline").
+run_storage() {
+  local sfx=$1 mode port pid extra
+  for mode in memory off batch always; do
+    port=$(free_port)
+    if [ "$mode" = memory ]; then extra='[storage]\npath = ""\n'
+    else extra="[storage]\npath = \"$TMP/$mode$sfx.db\"\nsync = \"$mode\"\n"; fi
+    start_chatd "st-$mode" "$port" "$extra"
+    pid=$CHATD_PID
+    run_load "storage-$mode$sfx" "$pid" "ws://127.0.0.1:$port/ws" >> "$results"
+    curl -s "http://127.0.0.1:$port/metrics" | grep -E '^chatd_storage_(commits_total|messages_total|commit_seconds_(total|max)) ' \
+      | sed "s/^/storage-$mode$sfx /" >> "$TMP/storage-metrics.txt" || true
+    stop_all
+  done
+}
 
-RPORT=$(free_port)
-taskset -c 1 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
-  --dir "$TMP" --logfile "$TMP/redis.log" &
-PIDS+=($!)
-RPID=${PIDS[-1]}
-for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
-cluster="[storage]\npath = \"\"\n[cluster]\nredis = \"redis://127.0.0.1:$RPORT\"\n"
-p1=$(free_port)
-start_chatd n1 "$p1" "$cluster"
-pid1=$CHATD_PID
-run_load "cluster-1-node" "$pid1" "ws://127.0.0.1:$p1/ws" >> "$results"
-p2=$(free_port)
-start_chatd n2 "$p2" "$cluster"
-pid2=$CHATD_PID
-run_load "cluster-2-nodes" "$pid1" "ws://127.0.0.1:$p1/ws" "ws://127.0.0.1:$p2/ws" >> "$results"
-stop_all
+run_cluster() {
+  local sfx=$1 p1 p2 pid1 cluster
+  RPORT=$(free_port)
+  taskset -c 1 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$TMP" --logfile "$TMP/redis.log" &
+  PIDS+=($!)
+  for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  cluster="[storage]\npath = \"\"\n[cluster]\nredis = \"redis://127.0.0.1:$RPORT\"\n"
+  p1=$(free_port)
+  start_chatd n1 "$p1" "$cluster"
+  pid1=$CHATD_PID
+  run_load "cluster-1-node$sfx" "$pid1" "ws://127.0.0.1:$p1/ws" >> "$results"
+  p2=$(free_port)
+  start_chatd n2 "$p2" "$cluster"
+  run_load "cluster-2-nodes$sfx" "$pid1" "ws://127.0.0.1:$p1/ws" "ws://127.0.0.1:$p2/ws" >> "$results"
+  stop_all
+}
+
+if [ -n "$BASELINE" ]; then
+  CHATD=$BASELINE; run_storage @baseline
+fi
+CHATD=$CHATD_CUR; run_storage ""
+if [ -n "$BASELINE" ]; then
+  CHATD=$BASELINE; run_cluster @baseline
+fi
+CHATD=$CHATD_CUR; run_cluster ""
 
 /usr/bin/python3 - "$results" "$TMP/storage-metrics.txt" "$P99_MS" <<'EOF' | tee ${OUT:+"$OUT"}
 import json, sys
@@ -124,23 +153,45 @@ sat = {}
 for l in labels:
     good = [r for r in rows if r["label"] == l and ok(r)]
     sat[l] = max(good, key=lambda r: r["deliveries_per_s"]) if good else None
-base = sat.get("storage-memory")
 print("Saturation: the highest step with no loss and p99 < %g ms; ratio to memory only." % bound)
 print()
-print("| run | saturation deliveries/s | ratio to memory only | p50 ms | p99 ms | server CPU % | chatload CPU % | steps (offered deliveries/s → p99 ms, loss) |")
-print("|---|---|---|---|---|---|---|---|")
+def cost(r):   # server CPU µs per delivery at that step
+    d = r.get("deliveries_per_s") or 0
+    return r.get("server_cpu_pct", 0) / 100.0 / d * 1e6 if d else None
+print("| run | saturation deliveries/s | ratio to memory only | p50 ms | p99 ms | server CPU % | chatload CPU % | server CPU µs/delivery | steps (offered deliveries/s → p99 ms, loss) |")
+print("|---|---|---|---|---|---|---|---|---|")
 for l in labels:
     b = sat[l]
     steps = ", ".join("%.0fk→%.2f%s" % (r["rate"] * r["clients"] / 1000, r["latency_ms"]["p99"],
                                          "" if r["lost"] == 0 else " lost %.2f%%" % r["loss_pct"])
                       for r in rows if r["label"] == l)
+    base = sat.get("storage-memory" + ("@baseline" if l.endswith("@baseline") else ""))
     if b:
         ratio = "%.2f" % (b["deliveries_per_s"] / base["deliveries_per_s"]) if base else "–"
-        print("| %s | %.0f | %s | %.2f | %.2f | %.0f | %.0f | %s |" % (
+        c = cost(b)
+        print("| %s | %.0f | %s | %.2f | %.2f | %.0f | %.0f | %s | %s |" % (
             l, b["deliveries_per_s"], ratio, b["latency_ms"]["p50"], b["latency_ms"]["p99"],
-            b.get("server_cpu_pct", 0), b.get("tool_cpu_pct", 0), steps))
+            b.get("server_cpu_pct", 0), b.get("tool_cpu_pct", 0), "%.3f" % c if c else "–", steps))
     else:
-        print("| %s | none passed | – | – | – | – | – | %s |" % (l, steps))
+        print("| %s | none passed | – | – | – | – | – | – | %s |" % (l, steps))
+pairs = [(l, l + "@baseline") for l in labels if l + "@baseline" in labels]
+if pairs:
+    print()
+    print("This build against --baseline, at each configuration's highest step that both passed:")
+    print("server CPU per delivery (lower is better) and the saturation it implies on one core.")
+    print()
+    print("| run | baseline µs/delivery | this build µs/delivery | this / baseline | implied saturation ratio |")
+    print("|---|---|---|---|---|")
+    for l, bl in pairs:
+        cur = {r["rate"]: r for r in rows if r["label"] == l and ok(r)}
+        old = {r["rate"]: r for r in rows if r["label"] == bl and ok(r)}
+        both = sorted(set(cur) & set(old))
+        if not both:
+            print("| %s | – | – | – | no common passing step |" % l)
+            continue
+        c1, c0 = cost(cur[both[-1]]), cost(old[both[-1]])
+        if c1 and c0:
+            print("| %s | %.3f | %.3f | %.2f | %.2f |" % (l, c0, c1, c1 / c0, c0 / c1))
 try:
     print()
     print("Storage commits (from /metrics after each configuration):")
