@@ -44,6 +44,13 @@ static_assert(LWS_PRE <= MSGBUF_HEADROOM, "msgbuf headroom must hold LWS_PRE");
 /* A requested close that cannot be written (peer not reading) is forced
  * after this many seconds. */
 #define SERVER_CLOSE_GRACE 1
+/* A close that discards the queue (slow consumer, out of memory): the peer
+ * has its whole socket backlog to read before it could see the close frame,
+ * so after this many seconds the socket is aborted (conn_linger_cb) instead
+ * of holding its kernel buffers for lws' 5 s flush. A peer that reads at
+ * once still gets the close frame. (lws 4.1 as built by Debian exports no
+ * sub-second lws_set_timeout_us: chatd's own timer.) */
+#define SERVER_CLOSE_GRACE_BLOCKED 0.2
 /* lws reads at most this many bytes from a socket per service call; it is
  * also the size of its per-connection receive buffer (rx_buffer_size). */
 #define SERVER_RX_CHUNK 256
@@ -97,6 +104,7 @@ struct conn {
 	unsigned out_blocked : 1;      /* the socket is full: resume in the writable callback */
 	unsigned tls : 1;              /* writes go through lws (OpenSSL) */
 	unsigned lingering : 1;        /* released, socket still closing in lws */
+	unsigned close_fast : 1;       /* queue discarded: abort the socket soon */
 	unsigned established : 1;
 };
 
@@ -183,6 +191,7 @@ static void server_tp_close(void *ctx, void *conn, int code, const char *reason,
 	struct conn *c = conn;
 
 	conn_request_close(c, code, reason, flush, SERVER_CLOSE_GRACE);
+	c->close_fast = !flush;
 	/* A flushing close is released by conn_write once the queue is out. */
 	if (flush || c->rel_queued || !c->established)
 		return;
@@ -242,6 +251,29 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	next -= now;
 	ev_timer_set(w, next > 0.001 ? next : 0.001, 0.);
 	ev_timer_start(loop, w);
+}
+
+/*
+ * A connection released with its queue discarded (slow consumer) and its
+ * socket still open SERVER_CLOSE_GRACE_BLOCKED later: abort it. lws would
+ * wait up to 5 s flushing a frame tail it holds, and the kernel keeps the
+ * unread megabytes as long as the socket lives. An abortive close (RST,
+ * SO_LINGER 0) frees them; shutdown() makes lws see the hang-up on its next
+ * poll and close the wsi through its own path, which releases c.
+ */
+static void conn_linger_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct conn *c = w->data;
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	int fd = lws_get_socket_fd(c->wsi);
+
+	(void)loop;
+	(void)revents;
+	if (fd < 0)
+		return;
+	log_debug(NULL, "aborting a discarded connection's socket");
+	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	(void)shutdown(fd, SHUT_RDWR);
 }
 
 /* ---- connection lifecycle ---------------------------------------------- */
@@ -407,6 +439,7 @@ static void conn_release(struct server *srv, struct conn *c, int socket_gone)
 		c->rx_more = 0;
 	}
 	if (socket_gone && c->lingering) {
+		ev_timer_stop(srv->loop, &c->timer);   /* conn_linger_cb's */
 		c->lingering = 0;
 		srv->lingering--;
 		server_check_drained(srv);
@@ -419,6 +452,10 @@ static void conn_release(struct server *srv, struct conn *c, int socket_gone)
 		srv->lingering++;
 	}
 	ev_timer_stop(srv->loop, &c->timer);
+	if (c->lingering && c->close_fast) {
+		ev_timer_init(&c->timer, conn_linger_cb, SERVER_CLOSE_GRACE_BLOCKED, 0.);
+		ev_timer_start(srv->loop, &c->timer);
+	}
 	free(c->rx);
 	c->rx = NULL;
 	if (c->prev)

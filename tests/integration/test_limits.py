@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import os
+import threading
 import time
 
 import pytest
@@ -374,6 +376,73 @@ def assert_in_order(stream, total):
     assert seqs == list(range(1, total + 1)), "%s: got %d messages, first gap at %r" % (
         stream.c.name, len(seqs), next((i for i, s in enumerate(seqs) if s != i + 1), None))
     assert all(m["body"] == BODY for m in stream.messages)
+
+
+def _server_socket_inode(port, peer_port):
+    """The inode of chatd's socket for the connection from 127.0.0.1:peer_port."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) == peer_port:
+                return inode
+    return None
+
+
+def _holds_socket(pid, inode):
+    fd_dir = "/proc/%d/fd" % pid
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, fd)) == "socket:[%s]" % inode:
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_slow_consumer_blocked_socket_dropped_promptly(chatd):
+    """A slow consumer cannot read the close frame behind its backlog: chatd
+    aborts its socket 0.2 s after deciding to close it, instead of holding it
+    (and megabytes of kernel buffers) for lws' 5 s flush of a frame tail."""
+    srv = chatd(dict(SLOW_CFG, limits=dict(SLOW_CFG["limits"], slow_consumer="close")))
+
+    async def main():
+        a = await srv.client("alice")
+        sa = Stream(a)
+        try:
+            await a.join("room")
+            slow = srv.raw(rcvbuf=4096)
+            slow.hello("slow")
+            slow.join("room")
+            await a.expect("presence", name="slow", state="join")
+            inode = _server_socket_inode(srv.port, slow.sock.getsockname()[1])
+            assert inode and _holds_socket(srv.pid, inode)
+            seen = {}
+
+            def watch():
+                deadline = time.monotonic() + scaled(60)
+                while time.monotonic() < deadline:
+                    if "close" not in seen:
+                        if srv.metrics().value("chatd_slow_consumer_closes_total") >= 1:
+                            seen["close"] = time.monotonic()
+                    elif not _holds_socket(srv.pid, inode):
+                        seen["gone"] = time.monotonic()
+                        return
+                    time.sleep(0.01)
+
+            th = threading.Thread(target=watch)
+            th.start()
+            await run_senders([a], [sa], "room", lambda: "close" in seen)
+            await asyncio.to_thread(th.join, scaled(65))
+            assert "close" in seen, "the slow consumer was never closed"
+            assert "gone" in seen, "chatd kept the slow consumer's socket"
+            # 0.2 s grace, plus polling; lws alone holds it about 5 s
+            assert seen["gone"] - seen["close"] < scaled(0.7), seen["gone"] - seen["close"]
+            await expect_presence_leave(sa, "slow", within=scaled(2.5))
+        finally:
+            await a.close()
+
+    run(main(), timeout=120)
 
 
 def test_slow_consumer_closed_others_keep_receiving(chatd):
