@@ -86,6 +86,7 @@ class Checker:
         self.notes = collections.defaultdict(list)
         self.stats = collections.Counter()
         self.run = {}
+        self.fault_starts = []
 
     # -- reporting
 
@@ -108,7 +109,8 @@ class Checker:
         acks = []                     # (name, id, room, seq, epoch believed, c, line)
         acked = set()                 # (name, id)
         refused = {}                  # ref -> (code, line)
-        closed_conns = {}             # c -> line
+        died_conns = set()            # connections cut or closed by the server
+        timeouts = set()              # refs that got no reply in time
         acked_max = collections.defaultdict(int)   # (room, epoch) -> max acked seq so far
         acked_max_room = collections.defaultdict(dict)  # room -> {epoch: max acked seq}
         leave_snap = {}               # (c, room) -> acked max when the leave was sent
@@ -150,6 +152,7 @@ class Checker:
                 key = (r["kind"], r["node"])
                 if r["phase"] == "start":
                     open_fault[key] = [r["kind"], r["node"], t, None, line]
+                    self.fault_starts.append(open_fault[key])
                 else:
                     f = open_fault.pop(key)
                     f[3] = t
@@ -271,11 +274,16 @@ class Checker:
                 if r.get("ref"):
                     refused[r["ref"]] = (code, line)
             elif ev == "close":
-                closed_conns[r["c"]] = line
+                # A clean close by the client comes only when no reply is
+                # outstanding; anything else may have eaten an ack.
+                if r["by"] != "client":
+                    died_conns.add(r["c"])
                 self.classify_close(r, line, conns, faults, open_fault)
             elif ev == "cut":
                 self.stats["cuts"] += 1
+                died_conns.add(r["c"])
             elif ev == "timeout":
+                timeouts.add(r["ref"])
                 self.stats["reply_timeouts"] += 1
                 self.note("reply_timeouts", "%s: no reply to %s within the timeout (connection cut, resumed)"
                           % (r["n"], r["cmd"]), line)
@@ -332,8 +340,16 @@ class Checker:
             self.violate("R6", "the history does not end with an end record (the soak did not finish)",
                          len(self.recs))
         self.faults = faults
+        sched = next((r for r in self.recs if r["ev"] == "schedule"), None)
+        if sched is not None:
+            ran = collections.Counter(f[0] for f in faults)
+            for _, kind in sched["faults"]:
+                if ran[kind] > 0:
+                    ran[kind] -= 1
+                else:
+                    self.violate("R6", "scheduled fault %s did not run to its end" % kind)
         self.check_end(drain_segs, audits, drain_line, faults)
-        self.check_messages(msgs, by_id, sends, acks, acked, refused, closed_conns, audits, faults)
+        self.check_messages(msgs, by_id, sends, acks, acked, refused, died_conns, timeouts, audits, faults)
         self.check_resources(baseline, final)
         self.stats["faults"] = len(faults)
         return self.violations
@@ -342,7 +358,7 @@ class Checker:
 
     def epoch_change(self, room, old, new, line, faults, name):
         t = self.recs[line - 1]["t"]
-        wipes = [f for f in faults if f[0] == "redis_wipe" and f[2] <= t]
+        wipes = [f for f in self.fault_starts if f[0] == "redis_wipe" and f[2] <= t]
         self.stats["epoch_changes"] += 1
         if wipes:
             self.note("epoch_changes", "%s: room %s epoch %s -> %s, explained by redis_wipe at t=%.1f"
@@ -417,7 +433,7 @@ class Checker:
             if self.run["mode"] == "single" and seqs and seqs[0] != 1:
                 self.violate("R2", "audit of %s: stored history starts at seq %d, not 1" % (room, seqs[0]), al)
 
-    def check_messages(self, msgs, by_id, sends, acks, acked, refused, closed_conns, audits, faults):
+    def check_messages(self, msgs, by_id, sends, acks, acked, refused, died_conns, timeouts, audits, faults):
         # one message, one seq (dedup)
         for (room, epoch, frm, mid), seqs in by_id.items():
             if len(seqs) > 1:
@@ -439,7 +455,9 @@ class Checker:
             for c, ref, _, sl in attempts:
                 if ref in refused:
                     excuse = "refused with %s" % refused[ref][0]
-                elif c in closed_conns:
+                elif ref in timeouts:
+                    excuse = "no reply in time; the sender cut its connection"
+                elif c in died_conns:
                     excuse = "the sender's connection died before the ack"
             if excuse:
                 self.stats["delivered_unacked_sender_died"] += 1

@@ -931,6 +931,9 @@ class Soak:
         faults = asyncio.create_task(self.fault_loop(sched))
         hostile = asyncio.create_task(self.hostile_loop())
         await asyncio.sleep(a.duration)
+        if a.faults == "each":
+            # every kind must have run: let a late schedule finish (under load)
+            await asyncio.wait([faults], timeout=120)
 
         h.rec("load_stop")
         self.stop_load = True
@@ -1032,7 +1035,8 @@ def main():
     ap.add_argument("--clients", type=int, default=24, help="well-behaved clients (about)")
     ap.add_argument("--load", type=float, default=1.0, help="multiplies every client's pace")
     ap.add_argument("--sanitize", action="store_true", help="the chatd is an ASan build: longer timeouts")
-    ap.add_argument("--rss-bound-mb", type=float, default=64)
+    ap.add_argument("--rss-bound-mb", type=float, default=32,
+                    help="RSS after the load may exceed the idle baseline by this much")
     ap.add_argument("--fd-bound", type=int, default=4)
     ap.add_argument("--out", default="soak-out")
     args = ap.parse_args()
