@@ -153,6 +153,16 @@ def test_a_message_nobody_sent_is_caught(run):
     assert any(x["rule"] == "R3" and "ghost.1" in x["msg"] for x in v), v
 
 
+def test_a_duplicate_or_forged_direct_message_is_caught(run):
+    recs = copy.deepcopy(run[1])
+    i = next(i for i, r in enumerate(recs) if r["ev"] == "drecv")
+    recs.insert(i + 1, dict(recs[i]))
+    recs.insert(i + 2, dict(recs[i], i="forged.9"))
+    v = verdict(recs)
+    assert any(x["rule"] == "R1" and "twice" in x["msg"] for x in v), v
+    assert any(x["rule"] == "R3" and "forged.9" in x["msg"] for x in v), v
+
+
 def test_an_altered_body_is_caught(run):
     recs = copy.deepcopy(run[1])
     i = live_recvs(recs)[5]

@@ -20,6 +20,9 @@ numbers are the rule names used in the output):
   R4 refusals   every error code and close code is documented in
                 docs/protocol.md, and each hostile client got the documented
                 outcome;
+                DMs: every direct received was sent to that name with that
+                body, at most once per connection (acked means accepted,
+                not delivered, so a missing direct is not judged);
   R5 resources  each node's RSS and open fds after the load are within the
                 run's stated bound of their idle baseline;
   R6 process    no sanitizer report in any node's log, every SIGTERM exits 0.
@@ -111,6 +114,8 @@ class Checker:
         refused = {}                  # ref -> (code, line)
         died_conns = set()            # connections cut or closed by the server
         timeouts = set()              # refs that got no reply in time
+        dms = {}                      # (from, id) -> (to, crc, line)
+        drecv_seen = set()
         acked_max = collections.defaultdict(int)   # (room, epoch) -> max acked seq so far
         acked_max_room = collections.defaultdict(dict)  # room -> {epoch: max acked seq}
         leave_snap = {}               # (c, room) -> acked max when the leave was sent
@@ -279,6 +284,19 @@ class Checker:
                 if r["by"] != "client":
                     died_conns.add(r["c"])
                 self.classify_close(r, line, conns, faults, open_fault)
+            elif ev == "dm":
+                dms[(r["n"], r["i"])] = (r["to"], r["k"], line)
+            elif ev == "drecv":
+                self.stats["direct_deliveries"] += 1
+                sent = dms.get((r["f"], r["i"]))
+                if sent is None or sent[0] != r["n"]:
+                    self.violate("R3", "%s got direct %s/%s that was never sent to it" % (r["n"], r["f"], r["i"]), line)
+                elif sent[1] != r["k"]:
+                    self.violate("R3", "%s got direct %s/%s with a body other than the one sent"
+                                 % (r["n"], r["f"], r["i"]), sent[2], line)
+                if (r["c"], r["f"], r["i"]) in drecv_seen:
+                    self.violate("R1", "%s got direct %s/%s twice" % (r["n"], r["f"], r["i"]), line)
+                drecv_seen.add((r["c"], r["f"], r["i"]))
             elif ev == "cut":
                 self.stats["cuts"] += 1
                 died_conns.add(r["c"])

@@ -339,7 +339,8 @@ class Actor:
         ws = await websockets.connect("ws://127.0.0.1:%d/ws" % node.port, subprotocols=["chat.v1"],
                                       open_timeout=10, ping_interval=None, close_timeout=2,
                                       compression=None, max_size=1 << 20,
-                                      max_queue=4 if self.role == "slow" else 4096, **kw)
+                                      max_queue=4 if self.role == "slow" else 4096,
+                                      read_limit=4096 if self.role == "slow" else 1 << 16, **kw)
         self.ws = ws
         await ws.send(json.dumps({"type": "hello", "name": self.name, "ref": "h"}))
         m = json.loads(await asyncio.wait_for(ws.recv(), self.s.reply_timeout))
@@ -572,13 +573,31 @@ class Actor:
             return
         x = rng.random()
         if self.role == "firehose":
-            if rng.random() < 0.08:
-                for _ in range(120):
-                    await self.send("slow-0", big=True)
+            # A burst of big messages into slow-0 while a slow consumer there
+            # stalls: more than its queue (256 KB) and its small socket
+            # buffers hold, so chatd must close it (1008) and it resumes.
+            try:
+                await asyncio.wait_for(self.s.flood.wait(), 2)
+            except asyncio.TimeoutError:
+                return
+            self.s.flood.clear()
+            self.h.rec("flood", c=self.c, n=self.name)
+            # pipelined, not one ack at a time: the burst must land within
+            # the stall. About 4.5 MB: loopback's 64 KB MSS lets the kernel
+            # autotune chatd's socket send buffer to megabytes, which fill
+            # before chatd's own queue does.
+            await asyncio.gather(*(self.send("slow-0", big=True) for _ in range(1200)))
             return
         if self.role == "slow" and x < 0.15:
-            self.h.rec("stall", c=self.c, n=self.name)
-            self.stall_until = time.monotonic() + rng.uniform(2.0, 6.0)
+            flood = time.monotonic() - self.s.last_flood > 45
+            self.h.rec("stall", c=self.c, n=self.name, flood=flood)
+            if flood:
+                # just under the heartbeat timeout: evicted for its queue
+                self.s.last_flood = time.monotonic()
+                self.stall_until = time.monotonic() + self.s.hb_timeout - 1.5
+                self.s.flood.set()
+            else:
+                self.stall_until = time.monotonic() + rng.uniform(2.0, 5.0)
             return
         if x < 0.01:
             self.cut("chaos")
@@ -722,6 +741,8 @@ class Soak:
         self.nodes = []
         self.redis = None
         self.fault_active = None
+        self.flood = asyncio.Event()
+        self.last_flood = 0.0
         if os.path.exists(self.out):
             shutil.rmtree(self.out)
         os.makedirs(self.out)
@@ -990,6 +1011,7 @@ class Soak:
     async def quiesce(self, actors):
         """Until no frame arrived for 2 s (at most 30 s)."""
         deadline = time.monotonic() + 30
+        await asyncio.sleep(1)       # stalled readers wake up (they poll every 0.2 s)
         while time.monotonic() < deadline:
             if time.monotonic() - self.h.last_recv > 2.0:
                 return
