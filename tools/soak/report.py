@@ -41,8 +41,9 @@ def chart(recs, verdict, path, title):
                        label=kind if ax is ax1 and kind not in seen else None)
         seen.add(kind)
     for res in verdict.get("resources", []):
-        ax1.axhline((res["rss_base_kb"] + res["rss_bound_kb"]) / 1024.0, color="red", linestyle=":",
-                    linewidth=0.8)
+        if res.get("rss_judged", True):
+                ax1.axhline((res["rss_base_kb"] + res["rss_bound_kb"]) / 1024.0, color="red", linestyle=":",
+                        linewidth=0.8)
         ax2.axhline(res["fds_base"] + res["fd_bound"], color="red", linestyle=":", linewidth=0.8)
     if load_stop is not None:
         for ax in (ax1, ax2):
@@ -116,7 +117,9 @@ def report(out):
     md += ["", "## Resources", "", "![RSS and fds](resources.png)", "",
            "| node | RSS idle before (KB) | RSS after the load (KB) | bound | fds before | fds after | bound |",
            "|---|---|---|---|---|---|---|"]
-    md += ["| %d | %d | %d | +%d | %d | %d | +%d |" % (r["node"], r["rss_base_kb"], r["rss_end_kb"], r["rss_bound_kb"],
+    md += ["| %d | %d | %d | %s | %d | %d | +%d |" % (r["node"], r["rss_base_kb"], r["rss_end_kb"],
+                                                  "+%d" % r["rss_bound_kb"] if r.get("rss_judged", True)
+                                                  else "not judged (ASan)",
                                                   r["fds_base"], r["fds_end"], r["fd_bound"])
            for r in verdict["resources"]]
     with open(os.path.join(out, "report.md"), "w") as f:
