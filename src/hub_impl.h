@@ -66,13 +66,12 @@ struct hub_waiter {
 };
 
 /*
- * A retry of a message whose commit is still pending (storage batch mode):
- * it must get the same ack once the first one commits, not a second seq.
- * Such retries wait here, per room, keyed by the pending message's seq.
+ * A retry of a message whose completion is still pending (an engine): it
+ * must get the same ack once the first one completes, not a second seq.
+ * Such retries wait here, per room, keyed by the sender's name and the id.
  */
 struct hub_retry {
 	struct hub_retry *next;
-	uint64_t seq;                       /* the pending original's seq */
 	uint64_t sender;
 	char from[PROTO_NAME_MAX + 1];
 	char id[PROTO_ID_MAX + 1];
@@ -130,9 +129,10 @@ void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c
 
 /* hub_retry.c */
 struct hub_retry *hub_retry_find(struct room *r, const char *from, const struct proto_str *id);
-void hub_retry_add(struct room *r, uint64_t seq, uint64_t sender, const char *from,
-		   const char *id, const struct proto_str *ref, int original);
-void hub_retry_done(struct hub *h, struct room *r, uint64_t seq, enum proto_err status);
+void hub_retry_add(struct room *r, uint64_t sender, const char *from, const char *id,
+		   const struct proto_str *ref, int original);
+void hub_retry_done(struct hub *h, struct room *r, const struct hub_pending *p,
+		    enum proto_err status);
 void hub_retry_free_all(struct room *r);
 
 /* hub_send.c */
