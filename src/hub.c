@@ -257,7 +257,6 @@ static const char *hub_hello_name(struct hub *h, struct session *s, const struct
 static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct hub_user *u;
-	struct jsonw w;
 	const char *name;
 	size_t len;
 	char msg[96];
@@ -293,14 +292,8 @@ static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_c
 		h->peers.user(h->peers.ctx, s->name, 1);
 	log_info(s->id, "hello name=%s", s->name);
 
-	hub_w_begin(&w, "welcome", 160);
-	jsonw_kv_cstr(&w, "session", s->id);
-	jsonw_kv_cstr(&w, "name", s->name);
-	jsonw_key(&w, "heartbeat");
-	jsonw_num(&w, h->lim.heartbeat_interval);
-	jsonw_kv_cstr(&w, "node", h->node_id);
-	hub_w_ref(&w, &c->ref);
-	hub_w_reply(h, s, &w);
+	hub_reply(h, s, proto_encode_welcome(s->id, s->name, h->lim.heartbeat_interval,
+						  h->node_id, &c->ref));
 }
 
 static void hub_cmd_members(struct hub *h, struct session *s, const struct proto_cmd *c)
@@ -310,21 +303,14 @@ static void hub_cmd_members(struct hub *h, struct session *s, const struct proto
 
 	if (!r)
 		return;
-	hub_w_begin(&w, "members", 128 + 40 * r->member_count);
-	jsonw_kv_cstr(&w, "room", r->name);
-	jsonw_key(&w, "names");
-	hub_w_names(h, &w, r);
-	hub_w_ref(&w, &c->ref);
-	hub_w_reply(h, s, &w);
+	proto_w_members(&w, r->name, r->member_count);
+	hub_names(h, &w, r);
+	hub_reply(h, s, proto_encode_members_end(&w, &c->ref));
 }
 
 static void hub_cmd_ping(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
-	struct jsonw w;
-
-	hub_w_begin(&w, "pong", 64);
-	hub_w_ref(&w, &c->ref);
-	hub_w_reply(h, s, &w);
+	hub_reply(h, s, proto_encode_pong(&c->ref));
 }
 
 void hub_session_input(struct hub *h, struct session *s, const char *data, size_t len)

@@ -89,18 +89,27 @@ int hub_enqueue(struct hub *h, struct session *s, struct msgbuf *mb, int droppab
 int hub_fits(struct hub *h, struct session *s, size_t len, uint32_t reserve_n,
 	     size_t reserve_b);
 
-/* hub_encode.c */
-void hub_w_begin(struct jsonw *w, const char *type, size_t hint);
-void hub_w_ref(struct jsonw *w, const struct proto_str *ref);
-void hub_w_reply(struct hub *h, struct session *s, struct jsonw *w);
+/* hub_reply.c (the events themselves: proto_encode.c, proto.h) */
+void hub_reply(struct hub *h, struct session *s, struct msgbuf *mb);
 void hub_error(struct hub *h, struct session *s, const struct proto_str *ref,
 	       enum proto_err code, const char *message);
-struct msgbuf *hub_encode_presence(const char *room, const char *name, int join);
-void hub_w_names(struct hub *h, struct jsonw *w, struct room *r);
-struct msgbuf *hub_encode_message(const char *room, const struct hub_msg *m);
 void hub_ack(struct hub *h, struct session *s, const char *id, const char *room,
 	     uint64_t seq, const char *ref);
-struct msgbuf *hub_encode_direct(const struct hub_msg *m);
+void hub_names(struct hub *h, struct jsonw *w, struct room *r);
+
+/* A stored message as the protocol encodes it (hub_msg is the engines'
+ * name for the same fields). */
+static inline struct proto_msg hub_proto_msg(const struct hub_msg *m)
+{
+	struct proto_msg pm = { m->seq, m->ts, m->from, m->id, m->body, m->body_len };
+	return pm;
+}
+
+static inline struct msgbuf *hub_encode_message(const char *room, const struct hub_msg *m)
+{
+	struct proto_msg pm = hub_proto_msg(m);
+	return proto_encode_message(room, &pm);
+}
 
 /* hub_room.c */
 struct room *hub_room_find(struct hub *h, const char *name, size_t len);

@@ -33,7 +33,7 @@ void hub_presence(struct hub *h, struct room *r, struct session *s, int join)
 
 	if (h->draining || !r->member_count || (r->member_count == 1 && room_member_find(r, s)))
 		return;
-	if (!(mb = hub_encode_presence(r->name, s->name, join)))
+	if (!(mb = proto_encode_presence(r->name, s->name, join)))
 		return;
 	hub_room_broadcast(h, r, mb, s, 0);
 	msgbuf_unref(mb);
@@ -202,7 +202,7 @@ void hub_remote_presence(struct hub *h, const char *room, const char *name, int 
 	struct room *r = hub_room_find(h, room, strlen(room));
 	struct msgbuf *mb;
 
-	if (!r || r->loading || !r->member_count || !(mb = hub_encode_presence(r->name, name, join)))
+	if (!r || r->loading || !r->member_count || !(mb = proto_encode_presence(r->name, name, join)))
 		return;
 	hub_room_broadcast(h, r, mb, NULL, 0);
 	msgbuf_unref(mb);

@@ -203,7 +203,6 @@ void hub_room_rebase(struct hub *h, const char *room, const char *epoch, uint64_
 {
 	struct room *r = hub_room_find(h, room, strlen(room));
 	struct msgbuf *mb;
-	struct jsonw w;
 
 	if (!r || r->loading)
 		return;
@@ -220,12 +219,7 @@ void hub_room_rebase(struct hub *h, const char *room, const char *epoch, uint64_
 	room_reset(r);
 	r->seq = r->seq_assigned = seq;
 	/* Clients hold (seq, epoch) pairs of the old history: tell them. */
-	hub_w_begin(&w, "reset", 128);
-	jsonw_kv_cstr(&w, "room", r->name);
-	jsonw_kv_cstr(&w, "epoch", r->epoch);
-	jsonw_kv_u64(&w, "seq", r->seq);
-	jsonw_obj_close(&w);
-	if ((mb = jsonw_finish(&w))) {
+	if ((mb = proto_encode_reset(r->name, r->epoch, r->seq))) {
 		hub_room_broadcast(h, r, mb, NULL, 0);
 		msgbuf_unref(mb);
 	}

@@ -1,148 +1,204 @@
 /*
- * hub_encode.c - the chat.v1 events the hub sends, written with jsonw:
- * replies (ack, error, and the reply envelope), message, presence, direct,
- * member lists.
+ * proto_encode.c - every chat.v1 event the server sends, written with
+ * jsonw: the encoding half of the protocol (proto.c decodes). Pure: values
+ * in, a finished frame out (a msgbuf with one reference, the caller's), or
+ * NULL on ENOMEM; no hub state. Events that carry a list of names are
+ * written in steps (proto_w_*), so that the hub can add the names it holds
+ * without building a list first.
  */
-#include "hub_impl.h"
+#include <string.h>
 
-void hub_w_begin(struct jsonw *w, const char *type, size_t hint)
+#include "jsonw.h"
+#include "proto.h"
+
+static void proto_w_begin(struct jsonw *w, const char *type, size_t hint)
 {
 	jsonw_init(w, hint);
 	jsonw_obj_open(w);
 	jsonw_kv_cstr(w, "type", type);
 }
 
-void hub_w_ref(struct jsonw *w, const struct proto_str *ref)
+static void proto_w_ref(struct jsonw *w, const struct proto_str *ref)
 {
-	if (ref->p)
+	if (ref && ref->p)
 		jsonw_kv_str(w, "ref", ref->p, ref->len);
 }
 
-/* Finish w and queue it to s as a reply (never dropped by drop_oldest). */
-void hub_w_reply(struct hub *h, struct session *s, struct jsonw *w)
+/* Close the event object (after its ref, if any) and hand over the frame. */
+static struct msgbuf *proto_w_finish(struct jsonw *w, const struct proto_str *ref)
 {
-	struct msgbuf *mb;
-
-	jsonw_obj_close(w);
-	mb = jsonw_finish(w);
-	if (!mb) {
-		log_error(s->id, "out of memory encoding a reply; closing");
-		hub_session_close(h, s, 1011, "out of memory", 0);
-		return;
-	}
-	hub_enqueue(h, s, mb, 0);
-	msgbuf_unref(mb);
-}
-
-void hub_error(struct hub *h, struct session *s, const struct proto_str *ref,
-	       enum proto_err code, const char *message)
-{
-	struct jsonw w;
-
-	h->m->errors[code < PROTO_ERR_COUNT ? code : PROTO_ERR_INTERNAL]++;
-	log_debug(s->id, "error %s: %s", proto_err_name(code), message);
-	hub_w_begin(&w, "error", 128 + strlen(message));
-	jsonw_kv_cstr(&w, "code", proto_err_name(code));
-	jsonw_kv_cstr(&w, "message", message);
-	hub_w_ref(&w, ref);
-	hub_w_reply(h, s, &w);
-}
-
-/* The presence event, for a local or a remote member; NULL on ENOMEM. */
-struct msgbuf *hub_encode_presence(const char *room, const char *name, int join)
-{
-	struct jsonw w;
-
-	hub_w_begin(&w, "presence", 128);
-	jsonw_kv_cstr(&w, "room", room);
-	jsonw_kv_cstr(&w, "name", name);
-	jsonw_kv_cstr(&w, "state", join ? "join" : "leave");
-	jsonw_obj_close(&w);
-	return jsonw_finish(&w);
-}
-
-struct hub_names_ctx {
-	struct hub *h;
-	struct jsonw *w;
-};
-
-/* A name present on another node: listed unless a local member has it. */
-static void hub_names_remote(void *arg, const char *name)
-{
-	struct hub_names_ctx *nc = arg;
-	struct hub_user *u = hub_user_find(nc->h, name, strlen(name));
-
-	if (u && u->mark == nc->h->mark)
-		return;
-	if (u)
-		u->mark = nc->h->mark;
-	jsonw_cstr(nc->w, name);
-}
-
-/* Member names of r (on every node), each once. */
-void hub_w_names(struct hub *h, struct jsonw *w, struct room *r)
-{
-	struct membership *m, *tmp;
-
-	struct hub_names_ctx nc = { h, w };
-
-	h->mark++;
-	jsonw_arr_open(w);
-	HASH_ITER(hh_room, r->members, m, tmp) {
-		struct hub_user *u = m->sess->user;
-		if (!u || u->mark == h->mark)
-			continue;
-		u->mark = h->mark;
-		jsonw_cstr(w, u->name);
-	}
-	if (h->peers.names)
-		h->peers.names(h->peers.ctx, r->name, hub_names_remote, &nc);
-	jsonw_arr_close(w);
-}
-
-/* The fields message and direct share (from, id, body, ts), then the end
- * of the event: the finished buffer, or NULL on ENOMEM. */
-static struct msgbuf *hub_w_msg_finish(struct jsonw *w, const struct hub_msg *m)
-{
-	jsonw_kv_cstr(w, "from", m->from);
-	jsonw_kv_cstr(w, "id", m->id);
-	jsonw_kv_str(w, "body", m->body, m->body_len);
-	jsonw_kv_u64(w, "ts", m->ts);
+	proto_w_ref(w, ref);
 	jsonw_obj_close(w);
 	return jsonw_finish(w);
 }
 
-/* Encode a stored message as the "message" event every member receives. */
-struct msgbuf *hub_encode_message(const char *room, const struct hub_msg *m)
+struct msgbuf *proto_encode_error(enum proto_err code, const char *message,
+				  const struct proto_str *ref)
 {
 	struct jsonw w;
 
-	hub_w_begin(&w, "message", 160 + m->body_len + m->body_len / 8);
-	jsonw_kv_cstr(&w, "room", room);
-	jsonw_kv_u64(&w, "seq", m->seq);
-	return hub_w_msg_finish(&w, m);
+	proto_w_begin(&w, "error", 128 + strlen(message));
+	jsonw_kv_cstr(&w, "code", proto_err_name(code));
+	jsonw_kv_cstr(&w, "message", message);
+	return proto_w_finish(&w, ref);
 }
 
-void hub_ack(struct hub *h, struct session *s, const char *id, const char *room,
-	     uint64_t seq, const char *ref)
+struct msgbuf *proto_encode_ack(const char *id, const char *room, uint64_t seq, const char *ref)
 {
+	struct proto_str r = { ref, ref ? strlen(ref) : 0 };
 	struct jsonw w;
 
-	hub_w_begin(&w, "ack", 160);
+	proto_w_begin(&w, "ack", 160);
 	jsonw_kv_cstr(&w, "id", id);
 	if (room) {
 		jsonw_kv_cstr(&w, "room", room);
 		jsonw_kv_u64(&w, "seq", seq);
 	}
-	if (ref)
-		jsonw_kv_cstr(&w, "ref", ref);
-	hub_w_reply(h, s, &w);
+	return proto_w_finish(&w, &r);
 }
 
-struct msgbuf *hub_encode_direct(const struct hub_msg *m)
+struct msgbuf *proto_encode_welcome(const char *session, const char *name, double heartbeat,
+				    const char *node, const struct proto_str *ref)
 {
 	struct jsonw w;
 
-	hub_w_begin(&w, "direct", 160 + m->body_len + m->body_len / 8);
-	return hub_w_msg_finish(&w, m);
+	proto_w_begin(&w, "welcome", 160);
+	jsonw_kv_cstr(&w, "session", session);
+	jsonw_kv_cstr(&w, "name", name);
+	jsonw_key(&w, "heartbeat");
+	jsonw_num(&w, heartbeat);
+	jsonw_kv_cstr(&w, "node", node);
+	return proto_w_finish(&w, ref);
+}
+
+struct msgbuf *proto_encode_pong(const struct proto_str *ref)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "pong", 64);
+	return proto_w_finish(&w, ref);
+}
+
+struct msgbuf *proto_encode_left(const char *room, const struct proto_str *ref)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "left", 128);
+	jsonw_kv_cstr(&w, "room", room);
+	return proto_w_finish(&w, ref);
+}
+
+struct msgbuf *proto_encode_presence(const char *room, const char *name, int join)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "presence", 128);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_cstr(&w, "name", name);
+	jsonw_kv_cstr(&w, "state", join ? "join" : "leave");
+	return proto_w_finish(&w, NULL);
+}
+
+struct msgbuf *proto_encode_reset(const char *room, const char *epoch, uint64_t seq)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "reset", 128);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_cstr(&w, "epoch", epoch);
+	jsonw_kv_u64(&w, "seq", seq);
+	return proto_w_finish(&w, NULL);
+}
+
+/* The fields message and direct share (from, id, body, ts), then the end
+ * of the event. */
+static struct msgbuf *proto_w_msg_finish(struct jsonw *w, const struct proto_msg *m)
+{
+	jsonw_kv_cstr(w, "from", m->from);
+	jsonw_kv_cstr(w, "id", m->id);
+	jsonw_kv_str(w, "body", m->body, m->body_len);
+	jsonw_kv_u64(w, "ts", m->ts);
+	return proto_w_finish(w, NULL);
+}
+
+struct msgbuf *proto_encode_message(const char *room, const struct proto_msg *m)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "message", 160 + m->body_len + m->body_len / 8);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_u64(&w, "seq", m->seq);
+	return proto_w_msg_finish(&w, m);
+}
+
+struct msgbuf *proto_encode_direct(const struct proto_msg *m)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "direct", 160 + m->body_len + m->body_len / 8);
+	return proto_w_msg_finish(&w, m);
+}
+
+struct msgbuf *proto_encode_history(const char *room, struct msgbuf *const *frames, uint32_t n,
+				    const struct proto_str *ref)
+{
+	size_t total = 0;
+	struct jsonw w;
+	uint32_t i;
+
+	for (i = 0; i < n; i++)
+		total += frames[i]->len + 1;
+	proto_w_begin(&w, "history", 128 + total);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_key(&w, "messages");
+	jsonw_arr_open(&w);
+	for (i = 0; i < n; i++)
+		jsonw_raw(&w, (const char *)frames[i]->data, frames[i]->len);
+	jsonw_arr_close(&w);
+	return proto_w_finish(&w, ref);
+}
+
+void proto_w_joined(struct jsonw *w, const char *room, uint64_t seq, const char *epoch,
+		    uint32_t members)
+{
+	proto_w_begin(w, "joined", 256 + 40 * (size_t)members);
+	jsonw_kv_cstr(w, "room", room);
+	jsonw_kv_u64(w, "seq", seq);
+	jsonw_kv_cstr(w, "epoch", epoch);
+	jsonw_key(w, "members");
+	jsonw_arr_open(w);
+}
+
+struct msgbuf *proto_encode_joined_end(struct jsonw *w, int has_since, int recovered,
+				       int truncated, const struct proto_str *ref)
+{
+	jsonw_arr_close(w);
+	if (has_since) {
+		jsonw_key(w, "recovered");
+		jsonw_bool(w, recovered);
+		if (truncated) {
+			jsonw_key(w, "truncated");
+			jsonw_bool(w, 1);
+		}
+	}
+	return proto_w_finish(w, ref);
+}
+
+void proto_w_members(struct jsonw *w, const char *room, uint32_t members)
+{
+	proto_w_begin(w, "members", 128 + 40 * (size_t)members);
+	jsonw_kv_cstr(w, "room", room);
+	jsonw_key(w, "names");
+	jsonw_arr_open(w);
+}
+
+struct msgbuf *proto_encode_members_end(struct jsonw *w, const struct proto_str *ref)
+{
+	jsonw_arr_close(w);
+	return proto_w_finish(w, ref);
+}
+
+void proto_w_name(struct jsonw *w, const char *name)
+{
+	jsonw_cstr(w, name);
 }
