@@ -229,7 +229,7 @@ void hub_remote_presence(struct hub *hub, const char *room, const char *name, in
 void hub_rooms_foreach(struct hub *hub, void (*fn)(void *arg, const char *room), void *arg);
 
 /* Gauges. */
-uint64_t hub_session_count(const struct hub *hub);   /* after hello */
+uint64_t hub_named_session_count(const struct hub *hub);   /* sessions with a name: after hello */
 uint64_t hub_room_count(const struct hub *hub);
 uint64_t hub_queue_bytes(const struct hub *hub);
 uint64_t hub_queue_messages(const struct hub *hub);

@@ -480,7 +480,7 @@ void hub_free(struct hub *h)
 	queue_pool_drain();
 }
 
-uint64_t hub_session_count(const struct hub *h) { return h->authed; }
+uint64_t hub_named_session_count(const struct hub *h) { return h->authed; }
 
 uint64_t hub_queue_bytes(const struct hub *h) { return h->queue_bytes; }
 

@@ -1043,7 +1043,7 @@ static struct msgbuf *server_healthz(struct server *srv)
 			 srv->draining ? "shutting_down"
 			 : srv->m->cluster_enabled && !srv->m->redis_up ? "degraded" : "ok",
 			 srv->cfg->node_id, srv->nconns,
-			 (unsigned long long)hub_session_count(srv->hub),
+			 (unsigned long long)hub_named_session_count(srv->hub),
 			 !srv->m->cluster_enabled ? "" : srv->m->redis_up ? ",\"redis\":\"up\"" : ",\"redis\":\"down\"");
 
 	return msgbuf_from(body, (size_t)n);
@@ -1054,7 +1054,7 @@ static struct msgbuf *server_metrics(struct server *srv)
 	struct metrics_gauges g = {
 		.connections = srv->nconns,
 		.pending = srv->npending,
-		.sessions = hub_session_count(srv->hub),
+		.sessions = hub_named_session_count(srv->hub),
 		.rooms = hub_room_count(srv->hub),
 		.queue_bytes = hub_queue_bytes(srv->hub),
 		.queued_messages = hub_queue_messages(srv->hub),

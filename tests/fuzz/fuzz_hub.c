@@ -431,7 +431,7 @@ static void check_invariants(void)
 	}
 	CHECK(hub_queue_bytes(hub) == bytes);
 	CHECK(hub_queue_messages(hub) == msgs);
-	CHECK(hub_session_count(hub) == authed);
+	CHECK(hub_named_session_count(hub) == authed);
 }
 
 static void input(struct slot *sl, const char *data, size_t len, int signed_token)
@@ -701,7 +701,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			;
 		release(&slots[i]);
 	}
-	CHECK(hub_session_count(hub) == 0 && hub_queue_bytes(hub) == 0 && hub_queue_messages(hub) == 0);
+	CHECK(hub_named_session_count(hub) == 0 && hub_queue_bytes(hub) == 0 && hub_queue_messages(hub) == 0);
 	hub_free(hub);
 	hub = NULL;
 	config_free(&cfg);

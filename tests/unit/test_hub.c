@@ -328,7 +328,7 @@ static void test_hello_gets_welcome(void **state)
 
 	start();
 	s = connect_();
-	assert_int_equal(hub_session_count(hub), 0);
+	assert_int_equal(hub_named_session_count(hub), 0);
 	in(s, "{\"type\":\"hello\",\"name\":\"alice\",\"ref\":\"h1\"}");
 	w = expect(s, "welcome");
 	assert_string_equal(str(w, "name"), "alice");
@@ -338,7 +338,7 @@ static void test_hello_gets_welcome(void **state)
 	assert_true(num(w, "heartbeat") == cfg.heartbeat_interval);
 	assert_string_equal(str(w, "node"), cfg.node_id);
 	expect_none(s);
-	assert_int_equal(hub_session_count(hub), 1);
+	assert_int_equal(hub_named_session_count(hub), 1);
 	assert_int_equal(fk.nwoken, 1);
 	assert_ptr_equal(fk.woken[0], s->conn);
 }
@@ -398,7 +398,7 @@ static void test_duplicate_name_is_conflict(void **state)
 	b = connect_();
 	in(b, "{\"type\":\"hello\",\"name\":\"alice\",\"ref\":\"x\"}");
 	assert_string_equal(str(expect_error(b, "conflict"), "ref"), "x");
-	assert_int_equal(hub_session_count(hub), 1);
+	assert_int_equal(hub_named_session_count(hub), 1);
 	/* once the first is gone the name is free again */
 	hub_session_unregister(hub, a);
 	in(b, "{\"type\":\"hello\",\"name\":\"alice\"}");
@@ -419,7 +419,7 @@ static void test_sessions_per_name_2_allows_two_sessions(void **state)
 	expect_error(b, "conflict");
 	in(b, "{\"type\":\"hello\",\"name\":\"bob\"}");
 	expect(b, "welcome");
-	assert_int_equal(hub_session_count(hub), 3);
+	assert_int_equal(hub_named_session_count(hub), 3);
 
 	/* members lists a shared name once */
 	join(a1, "r");
@@ -1180,7 +1180,7 @@ static void test_unregister_sends_presence_leave_and_frees_everything(void **sta
 	assert_int_equal(hub_room_count(hub), 2);
 
 	hub_session_unregister(hub, a);
-	assert_int_equal(hub_session_count(hub), 2);
+	assert_int_equal(hub_named_session_count(hub), 2);
 	assert_int_equal(hub_room_count(hub), 1);    /* "quiet" had no message */
 	p = expect(b, "presence");
 	assert_string_equal(str(p, "name"), "alice");
@@ -1195,7 +1195,7 @@ static void test_unregister_sends_presence_leave_and_frees_everything(void **sta
 
 	hub_session_unregister(hub, b);
 	hub_session_unregister(hub, c);
-	assert_int_equal(hub_session_count(hub), 0);
+	assert_int_equal(hub_named_session_count(hub), 0);
 	assert_int_equal(hub_queue_bytes(hub), 0);
 	assert_int_equal(hub_queue_messages(hub), 0);
 	assert_int_equal(hub_room_count(hub), 1);    /* rooms with history stay */
