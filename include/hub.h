@@ -27,9 +27,13 @@
 #include "config.h"
 #include "metrics.h"
 #include "msgbuf.h"
-#include "session.h"
+#include "proto.h"
 
 struct hub;
+/* A client as the hub sees it: opaque outside the hub (src/hub/session.h);
+ * the transport holds a pointer from hub_session_register() until it calls
+ * hub_session_unregister(), and asks the accessors below for what it needs. */
+struct session;
 
 struct hub_transport {
 	/* s has output queued: arrange for hub_session_frames/consumed to be called. */
@@ -177,6 +181,12 @@ int hub_session_frames(struct hub *hub, struct session *s, struct iovec *iov, in
 void hub_session_consumed(struct hub *hub, struct session *s, int n, double now);
 /* What s has queued: frames and payload bytes (for input back-pressure). */
 void hub_session_backlog(const struct session *s, uint32_t *frames, size_t *bytes);
+/* s's opaque id (for logs), its name ("" before hello), whether hello was
+ * accepted, and the transport handle it was registered with. */
+const char *hub_session_id(const struct session *s);
+const char *hub_session_name(const struct session *s);
+int hub_session_authenticated(const struct session *s);
+void *hub_session_conn(const struct session *s);
 
 /* Ask the transport to close s (code, reason) and stop queueing to it.
  * The queue is dropped (its memory freed now) unless flush is set. */

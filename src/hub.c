@@ -218,6 +218,11 @@ void hub_session_backlog(const struct session *s, uint32_t *frames, size_t *byte
 	*bytes = s->q.bytes;
 }
 
+const char *hub_session_id(const struct session *s) { return s->id; }
+const char *hub_session_name(const struct session *s) { return s->name; }
+int hub_session_authenticated(const struct session *s) { return session_authenticated(s); }
+void *hub_session_conn(const struct session *s) { return s->conn; }
+
 /* The name hello asks for: c->name, or the token's subject when auth is
  * on. NULL after answering with an error. */
 static const char *hub_hello_name(struct hub *h, struct session *s, const struct proto_cmd *c,

@@ -409,7 +409,7 @@ static void check_invariants(void)
 
 	for (i = 0; i < NSLOTS; i++) {
 		struct session *s = slots[i].s;
-		struct membership *m, *tmp;
+		struct membership *m;
 
 		if (!s)
 			continue;

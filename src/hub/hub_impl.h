@@ -1,6 +1,8 @@
 /*
- * hub_impl.h - what the files of the hub share (not a public header: the
- * transport and the engines use hub.h). The hub's state is one struct hub;
+ * hub_impl.h - what the files of the hub share. Private, like session.h
+ * and room.h beside it: only the hub library (and its unit test and
+ * fuzzer) has src/hub on its include path; the transport and the engines
+ * use hub.h. The hub's state is one struct hub;
  * each hub_*.c file does one job on it (see the comment at its top).
  */
 #ifndef CHATD_HUB_IMPL_H
@@ -21,6 +23,7 @@
 #include "proto.h"
 #include "rng.h"
 #include "room.h"
+#include "session.h"
 
 /* Sessions that share a name (limits.sessions_per_name). */
 struct hub_user {
