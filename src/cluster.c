@@ -23,7 +23,8 @@ static int cl_send_reply(const redisReply *r, struct hub_pending *p)
 {
 	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
 	    r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER ||
-	    r->element[1]->integer <= 0 || r->element[2]->type != REDIS_REPLY_STRING ||
+	    r->element[1]->integer <= 0 || (double)r->element[1]->integer > CL_INT_MAX ||
+	    r->element[2]->type != REDIS_REPLY_STRING ||
 	    r->element[2]->len == 0 || r->element[2]->len >= sizeof(p->epoch))
 		return -1;
 	p->seq = (uint64_t)r->element[1]->integer;

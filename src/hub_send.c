@@ -106,10 +106,11 @@ struct session *hub_sender(struct hub *h, uint64_t num)
 	return s && !s->closing ? s : NULL;
 }
 
-/* Can p be recorded and fanned out here now? A local engine completes in
- * seq order, so its messages always can. A sequencing engine's answer may
- * come before this node's stream brought seq - 1, or after it brought p
- * itself, or in another epoch: the stream applies those. */
+/* Can p be recorded and fanned out here now? Storage completes in the
+ * order the hub proposed, so its messages always can. The answer of an
+ * engine that sequences (the cluster) may come before this node's stream
+ * brought seq - 1, or after it brought p itself, or in another epoch: the
+ * stream applies those. */
 static int hub_append_in_order(const struct room *r, const struct hub_pending *p)
 {
 	return !p->duplicate && !r->loading && p->seq == r->seq + 1 && !strcmp(p->epoch, r->epoch);

@@ -1404,7 +1404,7 @@ static void test_deferred_commit_failure_after_the_sender_is_gone(void **state)
 /* ---- a fake asynchronous engine ---------------------------------------- */
 
 /*
- * A local engine that does nothing inside the hub's calls: appends wait
+ * An engine that keeps the hub's seqs and does nothing inside the hub's calls: appends wait
  * until the test completes them (per room in order, across rooms in any
  * order), room loads wait until the test finishes them, and reads and
  * appends can be made to fail. What it stored, it keeps, so that loads and
