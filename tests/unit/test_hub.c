@@ -1574,14 +1574,23 @@ static void seq_submit(void *ctx, struct hub *h, struct hub_pending *p)
 	seq_held[seq_nheld++] = p;
 }
 
-static void start_with_sequencing_engine(void)
+/* The hub with that engine, alice (*a) and bob (*b) in room r, whose
+ * epoch it returns. */
+static const char *start_with_sequencing_engine(struct session **a, struct session **b)
 {
 	struct hub_engine e = { .submit = seq_submit };
+	const char *epoch;
 
 	seq_nheld = 0;
 	memset(&seq_store, 0, sizeof seq_store);
 	start();
 	hub_set_engine(hub, &e);
+	*a = login("alice");
+	*b = login("bob");
+	epoch = str(join(*a, "r"), "epoch");
+	join(*b, "r");
+	drain(*a);
+	return epoch;
 }
 
 /* The engine sequences and answers the oldest held append. */
@@ -1625,12 +1634,7 @@ static void test_sequencing_engine_in_order_answer_fans_out_once(void **state)
 {
 	struct session *a, *b;
 
-	start_with_sequencing_engine();
-	a = login("alice");
-	b = login("bob");
-	join(a, "r");
-	join(b, "r");
-	drain(a);
+	start_with_sequencing_engine(&a, &b);
 	send_msg(a, "r", "a1", "one");
 	assert_int_equal(seq_nheld, 1);
 	assert_int_equal(seq_held[0]->seq, 1);        /* the hub's proposal */
@@ -1648,14 +1652,8 @@ static void test_sequencing_engine_in_order_answer_fans_out_once(void **state)
 static void test_sequencing_engine_reports_gaps_and_recovers(void **state)
 {
 	struct session *a, *b;
-	const char *epoch;
+	const char *epoch = start_with_sequencing_engine(&a, &b);
 
-	start_with_sequencing_engine();
-	a = login("alice");
-	b = login("bob");
-	epoch = str(join(a, "r"), "epoch");
-	join(b, "r");
-	drain(a);
 	seq_other_node("r", epoch, "carol", "c1");       /* seq 1, not here yet */
 	send_msg(a, "r", "a1", "one");
 	assert_int_equal(seq_held[0]->seq, 1);          /* proposed; the engine says 2 */
@@ -1693,12 +1691,7 @@ static void test_sequencing_engine_duplicate_gets_the_original_ack(void **state)
 {
 	struct session *a, *b;
 
-	start_with_sequencing_engine();
-	a = login("alice");
-	b = login("bob");
-	join(a, "r");
-	join(b, "r");
-	drain(a);
+	start_with_sequencing_engine(&a, &b);
 	in(a, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"a1\",\"body\":\"x\",\"ref\":\"first\"}");
 	seq_complete(PROTO_ERR_UNAVAILABLE);          /* stored, but the answer was lost */
 	assert_string_equal(str(expect_error(a, "unavailable"), "ref"), "first");
@@ -1726,14 +1719,8 @@ static void test_sequencing_engine_duplicate_gets_the_original_ack(void **state)
 static void test_sequencing_engine_retry_in_flight_gets_the_final_seq(void **state)
 {
 	struct session *a, *b;
-	const char *epoch;
+	const char *epoch = start_with_sequencing_engine(&a, &b);
 
-	start_with_sequencing_engine();
-	a = login("alice");
-	b = login("bob");
-	epoch = str(join(a, "r"), "epoch");
-	join(b, "r");
-	drain(a);
 	seq_other_node("r", epoch, "carol", "c1");
 	assert_int_equal(seq_stream(0), 0);
 	assert_true(num(expect(a, "message"), "seq") == 1);
