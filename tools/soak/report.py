@@ -96,7 +96,10 @@ def report(out):
                                                        if k.startswith("close_")) or "none") + ".",
            "Hostile clients: " + (", ".join("%s %d" % (k[8:], n) for k, n in sorted(st.items())
                                            if k.startswith("hostile_")) or "none") + ".", ""]
-    md += ["## Faults", "", "| t start (s) | t end (s) | fault | node |", "|---|---|---|---|"]
+    kinds = collections.Counter(f[0] for f in verdict["faults"])
+    md += ["## Faults", "", "%d faults: %s." % (len(verdict["faults"]),
+                                                ", ".join("%s %d" % kv for kv in sorted(kinds.items())) or "none"),
+           "", "| t start (s) | t end (s) | fault | node |", "|---|---|---|---|"]
     md += ["| %.1f | %.1f | %s | %s |" % (f[2], f[3], f[0], f[1]) for f in verdict["faults"]]
     md += ["", "## Violations", ""]
     if not v:
