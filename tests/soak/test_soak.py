@@ -199,7 +199,9 @@ def test_memory_and_fds_over_the_bound_are_caught(run):
     f["rss"] += 200 * 1024
     f["fds"] += 50
     v = [x for x in verdict(recs) if x["rule"] == "R5"]
-    assert len(v) == 2, v
+    assert any("open fds" in x["msg"] for x in v), v
+    # RSS is judged, except for an ASan build (its quarantine keeps freed memory)
+    assert any("RSS" in x["msg"] for x in v) == (not recs[0]["sanitize"]), v
 
 
 def test_a_sanitizer_report_is_caught(run):

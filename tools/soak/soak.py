@@ -740,7 +740,6 @@ class Soak:
         self.cnum = 0
         self.nodes = []
         self.redis = None
-        self.fault_active = None
         self.flood = asyncio.Event()
         self.last_flood = 0.0
         if os.path.exists(self.out):
@@ -798,11 +797,9 @@ class Soak:
         h = self.h
         node = self.rng.choice(self.nodes)
         h.rec("fault", kind=kind, node=node.idx, phase="start")
-        self.fault_active = kind
         try:
             await self._fault(kind, node)
         finally:
-            self.fault_active = None
             h.rec("fault", kind=kind, node=node.idx, phase="end")
 
     async def _fault(self, kind, node):
