@@ -38,8 +38,7 @@ def run(tmp_path_factory):
 
 
 def verdict(recs):
-    errors, closes = check.documented_codes(check.DEFAULT_PROTOCOL)
-    ck = check.Checker(recs, errors, closes)
+    ck = check.Checker(recs, *check.documented_codes(check.DEFAULT_PROTOCOL))
     ck.check()
     return ck.violations
 
@@ -63,7 +62,8 @@ def live_recvs(recs):
 
 
 def test_documented_codes_are_read_from_the_protocol():
-    errors, closes = check.documented_codes(check.DEFAULT_PROTOCOL)
+    errors, closes, http = check.documented_codes(check.DEFAULT_PROTOCOL)
+    assert {404, 403, 503} == http
     assert {"bad_request", "not_authenticated", "forbidden", "not_found", "conflict", "rate_limited",
             "too_large", "unavailable", "internal"} == errors
     assert {1001, 1003, 1007, 1008, 1009, 1011} == closes
@@ -124,6 +124,15 @@ def test_an_undocumented_close_code_is_caught(run):
     r.update(code=4321, by="server", reason="planted")
     v = verdict(recs)
     assert any(x["rule"] == "R4" and "4321" in x["msg"] for x in v), v
+
+
+def test_an_undocumented_http_refusal_is_caught(run):
+    recs = copy.deepcopy(run[1])
+    i = next(i for i, r in enumerate(recs) if r["ev"] == "connect")
+    recs.insert(i + 1, {"t": recs[i]["t"], "ev": "connect_fail", "c": recs[i]["c"], "n": recs[i]["n"],
+                        "err": "InvalidStatusCode: server rejected WebSocket connection: HTTP 429"})
+    v = verdict(recs)
+    assert any(x["rule"] == "R4" and "HTTP 429" in x["msg"] for x in v), v
 
 
 def test_a_hostile_client_with_the_wrong_outcome_is_caught(run):

@@ -56,11 +56,12 @@ def documented_codes(protocol_path):
         if not m:
             raise SystemExit("check: no '## %s' section in %s" % (title, protocol_path))
         return m.group(1)
+    http = {int(x) for x in re.findall(r"^\|[^|\n]*\| (\d{3})\b", section("Transport"), re.M)}
     errors = set(re.findall(r"^\| `([a-z_]+)` \|", section("Errors"), re.M))
     closes = {int(x) for x in re.findall(r"^\| (\d{4}) \|", section("Close codes"), re.M)}
-    if not errors or not closes:
-        raise SystemExit("check: could not read the error/close code tables of %s" % protocol_path)
-    return errors, closes
+    if not errors or not closes or not http:
+        raise SystemExit("check: could not read the error/close/HTTP status tables of %s" % protocol_path)
+    return errors, closes, http
 
 
 class Seg:
@@ -82,8 +83,9 @@ class Seg:
 
 
 class Checker:
-    def __init__(self, records, errors_doc, closes_doc):
+    def __init__(self, records, errors_doc, closes_doc, http_doc=frozenset((404, 403, 503))):
         self.recs = records
+        self.http_doc = http_doc
         self.errors_doc = errors_doc
         self.closes_doc = closes_doc
         self.violations = []
@@ -301,6 +303,13 @@ class Checker:
                 if (r["c"], r["f"], r["i"]) in drecv_seen:
                     self.violate("R1", "%s got direct %s/%s twice" % (r["n"], r["f"], r["i"]), line)
                 drecv_seen.add((r["c"], r["f"], r["i"]))
+            elif ev == "connect_fail":
+                m = re.search(r"HTTP (\d{3})", r["err"])
+                if m and int(m.group(1)) not in self.http_doc:
+                    self.violate("R4", "an upgrade was refused with HTTP %s, not documented in protocol.md's "
+                                 "admission table" % m.group(1), line)
+                elif m:
+                    self.stats["upgrade_refused_%s" % m.group(1)] += 1
             elif ev == "cut":
                 self.stats["cuts"] += 1
                 died_conns.add(r["c"])
@@ -569,8 +578,8 @@ def main():
     ap.add_argument("--protocol", default=DEFAULT_PROTOCOL)
     ap.add_argument("--json", help="write the verdict here (default: check.json next to the history)")
     args = ap.parse_args()
-    errors, closes = documented_codes(args.protocol)
-    ck = Checker(load(args.history), errors, closes)
+    errors, closes, http = documented_codes(args.protocol)
+    ck = Checker(load(args.history), errors, closes, http)
     ck.check()
     out = args.json or os.path.join(os.path.dirname(os.path.abspath(args.history)), "check.json")
     with open(out, "w") as f:
