@@ -94,6 +94,14 @@ def test_a_duplicate_delivery_is_caught(run):
     assert any(x["rule"] == "R1" and "twice" in x["msg"] for x in v), v
 
 
+def test_a_repeated_replay_is_caught(run):
+    recs = copy.deepcopy(run[1])
+    i = next(i for i, r in enumerate(recs) if r["ev"] == "recv" and r["rp"])
+    recs.insert(i + 1, dict(recs[i]))
+    v = verdict(recs)
+    assert any(x["rule"] == "R1" and "replay" in x["msg"] for x in v), v
+
+
 def test_a_seq_gap_is_caught(run):
     """A message vanishes from every record: deliveries, its ack, the stored history."""
     recs = copy.deepcopy(run[1])
