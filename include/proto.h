@@ -14,6 +14,8 @@
 #define PROTO_SUBPROTOCOL "chat.v1"
 #define PROTO_NAME_MAX 32
 #define PROTO_ROOM_MAX 64
+/* A reaction: one emoji or a short token (bytes of UTF-8). */
+#define PROTO_REACTION_MAX 32
 #define PROTO_ID_MAX 64
 #define PROTO_REF_MAX 64
 #define PROTO_EPOCH_MAX 64
@@ -29,6 +31,11 @@ enum proto_type {
 	PROTO_HISTORY,
 	PROTO_MEMBERS,
 	PROTO_PING,
+	PROTO_EDIT,
+	PROTO_DELETE,
+	PROTO_REACT,
+	PROTO_TYPING,
+	PROTO_READ,
 };
 
 /* Error codes of the contract, in the order of proto_err_name(). */
@@ -61,7 +68,11 @@ struct proto_cmd {
 	struct proto_str epoch;     /* join */
 	struct proto_str id;        /* send dm */
 	struct proto_str to;        /* dm */
-	struct proto_str body;      /* send dm */
+	struct proto_str body;      /* send dm edit */
+	struct proto_str reaction;  /* react */
+	uint64_t seq;               /* edit delete react read: the message */
+	int on;                     /* react typing: add (1) or remove (0) */
+	int state;                  /* history: current state of messages, no events */
 	int has_since, has_before, has_after;
 	uint64_t since, before, after;
 	unsigned limit;             /* history: 1..PROTO_HISTORY_MAX */

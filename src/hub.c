@@ -359,6 +359,11 @@ void hub_session_input(struct hub *h, struct session *s, const char *data, size_
 	case PROTO_HISTORY: hub_cmd_history(h, s, &c); break;
 	case PROTO_MEMBERS: hub_cmd_members(h, s, &c); break;
 	case PROTO_PING: hub_cmd_ping(h, s, &c); break;
+	case PROTO_EDIT: hub_cmd_edit(h, s, &c); break;
+	case PROTO_DELETE: hub_cmd_delete(h, s, &c); break;
+	case PROTO_REACT: hub_cmd_react(h, s, &c); break;
+	case PROTO_TYPING: hub_cmd_typing(h, s, &c); break;
+	case PROTO_READ: hub_cmd_read(h, s, &c); break;
 	}
 out:
 	proto_cmd_free(&c);
@@ -420,6 +425,12 @@ void hub_limits_from_config(struct hub_limits *l, const struct config *cfg)
 	l->messages_per_room = (uint32_t)cfg->messages_per_room;
 	l->dedup_window = (uint32_t)cfg->dedup_window;
 	l->heartbeat_interval = cfg->heartbeat_interval;
+	l->edit_window = cfg->edit_window;
+	l->max_edits = (uint32_t)cfg->max_edits;
+	l->max_reactions = (uint32_t)cfg->max_reactions;
+	l->typing_interval = cfg->typing_interval;
+	l->typing_ttl = cfg->typing_ttl;
+	l->read_receipts = cfg->read_receipts;
 }
 
 struct hub *hub_new(const struct config *cfg, const struct hub_transport *tp,
@@ -490,6 +501,7 @@ void hub_free(struct hub *h)
 		HASH_DEL(h->rooms, r);
 		room_free(r);
 	}
+	hub_markers_free(h);
 	free(h);
 	queue_pool_drain();
 }

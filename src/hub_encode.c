@@ -117,6 +117,8 @@ struct msgbuf *hub_encode_message(const char *room, const struct hub_msg *m)
 {
 	struct jsonw w;
 
+	if (m->kind || m->deleted)
+		return hub_encode_event(room, m);
 	hub_w_begin(&w, "message", 160 + m->body_len + m->body_len / 8);
 	jsonw_kv_cstr(&w, "room", room);
 	jsonw_kv_u64(&w, "seq", m->seq);

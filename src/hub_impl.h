@@ -53,6 +53,7 @@ struct hub {
 	int in_submit;               /* inside engine.submit: completing now breaks the contract */
 	uint64_t queue_bytes, queue_msgs;
 	struct session *qb[HUB_QB_BUCKETS];
+	struct hub_marker *markers;  /* read markers held in memory (hub_read.c) */
 };
 
 /* A join parked while its room loads (cluster). */
@@ -139,7 +140,26 @@ void hub_retry_free_all(struct room *r);
 struct hub_pending *hub_pending_from(struct hub *h, struct session *s,
 				     const struct proto_cmd *c);
 void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_room_submit(struct hub *h, struct room *r, struct hub_pending *p);
 struct session *hub_sender(struct hub *h, uint64_t num);
+
+/* hub_edit.c */
+struct msgbuf *hub_encode_event(const char *room, const struct hub_msg *m);
+struct msgbuf *hub_encode_state(const char *room, const struct room_msg *t);
+uint32_t hub_edit_state_frames(struct hub *h, struct room *r, struct msgbuf **v, uint32_t n);
+void hub_edit_apply(struct hub *h, struct room *r, const struct hub_msg *m);
+int hub_may_delete(struct hub *h, struct session *s, struct room *r, const struct room_msg *t);
+void hub_cmd_edit(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_cmd_delete(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_cmd_react(struct hub *h, struct session *s, const struct proto_cmd *c);
+
+/* hub_typing.c */
+void hub_cmd_typing(struct hub *h, struct session *s, const struct proto_cmd *c);
+
+/* hub_read.c */
+uint64_t hub_marker_get(struct hub *h, const char *room, const char *name);
+void hub_markers_free(struct hub *h);
+void hub_cmd_read(struct hub *h, struct session *s, const struct proto_cmd *c);
 
 /* hub_dm.c */
 void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c);

@@ -36,6 +36,7 @@ int hub_load_message(struct hub *h, const char *room, const struct hub_msg *m)
 	rc = room_append(r, m->seq, mb, m->from, strlen(m->from), m->id, strlen(m->id),
 			 h->lim.messages_per_room, h->lim.dedup_window);
 	msgbuf_unref(mb);
+	hub_edit_apply(h, r, m);
 	return rc;
 }
 
@@ -71,6 +72,7 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 	jsonw_kv_cstr(&w, "room", r->name);
 	jsonw_kv_u64(&w, "seq", r->seq);
 	jsonw_kv_cstr(&w, "epoch", r->epoch);
+	jsonw_kv_u64(&w, "read", hub_marker_get(h, r->name, s->name));
 	jsonw_key(&w, "members");
 	hub_w_names(h, &w, r);
 	if (has_since) {

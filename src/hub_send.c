@@ -77,6 +77,12 @@ void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
 		return;
 	strcpy(p->room, r->name);
 	strcpy(p->epoch, r->epoch);
+	hub_room_submit(h, r, p);
+}
+
+/* Hand p (a message or another sequenced event of r) to the engine. */
+void hub_room_submit(struct hub *h, struct room *r, struct hub_pending *p)
+{
 	/* seq is handed out here, in arrival order; the engine may commit
 	 * later, but commits come back in this order. A cluster engine
 	 * hands out seqs itself. */
@@ -109,7 +115,7 @@ void hub_append_done(struct hub *h, struct hub_pending *p, enum proto_err status
 {
 	struct session *sender = NULL;
 	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
-	struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len };
+	struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len, p->kind, p->target, 0 };
 	struct msgbuf *mb = NULL;
 	struct room *r;
 	const char *why;

@@ -20,6 +20,9 @@ static const struct {
 	{ "leave", PROTO_LEAVE },     { "send", PROTO_SEND },
 	{ "dm", PROTO_DM },           { "history", PROTO_HISTORY },
 	{ "members", PROTO_MEMBERS }, { "ping", PROTO_PING },
+	{ "edit", PROTO_EDIT },       { "delete", PROTO_DELETE },
+	{ "react", PROTO_REACT },     { "typing", PROTO_TYPING },
+	{ "read", PROTO_READ },
 };
 
 const char *proto_err_name(enum proto_err code)
@@ -390,6 +393,92 @@ static int proto_need_id_body(const cJSON *o, size_t max_body, struct proto_cmd 
 	return 0;
 }
 
+/* Required "seq" of the message an edit, delete, react or read is about. */
+static int proto_need_seq(const cJSON *o, uint64_t min, struct proto_cmd *cmd,
+			  struct proto_error *err)
+{
+	if (proto_get_u64(o, "seq", &cmd->seq) <= 0 || cmd->seq < min)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "seq must be an integer >= %llu",
+				  (unsigned long long)min);
+	return 0;
+}
+
+/* Optional boolean "on" (react, typing), true when absent. */
+static int proto_get_on(const cJSON *o, struct proto_cmd *cmd, struct proto_error *err)
+{
+	const cJSON *on = cJSON_GetObjectItemCaseSensitive(o, "on");
+
+	cmd->on = 1;
+	if (!on)
+		return 0;
+	if (!cJSON_IsBool(on))
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "on must be true or false");
+	cmd->on = cJSON_IsTrue(on);
+	return 0;
+}
+
+/* A reaction is one emoji or a short token: 1..PROTO_REACTION_MAX bytes of
+ * UTF-8 (checked with the frame) without spaces or control characters. */
+static int proto_need_reaction(const cJSON *o, struct proto_cmd *cmd, struct proto_error *err)
+{
+	int r = proto_get_str(o, "reaction", 1, (size_t)-1 >> 1, &cmd->reaction);
+	size_t i;
+
+	if (r <= 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "reaction must be a non-empty string");
+	if (cmd->reaction.len > PROTO_REACTION_MAX)
+		return proto_fail(err, PROTO_ERR_TOO_LARGE, "reaction is %zu bytes, the limit is %d",
+				  cmd->reaction.len, PROTO_REACTION_MAX);
+	for (i = 0; i < cmd->reaction.len; i++)
+		if ((unsigned char)cmd->reaction.p[i] <= 0x20 || cmd->reaction.p[i] == 0x7f)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST,
+					  "reaction must not contain spaces or control characters");
+	return 0;
+}
+
+/* Optional client id of an edit, delete or react (for retries). */
+static int proto_get_id(const cJSON *o, struct proto_cmd *cmd, struct proto_error *err)
+{
+	if (proto_get_str(o, "id", 1, PROTO_ID_MAX, &cmd->id) < 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "id must be a string of 1..64 bytes");
+	return 0;
+}
+
+/* The commands of conversations (edit, delete, react, typing, read). */
+static int proto_decode_conv(const cJSON *o, size_t max_body, struct proto_cmd *cmd,
+			     struct proto_error *err)
+{
+	const cJSON *body;
+
+	if (proto_need_room(o, cmd, err))
+		return -1;
+	switch (cmd->type) {
+	case PROTO_EDIT:
+		if (proto_need_seq(o, 1, cmd, err) || proto_get_id(o, cmd, err))
+			return -1;
+		body = cJSON_GetObjectItemCaseSensitive(o, "body");
+		if (!cJSON_IsString(body) || !body->valuestring)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "body must be a string");
+		cmd->body.p = body->valuestring;
+		cmd->body.len = strlen(body->valuestring);
+		if (cmd->body.len > max_body)
+			return proto_fail(err, PROTO_ERR_TOO_LARGE, "body is %zu bytes, the limit is %zu",
+					  cmd->body.len, max_body);
+		return 0;
+	case PROTO_DELETE:
+		return proto_need_seq(o, 1, cmd, err) || proto_get_id(o, cmd, err) ? -1 : 0;
+	case PROTO_REACT:
+		return proto_need_seq(o, 1, cmd, err) || proto_get_id(o, cmd, err) ||
+		       proto_need_reaction(o, cmd, err) || proto_get_on(o, cmd, err) ? -1 : 0;
+	case PROTO_TYPING:
+		return proto_get_on(o, cmd, err);
+	case PROTO_READ:
+		return proto_need_seq(o, 0, cmd, err);
+	default:
+		return proto_fail(err, PROTO_ERR_INTERNAL, "unhandled type");
+	}
+}
+
 static int proto_decode_fields(const cJSON *o, size_t max_body, struct proto_cmd *cmd,
 			       struct proto_error *err)
 {
@@ -440,6 +529,10 @@ static int proto_decode_fields(const cJSON *o, size_t max_body, struct proto_cmd
 		cmd->has_after = r;
 		if (cmd->has_before && cmd->has_after)
 			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "give before or after, not both");
+		lim = cJSON_GetObjectItemCaseSensitive(o, "state");
+		if (lim && !cJSON_IsBool(lim))
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "state must be true or false");
+		cmd->state = cJSON_IsTrue(lim);
 		cmd->limit = PROTO_HISTORY_DEFAULT;
 		lim = cJSON_GetObjectItemCaseSensitive(o, "limit");
 		if (lim) {
@@ -450,6 +543,12 @@ static int proto_decode_fields(const cJSON *o, size_t max_body, struct proto_cmd
 		return 0;
 	case PROTO_PING:
 		return 0;
+	case PROTO_EDIT:
+	case PROTO_DELETE:
+	case PROTO_REACT:
+	case PROTO_TYPING:
+	case PROTO_READ:
+		return proto_decode_conv(o, max_body, cmd, err);
 	}
 	return proto_fail(err, PROTO_ERR_INTERNAL, "unhandled type");
 }

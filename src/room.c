@@ -104,6 +104,7 @@ void room_reset(struct room *r)
 	while (r->dedup_fifo.len)
 		room_dedup_evict(r);
 	room_ring_free(&r->dedup_fifo);
+	room_msgs_clear(r);
 	r->ring_first_seq = r->seq + 1;
 }
 
@@ -240,4 +241,15 @@ struct msgbuf *room_frame(const struct room *r, uint64_t seq)
 	if (!r->ring.len || seq < r->ring_first_seq || seq >= r->ring_first_seq + r->ring.len)
 		return NULL;
 	return room_ring_at(&r->ring, (uint32_t)(seq - r->ring_first_seq));
+}
+
+void room_frame_replace(struct room *r, uint64_t seq, struct msgbuf *frame)
+{
+	uint32_t i;
+
+	if (!r->ring.len || seq < r->ring_first_seq || seq >= r->ring_first_seq + r->ring.len)
+		return;
+	i = (r->ring.head + (uint32_t)(seq - r->ring_first_seq)) % r->ring.cap;
+	msgbuf_unref(r->ring.v[i]);
+	r->ring.v[i] = msgbuf_ref(frame);
 }

@@ -1574,9 +1574,9 @@ static void seq_submit(void *ctx, struct hub *h, struct hub_pending *p)
 static void test_sequencing_engine_reports_gaps_and_recovers(void **state)
 {
 	struct hub_engine e = { .submit = seq_submit, .sequences = 1 };
-	struct hub_msg m1 = { 1, 5, "alice", "a1", "one", 3 };
-	struct hub_msg m2 = { 2, 6, "alice", "a2", "two", 3 };
-	struct hub_msg m3 = { 3, 7, "bob", "b1", "three", 5 };
+	struct hub_msg m1 = { 1, 5, "alice", "a1", "one", 3, 0, 0, 0 };
+	struct hub_msg m2 = { 2, 6, "alice", "a2", "two", 3, 0, 0, 0 };
+	struct hub_msg m3 = { 3, 7, "bob", "b1", "three", 5, 0, 0, 0 };
 	struct session *a, *b;
 	const char *epoch;
 
