@@ -265,6 +265,9 @@ void hub_remote_presence(struct hub *hub, const char *room, const char *name, in
  * load brought it): kept if higher; name's local sessions and, with
  * read_receipts, room's local members are told. */
 void hub_remote_marker(struct hub *hub, const char *room, const char *name, uint64_t seq);
+/* A read marker an engine loaded with room: kept in memory if higher,
+ * nobody told. */
+void hub_load_marker(struct hub *hub, const char *room, const char *name, uint64_t seq);
 /* Another node's typing signal (peers.typing): to the local members of room. */
 void hub_remote_typing(struct hub *hub, const char *room, const char *name, int on);
 /* Visit every room held and loaded here (for an engine's resync after a

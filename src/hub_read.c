@@ -163,6 +163,14 @@ void hub_cmd_read(struct hub *h, struct session *s, const struct proto_cmd *c)
 	hub_marker_moved(h, r->name, s->name, seq, s, &c->ref);
 }
 
+void hub_load_marker(struct hub *h, const char *room, const char *name, uint64_t seq)
+{
+	struct hub_marker *k = hub_marker_find(h, room, name);
+
+	if (!k || k->seq < seq)
+		hub_marker_put(h, room, name, seq);
+}
+
 void hub_remote_marker(struct hub *h, const char *room, const char *name, uint64_t seq)
 {
 	struct hub_marker *k = hub_marker_find(h, room, name);

@@ -428,3 +428,54 @@ def test_schema_1_file_is_upgraded(chatd, tmp_path):
     assert con.execute("SELECT seq, kind, target FROM messages ORDER BY seq").fetchall() == \
         [(1, 0, 0), (2, 0, 0), (3, 1, 1)]
     con.close()
+
+
+# ---- two cluster nodes and a real redis-server ------------------------------
+
+def test_edits_across_two_cluster_nodes(chatd, tmp_path):
+    from test_cluster import Redis, node_cfg, redis_cmd
+
+    redis = Redis(tmp_path).start()
+    try:
+        n1, n2 = chatd(node_cfg(redis, 1)), chatd(node_cfg(redis, 2))
+
+        async def go():
+            a = await n1.client("alice")
+            b = await n2.client("bob")
+            j = await a.join("r")
+            await b.join("r")
+            s1 = await send(a, "r", "m1", "SECRET across nodes")
+            await b.expect("message", seq=s1)
+            await b.send({"type": "edit", "room": "r", "seq": s1, "body": "not mine", "ref": "f"})
+            await b.expect_error("forbidden", ref="f")
+            ev = await change(a, {"type": "edit", "room": "r", "seq": s1, "body": "edited on n1"}, "edit")
+            got = await b.expect("edit", target=s1, body="edited on n1")
+            assert got["seq"] == ev["seq"] == s1 + 1
+            ev = await change(b, {"type": "react", "room": "r", "seq": s1, "reaction": "+1"}, "react")
+            await a.expect("react", seq=ev["seq"], target=s1, reaction="+1", on=True)
+            st1, st2 = await state_history(a, "r"), await state_history(b, "r")
+            assert st1 == st2 and st1[0]["body"] == "edited on n1" and st1[0]["reactions"][0]["names"] == ["bob"]
+            await change(a, {"type": "delete", "room": "r", "seq": s1}, "delete")
+            await b.expect("delete", target=s1)
+            # Redis' history list keeps no text of the deleted message or its edit
+            hist = redis_cmd(redis, "LRANGE", "chatd:room:r:hist", 0, -1)
+            assert len(hist) == 4 and not any("SECRET" in h or "edited on n1" in h for h in hist), hist
+            # a client resuming on the other node converges on the same state
+            c = await n2.client("carol")
+            await c.send({"type": "join", "room": "r", "since": 0, "epoch": j["epoch"]})
+            state = {}
+            while True:
+                m = await c.recv(scaled(5))
+                if m["type"] == "joined":
+                    break
+                fold(state, m)
+            assert state == from_state_history(await state_history(c, "r"))
+            assert state[s1]["deleted"] and state[s1]["body"] == ""
+            for x in (a, b, c):
+                await x.close()
+
+        run(go())
+    finally:
+        for srv in chatd.servers:
+            srv.stop()
+        redis.stop()

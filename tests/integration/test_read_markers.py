@@ -126,3 +126,46 @@ def test_markers_survive_a_restart(chatd, tmp_path):
         await a.close()
 
     run(after())
+
+
+def test_markers_are_shared_by_cluster_nodes(chatd, tmp_path):
+    from test_cluster import Redis, node_cfg, redis_cmd
+
+    redis = Redis(tmp_path).start()
+    try:
+        lim = {"limits": {"sessions_per_name": 2}}
+        n1, n2 = chatd(node_cfg(redis, 1, **lim)), chatd(node_cfg(redis, 2, **lim))
+
+        async def go():
+            a1 = await n1.client("alice")
+            a2 = await n2.client("alice")
+            await a1.join("r")
+            await a2.join("r")
+            await fill(a1, "r", 3)
+            await drain_messages(a2, 3)
+            await a1.send({"type": "read", "room": "r", "seq": 2})
+            assert (await next_of(a1, "read"))["seq"] == 2
+            assert await next_of(a2, "read") == {"type": "read", "room": "r", "seq": 2}
+            assert redis_cmd(redis, "HGET", "chatd:room:r:reads", "alice") == "2"
+            # monotonic across nodes too
+            await a2.send({"type": "read", "room": "r", "seq": 1, "ref": "old"})
+            assert await next_of(a2, "read") == {"type": "read", "room": "r", "seq": 2, "ref": "old"}
+            await a1.close()
+            await a2.close()
+
+        run(go())
+        # a node that loads the room afresh takes the marker from Redis
+        assert n2.stop() == 0
+        n2.stopped = False
+        n2.start()
+
+        async def after():
+            a = await n2.client("alice")
+            assert (await a.join("r"))["read"] == 2
+            await a.close()
+
+        run(after())
+    finally:
+        for srv in chatd.servers:
+            srv.stop()
+        redis.stop()

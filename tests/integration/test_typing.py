@@ -138,3 +138,40 @@ def test_typing_is_dropped_before_messages_under_pressure(chatd):
         await c.close()
 
     run(go(), timeout=120)
+
+
+def test_typing_crosses_cluster_nodes_without_the_sequencer(chatd, tmp_path):
+    from test_cluster import Redis, node_cfg, redis_cmd
+
+    redis = Redis(tmp_path).start()
+    try:
+        n1, n2 = chatd(node_cfg(redis, 1)), chatd(node_cfg(redis, 2))
+
+        async def go():
+            a = await n1.client("alice")
+            b = await n2.client("bob")
+            await a.join("r")
+            await b.join("r")
+            await a.send({"type": "send", "room": "r", "id": "1", "body": "one"})
+            assert (await skip_presence(b))["type"] == "message"
+            keys = sorted(redis_cmd(redis, "KEYS", "*"))
+            seq = redis_cmd(redis, "GET", "chatd:room:r:seq")
+            await a.send({"type": "typing", "room": "r"})
+            m = await skip_presence(b)
+            assert m == {"type": "typing", "room": "r", "from": "alice", "on": True, "ttl": 5000}, m
+            await b.send({"type": "typing", "room": "r", "on": False})
+            m = await skip_presence(a)
+            while m["type"] != "typing":
+                m = await skip_presence(a)
+            assert m["from"] == "bob" and m["on"] is False
+            # no key written, no seq taken
+            assert sorted(redis_cmd(redis, "KEYS", "*")) == keys
+            assert redis_cmd(redis, "GET", "chatd:room:r:seq") == seq == "1"
+            await a.close()
+            await b.close()
+
+        run(go())
+    finally:
+        for srv in chatd.servers:
+            srv.stop()
+        redis.stop()
