@@ -144,6 +144,10 @@ struct hub_engine {
 	 * later (with its next commit). */
 	uint64_t (*marker_get)(void *ctx, const char *room, const char *name);
 	void (*marker_set)(void *ctx, const char *room, const char *name, uint64_t seq);
+	/* DM conversations (optional): emit each conversation room of name
+	 * ("@a:b") the engine holds, with its latest seq; at most max. */
+	void (*conversations)(void *ctx, const char *name, uint32_t max,
+			      void (*emit)(void *arg, const char *room, uint64_t seq), void *arg);
 	int sequences;
 	void *ctx;
 };

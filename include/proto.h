@@ -13,7 +13,10 @@
 
 #define PROTO_SUBPROTOCOL "chat.v1"
 #define PROTO_NAME_MAX 32
-#define PROTO_ROOM_MAX 64
+/* A room name: 1..64 bytes of [A-Za-z0-9_.:-], or a DM conversation
+ * "@a:b" (two user names, sorted), which is up to 66. */
+#define PROTO_ROOM_MAX 66
+#define PROTO_ROOM_NAME_MAX 64
 /* A reaction: one emoji or a short token (bytes of UTF-8). */
 #define PROTO_REACTION_MAX 32
 #define PROTO_ID_MAX 64
@@ -36,6 +39,7 @@ enum proto_type {
 	PROTO_REACT,
 	PROTO_TYPING,
 	PROTO_READ,
+	PROTO_CONVERSATIONS,
 };
 
 /* Error codes of the contract, in the order of proto_err_name(). */
@@ -108,5 +112,10 @@ int proto_utf8_valid(const unsigned char *p, size_t len);
 /* Validators shared with other modules. */
 int proto_valid_name(const char *p, size_t len);
 int proto_valid_room(const char *p, size_t len);
+/* The conversation of users a and b: "@" min ":" max (out: PROTO_ROOM_MAX + 1). */
+void proto_dm_room(char *out, const char *a, const char *b);
+/* room is a DM conversation: 1, and the other party of me in *peer (NULL
+ * if me is not a party); 0 if room is an ordinary room. */
+int proto_dm_peer(const char *room, size_t len, const char *me, const char **peer, size_t *peer_len);
 
 #endif

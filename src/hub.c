@@ -364,6 +364,7 @@ void hub_session_input(struct hub *h, struct session *s, const char *data, size_
 	case PROTO_REACT: hub_cmd_react(h, s, &c); break;
 	case PROTO_TYPING: hub_cmd_typing(h, s, &c); break;
 	case PROTO_READ: hub_cmd_read(h, s, &c); break;
+	case PROTO_CONVERSATIONS: hub_cmd_conversations(h, s, &c); break;
 	}
 out:
 	proto_cmd_free(&c);
@@ -502,6 +503,7 @@ void hub_free(struct hub *h)
 		room_free(r);
 	}
 	hub_markers_free(h);
+	hub_convs_free(h);
 	free(h);
 	queue_pool_drain();
 }

@@ -62,6 +62,14 @@ void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
 	struct hub_msg m;
 	char to[PROTO_NAME_MAX + 1], ref[PROTO_REF_MAX + 1];
 
+	/* With an engine (storage, cluster) every dm is a message of the
+	 * two users' conversation: stored, and delivered when the recipient
+	 * comes back. In memory only, it still joins the conversation while
+	 * the recipient is online; to an offline one it is not deliverable. */
+	if (h->engine.submit || u) {
+		hub_conv_dm(h, s, c);
+		return;
+	}
 	if (h->peers.dm) {
 		hub_cmd_dm_peers(h, s, c, u);
 		return;

@@ -54,6 +54,7 @@ struct hub {
 	uint64_t queue_bytes, queue_msgs;
 	struct session *qb[HUB_QB_BUCKETS];
 	struct hub_marker *markers;  /* read markers held in memory (hub_read.c) */
+	struct hub_conv *convs;      /* each user's DM conversations seen here (hub_conv.c) */
 };
 
 /* A join parked while its room loads (cluster). */
@@ -160,6 +161,14 @@ void hub_cmd_typing(struct hub *h, struct session *s, const struct proto_cmd *c)
 uint64_t hub_marker_get(struct hub *h, const char *room, const char *name);
 void hub_markers_free(struct hub *h);
 void hub_cmd_read(struct hub *h, struct session *s, const struct proto_cmd *c);
+
+/* hub_conv.c */
+int hub_conv_join_allowed(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_conv_record(struct hub *h, struct room *r, const struct hub_msg *m);
+void hub_conv_stream(struct hub *h, const char *room, const struct hub_msg *m);
+void hub_conv_dm(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_cmd_conversations(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_convs_free(struct hub *h);
 
 /* hub_dm.c */
 void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c);

@@ -149,7 +149,11 @@ void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cmd *c)
 	const char *why;
 	char epoch[PROTO_EPOCH_MAX + 1];
 
-	if (!auth_room_allowed(s->ident, c->room.p, c->room.len)) {
+	int dm = hub_conv_join_allowed(h, s, c);
+
+	if (dm < 0)
+		return;
+	if (!dm && !auth_room_allowed(s->ident, c->room.p, c->room.len)) {
 		hub_error(h, s, &c->ref, PROTO_ERR_FORBIDDEN, "your token does not allow this room");
 		return;
 	}

@@ -169,6 +169,7 @@ void hub_room_record(struct hub *h, struct room *r, const struct hub_msg *m,
 		log_error(NULL, "out of memory keeping message %s/%llu in memory%s", r->name,
 			  (unsigned long long)m->seq, mb ? "" : "; its members miss it");
 	hub_edit_apply(h, r, m);
+	hub_conv_record(h, r, m);
 }
 
 void hub_room_fanout(struct hub *h, struct room *r, struct msgbuf *mb)

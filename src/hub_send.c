@@ -196,8 +196,11 @@ int hub_stream_message(struct hub *h, const char *room, const char *epoch, const
 	struct room *r = hub_room_find(h, room, strlen(room));
 	struct msgbuf *mb;
 
-	if (!r || r->loading)
+	if (!r || r->loading) {
+		if (!r)
+			hub_conv_stream(h, room, m);
 		return 0;          /* the load will bring it */
+	}
 	if (epoch && epoch[0] && strcmp(epoch, r->epoch) != 0)
 		/* The shared history was lost (e.g. Redis restarted empty):
 		 * a new epoch, and seq counts from the stream again. */

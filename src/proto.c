@@ -22,7 +22,7 @@ static const struct {
 	{ "members", PROTO_MEMBERS }, { "ping", PROTO_PING },
 	{ "edit", PROTO_EDIT },       { "delete", PROTO_DELETE },
 	{ "react", PROTO_REACT },     { "typing", PROTO_TYPING },
-	{ "read", PROTO_READ },
+	{ "read", PROTO_READ },       { "conversations", PROTO_CONVERSATIONS },
 };
 
 const char *proto_err_name(enum proto_err code)
@@ -102,7 +102,50 @@ int proto_valid_name(const char *p, size_t len)
 
 int proto_valid_room(const char *p, size_t len)
 {
-	return proto_charset(p, len, PROTO_ROOM_MAX, "_.:-");
+	const char *colon;
+
+	if (len < 1 || p[0] != '@')
+		return proto_charset(p, len, PROTO_ROOM_NAME_MAX, "_.:-");
+	/* "@a:b": two valid names in order (one name per pair of users). */
+	colon = memchr(p, ':', len);
+	if (!colon || !proto_valid_name(p + 1, (size_t)(colon - p - 1)) ||
+	    !proto_valid_name(colon + 1, len - (size_t)(colon - p) - 1))
+		return 0;
+	{
+		size_t la = (size_t)(colon - p - 1), lb = len - la - 2;
+		int c = memcmp(p + 1, colon + 1, la < lb ? la : lb);
+		return c < 0 || (c == 0 && la <= lb);
+	}
+}
+
+void proto_dm_room(char *out, const char *a, const char *b)
+{
+	if (strcmp(a, b) > 0) {
+		const char *t = a;
+		a = b;
+		b = t;
+	}
+	snprintf(out, PROTO_ROOM_MAX + 1, "@%s:%s", a, b);
+}
+
+int proto_dm_peer(const char *room, size_t len, const char *me, const char **peer, size_t *peer_len)
+{
+	const char *colon;
+	size_t la, lm = strlen(me);
+
+	*peer = NULL;
+	*peer_len = 0;
+	if (len < 1 || room[0] != '@' || !(colon = memchr(room, ':', len)))
+		return 0;
+	la = (size_t)(colon - room - 1);
+	if (la == lm && !memcmp(room + 1, me, lm)) {
+		*peer = colon + 1;
+		*peer_len = len - la - 2;
+	} else if (len - la - 2 == lm && !memcmp(colon + 1, me, lm)) {
+		*peer = room + 1;
+		*peer_len = la;
+	}
+	return 1;
 }
 
 static int proto_fail(struct proto_error *err, enum proto_err code, const char *fmt, ...)
@@ -371,7 +414,7 @@ static int proto_need_room(const cJSON *o, struct proto_cmd *cmd, struct proto_e
 
 	if (r <= 0 || !proto_valid_room(cmd->room.p, cmd->room.len))
 		return proto_fail(err, PROTO_ERR_BAD_REQUEST,
-				  "room must be 1..64 bytes of [A-Za-z0-9_.:-]");
+				  "room must be 1..64 bytes of [A-Za-z0-9_.:-], or a conversation @a:b");
 	return 0;
 }
 
@@ -542,6 +585,7 @@ static int proto_decode_fields(const cJSON *o, size_t max_body, struct proto_cmd
 		}
 		return 0;
 	case PROTO_PING:
+	case PROTO_CONVERSATIONS:
 		return 0;
 	case PROTO_EDIT:
 	case PROTO_DELETE:

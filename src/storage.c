@@ -28,7 +28,7 @@
 enum {
 	ST_INSERT, ST_ROOM_UPSERT, ST_ROOM_GET, ST_RECENT, ST_RANGE, ST_OLDEST,
 	ST_PRUNE_ROOM, ST_PRUNE_AGE, ST_BEGIN, ST_COMMIT, ST_ROLLBACK, ST_BLANK, ST_MARKER_GET,
-	ST_MARKER_SET, ST_COUNT
+	ST_MARKER_SET, ST_CONVS, ST_COUNT
 };
 
 static const char *const storage_sql[ST_COUNT] = {
@@ -55,6 +55,9 @@ static const char *const storage_sql[ST_COUNT] = {
 	[ST_MARKER_GET] = "SELECT seq FROM markers WHERE room = ?1 AND name = ?2",
 	[ST_MARKER_SET] = "INSERT INTO markers(room, name, seq) VALUES (?1, ?2, ?3) "
 			  "ON CONFLICT(room, name) DO UPDATE SET seq = max(seq, excluded.seq)",
+	/* A user's conversations "@name:x" (an index range) and "@x:name". */
+	[ST_CONVS] = "SELECT name, seq FROM rooms WHERE (name >= ?1 AND name < ?2) OR name GLOB ?3 "
+		     "ORDER BY seq DESC LIMIT ?4",
 };
 
 static const char storage_schema[] =
@@ -310,6 +313,27 @@ static uint64_t storage_marker_get(void *ctx, const char *room, const char *name
 	sqlite3_reset(s);
 	sqlite3_clear_bindings(s);
 	return v;
+}
+
+static void storage_conversations(void *ctx, const char *name, uint32_t max,
+				  void (*emit)(void *arg, const char *room, uint64_t seq), void *arg)
+{
+	struct storage *st = ctx;
+	sqlite3_stmt *s = st->st[ST_CONVS];
+	char lo[PROTO_NAME_MAX + 3], hi[PROTO_NAME_MAX + 3], glob[PROTO_NAME_MAX + 4];
+
+	/* Names are [A-Za-z0-9_.-]: nothing in them is special to GLOB. */
+	snprintf(lo, sizeof(lo), "@%s:", name);
+	snprintf(hi, sizeof(hi), "@%s;", name);
+	snprintf(glob, sizeof(glob), "@*:%s", name);
+	storage_bind_text(s, 1, lo, strlen(lo));
+	storage_bind_text(s, 2, hi, strlen(hi));
+	storage_bind_text(s, 3, glob, strlen(glob));
+	sqlite3_bind_int64(s, 4, max);
+	while (sqlite3_step(s) == SQLITE_ROW)
+		emit(arg, (const char *)sqlite3_column_text(s, 0), (uint64_t)sqlite3_column_int64(s, 1));
+	sqlite3_reset(s);
+	sqlite3_clear_bindings(s);
 }
 
 static void storage_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
@@ -667,6 +691,7 @@ struct storage *storage_open(const struct config *cfg, struct ev_loop *loop, str
 	engine.oldest = storage_oldest;
 	engine.marker_get = storage_marker_get;
 	engine.marker_set = storage_marker_set;
+	engine.conversations = storage_conversations;
 	engine.ctx = st;
 	hub_set_engine(hub, &engine);
 	log_info(NULL, "storage: %s (sync %s, retention %ld messages / %.3g days)", st->path,
