@@ -1,9 +1,11 @@
 /*
- * proto.h - the chat.v1 wire protocol: decoding client frames into commands,
- * and the names shared by encoder and decoder.
+ * proto.h - the chat.v1 wire protocol in one place: decoding client frames
+ * into commands (proto.c), encoding every event the server sends
+ * (proto_encode.c), and the names both share.
  *
- * Decoding is pure (no hub state): bytes in, a validated command or an error
- * code with a message out, so it can be unit-tested and fuzzed alone.
+ * Both halves are pure (no hub state): bytes in, a validated command or an
+ * error code with a message out; values in, a finished frame out. So they
+ * can be unit-tested and fuzzed alone.
  */
 #ifndef CHATD_PROTO_H
 #define CHATD_PROTO_H
@@ -117,5 +119,91 @@ void proto_dm_room(char *out, const char *a, const char *b);
 /* room is a DM conversation: 1, and the other party of me in *peer (NULL
  * if me is not a party); 0 if room is an ordinary room. */
 int proto_dm_peer(const char *room, size_t len, const char *me, const char **peer, size_t *peer_len);
+
+/*
+ * Encoding. Each proto_encode_* returns the event's JSON text in a new
+ * msgbuf (one reference, the caller's), or NULL on ENOMEM. Strings are
+ * NUL-terminated valid UTF-8 (they came in through proto_decode or from
+ * the server itself); ref NULL or ref->p NULL: the event carries no ref.
+ * Events with a list of names are written in three steps: proto_w_joined or
+ * proto_w_members opens the event and its list, proto_w_name adds a name,
+ * and the matching proto_encode_*_end closes the list and finishes it.
+ */
+struct jsonw;
+struct msgbuf;
+
+/*
+ * What a sequenced event of a room is. Edits, deletions and reactions take
+ * their own seq like messages and name an earlier message (target). body:
+ * the new text (edit), the reaction (react, unreact), "" (delete).
+ */
+enum proto_kind {
+	PROTO_KIND_MESSAGE = 0,
+	PROTO_KIND_EDIT = 1,
+	PROTO_KIND_DELETE = 2,
+	PROTO_KIND_REACT = 3,
+	PROTO_KIND_UNREACT = 4,
+	PROTO_KIND_COUNT
+};
+
+/* A chat message as message and direct events carry it (strings borrowed),
+ * or another sequenced event (kind, target). deleted: its text was removed
+ * (a deleted message, or an edit of one). */
+struct proto_msg {
+	uint64_t seq, ts;
+	const char *from, *id, *body;
+	size_t body_len;
+	int kind;                   /* enum proto_kind */
+	uint64_t target;
+	int deleted;
+};
+
+struct msgbuf *proto_encode_error(enum proto_err code, const char *message,
+				  const struct proto_str *ref);
+/* room NULL: the ack of a dm (no room, no seq). */
+struct msgbuf *proto_encode_ack(const char *id, const char *room, uint64_t seq, const char *ref);
+struct msgbuf *proto_encode_welcome(const char *session, const char *name, double heartbeat,
+				    const char *node, const struct proto_str *ref);
+struct msgbuf *proto_encode_pong(const struct proto_str *ref);
+struct msgbuf *proto_encode_left(const char *room, const struct proto_str *ref);
+struct msgbuf *proto_encode_presence(const char *room, const char *name, int join);
+struct msgbuf *proto_encode_reset(const char *room, const char *epoch, uint64_t seq);
+struct msgbuf *proto_encode_message(const char *room, const struct proto_msg *m);
+struct msgbuf *proto_encode_direct(const struct proto_msg *m);
+/* frames: n message events (their text), oldest first. */
+struct msgbuf *proto_encode_history(const char *room, struct msgbuf *const *frames, uint32_t n,
+				    const struct proto_str *ref);
+/* members: a size hint. recovered and truncated are written with has_since only. */
+/* read: the user's read marker in room. */
+void proto_w_joined(struct jsonw *w, const char *room, uint64_t seq, const char *epoch,
+		    uint64_t read, uint32_t members);
+struct msgbuf *proto_encode_joined_end(struct jsonw *w, int has_since, int recovered,
+				       int truncated, const struct proto_str *ref);
+void proto_w_members(struct jsonw *w, const char *room, uint32_t members);
+struct msgbuf *proto_encode_members_end(struct jsonw *w, const struct proto_str *ref);
+void proto_w_name(struct jsonw *w, const char *name);
+
+/* Conversations (issue 14). proto_encode_message writes an edit, delete or
+ * react event when m->kind says so, and a tombstone when m->deleted. */
+/* "direct" of a conversation message: the old fields, and room and seq. */
+struct msgbuf *proto_encode_direct_in(const char *room, const struct proto_msg *m);
+struct msgbuf *proto_encode_typing(const char *room, const char *from, int on, uint64_t ttl_ms);
+struct msgbuf *proto_encode_read(const char *room, uint64_t seq, const struct proto_str *ref);
+struct msgbuf *proto_encode_receipt(const char *room, const char *from, uint64_t seq);
+/* A message's current state (history {state}), in steps: proto_w_state
+ * (m: the current text, or deleted; edited/edits written when edits > 0),
+ * then for each reaction proto_w_reaction, proto_w_name per user and
+ * proto_w_reaction_end, then proto_encode_state_end. */
+void proto_w_state(struct jsonw *w, const char *room, const struct proto_msg *m,
+		   uint64_t edited, uint32_t edits, size_t hint);
+void proto_w_reaction(struct jsonw *w, const char *reaction, uint32_t count);
+void proto_w_reaction_end(struct jsonw *w);
+struct msgbuf *proto_encode_state_end(struct jsonw *w);
+/* The conversations list: proto_w_conversations, proto_w_conversation each,
+ * proto_encode_conversations_end. */
+void proto_w_conversations(struct jsonw *w);
+void proto_w_conversation(struct jsonw *w, const char *room, const char *with, size_t with_len,
+			  uint64_t seq, uint64_t read);
+struct msgbuf *proto_encode_conversations_end(struct jsonw *w, const struct proto_str *ref);
 
 #endif

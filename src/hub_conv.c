@@ -92,26 +92,10 @@ void hub_convs_free(struct hub *h)
 	}
 }
 
-/* The "direct" event of a conversation message: the old fields, and the
- * conversation's room and seq. */
-static struct msgbuf *hub_conv_encode_direct(const char *room, const struct hub_msg *m)
-{
-	struct jsonw w;
-
-	hub_w_begin(&w, "direct", 192 + m->body_len + m->body_len / 8);
-	jsonw_kv_cstr(&w, "from", m->from);
-	jsonw_kv_cstr(&w, "id", m->id);
-	jsonw_kv_str(&w, "body", m->body, m->body_len);
-	jsonw_kv_u64(&w, "ts", m->ts);
-	jsonw_kv_cstr(&w, "room", room);
-	jsonw_kv_u64(&w, "seq", m->seq);
-	jsonw_obj_close(&w);
-	return jsonw_finish(&w);
-}
-
 static void hub_conv_direct(struct hub *h, const char *room, const struct hub_msg *m,
 			    struct room *r)
 {
+	struct proto_msg pm;
 	const char *peer;
 	size_t len;
 	struct hub_user *u;
@@ -124,7 +108,8 @@ static void hub_conv_direct(struct hub *h, const char *room, const struct hub_ms
 	hub_conv_note(h, peer, len, room);
 	if (m->kind != HUB_KIND_MESSAGE || !(u = hub_user_find(h, peer, len)))
 		return;
-	if (!(mb = hub_conv_encode_direct(room, m)))
+	pm = hub_proto_msg(m);
+	if (!(mb = proto_encode_direct_in(room, &pm)))
 		return;
 	for (t = u->sessions; t; t = t->user_next)
 		if ((!r || !room_member_find(r, t)) && hub_enqueue(h, t, mb, 1) == 0)
@@ -173,7 +158,7 @@ void hub_conv_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
 		/* A retry: the first one's ack, now or when it is stored. */
 		hub_copy(id, &c->id);
 		if (orig) {
-			hub_retry_add(r, orig->seq, s->num, s->name, id, &c->ref, 0);
+			hub_retry_add(r, s->num, s->name, id, &c->ref, 0);
 		} else {
 			if (c->ref.p)
 				hub_copy(ref, &c->ref);
@@ -217,13 +202,7 @@ static void hub_conv_emit(void *arg, const char *room, uint64_t stored)
 			return;
 	snprintf(l->seen[l->n++], sizeof(l->seen[0]), "%s", room);
 	read = hub_marker_get(l->h, room, l->s->name);
-	jsonw_obj_open(l->w);
-	jsonw_kv_cstr(l->w, "room", room);
-	jsonw_kv_str(l->w, "with", peer, len);
-	jsonw_kv_u64(l->w, "seq", seq);
-	jsonw_kv_u64(l->w, "read", read);
-	jsonw_kv_u64(l->w, "unread", seq > read ? seq - read : 0);
-	jsonw_obj_close(l->w);
+	proto_w_conversation(l->w, room, peer, len, seq, read);
 }
 
 void hub_cmd_conversations(struct hub *h, struct session *s, const struct proto_cmd *c)
@@ -240,16 +219,12 @@ void hub_cmd_conversations(struct hub *h, struct session *s, const struct proto_
 	l->h = h;
 	l->s = s;
 	l->w = &w;
-	hub_w_begin(&w, "conversations", 256);
-	jsonw_key(&w, "conversations");
-	jsonw_arr_open(&w);
+	proto_w_conversations(&w);
 	HASH_FIND(hh, h->convs, s->name, strlen(s->name), u);
 	for (x = u ? u->rooms : NULL; x; x = x->next)
 		hub_conv_emit(l, x->room, 0);
 	if (h->engine.conversations)
 		h->engine.conversations(h->engine.ctx, s->name, HUB_CONV_MAX, hub_conv_emit, l);
-	jsonw_arr_close(&w);
-	hub_w_ref(&w, &c->ref);
-	hub_w_reply(h, s, &w);
+	hub_reply(h, s, proto_encode_conversations_end(&w, &c->ref));
 	free(l);
 }

@@ -14,10 +14,6 @@
 
 #include <cjson/cJSON.h>
 
-static const char *const hub_kind_type[HUB_KIND_COUNT] = {
-	"message", "edit", "delete", "react", "react",
-};
-
 /* How many recent messages of a room can be edited, deleted or reacted to. */
 static uint32_t hub_edit_keep(const struct hub *h)
 {
@@ -26,95 +22,33 @@ static uint32_t hub_edit_keep(const struct hub *h)
 	return keep ? keep : 1;
 }
 
-/* A message, edit, delete or react event. A deleted message or edit keeps
- * "body": "" (clients that predate deletion expect a string) and says
- * "deleted": true. */
-struct msgbuf *hub_encode_event(const char *room, const struct hub_msg *m)
-{
-	int kind = m->kind >= 0 && m->kind < HUB_KIND_COUNT ? m->kind : HUB_KIND_MESSAGE;
-	struct jsonw w;
-
-	hub_w_begin(&w, hub_kind_type[kind], 192 + m->body_len + m->body_len / 8);
-	jsonw_kv_cstr(&w, "room", room);
-	jsonw_kv_u64(&w, "seq", m->seq);
-	if (kind != HUB_KIND_MESSAGE)
-		jsonw_kv_u64(&w, "target", m->target);
-	jsonw_kv_cstr(&w, "from", m->from);
-	jsonw_kv_cstr(&w, "id", m->id);
-	switch (kind) {
-	case HUB_KIND_MESSAGE:
-	case HUB_KIND_EDIT:
-		jsonw_kv_str(&w, "body", m->deleted ? "" : m->body, m->deleted ? 0 : m->body_len);
-		if (m->deleted) {
-			jsonw_key(&w, "deleted");
-			jsonw_bool(&w, 1);
-		}
-		break;
-	case HUB_KIND_REACT:
-	case HUB_KIND_UNREACT:
-		jsonw_kv_str(&w, "reaction", m->body, m->body_len);
-		jsonw_key(&w, "on");
-		jsonw_bool(&w, kind == HUB_KIND_REACT);
-		break;
-	default:
-		break;
-	}
-	jsonw_kv_u64(&w, "ts", m->ts);
-	jsonw_obj_close(&w);
-	return jsonw_finish(&w);
-}
-
 /* The current state of a recent message, as history {state: true} serves
- * it: a message event with the current text, "edited" (the time of the
- * latest edit) and "edits", "deleted", and the reactions with who gave
- * them. NULL on ENOMEM. */
+ * it: the current text or the tombstone, edit time and count, and the
+ * reactions with who gave them (each reaction once, in the order it was
+ * first given). NULL on ENOMEM. */
 struct msgbuf *hub_encode_state(const char *room, const struct room_msg *t)
 {
+	struct proto_msg m = { t->seq, t->ts, t->from, t->id, t->body ? t->body : "",
+			       t->body ? t->body_len : 0, PROTO_KIND_MESSAGE, 0, t->deleted };
 	struct room_reaction *x, *y;
+	size_t hint = 0;
 	struct jsonw w;
-	size_t hint = 256 + t->body_len + t->body_len / 8;
 
 	LL_FOREACH(t->reactions, x)
 		hint += 48 + PROTO_NAME_MAX + PROTO_REACTION_MAX;
-	hub_w_begin(&w, "message", hint);
-	jsonw_kv_cstr(&w, "room", room);
-	jsonw_kv_u64(&w, "seq", t->seq);
-	jsonw_kv_cstr(&w, "from", t->from);
-	jsonw_kv_cstr(&w, "id", t->id);
-	jsonw_kv_str(&w, "body", t->body ? t->body : "", t->body ? t->body_len : 0);
-	jsonw_kv_u64(&w, "ts", t->ts);
-	if (t->deleted) {
-		jsonw_key(&w, "deleted");
-		jsonw_bool(&w, 1);
+	proto_w_state(&w, room, &m, t->edited_ts, t->edits, hint);
+	LL_FOREACH(t->reactions, x) {
+		for (y = t->reactions; y != x && strcmp(y->reaction, x->reaction); y = y->next)
+			;
+		if (y != x)
+			continue;       /* listed already */
+		proto_w_reaction(&w, x->reaction, room_msg_reaction_count(t, x->reaction));
+		for (y = x; y; y = y->next)
+			if (!strcmp(y->reaction, x->reaction))
+				proto_w_name(&w, y->name);
+		proto_w_reaction_end(&w);
 	}
-	if (t->edits) {
-		jsonw_kv_u64(&w, "edited", t->edited_ts);
-		jsonw_kv_u64(&w, "edits", t->edits);
-	}
-	if (t->reactions) {
-		/* [{reaction, count, names}], in the order each was first given. */
-		jsonw_key(&w, "reactions");
-		jsonw_arr_open(&w);
-		LL_FOREACH(t->reactions, x) {
-			for (y = t->reactions; y != x && strcmp(y->reaction, x->reaction); y = y->next)
-				;
-			if (y != x)
-				continue;       /* listed already */
-			jsonw_obj_open(&w);
-			jsonw_kv_cstr(&w, "reaction", x->reaction);
-			jsonw_kv_u64(&w, "count", room_msg_reaction_count(t, x->reaction));
-			jsonw_key(&w, "names");
-			jsonw_arr_open(&w);
-			for (y = x; y; y = y->next)
-				if (!strcmp(y->reaction, x->reaction))
-					jsonw_cstr(&w, y->name);
-			jsonw_arr_close(&w);
-			jsonw_obj_close(&w);
-		}
-		jsonw_arr_close(&w);
-	}
-	jsonw_obj_close(&w);
-	return jsonw_finish(&w);
+	return proto_encode_state_end(&w);
 }
 
 /*
@@ -159,14 +93,14 @@ static void hub_edit_blank(struct room *r, const struct room_msg *t)
 	struct msgbuf *mb;
 	uint32_t i;
 
-	if ((mb = hub_encode_event(r->name, &m))) {
+	if ((mb = hub_encode_message(r->name, &m))) {
 		room_frame_replace(r, t->seq, mb);
 		msgbuf_unref(mb);
 	}
 	for (i = 0; i < t->edits_kept; i++) {
 		const struct room_edit *e = &t->edit_list[i];
 		struct hub_msg em = { e->seq, e->ts, t->from, e->id, "", 0, HUB_KIND_EDIT, t->seq, 1 };
-		if ((mb = hub_encode_event(r->name, &em))) {
+		if ((mb = hub_encode_message(r->name, &em))) {
 			room_frame_replace(r, e->seq, mb);
 			msgbuf_unref(mb);
 		}

@@ -83,20 +83,6 @@ uint64_t hub_marker_get(struct hub *h, const char *room, const char *name)
 	return seq;
 }
 
-/* {"type": "read", room, seq}: where name's marker in room is now. */
-static struct msgbuf *hub_encode_read(const char *room, uint64_t seq, const struct proto_str *ref)
-{
-	struct jsonw w;
-
-	hub_w_begin(&w, "read", 160);
-	jsonw_kv_cstr(&w, "room", room);
-	jsonw_kv_u64(&w, "seq", seq);
-	if (ref)
-		hub_w_ref(&w, ref);
-	jsonw_obj_close(&w);
-	return jsonw_finish(&w);
-}
-
 /* The marker moved: name's sessions here (the one that moved it gets its
  * ref back), and with read_receipts the room's other local members. */
 static void hub_marker_moved(struct hub *h, const char *room, const char *name, uint64_t seq,
@@ -106,26 +92,20 @@ static void hub_marker_moved(struct hub *h, const char *room, const char *name, 
 	struct room *r = hub_room_find(h, room, strlen(room));
 	struct msgbuf *mb;
 	struct session *t;
-	struct jsonw w;
 
-	if (u && (mb = hub_encode_read(room, seq, NULL))) {
+	if (u && (mb = proto_encode_read(room, seq, NULL))) {
 		for (t = u->sessions; t; t = t->user_next)
 			if (t != by)
 				hub_enqueue(h, t, mb, 0);
 		msgbuf_unref(mb);
 	}
-	if (by && (mb = hub_encode_read(room, seq, ref))) {
+	if (by && (mb = proto_encode_read(room, seq, ref))) {
 		hub_enqueue(h, by, mb, 0);
 		msgbuf_unref(mb);
 	}
 	if (!h->lim.read_receipts || !r || r->loading || !r->member_count)
 		return;
-	hub_w_begin(&w, "receipt", 160);
-	jsonw_kv_cstr(&w, "room", room);
-	jsonw_kv_cstr(&w, "from", name);
-	jsonw_kv_u64(&w, "seq", seq);
-	jsonw_obj_close(&w);
-	if ((mb = jsonw_finish(&w))) {
+	if ((mb = proto_encode_receipt(room, name, seq))) {
 		struct membership *m, *tmp;
 		HASH_ITER(hh_room, r->members, m, tmp)
 			if (strcmp(m->sess->name, name))
@@ -148,7 +128,7 @@ void hub_cmd_read(struct hub *h, struct session *s, const struct proto_cmd *c)
 	if (seq <= cur) {
 		/* Monotonic: an older marker (another device was ahead) changes
 		 * nothing; the answer says where it is. */
-		if ((mb = hub_encode_read(r->name, cur, &c->ref))) {
+		if ((mb = proto_encode_read(r->name, cur, &c->ref))) {
 			hub_enqueue(h, s, mb, 0);
 			msgbuf_unref(mb);
 		}

@@ -9,20 +9,6 @@
  */
 #include "hub_impl.h"
 
-static struct msgbuf *hub_encode_typing(const char *room, const char *name, int on, double ttl)
-{
-	struct jsonw w;
-
-	hub_w_begin(&w, "typing", 160);
-	jsonw_kv_cstr(&w, "room", room);
-	jsonw_kv_cstr(&w, "from", name);
-	jsonw_key(&w, "on");
-	jsonw_bool(&w, on);
-	jsonw_kv_u64(&w, "ttl", on ? (uint64_t)llround(ttl * 1000.0) : 0);
-	jsonw_obj_close(&w);
-	return jsonw_finish(&w);
-}
-
 /* To every member of r but name's own sessions, while their queue is at
  * most half full: a signal is worth less than any message behind it. */
 static void hub_typing_fanout(struct hub *h, struct room *r, const char *name, int on)
@@ -31,7 +17,9 @@ static void hub_typing_fanout(struct hub *h, struct room *r, const char *name, i
 	struct membership *m, *tmp;
 	struct msgbuf *mb;
 
-	if (!r->member_count || !(mb = hub_encode_typing(r->name, name, on, l->typing_ttl)))
+	if (!r->member_count)
+		return;
+	if (!(mb = proto_encode_typing(r->name, name, on, (uint64_t)llround(l->typing_ttl * 1000.0))))
 		return;
 	HASH_ITER(hh_room, r->members, m, tmp) {
 		struct session *t = m->sess;

@@ -108,7 +108,7 @@ def test_edit_delete_react_reach_every_member(server):
         assert h["messages"][0]["deleted"] is True and h["messages"][0]["body"] == ""
         assert h["messages"][1]["deleted"] is True and h["messages"][1]["body"] == ""
         st = await state_history(b, "r")
-        assert st[0]["deleted"] is True and st[0]["body"] == "" and "reactions" not in st[0]
+        assert st[0]["deleted"] is True and st[0]["body"] == "" and st[0]["reactions"] == []
         await a.close()
         await b.close()
 
