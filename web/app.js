@@ -1009,6 +1009,7 @@
       const c = st.convs.get(st.active);
       if (!c || !box.value.trim()) return;
       if (st.editing) { sendEdit(box.value); box.focus(); return; }
+      st.typingAt = 0;            // the message ends this bout of typing
       compose(c, box.value);
       box.value = '';
       box.focus();
