@@ -1,7 +1,7 @@
 /*
  * hub_typing.c - "alice is typing": an ephemeral signal. No seq, never
- * stored or replayed; at most one per session per limits' typing_interval
- * (extra ones are dropped without a reply); each carries a ttl after which
+ * stored or replayed; at most one per session and room per
+ * conversations.typing_interval (extra ones are dropped without a reply); each carries a ttl after which
  * clients stop showing it unless it is refreshed. Under queue pressure it
  * is the first thing dropped: a member whose queue is half full does not
  * get it. In a cluster it crosses nodes through peers.typing (a plain
@@ -42,14 +42,12 @@ void hub_cmd_typing(struct hub *h, struct session *s, const struct proto_cmd *c)
 	if (!r)
 		return;
 	/* "Stopped" always goes through: it ends what the others show. */
-	if (c->on && s->typing_at > 0 && now - s->typing_at < h->lim.typing_interval) {
+	if (c->on && s->typing_at > 0 && s->typing_room == r && now - s->typing_at < h->lim.typing_interval) {
 		h->m->typing_dropped++;
 		return;
 	}
-	if (c->on)
-		s->typing_at = now;
-	else
-		s->typing_at = 0;
+	s->typing_at = c->on ? now : 0;
+	s->typing_room = r;
 	h->m->typing_in++;
 	hub_typing_fanout(h, r, s->name, c->on);
 	if (h->peers.typing)
