@@ -104,7 +104,8 @@ struct hub_pending {
 	uint64_t target;                 /* the message an edit/delete/react is about */
 };
 
-/* A stored message, as an engine hands it back (strings borrowed). */
+/* A stored message, as an engine hands it back (strings borrowed). Engines
+ * zero-initialize it: kind 0 is a message, and every field is read. */
 struct hub_msg {
 	uint64_t seq, ts;
 	const char *from, *id, *body;

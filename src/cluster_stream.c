@@ -62,7 +62,7 @@ static void cl_ev_message(struct cluster *c, const cJSON *j, const char *json, s
 {
 	struct cl_sync *sy = NULL;
 	const char *room, *epoch;
-	struct hub_msg m;
+	struct hub_msg m = { 0 };
 	struct cl_ev *e;
 
 	if (cl_parse_msg(j, &m, &room, &epoch))
@@ -96,7 +96,7 @@ static void cl_ev_direct(struct cluster *c, const cJSON *j)
 	const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
 	const cJSON *body = cJSON_GetObjectItemCaseSensitive(j, "body");
 	const cJSON *ts = cJSON_GetObjectItemCaseSensitive(j, "ts");
-	struct hub_msg m;
+	struct hub_msg m = { 0 };
 
 	if (!cJSON_IsString(to) || !cJSON_IsString(from) || !cJSON_IsString(id) ||
 	    !cJSON_IsString(body) || cl_int(ts, 0, &m.ts))

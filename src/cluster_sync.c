@@ -68,7 +68,7 @@ static void cl_hist_each(const redisReply *hist, void (*fn)(void *arg, const str
 		const redisReply *x = hist->element[i];
 		cJSON *j = x->type == REDIS_REPLY_STRING ? cJSON_ParseWithLength(x->str, x->len) : NULL;
 		const char *rm, *ep;
-		struct hub_msg m;
+		struct hub_msg m = { 0 };
 
 		if (j && !cl_parse_msg(j, &m, &rm, &ep))
 			fn(arg, &m);

@@ -60,7 +60,7 @@ static void hub_cmd_dm_peers(struct hub *h, struct session *s, const struct prot
 void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct hub_user *u = hub_user_find(h, c->to.p, c->to.len);
-	struct hub_msg m;
+	struct hub_msg m = { 0 };
 	char to[PROTO_NAME_MAX + 1], ref[PROTO_REF_MAX + 1];
 
 	/* With an engine (storage, cluster) every dm is a message of the

@@ -410,7 +410,7 @@ static int storage_room_load(void *ctx, struct hub *hub, const char *room)
 	storage_bind_text(s, 1, room, strlen(room));
 	sqlite3_bind_int64(s, 2, (sqlite3_int64)from);
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		struct hub_msg m;
+		struct hub_msg m = { 0 };
 		storage_row(s, &m);
 		if (hub_load_message(hub, room, &m)) {
 			rc = SQLITE_NOMEM;
@@ -438,7 +438,7 @@ static int storage_read(void *ctx, const char *room, uint64_t lo, uint64_t hi, u
 	sqlite3_bind_int64(s, 3, (sqlite3_int64)hi);
 	sqlite3_bind_int64(s, 4, (sqlite3_int64)max);
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		struct hub_msg m;
+		struct hub_msg m = { 0 };
 		storage_row(s, &m);
 		emit(arg, &m);
 		n++;
