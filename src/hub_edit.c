@@ -23,13 +23,15 @@ static uint32_t hub_edit_keep(const struct hub *h)
 }
 
 /* The current state of a recent message, as history {state: true} serves
- * it: the current text or the tombstone, edit time and count, and the
+ * it (text: what its frame says, for a message never edited): the current
+ * text or the tombstone, edit time and count, and the
  * reactions with who gave them (each reaction once, in the order it was
  * first given). NULL on ENOMEM. */
-struct msgbuf *hub_encode_state(const char *room, const struct room_msg *t)
+struct msgbuf *hub_encode_state(const char *room, const struct room_msg *t, const char *text,
+				 size_t len)
 {
-	struct proto_msg m = { t->seq, t->ts, t->from, t->id, t->body ? t->body : "",
-			       t->body ? t->body_len : 0, PROTO_KIND_MESSAGE, 0, t->deleted };
+	struct proto_msg m = { t->seq, t->ts, t->from, t->id, t->body ? t->body : text,
+			       t->body ? t->body_len : len, PROTO_KIND_MESSAGE, 0, t->deleted };
 	struct room_reaction *x, *y;
 	size_t hint = 0;
 	struct jsonw w;
@@ -68,13 +70,15 @@ uint32_t hub_edit_state_frames(struct hub *h, struct room *r, struct msgbuf **v,
 		cJSON *j = cJSON_ParseWithLength((const char *)v[i]->data, v[i]->len);
 		const cJSON *type = cJSON_GetObjectItemCaseSensitive(j, "type");
 		const cJSON *seq = cJSON_GetObjectItemCaseSensitive(j, "seq");
+		const cJSON *body = cJSON_GetObjectItemCaseSensitive(j, "body");
+		const char *text = cJSON_IsString(body) ? body->valuestring : "";
 		const struct room_msg *t;
 		struct msgbuf *mb;
 
 		if (!cJSON_IsString(type) || strcmp(type->valuestring, "message") || !cJSON_IsNumber(seq)) {
 			msgbuf_unref(v[i]);
 		} else if ((t = room_msg_find(r, (uint64_t)seq->valuedouble)) &&
-			   (t->edits || t->deleted || t->reactions) && (mb = hub_encode_state(r->name, t))) {
+			   (t->edits || t->deleted || t->reactions) && (mb = hub_encode_state(r->name, t, text, strlen(text)))) {
 			msgbuf_unref(v[i]);
 			v[k++] = mb;
 		} else {
@@ -120,7 +124,7 @@ void hub_edit_apply(struct hub *h, struct room *r, const struct hub_msg *m)
 	struct room_msg *t;
 
 	if (m->kind == HUB_KIND_MESSAGE) {
-		t = room_msg_add(r, m->seq, m->ts, m->from, m->id, m->body, m->body_len, hub_edit_keep(h));
+		t = room_msg_add(r, m->seq, m->ts, m->from, m->id, hub_edit_keep(h));
 		if (t && m->deleted)
 			room_msg_delete(t);
 		return;

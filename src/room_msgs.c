@@ -63,7 +63,7 @@ int room_msg_set_body(struct room_msg *m, const char *body, size_t len)
 }
 
 struct room_msg *room_msg_add(struct room *r, uint64_t seq, uint64_t ts, const char *from,
-			      const char *id, const char *body, size_t body_len, uint32_t max)
+			      const char *id, uint32_t max)
 {
 	struct room_msg *m;
 
@@ -73,10 +73,6 @@ struct room_msg *room_msg_add(struct room *r, uint64_t seq, uint64_t ts, const c
 		room_msg_drop(r, r->msgs);
 	if (!(m = calloc(1, sizeof(*m))))
 		return NULL;
-	if (room_msg_set_body(m, body, body_len)) {
-		free(m);
-		return NULL;
-	}
 	m->seq = seq;
 	m->ts = ts;
 	snprintf(m->from, sizeof(m->from), "%s", from);

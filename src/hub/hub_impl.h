@@ -158,7 +158,8 @@ void hub_room_submit(struct hub *h, struct room *r, struct hub_pending *p);
 struct session *hub_sender(struct hub *h, uint64_t num);
 
 /* hub_edit.c */
-struct msgbuf *hub_encode_state(const char *room, const struct room_msg *t);
+struct msgbuf *hub_encode_state(const char *room, const struct room_msg *t, const char *text,
+				 size_t len);
 uint32_t hub_edit_state_frames(struct hub *h, struct room *r, struct msgbuf **v, uint32_t n);
 void hub_edit_apply(struct hub *h, struct room *r, const struct hub_msg *m);
 int hub_may_delete(struct hub *h, struct session *s, struct room *r, const struct room_msg *t);

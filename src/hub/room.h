@@ -114,7 +114,8 @@ struct room_msg {
 	unsigned deleted : 1;
 	char from[PROTO_NAME_MAX + 1];
 	char id[PROTO_ID_MAX + 1];
-	char *body;                     /* current text (heap), NULL once deleted */
+	char *body;                     /* the edited text (heap); NULL: not edited (the
+					 * ring's frame has the text) or deleted */
 	size_t body_len;
 	struct room_edit *edit_list;    /* its edit events (at most max_edits kept) */
 	uint32_t edits_kept;            /* entries in edit_list */
@@ -123,10 +124,11 @@ struct room_msg {
 	UT_hash_handle hh;              /* room->msgs, by seq */
 };
 
-/* Remember message seq (copies strings); keeps at most max entries,
- * dropping the oldest. NULL on ENOMEM (or max == 0). */
+/* Remember message seq (copies from and id, not the text, which the ring's
+ * frame holds); keeps at most max entries, dropping the oldest. NULL on
+ * ENOMEM (or max == 0). */
 struct room_msg *room_msg_add(struct room *r, uint64_t seq, uint64_t ts, const char *from,
-			      const char *id, const char *body, size_t body_len, uint32_t max);
+			      const char *id, uint32_t max);
 struct room_msg *room_msg_find(const struct room *r, uint64_t seq);
 /* Replace the current text (copied); -1 on ENOMEM (unchanged then). */
 int room_msg_set_body(struct room_msg *m, const char *body, size_t len);
