@@ -8,11 +8,14 @@
  * nothing of conversations keep working. The conversations command lists
  * a user's conversations with their latest seq, read marker and unread
  * count: those seen here (at most HUB_CONV_MAX per user, the most recent
- * first) and those the engine holds.
+ * first, for at most HUB_CONV_USERS_MAX users) and those the engine holds.
  */
 #include "hub_impl.h"
 
 #define HUB_CONV_MAX 500
+/* Users whose conversations are remembered here; the least recently active
+ * are forgotten first (with storage the engine still lists theirs). */
+#define HUB_CONV_USERS_MAX 65536
 
 struct hub_conv_room {
 	struct hub_conv_room *next;
@@ -41,18 +44,24 @@ int hub_conv_join_allowed(struct hub *h, struct session *s, const struct proto_c
 	return -1;
 }
 
+static void hub_conv_drop(struct hub *h, struct hub_conv *u);
+
 static void hub_conv_note(struct hub *h, const char *name, size_t len, const char *room)
 {
 	struct hub_conv *u = NULL;
 	struct hub_conv_room *x, *prev = NULL;
 
 	HASH_FIND(hh, h->convs, name, len, u);
-	if (!u) {
+	if (u) {
+		HASH_DEL(h->convs, u);      /* to the end: the most recently active */
+	} else {
+		while (HASH_COUNT(h->convs) >= HUB_CONV_USERS_MAX)
+			hub_conv_drop(h, h->convs);
 		if (!(u = calloc(1, sizeof(*u))))
 			return;
 		memcpy(u->name, name, len);
-		HASH_ADD(hh, h->convs, name[0], len, u);
 	}
+	HASH_ADD(hh, h->convs, name[0], len, u);
 	for (x = u->rooms; x; prev = x, x = x->next)
 		if (!strcmp(x->room, room))
 			break;
@@ -77,19 +86,24 @@ static void hub_conv_note(struct hub *h, const char *name, size_t len, const cha
 	}
 }
 
+static void hub_conv_drop(struct hub *h, struct hub_conv *u)
+{
+	struct hub_conv_room *x, *next;
+
+	for (x = u->rooms; x; x = next) {
+		next = x->next;
+		free(x);
+	}
+	HASH_DEL(h->convs, u);
+	free(u);
+}
+
 void hub_convs_free(struct hub *h)
 {
 	struct hub_conv *u, *tmp;
-	struct hub_conv_room *x, *next;
 
-	HASH_ITER(hh, h->convs, u, tmp) {
-		for (x = u->rooms; x; x = next) {
-			next = x->next;
-			free(x);
-		}
-		HASH_DEL(h->convs, u);
-		free(u);
-	}
+	HASH_ITER(hh, h->convs, u, tmp)
+		hub_conv_drop(h, u);
 }
 
 static void hub_conv_direct(struct hub *h, const char *room, const struct hub_msg *m,
