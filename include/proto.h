@@ -29,7 +29,23 @@ enum proto_type {
 	PROTO_HISTORY,
 	PROTO_MEMBERS,
 	PROTO_PING,
+	PROTO_REFRESH,      /* a new token for the same sub */
+	PROTO_KICK,         /* moderation (moderator or owner) */
+	PROTO_BAN,
+	PROTO_UNBAN,
+	PROTO_MUTE,
+	PROTO_UNMUTE,
+	PROTO_DELETE,
+	PROTO_INVITE,
+	PROTO_GRANT,        /* owner */
+	PROTO_SETTINGS,     /* owner */
 };
+
+#define PROTO_REASON_MAX 256
+#define PROTO_TOPIC_MAX 256
+/* A name no client can have ([A-Za-z0-9_.-] only): the sender of the
+ * sequenced moderation events in a room's history. */
+#define PROTO_MOD_SENDER "!mod"
 
 /* Error codes of the contract, in the order of proto_err_name(). */
 enum proto_err {
@@ -65,6 +81,17 @@ struct proto_cmd {
 	int has_since, has_before, has_after;
 	uint64_t since, before, after;
 	unsigned limit;             /* history: 1..PROTO_HISTORY_MAX */
+	struct proto_str user;      /* moderation: the target */
+	struct proto_str reason;    /* kick ban mute: optional, <= PROTO_REASON_MAX */
+	struct proto_str role;      /* grant */
+	int has_duration;           /* ban mute: seconds; none = permanent */
+	uint64_t duration;
+	int has_seq;                /* delete */
+	uint64_t seq;
+	int has_private, has_read_only, has_history;   /* settings */
+	int private_room, read_only;
+	uint64_t history;
+	struct proto_str topic;     /* settings: p != NULL when given */
 	void *json;                 /* the parsed document; owned, see proto_cmd_free */
 };
 

@@ -35,6 +35,7 @@ struct room_ring {
 };
 
 struct room_dedup;
+struct room_state;                      /* moderation and settings (hub_settings.c) */
 struct hub_waiter;                      /* defined and owned by the hub */
 struct hub_retry;
 
@@ -55,12 +56,16 @@ struct room {
 	uint64_t ring_first_seq;        /* seq of ring element 0 */
 	struct room_ring dedup_fifo;    /* struct room_dedup *, oldest first */
 	struct room_dedup *dedup;       /* hash of (from, id) -> seq */
+	struct room_state *state;       /* NULL: no role, ban, mute or setting yet */
 	UT_hash_handle hh;              /* hub->rooms */
 };
 
 struct room *room_new(const char *name, size_t len, const char *epoch);
 /* Free a room with no members: its ring references and dedup entries. */
 void room_free(struct room *r);
+
+/* Free a room's state (defined with it in hub_settings.c). */
+void room_state_free(struct room_state *st);
 
 /* Forget the ring and the dedup window (the history they came from is gone). */
 void room_reset(struct room *r);

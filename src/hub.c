@@ -292,6 +292,7 @@ static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_c
 	if (h->peers.user)
 		h->peers.user(h->peers.ctx, s->name, 1);
 	log_info(s->id, "hello name=%s", s->name);
+	hub_token_track(h, s);
 
 	hub_w_begin(&w, "welcome", 160);
 	jsonw_kv_cstr(&w, "session", s->id);
@@ -299,6 +300,10 @@ static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_c
 	jsonw_key(&w, "heartbeat");
 	jsonw_num(&w, h->lim.heartbeat_interval);
 	jsonw_kv_cstr(&w, "node", h->node_id);
+	if (s->ident && s->ident->exp > 0) {
+		jsonw_key(&w, "exp");
+		jsonw_num(&w, s->ident->exp);
+	}
 	hub_w_ref(&w, &c->ref);
 	hub_w_reply(h, s, &w);
 }
@@ -359,6 +364,12 @@ void hub_session_input(struct hub *h, struct session *s, const char *data, size_
 	case PROTO_HISTORY: hub_cmd_history(h, s, &c); break;
 	case PROTO_MEMBERS: hub_cmd_members(h, s, &c); break;
 	case PROTO_PING: hub_cmd_ping(h, s, &c); break;
+	case PROTO_REFRESH: hub_cmd_refresh(h, s, &c); break;
+	case PROTO_SETTINGS: hub_cmd_settings(h, s, &c); break;
+	case PROTO_KICK: case PROTO_BAN: case PROTO_UNBAN: case PROTO_MUTE: case PROTO_UNMUTE:
+	case PROTO_DELETE: case PROTO_INVITE: case PROTO_GRANT:
+		hub_cmd_mod(h, s, &c);
+		break;
 	}
 out:
 	proto_cmd_free(&c);
@@ -383,6 +394,7 @@ void hub_session_unregister(struct hub *h, struct session *s)
 	/* Leave first so that the others see presence leave; s is closing so
 	 * nothing is queued to it meanwhile. */
 	s->closing = 1;
+	hub_token_untrack(h, s);
 	log_info(s->id, "session ended%s%s", u ? " name=" : "", u ? s->name : "");
 	/* Empty the queue before the presence fan-out below: that fan-out may
 	 * hit the global cap, which must not find s among the largest queues. */
@@ -431,6 +443,7 @@ struct hub *hub_new(const struct config *cfg, const struct hub_transport *tp,
 		return NULL;
 	hub_limits_from_config(&h->lim, cfg);
 	snprintf(h->node_id, sizeof(h->node_id), "%s", cfg->node_id);
+	h->cfg = cfg;
 	h->tp = *tp;
 	h->m = metrics;
 	rng_seed(&h->rng);
@@ -461,11 +474,18 @@ void hub_set_draining(struct hub *h)
 
 void hub_set_auth(struct hub *h, const struct auth *auth)
 {
+	int changed = h->auth && auth && h->auth != auth;
+
 	h->auth = auth;
+	/* A reload: the sessions verified with a key that is gone must
+	 * refresh (hub_token.c), checked a slice at a time. */
+	if (changed)
+		hub_token_rotated(h);
 }
 
 void hub_reconfigure(struct hub *h, const struct config *cfg)
 {
+	h->cfg = cfg;
 	hub_limits_from_config(&h->lim, cfg);
 	hub_rooms_trim(h, h->lim.max_rooms);
 }
@@ -490,6 +510,7 @@ void hub_free(struct hub *h)
 		HASH_DEL(h->rooms, r);
 		room_free(r);
 	}
+	hub_token_free(h);
 	free(h);
 	queue_pool_drain();
 }

@@ -34,7 +34,7 @@ int hub_load_message(struct hub *h, const char *room, const struct hub_msg *m)
 	if (!(mb = hub_encode_message(r->name, m)))
 		return -1;
 	rc = room_append(r, m->seq, mb, m->from, strlen(m->from), m->id, strlen(m->id),
-			 h->lim.messages_per_room, h->lim.dedup_window);
+			 hub_room_history(h, r), h->lim.dedup_window);
 	msgbuf_unref(mb);
 	return rc;
 }
@@ -48,6 +48,8 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 	int recovered = 0, complete = 1;
 	struct jsonw w;
 
+	if (hub_join_check(h, s, r->name, strlen(r->name), r, ref))
+		return -1;
 	if (has_since && (!epoch || strcmp(epoch, r->epoch) == 0) && since <= r->seq) {
 		recovered = hub_oldest_held(h, r) <= since + 1;
 		complete = hub_replay(h, s, r, since);
@@ -71,6 +73,7 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 	jsonw_kv_cstr(&w, "room", r->name);
 	jsonw_kv_u64(&w, "seq", r->seq);
 	jsonw_kv_cstr(&w, "epoch", r->epoch);
+	hub_w_room_info(h, &w, r, s);
 	jsonw_key(&w, "members");
 	hub_w_names(h, &w, r);
 	if (has_since) {
@@ -120,6 +123,8 @@ void hub_room_loaded(struct hub *h, const char *room, int ok)
 	if (!ok) {
 		/* What a failed load handed over is not the room's state. */
 		room_reset(r);
+		room_state_free(r->state);
+		r->state = NULL;
 		r->seq = 0;
 	}
 	r->waiters = NULL;

@@ -112,6 +112,7 @@ void room_free(struct room *r)
 	if (!r)
 		return;
 	room_reset(r);
+	room_state_free(r->state);
 	free(r);
 }
 
