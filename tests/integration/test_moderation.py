@@ -1,0 +1,329 @@
+"""Room roles and moderation (issue 15): roles from the token's claim or
+granted by an owner, kick/ban/unban/mute/unmute/invite/grant/delete each
+refused without the role, every action a sequenced event from "!mod" in the
+room's history, logged with who did it; bans and grants survive a restart
+(SQLite) and hold on every node of a cluster (redis-server)."""
+
+import asyncio
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from chatd_helpers import Client, run, scaled, wait_until
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+from mint_token import mint  # noqa: E402
+
+SECRET = b"moderation-test-secret-0123456789abcdef"
+OWNER = {"owner": ["lobby", "team-*"]}
+MOD = {"moderator": ["lobby", "team-*"]}
+
+
+def token(sub, roles=None, **claims):
+    c = {"sub": sub, "exp": int(time.time()) + 600}
+    if roles:
+        c["roles"] = roles
+    c.update(claims)
+    return mint(SECRET, c)
+
+
+def auth_cfg(**more):
+    cfg = {"auth": {"mode": "jwt", "jwt_secret": SECRET.decode()},
+           "limits": {"sessions_per_name": 3, "rate": 1000, "burst": 1000}}
+    for k, v in more.items():
+        cfg.setdefault(k, {}).update(v)
+    return cfg
+
+
+@pytest.fixture
+def server(chatd):
+    return chatd(auth_cfg())
+
+
+async def user(srv, sub, roles=None, **claims):
+    c = await Client.connect(srv.port, label=sub)
+    await c.send({"type": "hello", "token": token(sub, roles, **claims)})
+    w = await c.expect("welcome")
+    c.name = w["name"]
+    return c
+
+
+async def drain(c, until_type, **fields):
+    """Frames up to the first of until_type with fields (presence etc. skipped)."""
+    while True:
+        m = await c.recv()
+        if m["type"] == until_type and all(m.get(k) == v for k, v in fields.items()):
+            return m
+
+
+async def mod_cmd(c, cmd, **kw):
+    """Run a moderation command; its answer is the ack of its event."""
+    await c.send(dict({"type": cmd, "ref": cmd}, **kw))
+    return await drain(c, "ack", ref=cmd)
+
+
+async def history_events(c, room):
+    await c.send({"type": "history", "room": room, "limit": 500})
+    h = await drain(c, "history")
+    return [dict(json.loads(m["body"]), seq=m["seq"]) for m in h["messages"] if m["from"] == "!mod"]
+
+
+def test_joined_carries_the_role_from_the_claim(server):
+    async def go():
+        o = await user(server, "olga", OWNER)
+        m = await user(server, "mo", {"moderator": ["team-*"]})
+        b = await user(server, "bob")
+        assert (await o.join("team-x"))["role"] == "owner"
+        assert (await m.join("team-x"))["role"] == "moderator"
+        assert (await m.join("other"))["role"] == "member"     # prefix does not match
+        assert (await b.join("other"))["role"] == "member"
+        for c in (o, m, b):
+            await c.close()
+    run(go())
+
+
+def test_kick_removes_every_session_and_tells_why(server):
+    async def go():
+        mod = await user(server, "mo", MOD)
+        alice = await user(server, "alice")
+        bobs = [await user(server, "bob") for _ in range(2)]
+        await mod.join("lobby")
+        await alice.join("lobby")
+        for b in bobs:
+            await b.join("lobby")
+        ack = await mod_cmd(mod, "kick", room="lobby", user="bob", reason="spam links")
+        assert ack["room"] == "lobby" and ack["seq"] >= 1
+        for b in bobs:
+            k = await drain(b, "kicked")
+            assert k == {"type": "kicked", "room": "lobby", "by": "mo", "reason": "spam links"}, k
+        p = await drain(alice, "presence", name="bob", state="leave")
+        assert p["cause"] == "kicked" and p["reason"] == "spam links" and p["by"] == "mo", p
+        ev = await drain(alice, "message")
+        assert ev["from"] == "!mod" and ev["seq"] == ack["seq"]
+        assert json.loads(ev["body"]) == {"action": "kick", "user": "bob", "by": "mo", "reason": "spam links"}
+        # bob is out of the room: sending there is refused, rejoining works (a kick is no ban).
+        await bobs[0].send({"type": "send", "room": "lobby", "id": "x", "body": "hi", "ref": "s"})
+        await bobs[0].expect_error("forbidden", ref="s")
+        await bobs[0].join("lobby")
+        await alice.send({"type": "members", "room": "lobby"})
+        m = await drain(alice, "members")
+        assert sorted(m["names"]) == ["alice", "bob", "mo"]
+        evs = await history_events(alice, "lobby")
+        assert [e["action"] for e in evs] == ["kick"]
+        for c in [mod, alice] + bobs:
+            await c.close()
+    run(go())
+    assert "room lobby: kick bob by mo: spam links" in server.log_text()
+
+
+def test_every_command_needs_its_role(server):
+    cmds = [("kick", {}), ("ban", {}), ("unban", {}), ("mute", {}), ("unmute", {}),
+            ("invite", {}), ("grant", {"role": "moderator"}), ("delete", {"seq": 1}),
+            ("settings", {"topic": "x"})]
+
+    async def go():
+        owner = await user(server, "olga", OWNER)
+        mod = await user(server, "mo", MOD)
+        mem = await user(server, "bob")
+        other = await user(server, "carol")
+        for c in (owner, mod, mem, other):
+            await c.join("lobby")
+        await owner.send({"type": "send", "room": "lobby", "id": "1", "body": "first"})
+        await drain(owner, "ack")
+        for cmd, extra in cmds:
+            kw = dict({"room": "lobby"}, **extra)
+            if cmd not in ("delete", "settings"):
+                kw["user"] = "carol"
+            await mem.send(dict({"type": cmd, "ref": "m-" + cmd}, **kw))
+            e = await drain(mem, "error", ref="m-" + cmd)
+            assert e["code"] == "forbidden", (cmd, e)
+        # A moderator: not grant, not settings; and never against an owner.
+        for cmd in ("grant", "settings"):
+            kw = dict({"room": "lobby"}, **dict(cmds)[cmd])
+            if cmd == "grant":
+                kw["user"] = "carol"
+            await mod.send(dict({"type": cmd, "ref": "x"}, **kw))
+            assert (await drain(mod, "error", ref="x"))["code"] == "forbidden"
+        for cmd in ("kick", "ban", "mute"):
+            await mod.send({"type": cmd, "room": "lobby", "user": "olga", "ref": "o"})
+            assert (await drain(mod, "error", ref="o"))["code"] == "forbidden"
+        # Not a member of the room: forbidden too.
+        await mod.send({"type": "kick", "room": "elsewhere", "user": "bob", "ref": "e"})
+        assert (await drain(mod, "error", ref="e"))["code"] == "forbidden"
+        # Malformed: bad_request.
+        await mod.send({"type": "ban", "room": "lobby", "user": "bob", "duration": -1, "ref": "d"})
+        assert (await drain(mod, "error", ref="d"))["code"] == "bad_request"
+        await owner.send({"type": "grant", "room": "lobby", "user": "bob", "role": "god", "ref": "g"})
+        assert (await drain(owner, "error", ref="g"))["code"] == "bad_request"
+        # The roles that may: each accepted (events in history, in order).
+        await mod_cmd(mod, "mute", room="lobby", user="carol")
+        await mod_cmd(mod, "unmute", room="lobby", user="carol")
+        await mod_cmd(mod, "invite", room="lobby", user="dave")
+        await mod_cmd(owner, "grant", room="lobby", user="carol", role="moderator")
+        await mod_cmd(owner, "settings", room="lobby", topic="rules")
+        evs = await history_events(owner, "lobby")
+        assert [e["action"] for e in evs] == ["mute", "unmute", "invite", "grant", "settings"]
+        assert all(e["by"] in ("mo", "olga") for e in evs)
+        for c in (owner, mod, mem, other):
+            await c.close()
+    run(go())
+
+
+def test_ban_timed_and_permanent(server):
+    async def go():
+        mod = await user(server, "mo", MOD)
+        bob = await user(server, "bob")
+        await mod.join("lobby")
+        await bob.join("lobby")
+        await mod_cmd(mod, "ban", room="lobby", user="bob", reason="flood", duration=2)
+        b = await drain(bob, "banned")
+        assert b["reason"] == "flood" and b["until"] > time.time() * 1000
+        await bob.send({"type": "join", "room": "lobby", "ref": "j"})
+        e = await bob.expect_error("forbidden", ref="j")
+        assert "banned" in e["message"]
+        await asyncio.sleep(2.2)
+        await bob.join("lobby")                         # the timed ban ended
+        await mod_cmd(mod, "ban", room="lobby", user="bob")
+        b = await drain(bob, "banned")
+        assert b["until"] == 0                          # permanent
+        await asyncio.sleep(0.3)
+        await bob.send({"type": "join", "room": "lobby", "ref": "j2"})
+        await bob.expect_error("forbidden", ref="j2")
+        await mod_cmd(mod, "unban", room="lobby", user="bob")
+        await bob.join("lobby")
+        await mod.close()
+        await bob.close()
+    run(go())
+
+
+def test_mute_refuses_send_but_reads(server):
+    async def go():
+        mod = await user(server, "mo", MOD)
+        bob = await user(server, "bob")
+        await mod.join("lobby")
+        await bob.join("lobby")
+        await mod_cmd(mod, "mute", room="lobby", user="bob", duration=2)
+        await drain(bob, "message")                     # the mute event itself
+        await bob.send({"type": "send", "room": "lobby", "id": "1", "body": "x", "ref": "s"})
+        e = await bob.expect_error("forbidden", ref="s")
+        assert "muted" in e["message"]
+        await mod.send({"type": "send", "room": "lobby", "id": "m1", "body": "read this"})
+        m = await drain(bob, "message")
+        assert m["body"] == "read this"                 # still reads
+        await asyncio.sleep(2.2)
+        await bob.send({"type": "send", "room": "lobby", "id": "2", "body": "back", "ref": "s2"})
+        assert (await drain(bob, "ack"))["ref"] == "s2"
+        await mod_cmd(mod, "mute", room="lobby", user="bob")
+        await bob.send({"type": "send", "room": "lobby", "id": "3", "body": "x", "ref": "s3"})
+        assert (await drain(bob, "error"))["code"] == "forbidden"
+        await mod_cmd(mod, "unmute", room="lobby", user="bob")
+        await bob.send({"type": "send", "room": "lobby", "id": "4", "body": "y", "ref": "s4"})
+        assert (await drain(bob, "ack"))["ref"] == "s4"
+        await mod.close()
+        await bob.close()
+    run(go())
+
+
+def test_grant_makes_a_moderator_and_member_revokes(server):
+    async def go():
+        owner = await user(server, "olga", OWNER)
+        carol = await user(server, "carol")
+        bob = await user(server, "bob")
+        for c in (owner, carol, bob):
+            await c.join("lobby")
+        await carol.send({"type": "kick", "room": "lobby", "user": "bob", "ref": "k"})
+        assert (await drain(carol, "error", ref="k"))["code"] == "forbidden"
+        await mod_cmd(owner, "grant", room="lobby", user="carol", role="moderator")
+        await asyncio.sleep(0.1)
+        await mod_cmd(carol, "kick", room="lobby", user="bob")
+        await drain(bob, "kicked")
+        await carol.send({"type": "leave", "room": "lobby"})
+        await drain(carol, "left")
+        assert (await carol.join("lobby"))["role"] == "moderator"
+        await mod_cmd(owner, "grant", room="lobby", user="carol", role="member")
+        await asyncio.sleep(0.1)
+        await carol.send({"type": "mute", "room": "lobby", "user": "bob", "ref": "m"})
+        assert (await drain(carol, "error", ref="m"))["code"] == "forbidden"
+        for c in (owner, carol, bob):
+            await c.close()
+    run(go())
+
+
+def test_the_mod_sender_cannot_be_impersonated(chatd):
+    srv = chatd({})
+
+    async def go():
+        c = await Client.connect(srv.port)
+        await c.send({"type": "hello", "name": "!mod", "ref": "h"})
+        await c.expect_error("bad_request", ref="h")
+        await c.close()
+    run(go())
+    jsrv = chatd(auth_cfg())
+
+    async def go2():
+        c = await Client.connect(jsrv.port)
+        await c.send({"type": "hello", "token": token("!mod"), "ref": "h"})
+        await c.expect_error("not_authenticated", ref="h")
+        await c.close()
+    run(go2())
+
+
+def test_moderator_delete_is_a_sequenced_event(server):
+    async def go():
+        mod = await user(server, "mo", MOD)
+        bob = await user(server, "bob")
+        await mod.join("lobby")
+        await bob.join("lobby")
+        await bob.send({"type": "send", "room": "lobby", "id": "1", "body": "bad words", "ref": "s"})
+        ack = await drain(bob, "ack")
+        d = await mod_cmd(mod, "delete", room="lobby", seq=ack["seq"])
+        assert d["seq"] == ack["seq"] + 1
+        evs = await history_events(bob, "lobby")
+        assert evs[-1]["action"] == "delete" and evs[-1]["seq"] == d["seq"]
+        await mod.send({"type": "delete", "room": "lobby", "seq": 99, "ref": "n"})
+        assert (await drain(mod, "error", ref="n"))["code"] == "not_found"
+        await mod.close()
+        await bob.close()
+    run(go())
+
+
+def test_ban_and_grant_survive_a_restart(chatd, tmp_path):
+    srv = chatd(auth_cfg(storage={"path": str(tmp_path / "chat.db")}))
+
+    async def before():
+        owner = await user(srv, "olga", OWNER)
+        bob = await user(srv, "bob")
+        await owner.join("lobby")
+        await bob.join("lobby")
+        await mod_cmd(owner, "ban", room="lobby", user="bob", reason="gone")
+        await mod_cmd(owner, "grant", room="lobby", user="carol", role="moderator")
+        await mod_cmd(owner, "mute", room="lobby", user="dave")
+        await owner.close()
+        await bob.close()
+
+    run(before())
+    assert srv.stop() == 0
+    srv.stopped = False
+    srv.start()
+
+    async def after():
+        bob = await user(srv, "bob")
+        await bob.send({"type": "join", "room": "lobby", "ref": "j"})
+        await bob.expect_error("forbidden", ref="j")
+        carol = await user(srv, "carol")
+        assert (await carol.join("lobby"))["role"] == "moderator"
+        dave = await user(srv, "dave")
+        await dave.join("lobby")
+        await dave.send({"type": "send", "room": "lobby", "id": "1", "body": "x", "ref": "s"})
+        assert (await drain(dave, "error", ref="s"))["code"] == "forbidden"
+        await mod_cmd(carol, "unban", room="lobby", user="bob")
+        await bob.join("lobby")
+        evs = await history_events(bob, "lobby")
+        assert [e["action"] for e in evs] == ["ban", "grant", "mute", "unban"]
+        for c in (bob, carol, dave):
+            await c.close()
+    run(after())
