@@ -26,12 +26,15 @@ const char cl_lua_send[] =
 	"redis.call('PUBLISH', ARGV[8], m)\n"
 	"return {1, seq, epoch}\n";
 
-/* KEYS seq epoch hist members; ARGV epoch-candidate -> {seq, epoch, hist, members} */
+/* KEYS seq epoch hist members state; ARGV epoch-candidate
+ * -> {seq, epoch, hist, members, state} (state: the room's roles, bans,
+ * mutes, invites and settings, as field/value pairs) */
 const char cl_lua_load[] =
 	"local epoch = redis.call('GET', KEYS[2])\n"
 	"if not epoch then epoch = ARGV[1]; redis.call('SET', KEYS[2], epoch) end\n"
 	"return {tonumber(redis.call('GET', KEYS[1]) or '0'), epoch,"
-	" redis.call('LRANGE', KEYS[3], 0, -1), redis.call('HGETALL', KEYS[4])}\n";
+	" redis.call('LRANGE', KEYS[3], 0, -1), redis.call('HGETALL', KEYS[4]),"
+	" redis.call('HGETALL', KEYS[5])}\n";
 
 /* KEYS hash [set-or-online]; ARGV field delta member channel event kind
  * kind "p": KEYS[2] is the node's room set (member = room);

@@ -327,3 +327,56 @@ def test_ban_and_grant_survive_a_restart(chatd, tmp_path):
         for c in (bob, carol, dave):
             await c.close()
     run(after())
+
+
+def test_ban_holds_on_every_node_of_a_cluster(chatd, tmp_path):
+    from test_cluster import REDIS, Redis, node_cfg
+    if not os.path.exists(REDIS):
+        pytest.skip("redis-server is not installed")
+    redis = Redis(tmp_path).start()
+    try:
+        a, b = [chatd(dict(node_cfg(redis, i), **auth_cfg())) for i in (1, 2)]
+
+        async def go():
+            mod = await user(a, "mo", MOD)
+            bob_a = await user(a, "bob")
+            bob_b = await user(b, "bob")
+            carol_b = await user(b, "carol")
+            for c in (mod, bob_a, bob_b, carol_b):
+                await c.join("lobby")
+            ack = await mod_cmd(mod, "ban", room="lobby", user="bob", reason="raid")
+            # Both of bob's sessions leave, on both nodes; carol on node b sees why.
+            for c in (bob_a, bob_b):
+                x = await drain(c, "banned")
+                assert x["reason"] == "raid" and x["by"] == "mo", x
+            p = await drain(carol_b, "presence", name="bob", cause="banned")
+            assert p["reason"] == "raid"
+            ev = await drain(carol_b, "message")
+            assert ev["from"] == "!mod" and ev["seq"] == ack["seq"]
+            # Rejoining is refused on either node, also once the room is loaded afresh.
+            for c in (bob_a, bob_b):
+                await c.send({"type": "join", "room": "lobby", "ref": "j"})
+                assert (await drain(c, "error", ref="j"))["code"] == "forbidden"
+            # A mute set on node b holds for a session on node a.
+            owner_b = await user(b, "olga", OWNER)
+            await owner_b.join("lobby")
+            dave = await user(a, "dave")
+            await dave.join("lobby")
+            await mod_cmd(owner_b, "mute", room="lobby", user="dave")
+            await drain(dave, "message")                    # the mute event, through the stream
+            await dave.send({"type": "send", "room": "lobby", "id": "1", "body": "x", "ref": "s"})
+            assert (await drain(dave, "error", ref="s"))["code"] == "forbidden"
+            for c in (mod, bob_a, bob_b, carol_b, owner_b, dave):
+                await c.close()
+        run(go())
+        # The state lives in Redis: a third node that loads the room fresh applies it.
+        c3 = chatd(dict(node_cfg(redis, 3), **auth_cfg()))
+
+        async def third():
+            bob = await user(c3, "bob")
+            await bob.send({"type": "join", "room": "lobby", "ref": "j"})
+            assert (await drain(bob, "error", ref="j"))["code"] == "forbidden"
+            await bob.close()
+        run(third())
+    finally:
+        redis.stop()
