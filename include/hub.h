@@ -111,6 +111,9 @@ struct hub_msg {
  *   shared by every node that loads the room; room_load hands the records
  *   back with hub_load_room_state before it finishes. Fire and forget: the
  *   sequenced moderation event that goes with it is what every node applies.
+ * erase (optional): a moderator deleted message seq of room: store it with
+ *   an empty body from now on (the body must not stay on disk). Called
+ *   before the delete event is submitted.
  * The default (no engine) keeps everything in memory only.
  */
 struct hub_engine {
@@ -120,6 +123,7 @@ struct hub_engine {
 		    void (*emit)(void *arg, const struct hub_msg *m), void *arg);
 	uint64_t (*oldest)(void *ctx, const char *room);
 	void (*state_put)(void *ctx, const char *room, const char *key, const char *value);
+	void (*erase)(void *ctx, const char *room, uint64_t seq);
 	int sequences;
 	void *ctx;
 };

@@ -94,5 +94,7 @@ uint64_t room_dedup_find(struct room *r, const char *from, size_t from_len,
 uint64_t room_oldest_seq(const struct room *r);
 /* The frame for seq, or NULL if not held. */
 struct msgbuf *room_frame(const struct room *r, uint64_t seq);
+/* Put frame (a new reference is taken) in place of seq's; -1 if not held. */
+int room_frame_replace(struct room *r, uint64_t seq, struct msgbuf *frame);
 
 #endif

@@ -125,6 +125,19 @@ static void cl_state_put(void *ctx, const char *room, const char *key, const cha
 		log_error(NULL, "cluster: Redis is down; %s of room %s not stored", key, room);
 }
 
+/* A moderator's delete: the copy in the shared history loses its body. */
+static void cl_erase(void *ctx, const char *room, uint64_t seq)
+{
+	struct cluster *c = ctx;
+	char hk[CL_KEY_MAX], num[24];
+	const char *keys[1] = { hk }, *args[1] = { num };
+
+	cl_room_key(c, hk, sizeof(hk), room, "hist");
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
+	if (cl_eval(c, cl_on_state, NULL, cl_lua_erase, 1, keys, 1, args, NULL))
+		log_error(NULL, "cluster: Redis is down; message %s/%s not erased", room, num);
+}
+
 static int cl_room_load(void *ctx, struct hub *hub, const char *room)
 {
 	struct cluster *c = ctx;
@@ -300,6 +313,7 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 	engine.submit = cl_submit;
 	engine.room_load = cl_room_load;
 	engine.state_put = cl_state_put;
+	engine.erase = cl_erase;
 	engine.sequences = 1;
 	engine.ctx = c;
 	hub_set_engine(hub, &engine);

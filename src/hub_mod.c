@@ -153,6 +153,8 @@ void hub_cmd_mod(struct hub *h, struct session *s, const struct proto_cmd *c)
 	value = hub_mod_record(h, c, target, until, role, key, sizeof(key), val, sizeof(val));
 	if (key[0] && h->engine.state_put)
 		h->engine.state_put(h->engine.ctx, r->name, key, value);
+	if (c->type == PROTO_DELETE && h->engine.erase)
+		h->engine.erase(h->engine.ctx, r->name, c->seq);
 	log_info(s->id, "room %s: %s %s by %s%s%.*s", r->name, hub_mod_verb(c->type),
 		 target[0] ? target : "-", s->name, c->reason.p ? ": " : "",
 		 (int)c->reason.len, c->reason.p ? c->reason.p : "");
@@ -273,6 +275,35 @@ static void hub_mod_settings(struct room *r, const cJSON *ev)
 	}
 }
 
+/* delete {seq}: the copy of that message this node keeps in memory loses
+ * its body too (the engine erased the stored one). */
+static void hub_mod_erase(struct hub *h, struct room *r, const cJSON *ev)
+{
+	const cJSON *seq = cJSON_GetObjectItemCaseSensitive(ev, "seq");
+	struct msgbuf *old, *mb;
+	cJSON *j, *from, *id, *ts;
+	struct hub_msg m;
+
+	if (!cJSON_IsNumber(seq) || seq->valuedouble < 1 ||
+	    !(old = room_frame(r, (uint64_t)seq->valuedouble)))
+		return;
+	if (!(j = cJSON_ParseWithLength((const char *)old->data, old->len)))
+		return;
+	from = cJSON_GetObjectItemCaseSensitive(j, "from");
+	id = cJSON_GetObjectItemCaseSensitive(j, "id");
+	ts = cJSON_GetObjectItemCaseSensitive(j, "ts");
+	if (cJSON_IsString(from) && cJSON_IsString(id) && cJSON_IsNumber(ts)) {
+		m = (struct hub_msg){ (uint64_t)seq->valuedouble, (uint64_t)ts->valuedouble,
+				      from->valuestring, id->valuestring, "", 0 };
+		if ((mb = hub_encode_message(r->name, &m))) {
+			room_frame_replace(r, m.seq, mb);
+			msgbuf_unref(mb);
+		}
+	}
+	cJSON_Delete(j);
+	(void)h;
+}
+
 void hub_mod_apply(struct hub *h, struct room *r, const struct hub_msg *m)
 {
 	cJSON *ev = cJSON_ParseWithLength(m->body, m->body_len);
@@ -291,6 +322,8 @@ void hub_mod_apply(struct hub *h, struct room *r, const struct hub_msg *m)
 	       ? user->valuestring : NULL;
 	if (strcmp(a, "settings") == 0)
 		hub_mod_settings(r, ev);
+	else if (strcmp(a, "delete") == 0)
+		hub_mod_erase(h, r, ev);
 	else if (name)
 		hub_mod_state(h, r, a, name, ev);
 	if (name && strcmp(a, "kick") == 0)

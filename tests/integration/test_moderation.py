@@ -284,6 +284,10 @@ def test_moderator_delete_is_a_sequenced_event(server):
         assert d["seq"] == ack["seq"] + 1
         evs = await history_events(bob, "lobby")
         assert evs[-1]["action"] == "delete" and evs[-1]["seq"] == d["seq"]
+        await bob.send({"type": "history", "room": "lobby"})
+        h = await drain(bob, "history")
+        gone = [m for m in h["messages"] if m["seq"] == ack["seq"]][0]
+        assert gone["body"] == "" and gone["from"] == "bob" and gone["id"] == "1", gone
         await mod.send({"type": "delete", "room": "lobby", "seq": 99, "ref": "n"})
         assert (await drain(mod, "error", ref="n"))["code"] == "not_found"
         await mod.close()
@@ -366,6 +370,15 @@ def test_ban_holds_on_every_node_of_a_cluster(chatd, tmp_path):
             await drain(dave, "message")                    # the mute event, through the stream
             await dave.send({"type": "send", "room": "lobby", "id": "1", "body": "x", "ref": "s"})
             assert (await drain(dave, "error", ref="s"))["code"] == "forbidden"
+            # A delete on node a empties the body on node b and in Redis.
+            await carol_b.send({"type": "send", "room": "lobby", "id": "c1", "body": "oops", "ref": "c1"})
+            cack = await drain(carol_b, "ack", ref="c1")
+            await drain(mod, "message", id="c1")
+            await mod_cmd(mod, "delete", room="lobby", seq=cack["seq"])
+            await drain(carol_b, "message", **{"from": "!mod"})
+            await carol_b.send({"type": "history", "room": "lobby"})
+            h = await drain(carol_b, "history")
+            assert [m["body"] for m in h["messages"] if m["seq"] == cack["seq"]] == [""]
             for c in (mod, bob_a, bob_b, carol_b, owner_b, dave):
                 await c.close()
         run(go())
@@ -377,6 +390,54 @@ def test_ban_holds_on_every_node_of_a_cluster(chatd, tmp_path):
             await bob.send({"type": "join", "room": "lobby", "ref": "j"})
             assert (await drain(bob, "error", ref="j"))["code"] == "forbidden"
             await bob.close()
+            eve = await user(c3, "eve")
+            await eve.join("lobby")
+            await eve.send({"type": "history", "room": "lobby"})
+            h = await drain(eve, "history")
+            bodies = {m["id"]: m["body"] for m in h["messages"]}
+            assert bodies["c1"] == "", bodies
+            await eve.close()
         run(third())
     finally:
         redis.stop()
+
+
+def test_deleted_body_is_gone_from_the_sqlite_file(chatd, tmp_path):
+    db = tmp_path / "chat.db"
+    srv = chatd(auth_cfg(storage={"path": str(db)}))
+    secret = "UNMISTAKABLE-SECRET-BODY-%d" % os.getpid()
+
+    async def go():
+        mod = await user(srv, "mo", MOD)
+        bob = await user(srv, "bob")
+        await mod.join("lobby")
+        await bob.join("lobby")
+        await bob.send({"type": "send", "room": "lobby", "id": "1", "body": secret, "ref": "s"})
+        ack = await drain(bob, "ack")
+        await bob.send({"type": "send", "room": "lobby", "id": "2", "body": "keep me", "ref": "s2"})
+        await drain(bob, "ack", ref="s2")
+        await mod_cmd(mod, "delete", room="lobby", seq=ack["seq"])
+        await mod.close()
+        await bob.close()
+    run(go())
+    assert srv.stop() == 0
+    data = b"".join(p.read_bytes() for p in tmp_path.glob("chat.db*"))
+    assert b"keep me" in data
+    assert secret.encode() not in data
+    import sqlite3
+    con = sqlite3.connect(str(db))
+    rows = con.execute("SELECT seq, sender, body FROM messages WHERE room = 'lobby' ORDER BY seq").fetchall()
+    con.close()
+    assert rows[0] == (1, "bob", "") and rows[1][2] == "keep me", rows
+    assert rows[2][1] == "!mod" and json.loads(rows[2][2])["action"] == "delete"
+    srv.stopped = False
+    srv.start()
+
+    async def after():
+        bob = await user(srv, "bob")
+        await bob.join("lobby")
+        await bob.send({"type": "history", "room": "lobby"})
+        h = await drain(bob, "history")
+        assert h["messages"][0]["body"] == "" and h["messages"][1]["body"] == "keep me"
+        await bob.close()
+    run(after())
