@@ -62,10 +62,12 @@ void hub_token_untrack(struct hub *h, struct session *s)
 	i = (uint32_t)s->tok_idx;
 	s->tok_idx = -1;
 	if (i != --h->theap_len) {
-		h->theap[i] = h->theap[h->theap_len];
-		h->theap[i]->tok_idx = (int)i;
+		/* The last entry fills the hole and moves whichever way it must. */
+		struct session *moved = h->theap[h->theap_len];
+		h->theap[i] = moved;
+		moved->tok_idx = (int)i;
 		hub_theap_up(h, i);
-		hub_theap_down(h, (uint32_t)h->theap[i]->tok_idx);
+		hub_theap_down(h, (uint32_t)moved->tok_idx);
 	}
 }
 
