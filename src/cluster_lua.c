@@ -46,7 +46,7 @@ const char cl_lua_erase[] =
 	"local raw = redis.call('LINDEX', KEYS[1], i)\n"
 	"if not raw then return 0 end\n"
 	"local m = cjson.decode(raw)\n"
-	"if m.seq ~= tonumber(ARGV[1]) then return 0 end\n"
+	"if m.seq ~= tonumber(ARGV[1]) or m.from == '!mod' then return 0 end\n"
 	"m.body = ''\n"
 	"redis.call('LSET', KEYS[1], i, cjson.encode(m))\n"
 	"return 1\n";

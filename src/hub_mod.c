@@ -55,6 +55,19 @@ static const char *hub_mod_verb(enum proto_type t)
 	}
 }
 
+/* Is seq a moderation event of r, as far as memory tells? (The engines
+ * refuse to erase one too, whatever memory holds.) */
+static int hub_mod_is_event(struct room *r, uint64_t seq)
+{
+	struct msgbuf *mb = room_frame(r, seq);
+	cJSON *j = mb ? cJSON_ParseWithLength((const char *)mb->data, mb->len) : NULL;
+	const cJSON *from = cJSON_GetObjectItemCaseSensitive(j, "from");
+	int yes = cJSON_IsString(from) && strcmp(from->valuestring, PROTO_MOD_SENDER) == 0;
+
+	cJSON_Delete(j);
+	return yes;
+}
+
 /* Is s allowed to run c in r? Answers forbidden when not. */
 static int hub_mod_allowed(struct hub *h, struct session *s, struct room *r, const struct proto_cmd *c,
 			   const char *target)
@@ -127,6 +140,10 @@ void hub_cmd_mod(struct hub *h, struct session *s, const struct proto_cmd *c)
 		return;
 	if (c->type == PROTO_DELETE && c->seq > r->seq) {
 		hub_error(h, s, &c->ref, PROTO_ERR_NOT_FOUND, "no message with that seq in this room");
+		return;
+	}
+	if (c->type == PROTO_DELETE && hub_mod_is_event(r, c->seq)) {
+		hub_error(h, s, &c->ref, PROTO_ERR_FORBIDDEN, "moderation events stay in the history");
 		return;
 	}
 	if (c->has_duration)
@@ -292,7 +309,8 @@ static void hub_mod_erase(struct hub *h, struct room *r, const cJSON *ev)
 	from = cJSON_GetObjectItemCaseSensitive(j, "from");
 	id = cJSON_GetObjectItemCaseSensitive(j, "id");
 	ts = cJSON_GetObjectItemCaseSensitive(j, "ts");
-	if (cJSON_IsString(from) && cJSON_IsString(id) && cJSON_IsNumber(ts)) {
+	if (cJSON_IsString(from) && strcmp(from->valuestring, PROTO_MOD_SENDER) != 0 &&
+	    cJSON_IsString(id) && cJSON_IsNumber(ts)) {
 		m = (struct hub_msg){ (uint64_t)seq->valuedouble, (uint64_t)ts->valuedouble,
 				      from->valuestring, id->valuestring, "", 0 };
 		if ((mb = hub_encode_message(r->name, &m))) {

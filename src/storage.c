@@ -51,7 +51,7 @@ static const char *const storage_sql[ST_COUNT] = {
 			 "ON CONFLICT(room, key) DO UPDATE SET value = excluded.value",
 	[ST_STATE_DEL] = "DELETE FROM room_state WHERE room = ?1 AND key = ?2",
 	[ST_STATE_GET] = "SELECT key, value FROM room_state WHERE room = ?1 LIMIT 100000",
-	[ST_ERASE] = "UPDATE messages SET body = '' WHERE room = ?1 AND seq = ?2",
+	[ST_ERASE] = "UPDATE messages SET body = '' WHERE room = ?1 AND seq = ?2 AND sender <> '!mod'",
 };
 
 /* Roles, bans, mutes, invites and settings per room (issue 15). Added to

@@ -290,6 +290,9 @@ def test_moderator_delete_is_a_sequenced_event(server):
         assert gone["body"] == "" and gone["from"] == "bob" and gone["id"] == "1", gone
         await mod.send({"type": "delete", "room": "lobby", "seq": 99, "ref": "n"})
         assert (await drain(mod, "error", ref="n"))["code"] == "not_found"
+        # The record of what moderators did is not deletable.
+        await mod.send({"type": "delete", "room": "lobby", "seq": d["seq"], "ref": "e"})
+        assert (await drain(mod, "error", ref="e"))["code"] == "forbidden"
         await mod.close()
         await bob.close()
     run(go())
