@@ -1,9 +1,11 @@
 /*
- * proto.h - the chat.v1 wire protocol: decoding client frames into commands,
- * and the names shared by encoder and decoder.
+ * proto.h - the chat.v1 wire protocol in one place: decoding client frames
+ * into commands (proto.c), encoding every event the server sends
+ * (proto_encode.c), and the names both share.
  *
- * Decoding is pure (no hub state): bytes in, a validated command or an error
- * code with a message out, so it can be unit-tested and fuzzed alone.
+ * Both halves are pure (no hub state): bytes in, a validated command or an
+ * error code with a message out; values in, a finished frame out. So they
+ * can be unit-tested and fuzzed alone.
  */
 #ifndef CHATD_PROTO_H
 #define CHATD_PROTO_H
@@ -124,5 +126,88 @@ int proto_utf8_valid(const unsigned char *p, size_t len);
 /* Validators shared with other modules. */
 int proto_valid_name(const char *p, size_t len);
 int proto_valid_room(const char *p, size_t len);
+
+/*
+ * Encoding. Each proto_encode_* returns the event's JSON text in a new
+ * msgbuf (one reference, the caller's), or NULL on ENOMEM. Strings are
+ * NUL-terminated valid UTF-8 (they came in through proto_decode or from
+ * the server itself); ref NULL or ref->p NULL: the event carries no ref.
+ * Events with a list of names are written in three steps: proto_w_joined or
+ * proto_w_members opens the event and its list, proto_w_name adds a name,
+ * and the matching proto_encode_*_end closes the list and finishes it.
+ */
+struct jsonw;
+struct msgbuf;
+
+/* A chat message as message and direct events carry it (strings borrowed). */
+struct proto_msg {
+	uint64_t seq, ts;
+	const char *from, *id, *body;
+	size_t body_len;
+};
+
+struct msgbuf *proto_encode_error(enum proto_err code, const char *message,
+				  const struct proto_str *ref);
+/* room NULL: the ack of a dm (no room, no seq). */
+struct msgbuf *proto_encode_ack(const char *id, const char *room, uint64_t seq, const char *ref);
+/* exp: the token's exp claim (0: none, not written). */
+struct msgbuf *proto_encode_welcome(const char *session, const char *name, double heartbeat,
+				    const char *node, double exp, const struct proto_str *ref);
+struct msgbuf *proto_encode_pong(const struct proto_str *ref);
+/* reason NULL: the answer to leave; else why the server took s out ("token"). */
+struct msgbuf *proto_encode_left(const char *room, const char *reason, const struct proto_str *ref);
+struct msgbuf *proto_encode_presence(const char *room, const char *name, int join);
+struct msgbuf *proto_encode_reset(const char *room, const char *epoch, uint64_t seq);
+struct msgbuf *proto_encode_message(const char *room, const struct proto_msg *m);
+struct msgbuf *proto_encode_direct(const struct proto_msg *m);
+/* frames: n message events (their text), oldest first. */
+struct msgbuf *proto_encode_history(const char *room, struct msgbuf *const *frames, uint32_t n,
+				    const struct proto_str *ref);
+/* What joined tells a member about the room: its role and the settings. */
+struct proto_room_info {
+	const char *role;          /* "owner", "moderator", "member" */
+	int private_room, read_only;
+	uint32_t history;
+	const char *topic;         /* NULL: none */
+};
+
+/* members: a size hint. info NULL: no role and settings. recovered and
+ * truncated are written with has_since only. */
+void proto_w_joined(struct jsonw *w, const char *room, uint64_t seq, const char *epoch,
+		    uint32_t members, const struct proto_room_info *info);
+struct msgbuf *proto_encode_joined_end(struct jsonw *w, int has_since, int recovered,
+				       int truncated, const struct proto_str *ref);
+void proto_w_members(struct jsonw *w, const char *room, uint32_t members);
+struct msgbuf *proto_encode_members_end(struct jsonw *w, const struct proto_str *ref);
+void proto_w_name(struct jsonw *w, const char *name);
+
+/* Tokens and moderation (proto_encode_mod.c). */
+/* end: when the session is closed (unix s); in: seconds left; reason "exp"
+ * or "key_rotated". */
+struct msgbuf *proto_encode_token_expiring(double end, double in, const char *reason);
+/* exp 0: the new token has none. */
+struct msgbuf *proto_encode_refreshed(double exp, const struct proto_str *ref);
+/* A moderation event as its fields; NULL/0 members are left out. */
+struct proto_mod_event {
+	const char *action;        /* kick ban unban mute unmute invite grant delete settings */
+	const char *user, *by, *role;
+	struct proto_str reason;   /* p NULL: none */
+	int has_until;             /* ban, mute: ms since the epoch, 0 = permanent */
+	uint64_t until;
+	int has_seq;               /* delete */
+	uint64_t seq;
+	int has_private, private_room, has_read_only, read_only, has_history;   /* settings */
+	uint64_t history;
+	struct proto_str topic;    /* settings; p NULL: not changed */
+};
+/* The JSON object text that is the body of a moderation event. */
+struct msgbuf *proto_encode_mod_body(const struct proto_mod_event *e);
+/* kind "kicked" or "banned": to the removed user's sessions. by, reason may
+ * be NULL; until is written with has_until. */
+struct msgbuf *proto_encode_removed(const char *kind, const char *room, const char *by,
+				   const char *reason, int has_until, uint64_t until);
+/* presence leave that says why: cause "kicked" or "banned". */
+struct msgbuf *proto_encode_presence_cause(const char *room, const char *name, const char *cause,
+					   const char *by, const char *reason);
 
 #endif

@@ -46,6 +46,7 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 		    uint64_t since, const char *epoch, const struct proto_str *ref)
 {
 	int recovered = 0, complete = 1;
+	struct proto_room_info info;
 	struct jsonw w;
 
 	if (hub_join_check(h, s, r->name, strlen(r->name), r, ref))
@@ -69,23 +70,10 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 		if (h->peers.presence)
 			h->peers.presence(h->peers.ctx, r->name, s->name, 1);
 	}
-	hub_w_begin(&w, "joined", 256 + 40 * r->member_count);
-	jsonw_kv_cstr(&w, "room", r->name);
-	jsonw_kv_u64(&w, "seq", r->seq);
-	jsonw_kv_cstr(&w, "epoch", r->epoch);
-	hub_w_room_info(h, &w, r, s);
-	jsonw_key(&w, "members");
-	hub_w_names(h, &w, r);
-	if (has_since) {
-		jsonw_key(&w, "recovered");
-		jsonw_bool(&w, recovered);
-		if (!complete) {
-			jsonw_key(&w, "truncated");
-			jsonw_bool(&w, 1);
-		}
-	}
-	hub_w_ref(&w, ref);
-	hub_w_reply(h, s, &w);
+	hub_room_info(h, r, s, &info);
+	proto_w_joined(&w, r->name, r->seq, r->epoch, r->member_count, &info);
+	hub_names(h, &w, r);
+	hub_reply(h, s, proto_encode_joined_end(&w, has_since, recovered, !complete, ref));
 	return 0;
 }
 
@@ -174,13 +162,11 @@ void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cmd *c)
 void hub_cmd_leave(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct room *r = hub_member_room(h, s, c, PROTO_ERR_NOT_FOUND);
-	struct jsonw w;
+	struct msgbuf *mb;
 
 	if (!r)
 		return;
-	hub_w_begin(&w, "left", 128);
-	jsonw_kv_cstr(&w, "room", r->name);
-	hub_w_ref(&w, &c->ref);
+	mb = proto_encode_left(r->name, NULL, &c->ref);
 	hub_member_leave(h, room_member_find(r, s));   /* may free r */
-	hub_w_reply(h, s, &w);
+	hub_reply(h, s, mb);
 }

@@ -123,10 +123,10 @@ void hub_cmd_mod(struct hub *h, struct session *s, const struct proto_cmd *c)
 	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);
 	char target[PROTO_NAME_MAX + 1] = "", key[PROTO_NAME_MAX + 16], val[24];
 	enum auth_role role = AUTH_ROLE_MEMBER;
+	struct proto_mod_event e = { .action = hub_mod_verb(c->type), .by = s->name };
 	const char *value;
 	uint64_t until = 0;
 	struct msgbuf *mb;
-	struct jsonw w;
 
 	if (!r)
 		return;
@@ -148,22 +148,14 @@ void hub_cmd_mod(struct hub *h, struct session *s, const struct proto_cmd *c)
 	}
 	if (c->has_duration)
 		until = (uint64_t)llround(hub_now(h) * 1000.0) + c->duration * 1000;
-	jsonw_init(&w, 512);
-	jsonw_obj_open(&w);
-	jsonw_kv_cstr(&w, "action", hub_mod_verb(c->type));
-	if (target[0])
-		jsonw_kv_cstr(&w, "user", target);
-	jsonw_kv_cstr(&w, "by", s->name);
-	if (c->reason.p)
-		jsonw_kv_str(&w, "reason", c->reason.p, c->reason.len);
-	if (c->type == PROTO_BAN || c->type == PROTO_MUTE)
-		jsonw_kv_u64(&w, "until", until);
-	if (c->type == PROTO_GRANT)
-		jsonw_kv_cstr(&w, "role", auth_role_name(role));
-	if (c->type == PROTO_DELETE)
-		jsonw_kv_u64(&w, "seq", c->seq);
-	jsonw_obj_close(&w);
-	if (!(mb = jsonw_finish(&w))) {
+	e.user = target[0] ? target : NULL;
+	e.reason = c->reason;
+	e.has_until = c->type == PROTO_BAN || c->type == PROTO_MUTE;
+	e.until = until;
+	e.role = c->type == PROTO_GRANT ? auth_role_name(role) : NULL;
+	e.has_seq = c->type == PROTO_DELETE;
+	e.seq = c->seq;
+	if (!(mb = proto_encode_mod_body(&e))) {
 		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
 		return;
 	}
@@ -186,20 +178,11 @@ static void hub_mod_presence(struct hub *h, struct room *r, const char *name, co
 {
 	const cJSON *reason = cJSON_GetObjectItemCaseSensitive(ev, "reason");
 	const cJSON *by = cJSON_GetObjectItemCaseSensitive(ev, "by");
-	struct msgbuf *mb;
-	struct jsonw w;
+	struct msgbuf *mb = proto_encode_presence_cause(r->name, name, why,
+							cJSON_IsString(by) ? by->valuestring : NULL,
+							cJSON_IsString(reason) ? reason->valuestring : NULL);
 
-	hub_w_begin(&w, "presence", 256);
-	jsonw_kv_cstr(&w, "room", r->name);
-	jsonw_kv_cstr(&w, "name", name);
-	jsonw_kv_cstr(&w, "state", "leave");
-	jsonw_kv_cstr(&w, "cause", why);
-	if (cJSON_IsString(by))
-		jsonw_kv_cstr(&w, "by", by->valuestring);
-	if (cJSON_IsString(reason))
-		jsonw_kv_cstr(&w, "reason", reason->valuestring);
-	jsonw_obj_close(&w);
-	if ((mb = jsonw_finish(&w))) {
+	if (mb) {
 		hub_room_broadcast(h, r, mb, NULL, 0);
 		msgbuf_unref(mb);
 	}
@@ -216,7 +199,6 @@ static void hub_mod_remove(struct hub *h, struct room *r, const char *name, cons
 	const cJSON *until = cJSON_GetObjectItemCaseSensitive(ev, "until");
 	struct session *s, *tmp;
 	struct membership *m;
-	struct jsonw w;
 
 	if (u)
 		DL_FOREACH_SAFE2(u->sessions, s, tmp, user_next) {
@@ -225,15 +207,11 @@ static void hub_mod_remove(struct hub *h, struct room *r, const char *name, cons
 			room_member_remove(m);
 			if (h->peers.presence)
 				h->peers.presence(h->peers.ctx, r->name, s->name, 0);
-			hub_w_begin(&w, why, 256);
-			jsonw_kv_cstr(&w, "room", r->name);
-			if (cJSON_IsString(by))
-				jsonw_kv_cstr(&w, "by", by->valuestring);
-			if (cJSON_IsString(reason))
-				jsonw_kv_cstr(&w, "reason", reason->valuestring);
-			if (cJSON_IsNumber(until))
-				jsonw_kv_u64(&w, "until", (uint64_t)until->valuedouble);
-			hub_w_reply(h, s, &w);
+			hub_reply(h, s, proto_encode_removed(why, r->name,
+							     cJSON_IsString(by) ? by->valuestring : NULL,
+							     cJSON_IsString(reason) ? reason->valuestring : NULL,
+							     cJSON_IsNumber(until), cJSON_IsNumber(until)
+							     ? (uint64_t)until->valuedouble : 0));
 		}
 	if (!h->draining)
 		hub_mod_presence(h, r, name, why, ev);

@@ -231,19 +231,13 @@ int hub_send_check(struct hub *h, struct session *s, struct room *r, const struc
 	return 0;
 }
 
-void hub_w_room_info(struct hub *h, struct jsonw *w, struct room *r, struct session *s)
+void hub_room_info(struct hub *h, struct room *r, struct session *s, struct proto_room_info *out)
 {
-	jsonw_kv_cstr(w, "role", auth_role_name(hub_role(h, r, s)));
-	jsonw_key(w, "settings");
-	jsonw_obj_open(w);
-	jsonw_key(w, "private");
-	jsonw_bool(w, hub_private(h, r));
-	jsonw_key(w, "read_only");
-	jsonw_bool(w, hub_read_only(h, r));
-	jsonw_kv_u64(w, "history", hub_room_history(h, r));
-	if (r->state && r->state->topic)
-		jsonw_kv_cstr(w, "topic", r->state->topic);
-	jsonw_obj_close(w);
+	out->role = auth_role_name(hub_role(h, r, s));
+	out->private_room = hub_private(h, r);
+	out->read_only = hub_read_only(h, r);
+	out->history = hub_room_history(h, r);
+	out->topic = r->state ? r->state->topic : NULL;
 }
 
 /* settings {room, private?, read_only?, topic?, history?}: owner only. The
@@ -252,7 +246,7 @@ void hub_cmd_settings(struct hub *h, struct session *s, const struct proto_cmd *
 {
 	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);
 	char num[24], topic[PROTO_TOPIC_MAX + 1];
-	struct jsonw w;
+	struct proto_mod_event e = { .action = "settings", .by = s->name };
 	struct msgbuf *mb;
 
 	if (!r)
@@ -261,24 +255,14 @@ void hub_cmd_settings(struct hub *h, struct session *s, const struct proto_cmd *
 		hub_error(h, s, &c->ref, PROTO_ERR_FORBIDDEN, "only an owner of the room changes its settings");
 		return;
 	}
-	jsonw_init(&w, 512);
-	jsonw_obj_open(&w);
-	jsonw_kv_cstr(&w, "action", "settings");
-	jsonw_kv_cstr(&w, "by", s->name);
-	if (c->has_private) {
-		jsonw_key(&w, "private");
-		jsonw_bool(&w, c->private_room);
-	}
-	if (c->has_read_only) {
-		jsonw_key(&w, "read_only");
-		jsonw_bool(&w, c->read_only);
-	}
-	if (c->has_history)
-		jsonw_kv_u64(&w, "history", c->history);
-	if (c->topic.p)
-		jsonw_kv_str(&w, "topic", c->topic.p, c->topic.len);
-	jsonw_obj_close(&w);
-	if (!(mb = jsonw_finish(&w))) {
+	e.has_private = c->has_private;
+	e.private_room = c->private_room;
+	e.has_read_only = c->has_read_only;
+	e.read_only = c->read_only;
+	e.has_history = c->has_history;
+	e.history = c->history;
+	e.topic = c->topic;
+	if (!(mb = proto_encode_mod_body(&e))) {
 		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
 		return;
 	}

@@ -112,15 +112,7 @@ void hub_token_track(struct hub *h, struct session *s)
 
 static void hub_token_warn(struct hub *h, struct session *s, const char *reason)
 {
-	struct jsonw w;
-
-	hub_w_begin(&w, "token_expiring", 128);
-	jsonw_key(&w, "exp");
-	jsonw_num(&w, s->tok_end);
-	jsonw_key(&w, "in");
-	jsonw_num(&w, floor(s->tok_end - hub_now(h) + 0.5));
-	jsonw_kv_cstr(&w, "reason", reason);
-	hub_w_reply(h, s, &w);
+	hub_reply(h, s, proto_encode_token_expiring(s->tok_end, s->tok_end - hub_now(h), reason));
 	s->tok_warned = 1;
 }
 
@@ -193,24 +185,21 @@ void hub_run_deadlines(struct hub *h)
 static void hub_token_narrow(struct hub *h, struct session *s)
 {
 	struct membership *m, *tmp;
-	struct jsonw w;
+	struct msgbuf *mb;
 
 	for (m = s->rooms; m; m = tmp) {
 		tmp = m->sess_next;
 		if (auth_room_allowed(s->ident, m->room->name, strlen(m->room->name)))
 			continue;
-		hub_w_begin(&w, "left", 128);
-		jsonw_kv_cstr(&w, "room", m->room->name);
-		jsonw_kv_cstr(&w, "reason", "token");
-		hub_member_leave(h, m);      /* may free the room: w holds a copy */
-		hub_w_reply(h, s, &w);
+		mb = proto_encode_left(m->room->name, "token", NULL);
+		hub_member_leave(h, m);      /* may free the room: mb holds a copy of its name */
+		hub_reply(h, s, mb);
 	}
 }
 
 void hub_cmd_refresh(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct auth_identity *id;
-	struct jsonw w;
 	char why[128];
 
 	if (!h->auth) {
@@ -236,13 +225,7 @@ void hub_cmd_refresh(struct hub *h, struct session *s, const struct proto_cmd *c
 	h->m->tokens_refreshed++;
 	log_info(s->id, "token refreshed");
 	hub_token_narrow(h, s);
-	hub_w_begin(&w, "refreshed", 96);
-	if (id->exp > 0) {
-		jsonw_key(&w, "exp");
-		jsonw_num(&w, id->exp);
-	}
-	hub_w_ref(&w, &c->ref);
-	hub_w_reply(h, s, &w);
+	hub_reply(h, s, proto_encode_refreshed(id->exp, &c->ref));
 }
 
 void hub_token_free(struct hub *h)
