@@ -49,7 +49,7 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 	struct proto_room_info info;
 	struct jsonw w;
 
-	if (hub_join_check(h, s, r->name, strlen(r->name), r, ref))
+	if (hub_join_check(h, s, r, ref))
 		return -1;
 	if (has_since && (!epoch || strcmp(epoch, r->epoch) == 0) && since <= r->seq) {
 		recovered = hub_oldest_held(h, r) <= since + 1;

@@ -190,14 +190,11 @@ uint32_t hub_room_history(struct hub *h, struct room *r)
 	return v >= 0 && (uint64_t)v < h->lim.messages_per_room ? (uint32_t)v : h->lim.messages_per_room;
 }
 
-int hub_join_check(struct hub *h, struct session *s, const char *room, size_t len, struct room *r,
-		   const struct proto_str *ref)
+int hub_join_check(struct hub *h, struct session *s, struct room *r, const struct proto_str *ref)
 {
 	struct room_user *u = hub_state_user(r, s->name, 0);
 	char msg[160];
 
-	(void)room;
-	(void)len;
 	if (u && hub_until_active(u->banned, u->ban_until, hub_now_ms(h)) &&
 	    hub_role(h, r, s) < AUTH_ROLE_OWNER) {
 		if (u->ban_until)

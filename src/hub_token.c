@@ -119,6 +119,10 @@ static void hub_token_warn(struct hub *h, struct session *s, const char *reason)
 /* The heap's top is due: warn it, or close it. */
 static void hub_token_due(struct hub *h, struct session *s, double now)
 {
+	if (s->closing) {           /* closed for another reason; unregistered soon */
+		hub_token_untrack(h, s);
+		return;
+	}
 	if (!s->tok_warned && now < s->tok_end) {
 		hub_token_warn(h, s, "exp");
 		s->tok_due = s->tok_end;

@@ -175,8 +175,7 @@ void hub_token_free(struct hub *h);
 enum auth_role hub_role(struct hub *h, struct room *r, struct session *s);
 enum auth_role hub_role_of_name(struct hub *h, struct room *r, const char *name);
 /* 0 if s may join r, else the error answered. */
-int hub_join_check(struct hub *h, struct session *s, const char *room, size_t len, struct room *r,
-		   const struct proto_str *ref);
+int hub_join_check(struct hub *h, struct session *s, struct room *r, const struct proto_str *ref);
 /* 0 if s may send to r now, else the error answered. */
 int hub_send_check(struct hub *h, struct session *s, struct room *r, const struct proto_str *ref);
 /* Settings and the caller's role as fields of joined. */
