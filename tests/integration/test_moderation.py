@@ -444,3 +444,25 @@ def test_deleted_body_is_gone_from_the_sqlite_file(chatd, tmp_path):
         assert h["messages"][0]["body"] == "" and h["messages"][1]["body"] == "keep me"
         await bob.close()
     run(after())
+
+
+def test_a_refreshed_token_s_roles_apply_at_once(server):
+    async def go():
+        mo = await user(server, "mo")
+        bob = await user(server, "bob")
+        await mo.join("lobby")
+        await bob.join("lobby")
+        await mo.send({"type": "kick", "room": "lobby", "user": "bob", "ref": "k1"})
+        assert (await drain(mo, "error", ref="k1"))["code"] == "forbidden"
+        await mo.send({"type": "refresh", "token": token("mo", MOD), "ref": "r"})
+        await drain(mo, "refreshed", ref="r")
+        await mod_cmd(mo, "kick", room="lobby", user="bob", reason="now I can")
+        assert (await drain(bob, "kicked"))["reason"] == "now I can"
+        # And taken away again by the next refresh.
+        await mo.send({"type": "refresh", "token": token("mo"), "ref": "r2"})
+        await drain(mo, "refreshed", ref="r2")
+        await mo.send({"type": "mute", "room": "lobby", "user": "bob", "ref": "m"})
+        assert (await drain(mo, "error", ref="m"))["code"] == "forbidden"
+        await mo.close()
+        await bob.close()
+    run(go())

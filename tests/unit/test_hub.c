@@ -113,7 +113,7 @@ void *__wrap_calloc(size_t n, size_t size)
 static struct config cfg;
 static struct metrics metrics;
 static struct hub *hub;
-static int conns[64];      /* distinct addresses used as connection handles */
+static int conns[512];     /* distinct addresses used as connection handles */
 static int nconns;
 static cJSON *kept[8192];  /* parsed frames, freed at teardown */
 static int nkept;
@@ -2184,6 +2184,49 @@ static void test_token_heap_closes_in_exp_order(void **state)
 	assert_int_equal(closes_of(ss[7]->conn), 0);
 }
 
+/* A reload that changes the secret: every live session is re-checked, but
+ * at most 256 per hub_run_deadlines call (one loop iteration), never all. */
+static void test_key_rotation_rechecks_a_slice_per_call(void **state)
+{
+	struct session *ss[300];
+	struct auth *rotated;
+	char claims[64], err[256];
+	int i, warned = 0;
+
+	(void)state;
+	start_auth();
+	for (i = 0; i < 300; i++) {
+		snprintf(claims, sizeof claims, "{\"sub\":\"u%d\"}", i);
+		ss[i] = login_token(claims);
+	}
+	free(cfg.jwt_secret);
+	cfg.jwt_secret = strdup("another-secret-0123456789abcdef0123456");
+	rotated = auth_new(&cfg, err, sizeof err);
+	assert_non_null(rotated);
+	hub_set_auth(hub, rotated);
+	auth_free(tauth);
+	tauth = rotated;
+	assert_true(hub_next_deadline(hub) == fk.now);      /* the walk is due at once */
+	hub_run_deadlines(hub);
+	for (i = 0; i < 300; i++)
+		if (next(ss[i]))
+			warned++;
+	assert_int_equal(warned, 256);
+	assert_true(hub_next_deadline(hub) == fk.now);
+	hub_run_deadlines(hub);
+	for (i = 0; i < 300; i++) {
+		cJSON *e = next(ss[i]);
+		if (e) {
+			assert_string_equal(str(e, "reason"), "key_rotated");
+			warned++;
+		}
+	}
+	assert_int_equal(warned, 300);
+	/* Now only the refresh deadlines are left: refresh_window from now. */
+	assert_true(fabs(hub_next_deadline(hub) - (fk.now + 30)) < 1e-6);
+	assert_int_equal(fk.nclosed, 0);
+}
+
 static void test_refresh_needs_the_same_sub(void **state)
 {
 	struct session *s;
@@ -2330,6 +2373,7 @@ int main(void)
 		T(test_evicted_room_reloads_from_the_engine),
 		T(test_token_deadline_warns_then_closes_4001),
 		T(test_token_heap_closes_in_exp_order),
+		T(test_key_rotation_rechecks_a_slice_per_call),
 		T(test_refresh_needs_the_same_sub),
 		T(test_kick_by_a_claimed_moderator),
 		T(test_mute_and_read_only_refuse_send),
