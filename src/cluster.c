@@ -277,6 +277,7 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 	engine.sequences = 1;
 	engine.ctx = c;
 	hub_set_engine(hub, &engine);
+	memset(&peers, 0, sizeof(peers));
 	peers.presence = cl_presence;
 	peers.user = cl_user;
 	peers.names = cl_names;

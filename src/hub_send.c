@@ -75,6 +75,13 @@ void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
 	}
 	if (!(p = hub_pending_from(h, s, c)))
 		return;
+	hub_submit(h, r, p);
+}
+
+/* Hand p (for room r, sender, from, id, body, ts set) to the engine: the
+ * one way in of a message, a client's send or an API publish. */
+void hub_submit(struct hub *h, struct room *r, struct hub_pending *p)
+{
 	strcpy(p->room, r->name);
 	strcpy(p->epoch, r->epoch);
 	/* seq is handed out here, in arrival order; the engine may commit
@@ -133,11 +140,13 @@ void hub_append_done(struct hub *h, struct hub_pending *p, enum proto_err status
 		 * (the engine fails every later pending message of the room). */
 		if (r && !r->pending)
 			r->seq_assigned = r->seq;
-		if (sender)
-			hub_error(h, sender, &ref, r ? status : PROTO_ERR_INTERNAL,
-				  status == PROTO_ERR_UNAVAILABLE ? "storage unavailable; the message was not stored"
+		const char *what = status == PROTO_ERR_UNAVAILABLE ? "storage unavailable; the message was not stored"
 				  : status == PROTO_ERR_INTERNAL ? "out of memory; the message was not accepted"
-								  : "the message could not be accepted");
+								  : "the message could not be accepted";
+		if (sender)
+			hub_error(h, sender, &ref, r ? status : PROTO_ERR_INTERNAL, what);
+		else
+			hub_api_answer(h, num, r ? status : PROTO_ERR_INTERNAL, what, p->room, 0);
 		if (r)
 			hub_room_release(h, r);
 		return;
@@ -149,6 +158,10 @@ void hub_append_done(struct hub *h, struct hub_pending *p, enum proto_err status
 	h->m->messages_in++;
 	if (sender)
 		hub_ack(h, sender, p->id, r->name, p->seq, p->has_ref ? p->ref : NULL);
+	else
+		hub_api_answer(h, num, PROTO_OK, NULL, r->name, p->seq);
+	if (h->ev.message)
+		h->ev.message(h->ev.ctx, r->name, &m);
 	hub_room_fanout(h, r, mb);
 	msgbuf_unref(mb);
 	hub_room_release(h, r);     /* its members may all have left meanwhile */
@@ -173,8 +186,18 @@ void hub_append_answered(struct hub *h, struct hub_pending *p, enum proto_err st
 		r->pending--;
 		hub_room_release(h, r);
 	}
-	if (!sender)
+	if (status == PROTO_OK && h->ev.message) {
+		struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len };
+		h->ev.message(h->ev.ctx, p->room, &m);
+	}
+	if (!sender) {
+		if (status == PROTO_OK)
+			h->m->messages_in++;
+		hub_api_answer(h, p->sender, status, status == PROTO_ERR_UNAVAILABLE
+			       ? "the cluster is unavailable; the message may not have been stored (retry with the same id)"
+			       : "the message was not accepted", p->room, p->seq);
 		return;
+	}
 	if (status == PROTO_OK) {
 		h->m->messages_in++;
 		hub_ack(h, sender, p->id, p->room, p->seq, p->has_ref ? p->ref : NULL);

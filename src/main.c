@@ -16,6 +16,8 @@
 #include <ev.h>
 #include <systemd/sd-daemon.h>
 
+#include "api.h"
+#include "apikeys.h"
 #include "auth.h"
 #include "cluster.h"
 #include "config.h"
@@ -33,6 +35,7 @@ struct chatd {
 	struct server *srv;
 	struct storage *storage;       /* NULL: memory only */
 	struct auth *auth;             /* NULL: auth.mode = "none" */
+	struct apikeys *keys;          /* server API keys; NULL: no api.keys_file */
 	struct cluster *cluster;       /* NULL: single node */
 	ev_signal sig_term, sig_int, sig_hup;
 	ev_timer shutdown_timer;
@@ -110,6 +113,16 @@ static int chatd_auth(const struct config *cfg, struct auth **out, char *err, si
 	if (cfg->auth_mode == CONFIG_AUTH_NONE)
 		return 0;
 	*out = auth_new(cfg, err, errlen);
+	return *out ? 0 : -1;
+}
+
+/* The server API keys a config names: *out = NULL when it names none. */
+static int chatd_keys(const struct config *cfg, struct apikeys **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	if (!cfg->api_keys_file[0])
+		return 0;
+	*out = apikeys_load(cfg->api_keys_file, err, errlen);
 	return *out ? 0 : -1;
 }
 
@@ -253,10 +266,16 @@ static void chatd_reload(struct chatd *d, char *err, size_t errlen)
 {
 	struct config *next, *old = d->cfg;
 	struct auth *auth = NULL;
+	struct apikeys *keys = NULL;
 
 	next = chatd_load(d->config_path, err, errlen);
 	if (next && chatd_auth(next, &auth, err, errlen)) {
 		chatd_config_destroy(next);
+		next = NULL;
+	}
+	if (next && chatd_keys(next, &keys, err, errlen)) {
+		chatd_config_destroy(next);
+		auth_free(auth);
 		next = NULL;
 	}
 	if (!next) {
@@ -274,6 +293,7 @@ static void chatd_reload(struct chatd *d, char *err, size_t errlen)
 	if (!next->listen || !next->node_id) {
 		chatd_config_destroy(next);
 		auth_free(auth);
+		apikeys_free(keys);
 		log_error(NULL, "reload failed: out of memory");
 		return;
 	}
@@ -289,6 +309,13 @@ static void chatd_reload(struct chatd *d, char *err, size_t errlen)
 	hub_set_auth(server_hub(d->srv), auth);
 	auth_free(d->auth);
 	d->auth = auth;
+	/* New keys take effect for the next request; a removed key is refused. */
+	if (server_api(d->srv))
+		api_set_keys(server_api(d->srv), keys);
+	else if (keys)
+		log_warn(NULL, "reload: enabling the server API (api.keys_file) needs a restart");
+	apikeys_free(d->keys);
+	d->keys = keys;
 	log_setup(next->log_level, next->log_format);
 	server_reconfigure(d->srv, next);
 	if (d->storage)
@@ -325,6 +352,8 @@ static int chatd_start(struct chatd *d, char *err, size_t errlen)
 	if (!d->srv)
 		return 1;
 	hub_set_auth(server_hub(d->srv), d->auth);
+	if (server_api(d->srv))
+		api_set_keys(server_api(d->srv), d->keys);
 	if (d->cfg->redis[0] &&
 	    !(d->cluster = cluster_new(d->cfg, d->loop, server_hub(d->srv), &d->metrics, err, errlen)))
 		return 2;
@@ -356,6 +385,7 @@ static void chatd_teardown(struct chatd *d)
 	storage_close(d->storage);
 	server_free(d->srv);
 	auth_free(d->auth);
+	apikeys_free(d->keys);
 	chatd_config_destroy(d->cfg);
 	if (d->loop)
 		ev_loop_destroy(d->loop);
@@ -394,7 +424,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "chatd: %s\n", err);
 		return 2;
 	}
-	if (chatd_check_files(d.cfg, err, sizeof(err)) || chatd_auth(d.cfg, &d.auth, err, sizeof(err))) {
+	if (chatd_check_files(d.cfg, err, sizeof(err)) || chatd_auth(d.cfg, &d.auth, err, sizeof(err)) ||
+	    chatd_keys(d.cfg, &d.keys, err, sizeof(err))) {
 		fprintf(stderr, "chatd: %s\n", err);
 		chatd_teardown(&d);
 		return 2;
@@ -414,7 +445,8 @@ int main(int argc, char **argv)
 		 CHATD_VERSION, d.cfg->tls_cert[0] ? "wss" : "ws", d.cfg->listen, server_port(d.srv),
 		 d.cfg->node_id, d.cfg->max_connections, d.nofile);
 	if (server_api_port(d.srv) >= 0)
-		log_info(NULL, "serving /metrics and /healthz on http://%s%s%s:%d only",
+		log_info(NULL, "serving /metrics and /healthz%s on http://%s%s%s:%d only",
+			 server_api(d.srv) ? " and the server API (/api/)" : "",
 			 strchr(d.cfg->api_listen, ':') ? "[" : "", d.cfg->api_listen,
 			 strchr(d.cfg->api_listen, ':') ? "]" : "", server_api_port(d.srv));
 	chatd_watchdog_start(&d);
