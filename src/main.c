@@ -26,6 +26,7 @@
 #include "server.h"
 #include "storage.h"
 #include "tlsctx.h"
+#include "webhook.h"
 
 struct chatd {
 	struct ev_loop *loop;
@@ -37,6 +38,7 @@ struct chatd {
 	struct auth *auth;             /* NULL: auth.mode = "none" */
 	struct apikeys *keys;          /* server API keys; NULL: no api.keys_file */
 	struct cluster *cluster;       /* NULL: single node */
+	struct webhook *webhook;       /* NULL: no webhooks.urls */
 	ev_signal sig_term, sig_int, sig_hup;
 	ev_timer shutdown_timer;
 	ev_timer watchdog;             /* WATCHDOG=1 to systemd, when asked for */
@@ -241,6 +243,16 @@ static void chatd_warn_static(const struct config *old, const struct config *cur
 		log_warn(NULL, "reload: server.node_id changes need a restart; still %s", old->node_id);
 	if (strcmp(old->api_listen, cur->api_listen) != 0 || old->api_port != cur->api_port)
 		log_warn(NULL, "reload: api.listen/port changes need a restart");
+	if (old->webhook_url_count != cur->webhook_url_count ||
+	    strcmp(old->webhook_secret_file, cur->webhook_secret_file) ||
+	    old->webhook_event_count != cur->webhook_event_count ||
+	    old->webhook_batch_max != cur->webhook_batch_max ||
+	    old->webhook_queue_max != cur->webhook_queue_max ||
+	    old->webhook_batch_interval != cur->webhook_batch_interval ||
+	    old->webhook_timeout != cur->webhook_timeout ||
+	    old->webhook_max_retries != cur->webhook_max_retries ||
+	    old->webhook_retry_backoff != cur->webhook_retry_backoff)
+		log_warn(NULL, "reload: [webhooks] changes need a restart");
 	if (old->header_timeout != cur->header_timeout)
 		log_warn(NULL, "reload: server.header_timeout changes need a restart; still %g",
 			 old->header_timeout);
@@ -360,6 +372,11 @@ static int chatd_start(struct chatd *d, char *err, size_t errlen)
 	if (d->cfg->storage_path[0] &&
 	    !(d->storage = storage_open(d->cfg, d->loop, server_hub(d->srv), &d->metrics, err, errlen)))
 		return 2;
+	if (d->cfg->webhook_url_count) {
+		if (!(d->webhook = webhook_new(d->cfg, d->loop, &d->metrics, err, errlen)))
+			return 2;
+		webhook_attach(d->webhook, server_hub(d->srv));
+	}
 	ev_signal_init(&d->sig_term, chatd_on_stop, SIGTERM);
 	ev_signal_init(&d->sig_int, chatd_on_stop, SIGINT);
 	ev_signal_init(&d->sig_hup, chatd_on_hup, SIGHUP);
@@ -380,6 +397,8 @@ static void chatd_teardown(struct chatd *d)
 		ev_timer_stop(d->loop, &d->shutdown_timer);
 		ev_timer_stop(d->loop, &d->watchdog);
 	}
+	/* Before the hub goes: it reports to the webhooks until detached. */
+	webhook_free(d->webhook);
 	cluster_free(d->cluster);
 	/* Whatever is still pending reaches the disk before the sessions go. */
 	storage_close(d->storage);
