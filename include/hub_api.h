@@ -29,6 +29,10 @@ struct hub_msg;
  * [A-Za-z0-9_.-]), so no client can send as it. */
 #define HUB_API_SYSTEM "$system"
 
+/* May a stored or streamed message name this sender? A client name or
+ * the system sender. */
+int hub_api_valid_sender(const char *name);
+
 /* Close codes an API disconnect may use (what clients see). */
 #define HUB_API_CLOSE_DEFAULT 4000
 /* A WebSocket close reason is at most 123 bytes. */
@@ -76,9 +80,12 @@ void hub_api_publish(struct hub *hub, uint64_t req, const char *room, const char
 /* A direct message to every session of to (cluster-wide); one done(req). */
 void hub_api_dm(struct hub *hub, uint64_t req, const char *to, const char *from,
 		const char *id, const char *body, size_t body_len);
-/* Close every session of name here with code and reason; with peers, on
- * every node. Returns the sessions closed on this node. */
-uint32_t hub_api_kick(struct hub *hub, const char *name, int code, const char *reason);
+/* Close every session of name here with code and reason, and with peers
+ * on every node. *closed: the sessions closed on this node. Returns
+ * PROTO_OK, or PROTO_ERR_UNAVAILABLE when the other nodes could not be
+ * told (the local sessions are closed all the same). */
+enum proto_err hub_api_kick(struct hub *hub, const char *name, int code, const char *reason,
+			    uint32_t *closed);
 /* The local part of a kick (the cluster calls it for a remote kick). */
 uint32_t hub_api_kick_local(struct hub *hub, const char *name, int code, const char *reason);
 

@@ -293,7 +293,13 @@ static void api_disconnect(struct api_req *q)
 		api_error(q, 400, "bad_request", "reason must be at most 123 bytes");
 		goto out;
 	}
-	n = hub_api_kick(q->a->hub, name, (int)c, reason);
+	if (hub_api_kick(q->a->hub, name, (int)c, reason, &n) != PROTO_OK) {
+		char msg[128];
+		snprintf(msg, sizeof(msg), "closed %u sessions on this node; the other nodes could not be "
+			 "told (cluster unavailable)", n);
+		api_error(q, 503, "unavailable", msg);
+		goto out;
+	}
 	log_info(NULL, "api: disconnect %s (%d): %u sessions here", name, (int)c, n);
 	jsonw_init(&w, 96);
 	jsonw_obj_open(&w);

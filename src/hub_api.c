@@ -71,10 +71,15 @@ static struct hub_pending *hub_api_pending(struct hub *h, uint64_t req, const ch
 	return p;
 }
 
+int hub_api_valid_sender(const char *name)
+{
+	return strcmp(name, HUB_API_SYSTEM) == 0 || proto_valid_name(name, strlen(name));
+}
+
 /* The checks a client's frame gets from proto_decode and hello. */
 static const char *hub_api_check(struct hub *h, const char *from, const char *id, size_t body_len)
 {
-	if (strcmp(from, HUB_API_SYSTEM) != 0 && !proto_valid_name(from, strlen(from)))
+	if (!hub_api_valid_sender(from))
 		return "from must be 1..32 bytes of [A-Za-z0-9_.-] (or omitted: the system sender)";
 	if (!id[0] || strlen(id) > PROTO_ID_MAX)
 		return "id must be a string of 1..64 bytes";
@@ -197,11 +202,13 @@ uint32_t hub_api_kick_local(struct hub *h, const char *name, int code, const cha
 	return n;
 }
 
-uint32_t hub_api_kick(struct hub *h, const char *name, int code, const char *reason)
+enum proto_err hub_api_kick(struct hub *h, const char *name, int code, const char *reason,
+			    uint32_t *closed)
 {
-	if (h->peers.kick)
-		h->peers.kick(h->peers.ctx, name, code, reason);
-	return hub_api_kick_local(h, name, code, reason);
+	int told = h->peers.kick ? h->peers.kick(h->peers.ctx, name, code, reason) : 0;
+
+	*closed = hub_api_kick_local(h, name, code, reason);
+	return told < 0 ? PROTO_ERR_UNAVAILABLE : PROTO_OK;
 }
 
 struct hub_api_names {
