@@ -348,3 +348,20 @@ def test_client_gone_before_the_answer(chatd, tmp_path):
     seqs = stored()
     assert seqs == list(range(1, len(seqs) + 1))
     assert api(srv, "POST", "/api/publish", obj={"room": "gone", "body": "last"})[1]["seq"] == len(seqs) + 1
+
+
+def test_api_load_tool_smoke(apisrv, tmp_path):
+    """tools/api_load.py runs against the real API (1 s, 2 connections, 3 subscribers)."""
+    import subprocess
+    tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "api_load.py")
+    r = subprocess.run(["/usr/bin/python3", tool, "--url", "http://127.0.0.1:%d" % apisrv.api_port,
+                        "--key-file", write_keys(tmp_path, [KEY], name="load.keys"),
+                        "--connections", "2", "--duration", "1",
+                        "--ws", "ws://127.0.0.1:%d/ws" % apisrv.port, "--subscribers", "3"],
+                       capture_output=True, text=True, timeout=scaled(30))
+    assert r.returncode == 0, r
+    res = json.loads(r.stdout)
+    assert res["requests"] > 0 and res["errors"] == 0 and res["subscribers"] == 3
+    assert res["fanout_events"] > 0
+    status, body = api(apisrv, "GET", "/api/history?room=apiload&limit=1")
+    assert body["messages"][0]["seq"] == res["requests"]
