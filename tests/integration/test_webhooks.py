@@ -13,7 +13,7 @@ import time
 import pytest
 
 from api_helpers import KEY, api, api_config, write_keys
-from chatd_helpers import free_port, run, scaled, wait_until
+from chatd_helpers import SANITIZE, free_port, run, scaled, wait_until
 
 SECRET = "webhook-secret-0123456789abcdef"
 
@@ -198,7 +198,9 @@ def test_queue_is_bounded_while_the_receiver_is_down(chatd, tmp_path):
     m = srv.metrics()
     assert m.value("chatd_webhook_queued_events") <= 50
     assert m.value("chatd_webhook_dropped_total") >= 3000
-    assert after - before < 3 * 1024, (before, after)
+    # ASan keeps freed memory in quarantine: RSS says nothing there.
+    if not SANITIZE:
+        assert after - before < 3 * 1024, (before, after)
 
 
 def test_chat_latency_unaffected_while_the_receiver_hangs(chatd, tmp_path, receiver):
