@@ -12,10 +12,10 @@
  * hub_session_frames()/hub_session_consumed() -> hub_session_unregister()
  * from the transport's one release path, whatever ended the connection.
  *
- * Accepting a message is split in two steps, submit and commit, so that an
- * engine (storage with group commit, or a cluster) can complete it later;
- * the sender may be gone by then, so a pending message names its sender by
- * session number, never by pointer.
+ * Accepting a message is split in two steps, submit and completion
+ * (hub_append_done), so that an engine (storage with group commit, or a
+ * cluster) can complete it later; the sender may be gone by then, so a
+ * pending message names its sender by session number, never by pointer.
  */
 #ifndef CHATD_HUB_H
 #define CHATD_HUB_H
@@ -27,9 +27,13 @@
 #include "config.h"
 #include "metrics.h"
 #include "msgbuf.h"
-#include "session.h"
+#include "proto.h"
 
 struct hub;
+/* A client as the hub sees it: opaque outside the hub (src/hub/session.h);
+ * the transport holds a pointer from hub_session_register() until it calls
+ * hub_session_unregister(), and asks the accessors below for what it needs. */
+struct session;
 
 struct hub_transport {
 	/* s has output queued: arrange for hub_session_frames/consumed to be called. */
@@ -59,7 +63,7 @@ struct hub_limits {
 	double heartbeat_interval;
 };
 
-/* A message on its way from submit to commit. The engine owns it from
+/* A message on its way from submit to completion. The engine owns it from
  * submit until it calls hub_pending_free(). */
 struct hub_pending {
 	struct hub_pending *next;        /* free for the engine's own lists */
@@ -71,8 +75,9 @@ struct hub_pending {
 	char id[PROTO_ID_MAX + 1];
 	char ref[PROTO_REF_MAX + 1];
 	int has_ref;
-	uint64_t seq;                    /* assigned by the hub (local engines) */
-	uint64_t ts;                     /* server ms since the epoch */
+	uint64_t seq;                    /* proposed by the hub; an engine that sequences may replace it */
+	uint64_t ts;                     /* server ms since the epoch (likewise) */
+	int duplicate;                   /* set by the engine: (from, id) was stored before, as seq */
 	size_t body_len;
 	char *body;                      /* NUL-terminated */
 };
@@ -85,19 +90,18 @@ struct hub_msg {
 };
 
 /*
- * An engine persists (and, in a cluster, sequences) accepted messages.
- * submit: the engine owns p until hub_pending_free(p).
- *   Every engine completes p after submit has returned, never inside it
- *   (the hub is in the middle of a command; it logs "engine contract
- *   broken" if that happens).
- *   Local engines (sequences == 0): p->seq and p->ts are set by the hub;
- *   the engine calls hub_append_done() for p exactly once, in seq order per
- *   room. A failed commit must fail every later pending
- *   message of the same room too, so that seq stays gap-free.
- *   Sequencing engines (sequences == 1, the cluster): the engine assigns
- *   p->seq, answers the sender with hub_append_answered(), and every node
- *   learns the message from the engine's stream through
- *   hub_stream_message().
+ * An engine persists (and, in a cluster, sequences) accepted messages. One
+ * contract for every engine, with no modes:
+ * submit: the engine owns p until hub_pending_free(p). The hub has set
+ *   p->epoch, p->seq (the room's next seq here) and p->ts. The engine
+ *   completes p with hub_append_done() exactly once, after submit has
+ *   returned, never inside it (the hub is in the middle of a command; it
+ *   logs "engine contract broken" if that happens). Per room, completions
+ *   come in submit order; a failed append must fail every later pending
+ *   message of the same room too, so that seq stays gap-free. An engine
+ *   that sequences (the cluster's Lua script) may replace p->seq, p->ts
+ *   and p->epoch with its own before completing, and sets p->duplicate when
+ *   it found (from, id) already stored (p->seq then is the original's).
  * room_load (optional): room is first used on this node (or again, after
  *   it was evicted): hand over its state as data - hub_load_state() with
  *   its epoch and seq, then hub_load_message() for each recent message in
@@ -114,7 +118,6 @@ struct hub_engine {
 	int (*read)(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
 		    void (*emit)(void *arg, const struct hub_msg *m), void *arg);
 	uint64_t (*oldest)(void *ctx, const char *room);
-	int sequences;
 	void *ctx;
 };
 
@@ -183,6 +186,12 @@ int hub_session_frames(struct hub *hub, struct session *s, struct iovec *iov, in
 void hub_session_consumed(struct hub *hub, struct session *s, int n, double now);
 /* What s has queued: frames and payload bytes (for input back-pressure). */
 void hub_session_backlog(const struct session *s, uint32_t *frames, size_t *bytes);
+/* s's opaque id (for logs), its name ("" before hello), whether hello was
+ * accepted, and the transport handle it was registered with. */
+const char *hub_session_id(const struct session *s);
+const char *hub_session_name(const struct session *s);
+int hub_session_authenticated(const struct session *s);
+void *hub_session_conn(const struct session *s);
 
 /* Ask the transport to close s (code, reason) and stop queueing to it.
  * The queue is dropped (its memory freed now) unless flush is set. */
@@ -190,19 +199,20 @@ void hub_session_close(struct hub *hub, struct session *s, int code, const char 
 		       int flush);
 
 /*
- * How a submitted message completes (after submit returned, never inside):
- * hub_append_done (local engine): stored (PROTO_OK: ring, ack to the sender
- *   if still here, fan-out) or not (the sender gets that error).
- * hub_append_answered (sequencing engine): only the sender's answer, ack
- *   {id, room, p->seq} or the error; the fan-out comes through
- *   hub_stream_message, on every node.
- * p stays the engine's in both.
+ * The completion of a submitted message, whatever the engine (after submit
+ * returned, never inside): status PROTO_OK, it is stored: the room records
+ * it (ring, dedup), the sender, if still here, gets its ack {id, room,
+ * p->seq}, and the members get it (the one fan-out path). A duplicate
+ * (p->duplicate) gets the ack only. A message this node cannot apply in
+ * order yet (a cluster's stream has not brought seq - 1 here) is acked
+ * and left to the stream (hub_stream_message). Any other status: nothing
+ * was stored (as far as the engine knows); the sender gets that error.
+ * p stays the engine's.
  */
 void hub_append_done(struct hub *hub, struct hub_pending *p, enum proto_err status);
-void hub_append_answered(struct hub *hub, struct hub_pending *p, enum proto_err status);
 void hub_pending_free(struct hub_pending *p);
 
-/* Cluster engine entry points (see struct hub_engine). */
+/* Entry points of an engine shared by several nodes (the cluster). */
 /* A message from the cluster stream (any node's, in seq order per room):
  * ring, dedup, fan-out to local members. epoch is the room's epoch in the
  * stream; a different one means the shared history was lost and restarts.
@@ -234,7 +244,7 @@ void hub_remote_presence(struct hub *hub, const char *room, const char *name, in
 void hub_rooms_foreach(struct hub *hub, void (*fn)(void *arg, const char *room), void *arg);
 
 /* Gauges. */
-uint64_t hub_session_count(const struct hub *hub);   /* after hello */
+uint64_t hub_named_session_count(const struct hub *hub);   /* sessions with a name: after hello */
 uint64_t hub_room_count(const struct hub *hub);
 uint64_t hub_queue_bytes(const struct hub *hub);
 uint64_t hub_queue_messages(const struct hub *hub);

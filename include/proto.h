@@ -1,9 +1,11 @@
 /*
- * proto.h - the chat.v1 wire protocol: decoding client frames into commands,
- * and the names shared by encoder and decoder.
+ * proto.h - the chat.v1 wire protocol in one place: decoding client frames
+ * into commands (proto.c), encoding every event the server sends
+ * (proto_encode.c), and the names both share.
  *
- * Decoding is pure (no hub state): bytes in, a validated command or an error
- * code with a message out, so it can be unit-tested and fuzzed alone.
+ * Both halves are pure (no hub state): bytes in, a validated command or an
+ * error code with a message out; values in, a finished frame out. So they
+ * can be unit-tested and fuzzed alone.
  */
 #ifndef CHATD_PROTO_H
 #define CHATD_PROTO_H
@@ -97,5 +99,48 @@ int proto_utf8_valid(const unsigned char *p, size_t len);
 /* Validators shared with other modules. */
 int proto_valid_name(const char *p, size_t len);
 int proto_valid_room(const char *p, size_t len);
+
+/*
+ * Encoding. Each proto_encode_* returns the event's JSON text in a new
+ * msgbuf (one reference, the caller's), or NULL on ENOMEM. Strings are
+ * NUL-terminated valid UTF-8 (they came in through proto_decode or from
+ * the server itself); ref NULL or ref->p NULL: the event carries no ref.
+ * Events with a list of names are written in three steps: proto_w_joined or
+ * proto_w_members opens the event and its list, proto_w_name adds a name,
+ * and the matching proto_encode_*_end closes the list and finishes it.
+ */
+struct jsonw;
+struct msgbuf;
+
+/* A chat message as message and direct events carry it (strings borrowed). */
+struct proto_msg {
+	uint64_t seq, ts;
+	const char *from, *id, *body;
+	size_t body_len;
+};
+
+struct msgbuf *proto_encode_error(enum proto_err code, const char *message,
+				  const struct proto_str *ref);
+/* room NULL: the ack of a dm (no room, no seq). */
+struct msgbuf *proto_encode_ack(const char *id, const char *room, uint64_t seq, const char *ref);
+struct msgbuf *proto_encode_welcome(const char *session, const char *name, double heartbeat,
+				    const char *node, const struct proto_str *ref);
+struct msgbuf *proto_encode_pong(const struct proto_str *ref);
+struct msgbuf *proto_encode_left(const char *room, const struct proto_str *ref);
+struct msgbuf *proto_encode_presence(const char *room, const char *name, int join);
+struct msgbuf *proto_encode_reset(const char *room, const char *epoch, uint64_t seq);
+struct msgbuf *proto_encode_message(const char *room, const struct proto_msg *m);
+struct msgbuf *proto_encode_direct(const struct proto_msg *m);
+/* frames: n message events (their text), oldest first. */
+struct msgbuf *proto_encode_history(const char *room, struct msgbuf *const *frames, uint32_t n,
+				    const struct proto_str *ref);
+/* members: a size hint. recovered and truncated are written with has_since only. */
+void proto_w_joined(struct jsonw *w, const char *room, uint64_t seq, const char *epoch,
+		    uint32_t members);
+struct msgbuf *proto_encode_joined_end(struct jsonw *w, int has_since, int recovered,
+				       int truncated, const struct proto_str *ref);
+void proto_w_members(struct jsonw *w, const char *room, uint32_t members);
+struct msgbuf *proto_encode_members_end(struct jsonw *w, const struct proto_str *ref);
+void proto_w_name(struct jsonw *w, const char *name);
 
 #endif

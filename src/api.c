@@ -417,7 +417,7 @@ static void api_stats(struct api_req *q)
 	jsonw_obj_open(&w);
 	jsonw_kv_cstr(&w, "node", q->a->cfg->node_id);
 	jsonw_kv_u64(&w, "connections", server_connection_count(q->a->srv));
-	jsonw_kv_u64(&w, "sessions", hub_session_count(h));
+	jsonw_kv_u64(&w, "sessions", hub_named_session_count(h));
 	jsonw_kv_u64(&w, "rooms", hub_room_count(h));
 	jsonw_kv_u64(&w, "queue_bytes", hub_queue_bytes(h));
 	jsonw_kv_u64(&w, "queued_messages", hub_queue_messages(h));

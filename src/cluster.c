@@ -16,6 +16,24 @@ struct cl_call {
 	double t0;
 };
 
+/* The send script's answer {stored, seq, epoch} into p: the script
+ * sequences, so its seq (and epoch) replace the hub's proposal; stored 0
+ * is a dedup hit, seq the original's. 0, or -1 if the answer is not one. */
+static int cl_send_reply(const redisReply *r, struct hub_pending *p)
+{
+	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+	    r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER ||
+	    r->element[1]->integer <= 0 || (double)r->element[1]->integer > CL_INT_MAX ||
+	    r->element[2]->type != REDIS_REPLY_STRING ||
+	    r->element[2]->len == 0 || r->element[2]->len >= sizeof(p->epoch))
+		return -1;
+	p->seq = (uint64_t)r->element[1]->integer;
+	p->duplicate = r->element[0]->integer == 0;
+	memcpy(p->epoch, r->element[2]->str, r->element[2]->len);
+	p->epoch[r->element[2]->len] = '\0';
+	return 0;
+}
+
 static void cl_on_send(redisAsyncContext *ac, void *reply, void *priv)
 {
 	struct cl_call *call = priv;
@@ -23,10 +41,8 @@ static void cl_on_send(redisAsyncContext *ac, void *reply, void *priv)
 	redisReply *r = reply;
 	enum proto_err st = PROTO_ERR_UNAVAILABLE;
 
-	if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
-	    r->element[1]->type == REDIS_REPLY_INTEGER) {
+	if (cl_send_reply(r, call->p) == 0) {
 		double dt = ev_time() - call->t0;
-		call->p->seq = (uint64_t)r->element[1]->integer;
 		st = PROTO_OK;
 		c->m->redis_sends++;
 		c->m->redis_send_seconds += dt;
@@ -36,11 +52,13 @@ static void cl_on_send(redisAsyncContext *ac, void *reply, void *priv)
 		c->m->redis_failures++;
 		if (r && r->type == REDIS_REPLY_ERROR)
 			log_warn(NULL, "cluster: send script failed: %s", r->str);
+		else if (r)
+			log_warn(NULL, "cluster: send script: unexpected answer");
 	}
 	/* The sender hears unavailable when the outcome is unknown (Redis
 	 * gone mid-call); a retry with the same id is de-duplicated. */
 	if (!c->closing)
-		hub_append_answered(c->hub, call->p, st);
+		hub_append_done(c->hub, call->p, st);
 	hub_pending_free(call->p);
 	free(call);
 }
@@ -62,7 +80,7 @@ static void cl_on_refuse(struct ev_loop *loop, ev_prepare *w, int revents)
 	ev_prepare_stop(loop, w);
 	while ((p = c->refused)) {
 		LL_DELETE(c->refused, p);
-		hub_append_answered(c->hub, p, PROTO_ERR_UNAVAILABLE);
+		hub_append_done(c->hub, p, PROTO_ERR_UNAVAILABLE);
 		hub_pending_free(p);
 	}
 }
@@ -274,7 +292,6 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 	memset(&engine, 0, sizeof(engine));
 	engine.submit = cl_submit;
 	engine.room_load = cl_room_load;
-	engine.sequences = 1;
 	engine.ctx = c;
 	hub_set_engine(hub, &engine);
 	memset(&peers, 0, sizeof(peers));

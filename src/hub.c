@@ -218,6 +218,11 @@ void hub_session_backlog(const struct session *s, uint32_t *frames, size_t *byte
 	*bytes = s->q.bytes;
 }
 
+const char *hub_session_id(const struct session *s) { return s->id; }
+const char *hub_session_name(const struct session *s) { return s->name; }
+int hub_session_authenticated(const struct session *s) { return session_authenticated(s); }
+void *hub_session_conn(const struct session *s) { return s->conn; }
+
 /* The name hello asks for: c->name, or the token's subject when auth is
  * on. NULL after answering with an error. */
 static const char *hub_hello_name(struct hub *h, struct session *s, const struct proto_cmd *c,
@@ -257,7 +262,6 @@ static const char *hub_hello_name(struct hub *h, struct session *s, const struct
 static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct hub_user *u;
-	struct jsonw w;
 	const char *name;
 	size_t len;
 	char msg[96];
@@ -295,14 +299,8 @@ static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_c
 		h->peers.user(h->peers.ctx, s->name, 1);
 	log_info(s->id, "hello name=%s", s->name);
 
-	hub_w_begin(&w, "welcome", 160);
-	jsonw_kv_cstr(&w, "session", s->id);
-	jsonw_kv_cstr(&w, "name", s->name);
-	jsonw_key(&w, "heartbeat");
-	jsonw_num(&w, h->lim.heartbeat_interval);
-	jsonw_kv_cstr(&w, "node", h->node_id);
-	hub_w_ref(&w, &c->ref);
-	hub_w_reply(h, s, &w);
+	hub_reply(h, s, proto_encode_welcome(s->id, s->name, h->lim.heartbeat_interval,
+						  h->node_id, &c->ref));
 }
 
 static void hub_cmd_members(struct hub *h, struct session *s, const struct proto_cmd *c)
@@ -312,21 +310,14 @@ static void hub_cmd_members(struct hub *h, struct session *s, const struct proto
 
 	if (!r)
 		return;
-	hub_w_begin(&w, "members", 128 + 40 * r->member_count);
-	jsonw_kv_cstr(&w, "room", r->name);
-	jsonw_key(&w, "names");
-	hub_w_names(h, &w, r);
-	hub_w_ref(&w, &c->ref);
-	hub_w_reply(h, s, &w);
+	proto_w_members(&w, r->name, r->member_count);
+	hub_names(h, &w, r);
+	hub_reply(h, s, proto_encode_members_end(&w, &c->ref));
 }
 
 static void hub_cmd_ping(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
-	struct jsonw w;
-
-	hub_w_begin(&w, "pong", 64);
-	hub_w_ref(&w, &c->ref);
-	hub_w_reply(h, s, &w);
+	hub_reply(h, s, proto_encode_pong(&c->ref));
 }
 
 void hub_session_input(struct hub *h, struct session *s, const char *data, size_t len)
@@ -498,7 +489,7 @@ void hub_free(struct hub *h)
 	queue_pool_drain();
 }
 
-uint64_t hub_session_count(const struct hub *h) { return h->authed; }
+uint64_t hub_named_session_count(const struct hub *h) { return h->authed; }
 
 uint64_t hub_queue_bytes(const struct hub *h) { return h->queue_bytes; }
 

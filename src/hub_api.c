@@ -109,13 +109,10 @@ void hub_api_publish(struct hub *h, uint64_t req, const char *room, const char *
 		hub_api_answer(h, req, PROTO_ERR_UNAVAILABLE, why, room, 0);
 		return;
 	}
-	/* A local engine assigns seqs here, from the loaded room; a cluster
-	 * engine assigns them in Redis and needs no loaded room. */
-	if (r->loading && !h->engine.sequences) {
-		hub_api_answer(h, req, PROTO_ERR_UNAVAILABLE, "the room is loading; retry", room, 0);
-		hub_room_release(h, r);
-		return;
-	}
+	/* A room still loading (only an engine shared by nodes loads
+	 * asynchronously: the cluster) is not needed: that engine sequences
+	 * and de-duplicates the message itself, and the stream brings it here
+	 * (hub_append_done leaves what it cannot apply in order to it). */
 	seq = r->loading ? 0 : room_dedup_find(r, from, strlen(from), id, strlen(id));
 	if (seq) {
 		hub_api_answer(h, req, PROTO_OK, NULL, r->name, seq);
@@ -123,9 +120,8 @@ void hub_api_publish(struct hub *h, uint64_t req, const char *room, const char *
 		return;
 	}
 	if (r->inflight) {
-		struct hub_retry *orig = hub_retry_find(r, from, &ids);
-		if (orig) {
-			hub_retry_add(r, orig->seq, req, from, id, NULL, 0);
+		if (hub_retry_find(r, from, &ids)) {
+			hub_retry_add(r, req, from, id, NULL, 0);
 			return;
 		}
 	}
@@ -232,13 +228,10 @@ void hub_api_members(struct hub *h, const char *room, struct jsonw *w)
 	struct room *r = hub_room_find(h, room, strlen(room));
 	struct hub_api_names an = { h, w, 0 };
 
-	if (r && !r->loading) {
-		hub_w_names(h, w, r);
-		return;
-	}
-	/* Not held here: only other nodes can have members. */
 	jsonw_arr_open(w);
-	if (h->peers.names)
+	if (r && !r->loading)
+		hub_names(h, w, r);
+	else if (h->peers.names)     /* not held here: only other nodes can have members */
 		h->peers.names(h->peers.ctx, room, hub_api_remote_name, &an);
 	jsonw_arr_close(w);
 }

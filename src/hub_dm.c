@@ -7,10 +7,11 @@
 void hub_direct(struct hub *h, const char *to, const struct hub_msg *m)
 {
 	struct hub_user *u = hub_user_find(h, to, strlen(to));
+	struct proto_msg pm = hub_proto_msg(m);
 	struct msgbuf *mb;
 	struct session *t;
 
-	if (!u || !(mb = hub_encode_direct(m)))
+	if (!u || !(mb = proto_encode_direct(&pm)))
 		return;
 	for (t = u->sessions; t; t = t->user_next)
 		if (hub_enqueue(h, t, mb, 1) == 0)

@@ -126,7 +126,7 @@ void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c
 	uint32_t n, first = 0, last, i;
 	size_t total = 0, budget;
 	int got;
-	struct jsonw w;
+	struct msgbuf *mb;
 
 	if (!r)
 		return;
@@ -149,16 +149,9 @@ void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c
 		else
 			total -= v[first++]->len + 1;
 	}
-	hub_w_begin(&w, "history", 128 + total);
-	jsonw_kv_cstr(&w, "room", r->name);
-	jsonw_key(&w, "messages");
-	jsonw_arr_open(&w);
-	for (i = first; i < last; i++)
-		jsonw_raw(&w, (const char *)v[i]->data, v[i]->len);
-	jsonw_arr_close(&w);
-	hub_w_ref(&w, &c->ref);
+	mb = proto_encode_history(r->name, v + first, last - first, &c->ref);
 	hub_frames_unref(v, n);
-	hub_w_reply(h, s, &w);
+	hub_reply(h, s, mb);
 }
 
 enum proto_err hub_history_range(struct hub *h, const char *room, int has_after,

@@ -69,22 +69,9 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 		if (h->peers.presence)
 			h->peers.presence(h->peers.ctx, r->name, s->name, 1);
 	}
-	hub_w_begin(&w, "joined", 256 + 40 * r->member_count);
-	jsonw_kv_cstr(&w, "room", r->name);
-	jsonw_kv_u64(&w, "seq", r->seq);
-	jsonw_kv_cstr(&w, "epoch", r->epoch);
-	jsonw_key(&w, "members");
-	hub_w_names(h, &w, r);
-	if (has_since) {
-		jsonw_key(&w, "recovered");
-		jsonw_bool(&w, recovered);
-		if (!complete) {
-			jsonw_key(&w, "truncated");
-			jsonw_bool(&w, 1);
-		}
-	}
-	hub_w_ref(&w, ref);
-	hub_w_reply(h, s, &w);
+	proto_w_joined(&w, r->name, r->seq, r->epoch, r->member_count);
+	hub_names(h, &w, r);
+	hub_reply(h, s, proto_encode_joined_end(&w, has_since, recovered, !complete, ref));
 	return 0;
 }
 
@@ -171,13 +158,11 @@ void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cmd *c)
 void hub_cmd_leave(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct room *r = hub_member_room(h, s, c, PROTO_ERR_NOT_FOUND);
-	struct jsonw w;
+	struct msgbuf *mb;
 
 	if (!r)
 		return;
-	hub_w_begin(&w, "left", 128);
-	jsonw_kv_cstr(&w, "room", r->name);
-	hub_w_ref(&w, &c->ref);
+	mb = proto_encode_left(r->name, &c->ref);
 	hub_member_leave(h, room_member_find(r, s));   /* may free r */
-	hub_w_reply(h, s, &w);
+	hub_reply(h, s, mb);
 }

@@ -15,14 +15,13 @@ struct hub_retry *hub_retry_find(struct room *r, const char *from, const struct 
 	return NULL;
 }
 
-void hub_retry_add(struct room *r, uint64_t seq, uint64_t sender, const char *from,
-		   const char *id, const struct proto_str *ref, int original)
+void hub_retry_add(struct room *r, uint64_t sender, const char *from, const char *id,
+		   const struct proto_str *ref, int original)
 {
 	struct hub_retry *t = calloc(1, sizeof(*t));
 
 	if (!t)
 		return;            /* a retry then gets its own seq: no worse than before */
-	t->seq = seq;
 	t->sender = sender;
 	t->original = original;
 	snprintf(t->from, sizeof(t->from), "%s", from);
@@ -35,25 +34,27 @@ void hub_retry_add(struct room *r, uint64_t seq, uint64_t sender, const char *fr
 	LL_PREPEND(r->inflight, t);
 }
 
-/* The pending message seq of r completed: answer the retries waiting on it. */
-void hub_retry_done(struct hub *h, struct room *r, uint64_t seq, enum proto_err status)
+/* The pending message p of r completed: answer the retries waiting on it
+ * (same sender name and id), with p's final seq. */
+void hub_retry_done(struct hub *h, struct room *r, const struct hub_pending *p,
+		    enum proto_err status)
 {
 	struct hub_retry *t, *tmp;
 
 	LL_FOREACH_SAFE(r->inflight, t, tmp) {
 		struct session *s = NULL;
-		if (t->seq != seq)
+		if (strcmp(t->from, p->from) != 0 || strcmp(t->id, p->id) != 0)
 			continue;
 		LL_DELETE(r->inflight, t);
 		HASH_FIND(hh, h->sessions, &t->sender, sizeof(t->sender), s);
 		if (!t->original && s && !s->closing) {
 			struct proto_str ref = { t->has_ref ? t->ref : NULL, strlen(t->ref) };
 			if (status == PROTO_OK)
-				hub_ack(h, s, t->id, r->name, seq, t->has_ref ? t->ref : NULL);
+				hub_ack(h, s, t->id, r->name, p->seq, t->has_ref ? t->ref : NULL);
 			else
 				hub_error(h, s, &ref, status, "the message was not stored");
 		} else if (!t->original) {
-			hub_api_answer(h, t->sender, status, "the message was not stored", r->name, seq);
+			hub_api_answer(h, t->sender, status, "the message was not stored", r->name, p->seq);
 		}
 		free(t);
 	}

@@ -33,7 +33,7 @@ void hub_presence(struct hub *h, struct room *r, struct session *s, int join)
 
 	if (h->draining || !r->member_count || (r->member_count == 1 && room_member_find(r, s)))
 		return;
-	if (!(mb = hub_encode_presence(r->name, s->name, join)))
+	if (!(mb = proto_encode_presence(r->name, s->name, join)))
 		return;
 	hub_room_broadcast(h, r, mb, s, 0);
 	msgbuf_unref(mb);
@@ -151,14 +151,16 @@ void hub_member_leave(struct hub *h, struct membership *m)
 }
 
 /*
- * The one path of an accepted message, whatever the engine: the hub makes
- * its frame (hub_encode_message), records it in the room (hub_room_record:
- * seq, ring, dedup), answers the sender if the engine asks it to (hub_ack),
- * and hands the same frame to every member (hub_room_fanout). Memory only:
- * hub_cmd_send -> hub_append_done at once; storage: hub_cmd_send -> engine
- * submit -> hub_append_done at its group commit; cluster: hub_cmd_send ->
- * engine submit -> Redis -> hub_append_answered (the sender's ack) and, on every
- * node, hub_stream_message from the stream (the fan-out).
+ * The one path of an accepted message, whatever the engine: hub_cmd_send
+ * proposes its seq and submits it; the engine completes it with
+ * hub_append_done, which makes its frame (hub_encode_message), records it
+ * in the room (hub_room_record: seq, ring, dedup), acks the sender and
+ * hands the same frame to every member (hub_room_fanout). Memory only:
+ * completed at once; storage: at its group commit; cluster: when the Lua
+ * send script answered (it sequences: its seq replaces the proposal). The
+ * other nodes of a cluster, and this one when the answer came out of
+ * order, take the message from the stream (hub_stream_message), which
+ * records and fans out the same way.
  */
 void hub_room_record(struct hub *h, struct room *r, const struct hub_msg *m,
 		     struct msgbuf *mb)
@@ -202,7 +204,7 @@ void hub_remote_presence(struct hub *h, const char *room, const char *name, int 
 	struct room *r = hub_room_find(h, room, strlen(room));
 	struct msgbuf *mb;
 
-	if (!r || r->loading || !r->member_count || !(mb = hub_encode_presence(r->name, name, join)))
+	if (!r || r->loading || !r->member_count || !(mb = proto_encode_presence(r->name, name, join)))
 		return;
 	hub_room_broadcast(h, r, mb, NULL, 0);
 	msgbuf_unref(mb);

@@ -1,7 +1,6 @@
 /*
  * hub_send.c - the path of a room message: the send command, submit to the
- * engine, and its completion (hub_append_done for local engines, hub_append_answered
- * and hub_stream_message for a sequencing one).
+ * engine, and its one completion (hub_append_done), whatever the engine.
  */
 #include "hub_impl.h"
 
@@ -57,13 +56,10 @@ void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
 	if (!r)
 		return;
 	seq = room_dedup_find(r, s->name, strlen(s->name), c->id.p, c->id.len);
-	if (!seq && r->inflight) {
-		struct hub_retry *orig = hub_retry_find(r, s->name, &c->id);
-		if (orig) {
-			hub_copy(id, &c->id);
-			hub_retry_add(r, orig->seq, s->num, s->name, id, &c->ref, 0);
-			return;
-		}
+	if (!seq && r->inflight && hub_retry_find(r, s->name, &c->id)) {
+		hub_copy(id, &c->id);
+		hub_retry_add(r, s->num, s->name, id, &c->ref, 0);
+		return;
 	}
 	if (seq) {
 		/* A retry of a message already accepted: same ack, no broadcast. */
@@ -84,23 +80,20 @@ void hub_submit(struct hub *h, struct room *r, struct hub_pending *p)
 {
 	strcpy(p->room, r->name);
 	strcpy(p->epoch, r->epoch);
-	/* seq is handed out here, in arrival order; the engine may commit
-	 * later, but commits come back in this order. A cluster engine
-	 * hands out seqs itself. */
-	if (!h->engine.sequences)
-		p->seq = ++r->seq_assigned;
+	/* The seq is proposed here, in arrival order; an engine completes in
+	 * this order per room. One that sequences (the cluster) may replace it. */
+	p->seq = ++r->seq_assigned;
 	r->pending++;
-	/* A local engine may commit later: remember it so that a retry in
-	 * between waits for this commit (a cluster engine dedups in Redis). */
-	if (h->engine.submit && !h->engine.sequences)
-		hub_retry_add(r, p->seq, p->sender, p->from, p->id, NULL, 1);
-	if (h->engine.submit) {
-		h->in_submit = 1;
-		h->engine.submit(h->engine.ctx, h, p);
-		h->in_submit = 0;
-	} else {
+	if (!h->engine.submit) {
 		hub_mem_submit(h, p);
+		return;
 	}
+	/* The engine completes later: a retry in between waits for this
+	 * message's answer instead of taking a second seq. */
+	hub_retry_add(r, p->sender, p->from, p->id, NULL, 1);
+	h->in_submit = 1;
+	h->engine.submit(h->engine.ctx, h, p);
+	h->in_submit = 0;
 }
 
 /* The engine contract: a submitted message completes later, never inside
@@ -112,61 +105,6 @@ static void hub_check_not_in_submit(struct hub *h, const struct hub_pending *p)
 			  p->room, (unsigned long long)p->seq);
 }
 
-void hub_append_done(struct hub *h, struct hub_pending *p, enum proto_err status)
-{
-	struct session *sender = NULL;
-	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
-	struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len };
-	struct msgbuf *mb = NULL;
-	struct room *r;
-	const char *why;
-	uint64_t num = p->sender;
-
-	hub_check_not_in_submit(h, p);
-	HASH_FIND(hh, h->sessions, &num, sizeof(num), sender);
-	if (sender && sender->closing)
-		sender = NULL;
-	r = hub_room_get(h, p->room, strlen(p->room), &why);
-	if (r && r->pending)
-		r->pending--;
-	/* The frame first, before anything moves: in memory only, a message
-	 * that cannot be kept was never accepted (its seq goes back, no gap). */
-	if (r && status == PROTO_OK && !(mb = hub_encode_message(r->name, &m)) && !h->engine.submit)
-		status = PROTO_ERR_INTERNAL;
-	if (r && r->inflight)
-		hub_retry_done(h, r, p->seq, status != PROTO_OK || !r ? PROTO_ERR_UNAVAILABLE : PROTO_OK);
-	if (status != PROTO_OK || !r) {
-		/* Nothing was stored: the seq goes back, so seq stays gap-free
-		 * (the engine fails every later pending message of the room). */
-		if (r && !r->pending)
-			r->seq_assigned = r->seq;
-		const char *what = status == PROTO_ERR_UNAVAILABLE ? "storage unavailable; the message was not stored"
-				  : status == PROTO_ERR_INTERNAL ? "out of memory; the message was not accepted"
-								  : "the message could not be accepted";
-		if (sender)
-			hub_error(h, sender, &ref, r ? status : PROTO_ERR_INTERNAL, what);
-		else
-			hub_api_answer(h, num, r ? status : PROTO_ERR_INTERNAL, what, p->room, 0);
-		if (r)
-			hub_room_release(h, r);
-		return;
-	}
-	/* Stored: seq moves on, and the (from, id) pair is remembered even
-	 * without a frame, so that a retry gets this ack, never a second seq.
-	 * Members who got no frame see a gap in seq and page history. */
-	hub_room_record(h, r, &m, mb);
-	h->m->messages_in++;
-	if (sender)
-		hub_ack(h, sender, p->id, r->name, p->seq, p->has_ref ? p->ref : NULL);
-	else
-		hub_api_answer(h, num, PROTO_OK, NULL, r->name, p->seq);
-	if (h->ev.message)
-		h->ev.message(h->ev.ctx, r->name, &m);
-	hub_room_fanout(h, r, mb);
-	msgbuf_unref(mb);
-	hub_room_release(h, r);     /* its members may all have left meanwhile */
-}
-
 struct session *hub_sender(struct hub *h, uint64_t num)
 {
 	struct session *s = NULL;
@@ -175,37 +113,81 @@ struct session *hub_sender(struct hub *h, uint64_t num)
 	return s && !s->closing ? s : NULL;
 }
 
-void hub_append_answered(struct hub *h, struct hub_pending *p, enum proto_err status)
+/* Can p be recorded and fanned out here now? Storage completes in the
+ * order the hub proposed, so its messages always can. The answer of an
+ * engine that sequences (the cluster) may come before this node's stream
+ * brought seq - 1, or after it brought p itself, or in another epoch: the
+ * stream applies those. */
+static int hub_append_in_order(const struct room *r, const struct hub_pending *p)
+{
+	return !p->duplicate && !r->loading && p->seq == r->seq + 1 && !strcmp(p->epoch, r->epoch);
+}
+
+/* Nothing was stored: the seq goes back, so seq stays gap-free (the engine
+ * fails every later pending message of the room too). */
+static void hub_append_failed(struct hub *h, struct room *r, struct session *sender,
+			      const struct hub_pending *p, enum proto_err status)
+{
+	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
+
+	const char *why = status == PROTO_ERR_UNAVAILABLE
+			  ? "storage unavailable; the message may not have been stored (retry with the same id)"
+			  : status == PROTO_ERR_INTERNAL ? "out of memory; the message was not accepted"
+			  : "the message could not be accepted";
+
+	if (!r->pending)
+		r->seq_assigned = r->seq;
+	if (sender)
+		hub_error(h, sender, &ref, status, why);
+	else
+		hub_api_answer(h, p->sender, status, why, p->room, 0);
+	hub_room_release(h, r);
+}
+
+void hub_append_done(struct hub *h, struct hub_pending *p, enum proto_err status)
 {
 	struct session *sender = hub_sender(h, p->sender);
-	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
+	struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len };
 	struct room *r = hub_room_find(h, p->room, strlen(p->room));
+	struct msgbuf *mb = NULL;
+	int apply;
 
 	hub_check_not_in_submit(h, p);
-	if (r && r->pending) {
-		r->pending--;
-		hub_room_release(h, r);
-	}
-	if (status == PROTO_OK && h->ev.message) {
-		struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len };
-		h->ev.message(h->ev.ctx, p->room, &m);
-	}
-	if (!sender) {
-		if (status == PROTO_OK)
-			h->m->messages_in++;
-		hub_api_answer(h, p->sender, status, status == PROTO_ERR_UNAVAILABLE
-			       ? "the cluster is unavailable; the message may not have been stored (retry with the same id)"
-			       : "the message was not accepted", p->room, p->seq);
+	if (!r) {
+		/* Not possible: a pending message keeps its room. */
+		log_error(NULL, "message %s/%llu completed for a room not held", p->room,
+			  (unsigned long long)p->seq);
 		return;
 	}
-	if (status == PROTO_OK) {
-		h->m->messages_in++;
-		hub_ack(h, sender, p->id, p->room, p->seq, p->has_ref ? p->ref : NULL);
-	} else {
-		hub_error(h, sender, &ref, status, status == PROTO_ERR_UNAVAILABLE
-			  ? "the cluster is unavailable; the message may not have been stored (retry with the same id)"
-			  : "the message was not accepted");
+	if (r->pending)
+		r->pending--;
+	apply = status == PROTO_OK && hub_append_in_order(r, p);
+	/* The frame first, before anything moves: in memory only, a message
+	 * that cannot be kept was never accepted (its seq goes back, no gap). */
+	if (apply && !(mb = hub_encode_message(r->name, &m)) && !h->engine.submit)
+		status = PROTO_ERR_INTERNAL;
+	if (r->inflight)
+		hub_retry_done(h, r, p, status);
+	if (status != PROTO_OK) {
+		hub_append_failed(h, r, sender, p, status);
+		return;
 	}
+	/* Stored: seq moves on, and the (from, id) pair is remembered even
+	 * without a frame, so that a retry gets this ack, never a second seq.
+	 * Members who got no frame see a gap in seq and page history. */
+	if (apply)
+		hub_room_record(h, r, &m, mb);
+	if (!p->duplicate)
+		h->m->messages_in++;
+	if (sender)
+		hub_ack(h, sender, p->id, r->name, p->seq, p->has_ref ? p->ref : NULL);
+	else
+		hub_api_answer(h, p->sender, PROTO_OK, NULL, r->name, p->seq);
+	if (!p->duplicate && h->ev.message)
+		h->ev.message(h->ev.ctx, r->name, &m);
+	hub_room_fanout(h, r, mb);
+	msgbuf_unref(mb);
+	hub_room_release(h, r);     /* its members may all have left meanwhile */
 }
 
 int hub_stream_message(struct hub *h, const char *room, const char *epoch, const struct hub_msg *m)
@@ -236,7 +218,6 @@ void hub_room_rebase(struct hub *h, const char *room, const char *epoch, uint64_
 {
 	struct room *r = hub_room_find(h, room, strlen(room));
 	struct msgbuf *mb;
-	struct jsonw w;
 
 	if (!r || r->loading)
 		return;
@@ -253,12 +234,7 @@ void hub_room_rebase(struct hub *h, const char *room, const char *epoch, uint64_
 	room_reset(r);
 	r->seq = r->seq_assigned = seq;
 	/* Clients hold (seq, epoch) pairs of the old history: tell them. */
-	hub_w_begin(&w, "reset", 128);
-	jsonw_kv_cstr(&w, "room", r->name);
-	jsonw_kv_cstr(&w, "epoch", r->epoch);
-	jsonw_kv_u64(&w, "seq", r->seq);
-	jsonw_obj_close(&w);
-	if ((mb = jsonw_finish(&w))) {
+	if ((mb = proto_encode_reset(r->name, r->epoch, r->seq))) {
 		hub_room_broadcast(h, r, mb, NULL, 0);
 		msgbuf_unref(mb);
 	}

@@ -30,7 +30,6 @@
 #include "hub_api.h"
 #include "log.h"
 #include "proto.h"
-#include "session.h"
 #include "tlsctx.h"
 #include "webassets.h"
 
@@ -228,19 +227,19 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	struct server *srv = c->srv;
 	const struct config *cfg = srv->cfg;
 	double now = ev_now(loop), next;
-	int authed = session_authenticated(c->sess);
+	int authed = hub_session_authenticated(c->sess);
 
 	if (c->close_code)
 		return;
 	if (!authed && now - c->opened >= cfg->handshake_timeout) {
 		srv->m->handshake_timeouts++;
-		log_info(c->sess->id, "no hello within %.3gs; closing", cfg->handshake_timeout);
+		log_info(hub_session_id(c->sess), "no hello within %.3gs; closing", cfg->handshake_timeout);
 		hub_session_close(srv->hub, c->sess, 1008, "handshake timeout", 0);
 		return;
 	}
 	if (now - c->last_rx >= cfg->heartbeat_timeout) {
 		srv->m->heartbeat_evictions++;
-		log_info(c->sess->id, "nothing received for %.3gs; evicting", now - c->last_rx);
+		log_info(hub_session_id(c->sess), "nothing received for %.3gs; evicting", now - c->last_rx);
 		hub_session_close(srv->hub, c->sess, 1001, "heartbeat timeout", 0);
 		return;
 	}
@@ -388,20 +387,20 @@ static int conn_open(struct server *srv, struct lws *wsi, struct conn *c)
 		 * turns it back on: bursts of small frames share packets. */
 		int off = 0;
 		if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &off, sizeof(off)))
-			log_debug(c->sess->id, "TCP_NODELAY off: %s", strerror(errno));
+			log_debug(hub_session_id(c->sess), "TCP_NODELAY off: %s", strerror(errno));
 	}
 	if (srv->cfg->socket_send_buffer > 0) {
 		/* Bounds the kernel's memory for a slow client (autotuning may
 		 * grow it to net.ipv4.tcp_wmem's maximum otherwise). */
 		int sz = (int)srv->cfg->socket_send_buffer;
 		if (setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz)))
-			log_debug(c->sess->id, "SO_SNDBUF: %s", strerror(errno));
+			log_debug(hub_session_id(c->sess), "SO_SNDBUF: %s", strerror(errno));
 	}
 	ev_timer_init(&c->timer, conn_timer_cb, 0., 0.);
 	c->timer.data = c;
 	ev_timer_set(&c->timer, fmin(srv->cfg->handshake_timeout, srv->cfg->heartbeat_interval), 0.);
 	ev_timer_start(srv->loop, &c->timer);
-	log_debug(c->sess->id, "connected from %s", ip);
+	log_debug(hub_session_id(c->sess), "connected from %s", ip);
 	return 0;
 }
 
@@ -473,7 +472,7 @@ static void conn_release(struct server *srv, struct conn *c, int socket_gone)
 	c->ip->count--;
 	server_ip_unref(srv, c->ip);
 	c->ip = NULL;
-	log_debug(c->sess->id, "released");
+	log_debug(hub_session_id(c->sess), "released");
 	hub_session_unregister(srv->hub, c->sess);
 	c->sess = NULL;
 	server_check_drained(srv);
@@ -764,7 +763,7 @@ static int conn_send_plain(struct server *srv, struct conn *c)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				return conn_block(c);
-			log_debug(c->sess->id, "write failed: %s", strerror(errno));
+			log_debug(hub_session_id(c->sess), "write failed: %s", strerror(errno));
 			return -1;
 		}
 		srv->m->socket_writes++;
@@ -1047,7 +1046,7 @@ static struct msgbuf *server_healthz(struct server *srv)
 			 srv->draining ? "shutting_down"
 			 : srv->m->cluster_enabled && !srv->m->redis_up ? "degraded" : "ok",
 			 srv->cfg->node_id, srv->nconns,
-			 (unsigned long long)hub_session_count(srv->hub),
+			 (unsigned long long)hub_named_session_count(srv->hub),
 			 !srv->m->cluster_enabled ? "" : srv->m->redis_up ? ",\"redis\":\"up\"" : ",\"redis\":\"down\"");
 
 	return msgbuf_from(body, (size_t)n);
@@ -1058,7 +1057,7 @@ static struct msgbuf *server_metrics(struct server *srv)
 	struct metrics_gauges g = {
 		.connections = srv->nconns,
 		.pending = srv->npending,
-		.sessions = hub_session_count(srv->hub),
+		.sessions = hub_named_session_count(srv->hub),
 		.rooms = hub_room_count(srv->hub),
 		.queue_bytes = hub_queue_bytes(srv->hub),
 		.queued_messages = hub_queue_messages(srv->hub),

@@ -3,7 +3,9 @@
  * tests (tests/unit/test_hub.c) and the hub fuzzer (tests/fuzz/fuzz_hub.c):
  * committed messages, oldest first, the oldest dropped when full (like
  * retention); given back to the hub as data on a room load, and by reads,
- * which can be made to fail half way. Header-only: each harness has one.
+ * which can be made to fail half way. It can also sequence appends, as the
+ * cluster's send script does (fake_store_sequence). Header-only: each
+ * harness has one.
  */
 #ifndef CHATD_TESTS_FAKE_STORE_H
 #define CHATD_TESTS_FAKE_STORE_H
@@ -21,11 +23,36 @@ struct fake_msg {
 	uint64_t seq, ts;
 };
 
+#define FAKE_STORE_ROOMS 16
+
 struct fake_store {
 	struct fake_msg m[FAKE_STORE_MAX];
 	int n, cap;          /* cap 0: FAKE_STORE_MAX */
 	int fail_reads;      /* a read emits its first message, then fails */
+	struct {             /* a sequencing store's counters, as Redis' INCR keys: */
+		char room[PROTO_ROOM_MAX + 1];   /* they outlive retention */
+		uint64_t seq;
+	} last[FAKE_STORE_ROOMS];
+	int nlast;
 };
+
+/* The latest seq a sequencing store handed out in room (0: none). */
+static inline uint64_t *fake_store_counter(struct fake_store *fs, const char *room)
+{
+	static uint64_t spare;
+	int i;
+
+	for (i = 0; i < fs->nlast; i++)
+		if (!strcmp(fs->last[i].room, room))
+			return &fs->last[i].seq;
+	if (fs->nlast == FAKE_STORE_ROOMS) {
+		spare = 0;
+		return &spare;
+	}
+	snprintf(fs->last[fs->nlast].room, sizeof fs->last[0].room, "%s", room);
+	fs->last[fs->nlast].seq = 0;
+	return &fs->last[fs->nlast++].seq;
+}
 
 static inline void fake_store_add(struct fake_store *fs, const struct hub_pending *p)
 {
@@ -42,6 +69,26 @@ static inline void fake_store_add(struct fake_store *fs, const struct hub_pendin
 	snprintf(m->body, sizeof m->body, "%s", p->body);
 	m->seq = p->seq;
 	m->ts = p->ts;
+}
+
+/* What an engine that sequences does with an append (the cluster's send
+ * script): (from, id) still stored in the room makes p a duplicate with the
+ * original's seq; else the room's next seq replaces the hub's proposal and
+ * p is stored. */
+static inline void fake_store_sequence(struct fake_store *fs, struct hub_pending *p)
+{
+	int i;
+
+	for (i = 0; i < fs->n; i++) {
+		const struct fake_msg *m = &fs->m[i];
+		if (!strcmp(m->room, p->room) && !strcmp(m->from, p->from) && !strcmp(m->id, p->id)) {
+			p->seq = m->seq;
+			p->duplicate = 1;
+			return;
+		}
+	}
+	p->seq = ++*fake_store_counter(fs, p->room);
+	fake_store_add(fs, p);
 }
 
 static inline void fake_store_msg(const struct fake_msg *f, struct hub_msg *m)

@@ -15,7 +15,9 @@
  *   6  COMMIT    u8 n: n < 128: the engine commits that many pending messages,
  *                oldest first; n >= 128: it commits the oldest pending message
  *                of room r(n % 8) only (rooms complete out of order); n >= 192:
- *                it also finishes its oldest room load (ok unless n & 1)
+ *                it also finishes its oldest room load (ok unless n & 1).
+ *                A sequencing engine, for 128 <= n < 192 with n & 8, instead
+ *                stores a message of another node in room r(n % 8).
  *   7  FAIL      the engine fails its oldest pending message (and,
  *                per the engine contract, every later one of the same room)
  *   8  TOKEN     u8 alg, u16le len, len bytes of claims JSON: hello {token}
@@ -27,8 +29,12 @@
  *
  * Header byte 0: bit 1 drop_oldest, bit 2 an engine, bit 4 auth on, bit 8
  * the engine is slow and unreliable: room loads wait for COMMIT >= 192, and
- * reads fail while bit 16 is set. The engine keeps what it committed (the
- * last FZ_STORE messages), so reloads and reads give it back. Byte 7's high
+ * reads fail while bit 16 is set; bit 32: the engine sequences, as the
+ * cluster does (its seq replaces the hub's proposal, a stored (from, id) is
+ * answered as a duplicate, a failed append may have been stored, and after
+ * each commit its stream brings the room's stored messages to the hub,
+ * stopping at a gap). The engine keeps what it committed (the last
+ * FZ_STORE messages), so reloads and reads give it back. Byte 7's high
  * nibble, if not 0, sets limits.max_rooms (1..15): rooms are evicted,
  * reloaded, and new ones refused.
  *
@@ -93,7 +99,7 @@ static struct hub_pending *pend_head, *pend_tail;
 #define FZ_STORE 64
 static struct fake_store store;
 static char loads[16][PROTO_ROOM_MAX + 1];
-static int nloads, slow_engine;
+static int nloads, slow_engine, sequencing;
 
 /* ---- fake transport ----------------------------------------------------- */
 
@@ -182,11 +188,64 @@ static const struct hub_engine deferred_engine = {
 	.submit = eng_submit, .room_load = eng_room_load, .read = eng_read, .oldest = eng_oldest,
 };
 
+/* A sequencing engine's stream: the stored messages of room, in order, up
+ * to the first one the hub reports as a gap (the next catch-up, like the
+ * cluster's resync, starts over; what the hub has seen, it ignores). */
+static void stream_catch_up(const char *room)
+{
+	int i;
+
+	for (i = 0; i < store.n; i++) {
+		struct hub_msg m;
+		if (strcmp(store.m[i].room, room) != 0)
+			continue;
+		fake_store_msg(&store.m[i], &m);
+		if (hub_stream_message(hub, room, store.m[i].epoch, &m) < 0)
+			break;
+	}
+	/* The hub never holds a seq the engine did not hand out. */
+	CHECK(hub_room_seq(hub, room) <= (long long)*fake_store_counter(&store, room));
+}
+
+static void complete(struct hub_pending *p, enum proto_err status)
+{
+	char room[sizeof p->room];
+
+	memcpy(room, p->room, sizeof room);
+	if (sequencing) {
+		if (status == PROTO_OK || store.n % 2)
+			fake_store_sequence(&store, p);   /* a failure may have stored it */
+	} else if (status == PROTO_OK) {
+		fake_store_add(&store, p);
+	}
+	hub_append_done(hub, p, status);
+	hub_pending_free(p);
+	if (sequencing)
+		stream_catch_up(room);
+}
+
 static void commit_one(struct hub_pending *p)
 {
-	fake_store_add(&store, p);
-	hub_append_done(hub, p, PROTO_OK);
-	hub_pending_free(p);
+	complete(p, PROTO_OK);
+}
+
+/* A sequencing engine: another node stores a message in room r<k>. */
+static void other_node(unsigned k)
+{
+	struct hub_pending p;
+	int i;
+
+	memset(&p, 0, sizeof p);
+	snprintf(p.room, sizeof p.room, "r%u", k);
+	for (i = store.n - 1; i >= 0 && strcmp(store.m[i].room, p.room) != 0; i--)
+		;
+	if (i < 0)
+		return;      /* nothing stored: the room's epoch is the hub's to pick */
+	memcpy(p.epoch, store.m[i].epoch, sizeof p.epoch);
+	snprintf(p.from, sizeof p.from, "other");
+	snprintf(p.id, sizeof p.id, "o%llu", (unsigned long long)*fake_store_counter(&store, p.room));
+	p.ts = 1;
+	fake_store_sequence(&store, &p);
 }
 
 /* Commit the oldest pending message of room r<k> (per room in seq order,
@@ -239,8 +298,7 @@ static void eng_fail(void)
 	if (!p)
 		return;
 	memcpy(room, p->room, sizeof room);
-	hub_append_done(hub, p, PROTO_ERR_UNAVAILABLE);
-	hub_pending_free(p);
+	complete(p, PROTO_ERR_UNAVAILABLE);
 	/* A failed commit fails every later pending message of the room. */
 	for (pp = &pend_head; *pp;) {
 		p = *pp;
@@ -250,8 +308,7 @@ static void eng_fail(void)
 		}
 		*pp = p->next;
 		p->next = NULL;
-		hub_append_done(hub, p, PROTO_ERR_UNAVAILABLE);
-		hub_pending_free(p);
+		complete(p, PROTO_ERR_UNAVAILABLE);
 	}
 	pend_tail = NULL;
 	for (p = pend_head; p; p = p->next)
@@ -352,7 +409,7 @@ static void check_invariants(void)
 
 	for (i = 0; i < NSLOTS; i++) {
 		struct session *s = slots[i].s;
-		struct membership *m, *tmp;
+		struct membership *m;
 
 		if (!s)
 			continue;
@@ -374,7 +431,7 @@ static void check_invariants(void)
 	}
 	CHECK(hub_queue_bytes(hub) == bytes);
 	CHECK(hub_queue_messages(hub) == msgs);
-	CHECK(hub_session_count(hub) == authed);
+	CHECK(hub_named_session_count(hub) == authed);
 }
 
 static void input(struct slot *sl, const char *data, size_t len, int signed_token)
@@ -540,6 +597,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	store.fail_reads = (hdr[0] & 16) != 0;
 	nloads = 0;
 	slow_engine = (hdr[0] & 8) != 0;
+	sequencing = (hdr[0] & 32) != 0;
 	clock_now = 1700000000.0;
 	if (config_defaults(&cfg))
 		abort();
@@ -589,6 +647,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			a = u8(&p, end);
 			if (a < 128)
 				eng_commit(a);
+			else if (sequencing && a < 192 && (a & 8))
+				other_node(a % 8);
 			else
 				eng_commit_room(a % 8);
 			if (a >= 192)
@@ -641,7 +701,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			;
 		release(&slots[i]);
 	}
-	CHECK(hub_session_count(hub) == 0 && hub_queue_bytes(hub) == 0 && hub_queue_messages(hub) == 0);
+	CHECK(hub_named_session_count(hub) == 0 && hub_queue_bytes(hub) == 0 && hub_queue_messages(hub) == 0);
 	hub_free(hub);
 	hub = NULL;
 	config_free(&cfg);

@@ -328,7 +328,7 @@ static void test_hello_gets_welcome(void **state)
 
 	start();
 	s = connect_();
-	assert_int_equal(hub_session_count(hub), 0);
+	assert_int_equal(hub_named_session_count(hub), 0);
 	in(s, "{\"type\":\"hello\",\"name\":\"alice\",\"ref\":\"h1\"}");
 	w = expect(s, "welcome");
 	assert_string_equal(str(w, "name"), "alice");
@@ -338,7 +338,7 @@ static void test_hello_gets_welcome(void **state)
 	assert_true(num(w, "heartbeat") == cfg.heartbeat_interval);
 	assert_string_equal(str(w, "node"), cfg.node_id);
 	expect_none(s);
-	assert_int_equal(hub_session_count(hub), 1);
+	assert_int_equal(hub_named_session_count(hub), 1);
 	assert_int_equal(fk.nwoken, 1);
 	assert_ptr_equal(fk.woken[0], s->conn);
 }
@@ -398,7 +398,7 @@ static void test_duplicate_name_is_conflict(void **state)
 	b = connect_();
 	in(b, "{\"type\":\"hello\",\"name\":\"alice\",\"ref\":\"x\"}");
 	assert_string_equal(str(expect_error(b, "conflict"), "ref"), "x");
-	assert_int_equal(hub_session_count(hub), 1);
+	assert_int_equal(hub_named_session_count(hub), 1);
 	/* once the first is gone the name is free again */
 	hub_session_unregister(hub, a);
 	in(b, "{\"type\":\"hello\",\"name\":\"alice\"}");
@@ -419,7 +419,7 @@ static void test_sessions_per_name_2_allows_two_sessions(void **state)
 	expect_error(b, "conflict");
 	in(b, "{\"type\":\"hello\",\"name\":\"bob\"}");
 	expect(b, "welcome");
-	assert_int_equal(hub_session_count(hub), 3);
+	assert_int_equal(hub_named_session_count(hub), 3);
 
 	/* members lists a shared name once */
 	join(a1, "r");
@@ -1180,7 +1180,7 @@ static void test_unregister_sends_presence_leave_and_frees_everything(void **sta
 	assert_int_equal(hub_room_count(hub), 2);
 
 	hub_session_unregister(hub, a);
-	assert_int_equal(hub_session_count(hub), 2);
+	assert_int_equal(hub_named_session_count(hub), 2);
 	assert_int_equal(hub_room_count(hub), 1);    /* "quiet" had no message */
 	p = expect(b, "presence");
 	assert_string_equal(str(p, "name"), "alice");
@@ -1195,7 +1195,7 @@ static void test_unregister_sends_presence_leave_and_frees_everything(void **sta
 
 	hub_session_unregister(hub, b);
 	hub_session_unregister(hub, c);
-	assert_int_equal(hub_session_count(hub), 0);
+	assert_int_equal(hub_named_session_count(hub), 0);
 	assert_int_equal(hub_queue_bytes(hub), 0);
 	assert_int_equal(hub_queue_messages(hub), 0);
 	assert_int_equal(hub_room_count(hub), 1);    /* rooms with history stay */
@@ -1404,7 +1404,7 @@ static void test_deferred_commit_failure_after_the_sender_is_gone(void **state)
 /* ---- a fake asynchronous engine ---------------------------------------- */
 
 /*
- * A local engine that does nothing inside the hub's calls: appends wait
+ * An engine that keeps the hub's seqs and does nothing inside the hub's calls: appends wait
  * until the test completes them (per room in order, across rooms in any
  * order), room loads wait until the test finishes them, and reads and
  * appends can be made to fail. What it stored, it keeps, so that loads and
@@ -1555,13 +1555,16 @@ static void test_fake_engine_fails_an_append_in_one_room_only(void **state)
 	assert_true(num(expect(b, "message"), "seq") == 1);
 }
 
-/* A sequencing engine (the cluster's contract): it answers the sender with
- * hub_append_answered and feeds every message through hub_stream_message, which reports a
- * gap (-1) instead of delivering out of order; the engine re-reads and the
- * members get every message once, in order. A message whose frame cannot
- * be made is reported as a gap too, and applied on the re-read. */
+/* An engine that sequences (the cluster's contract, through the same
+ * hub_append_done): its seq replaces the hub's proposal. An answer in order
+ * is applied and fanned out at once, and the stream's copy is then ignored;
+ * an answer ahead of the stream is acked only, the stream brings the
+ * message; the stream reports a gap (-1) instead of delivering out of
+ * order, and the engine re-reads. A message whose frame cannot be made is
+ * reported as a gap too, and applied on the re-read. */
 static struct hub_pending *seq_held[8];
 static int seq_nheld;
+static struct fake_store seq_store;
 
 static void seq_submit(void *ctx, struct hub *h, struct hub_pending *p)
 {
@@ -1571,47 +1574,164 @@ static void seq_submit(void *ctx, struct hub *h, struct hub_pending *p)
 	seq_held[seq_nheld++] = p;
 }
 
-static void test_sequencing_engine_reports_gaps_and_recovers(void **state)
+/* The hub with that engine, alice (*a) and bob (*b) in room r, whose
+ * epoch it returns. */
+static const char *start_with_sequencing_engine(struct session **a, struct session **b)
 {
-	struct hub_engine e = { .submit = seq_submit, .sequences = 1 };
-	struct hub_msg m1 = { 1, 5, "alice", "a1", "one", 3 };
-	struct hub_msg m2 = { 2, 6, "alice", "a2", "two", 3 };
-	struct hub_msg m3 = { 3, 7, "bob", "b1", "three", 5 };
-	struct session *a, *b;
+	struct hub_engine e = { .submit = seq_submit };
 	const char *epoch;
 
 	seq_nheld = 0;
+	memset(&seq_store, 0, sizeof seq_store);
 	start();
 	hub_set_engine(hub, &e);
-	a = login("alice");
-	b = login("bob");
-	epoch = str(join(a, "r"), "epoch");
-	join(b, "r");
-	drain(a);
+	*a = login("alice");
+	*b = login("bob");
+	epoch = str(join(*a, "r"), "epoch");
+	join(*b, "r");
+	drain(*a);
+	return epoch;
+}
+
+/* The engine sequences and answers the oldest held append. */
+static void seq_complete(enum proto_err status)
+{
+	struct hub_pending *p = seq_held[0];
+
+	assert_true(seq_nheld > 0);
+	memmove(&seq_held[0], &seq_held[1], sizeof(seq_held[0]) * (size_t)--seq_nheld);
+	if (status == PROTO_OK || status == PROTO_ERR_UNAVAILABLE)
+		fake_store_sequence(&seq_store, p);   /* unavailable: stored, answer lost */
+	hub_append_done(hub, p, status);
+	hub_pending_free(p);
+}
+
+/* A message another node stored in room (the engine's own stream input). */
+static void seq_other_node(const char *room, const char *epoch, const char *from, const char *id)
+{
+	struct hub_pending p;
+
+	memset(&p, 0, sizeof p);
+	snprintf(p.room, sizeof p.room, "%s", room);
+	snprintf(p.epoch, sizeof p.epoch, "%s", epoch);
+	snprintf(p.from, sizeof p.from, "%s", from);
+	snprintf(p.id, sizeof p.id, "%s", id);
+	p.ts = 5;
+	fake_store_sequence(&seq_store, &p);
+	assert_false(p.duplicate);
+}
+
+/* The stream brings stored message i (0-based) to the hub. */
+static int seq_stream(int i)
+{
+	struct hub_msg m;
+
+	fake_store_msg(&seq_store.m[i], &m);
+	return hub_stream_message(hub, seq_store.m[i].room, seq_store.m[i].epoch, &m);
+}
+
+static void test_sequencing_engine_in_order_answer_fans_out_once(void **state)
+{
+	struct session *a, *b;
+
+	start_with_sequencing_engine(&a, &b);
 	send_msg(a, "r", "a1", "one");
 	assert_int_equal(seq_nheld, 1);
-	assert_int_equal(seq_held[0]->seq, 0);       /* the engine assigns it */
-	seq_held[0]->seq = 1;
-	hub_append_answered(hub, seq_held[0], PROTO_OK);
-	hub_pending_free(seq_held[0]);
+	assert_int_equal(seq_held[0]->seq, 1);        /* the hub's proposal */
+	expect_none(a);
+	seq_complete(PROTO_OK);
 	assert_true(num(expect(a, "ack"), "seq") == 1);
-	expect_none(b);                                 /* fan-out comes from the stream */
-	assert_int_equal(hub_stream_message(hub, "r", epoch, &m1), 0);
-	assert_int_equal(hub_stream_message(hub, "r", epoch, &m3), -1);   /* 2 is missing: a gap */
+	assert_true(num(expect(a, "message"), "seq") == 1);
+	assert_string_equal(str(expect(b, "message"), "body"), "one");
+	assert_int_equal(seq_stream(0), 0);             /* the stream's copy: seen */
+	expect_none(a);
+	expect_none(b);
+	assert_int_equal(metrics.messages_in, 1);
+}
+
+static void test_sequencing_engine_reports_gaps_and_recovers(void **state)
+{
+	struct session *a, *b;
+	const char *epoch = start_with_sequencing_engine(&a, &b);
+
+	seq_other_node("r", epoch, "carol", "c1");       /* seq 1, not here yet */
+	send_msg(a, "r", "a1", "one");
+	assert_int_equal(seq_held[0]->seq, 1);          /* proposed; the engine says 2 */
+	seq_complete(PROTO_OK);
+	assert_true(num(expect(a, "ack"), "seq") == 2);
+	expect_none(a);                                 /* ahead of the stream: not applied */
+	expect_none(b);
+	assert_int_equal(hub_room_seq(hub, "r"), 0);
+	seq_other_node("r", epoch, "carol", "c2");       /* seq 3 */
+	assert_int_equal(seq_stream(0), 0);
+	assert_int_equal(seq_stream(2), -1);            /* 2 is missing: a gap */
 	assert_true(num(expect(b, "message"), "seq") == 1);
 	expect_none(b);
-	alloc_fail_in = 1;                              /* m2's frame */
-	assert_int_equal(hub_stream_message(hub, "r", epoch, &m2), -1);
+	alloc_fail_in = 1;                              /* 2's frame */
+	assert_int_equal(seq_stream(1), -1);
 	alloc_fail_in = 0;
 	expect_none(b);
 	/* the re-read */
-	assert_int_equal(hub_stream_message(hub, "r", epoch, &m1), 0);   /* seen: ignored */
-	assert_int_equal(hub_stream_message(hub, "r", epoch, &m2), 0);
-	assert_int_equal(hub_stream_message(hub, "r", epoch, &m3), 0);
-	assert_true(num(expect(b, "message"), "seq") == 2);
+	assert_int_equal(seq_stream(0), 0);             /* seen: ignored */
+	assert_int_equal(seq_stream(1), 0);
+	assert_int_equal(seq_stream(2), 0);
+	assert_string_equal(str(expect(b, "message"), "id"), "a1");
 	assert_true(num(expect(b, "message"), "seq") == 3);
 	expect_none(b);
+	assert_true(num(expect(a, "message"), "seq") == 1);
+	assert_true(num(expect(a, "message"), "seq") == 2);
+	assert_true(num(expect(a, "message"), "seq") == 3);
+	expect_none(a);
 	assert_int_equal(hub_room_seq(hub, "r"), 3);
+}
+
+/* The engine found (from, id) stored already (a retry after an answer that
+ * was lost): the sender gets the original's ack and nobody a second copy. */
+static void test_sequencing_engine_duplicate_gets_the_original_ack(void **state)
+{
+	struct session *a, *b;
+
+	start_with_sequencing_engine(&a, &b);
+	in(a, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"a1\",\"body\":\"x\",\"ref\":\"first\"}");
+	seq_complete(PROTO_ERR_UNAVAILABLE);          /* stored, but the answer was lost */
+	assert_string_equal(str(expect_error(a, "unavailable"), "ref"), "first");
+	expect_none(b);
+	in(a, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"a1\",\"body\":\"x\",\"ref\":\"again\"}");
+	assert_int_equal(seq_held[0]->seq, 1);
+	seq_complete(PROTO_OK);
+	{
+		cJSON *o = expect(a, "ack");
+		assert_true(num(o, "seq") == 1);
+		assert_string_equal(str(o, "ref"), "again");
+	}
+	expect_none(a);                                 /* the stream brings it, once */
+	expect_none(b);
+	assert_int_equal(metrics.messages_in, 0);
+	assert_int_equal(seq_stream(0), 0);
+	assert_true(num(expect(a, "message"), "seq") == 1);
+	assert_true(num(expect(b, "message"), "seq") == 1);
+	expect_none(a);
+	expect_none(b);
+}
+
+/* A retry while the first send is still with the engine waits for its
+ * answer, and gets the seq the engine chose, not the hub's proposal. */
+static void test_sequencing_engine_retry_in_flight_gets_the_final_seq(void **state)
+{
+	struct session *a, *b;
+	const char *epoch = start_with_sequencing_engine(&a, &b);
+
+	seq_other_node("r", epoch, "carol", "c1");
+	assert_int_equal(seq_stream(0), 0);
+	assert_true(num(expect(a, "message"), "seq") == 1);
+	seq_other_node("r", epoch, "carol", "c2");        /* seq 2, not here yet */
+	in(a, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"a1\",\"body\":\"x\",\"ref\":\"1\"}");
+	in(a, "{\"type\":\"send\",\"room\":\"r\",\"id\":\"a1\",\"body\":\"x\",\"ref\":\"2\"}");
+	assert_int_equal(seq_nheld, 1);                  /* the retry waits */
+	seq_complete(PROTO_OK);                          /* seq 3 */
+	assert_true(num(expect(a, "ack"), "seq") == 3);
+	assert_true(num(expect(a, "ack"), "seq") == 3);
+	expect_none(a);
 }
 
 /* Defect 2: a parked join whose member cannot be added must not free the
@@ -1977,7 +2097,10 @@ int main(void)
 		T(test_unregister_of_the_largest_queue_under_global_cap_returns),
 		T(test_fake_engine_completes_rooms_out_of_order),
 		T(test_fake_engine_fails_an_append_in_one_room_only),
+		T(test_sequencing_engine_in_order_answer_fans_out_once),
 		T(test_sequencing_engine_reports_gaps_and_recovers),
+		T(test_sequencing_engine_duplicate_gets_the_original_ack),
+		T(test_sequencing_engine_retry_in_flight_gets_the_final_seq),
 		T(test_failed_parked_join_does_not_free_the_room_twice),
 		T(test_failed_read_is_not_reported_as_recovered),
 		T(test_stored_message_without_a_frame_still_acks_and_dedups),

@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
+#include "jsonw.h"
 #include "msgbuf.h"
 #include "proto.h"
 
@@ -657,6 +660,151 @@ static void test_utf8_validator(void **state)
 
 #define T(f) cmocka_unit_test_teardown(f, teardown)
 
+/* ---- encoding: every event the server sends ----------------------------- */
+
+/* Parse an encoded event (and drop the frame): a JSON object of that type. */
+static cJSON *event(struct msgbuf *mb, const char *type)
+{
+	cJSON *o, *t;
+
+	assert_non_null(mb);
+	assert_null(proto_json_strict((const char *)mb->data, mb->len));
+	o = cJSON_ParseWithLength((const char *)mb->data, mb->len);
+	msgbuf_unref(mb);
+	assert_true(cJSON_IsObject(o));
+	t = cJSON_GetObjectItemCaseSensitive(o, "type");
+	assert_true(cJSON_IsString(t));
+	assert_string_equal(t->valuestring, type);
+	return o;
+}
+
+static const char *field_str(const cJSON *o, const char *k)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+
+	assert_true(cJSON_IsString(it));
+	return it->valuestring;
+}
+
+static double field_num(const cJSON *o, const char *k)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+
+	assert_true(cJSON_IsNumber(it));
+	return it->valuedouble;
+}
+
+static void test_encode_message_keeps_the_body_byte_for_byte(void **state)
+{
+	static const char body[] = "q\"uo\\te\n\t\x01 \xc3\xa9 \xf0\x9f\x98\x80 </script>";
+	struct proto_msg m = { 42, 1700000000123ULL, "alice", "m-1", body, sizeof body - 1 };
+	cJSON *o = event(proto_encode_message("lobby", &m), "message");
+
+	assert_string_equal(field_str(o, "room"), "lobby");
+	assert_true(field_num(o, "seq") == 42);
+	assert_string_equal(field_str(o, "from"), "alice");
+	assert_string_equal(field_str(o, "id"), "m-1");
+	assert_string_equal(field_str(o, "body"), body);
+	assert_true(field_num(o, "ts") == 1700000000123.0);
+	cJSON_Delete(o);
+	o = event(proto_encode_direct(&m), "direct");
+	assert_string_equal(field_str(o, "body"), body);
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "room"));
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "seq"));
+	cJSON_Delete(o);
+}
+
+static void test_encode_replies_echo_ref_only_when_given(void **state)
+{
+	struct proto_str ref = { "r\"1", 3 }, none = { NULL, 0 };
+	cJSON *o;
+
+	o = event(proto_encode_error(PROTO_ERR_FORBIDDEN, "not \"yours\"", &ref), "error");
+	assert_string_equal(field_str(o, "code"), "forbidden");
+	assert_string_equal(field_str(o, "message"), "not \"yours\"");
+	assert_string_equal(field_str(o, "ref"), "r\"1");
+	cJSON_Delete(o);
+	o = event(proto_encode_pong(&none), "pong");
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "ref"));
+	cJSON_Delete(o);
+	o = event(proto_encode_ack("d1", NULL, 0, NULL), "ack");     /* a dm's ack */
+	assert_string_equal(field_str(o, "id"), "d1");
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "room"));
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "seq"));
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "ref"));
+	cJSON_Delete(o);
+	o = event(proto_encode_ack("m1", "r", 7, "x"), "ack");
+	assert_true(field_num(o, "seq") == 7);
+	assert_string_equal(field_str(o, "ref"), "x");
+	cJSON_Delete(o);
+	o = event(proto_encode_welcome("s1", "bob", 25.5, "node-a", &ref), "welcome");
+	assert_true(field_num(o, "heartbeat") == 25.5);
+	assert_string_equal(field_str(o, "node"), "node-a");
+	cJSON_Delete(o);
+	o = event(proto_encode_left("r", &ref), "left");
+	assert_string_equal(field_str(o, "room"), "r");
+	cJSON_Delete(o);
+	o = event(proto_encode_presence("r", "bob", 0), "presence");
+	assert_string_equal(field_str(o, "state"), "leave");
+	cJSON_Delete(o);
+	o = event(proto_encode_reset("r", "00ff", 9), "reset");
+	assert_string_equal(field_str(o, "epoch"), "00ff");
+	assert_true(field_num(o, "seq") == 9);
+	cJSON_Delete(o);
+}
+
+static void test_encode_joined_and_members_list_names(void **state)
+{
+	struct proto_str ref = { "j", 1 };
+	struct jsonw w;
+	cJSON *o, *names;
+
+	proto_w_joined(&w, "r", 3, "abcd", 2);
+	proto_w_name(&w, "alice");
+	proto_w_name(&w, "b\"ob");
+	o = event(proto_encode_joined_end(&w, 1, 0, 1, &ref), "joined");
+	names = cJSON_GetObjectItemCaseSensitive(o, "members");
+	assert_int_equal(cJSON_GetArraySize(names), 2);
+	assert_string_equal(cJSON_GetArrayItem(names, 1)->valuestring, "b\"ob");
+	assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(o, "recovered")));
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "truncated")));
+	assert_string_equal(field_str(o, "ref"), "j");
+	cJSON_Delete(o);
+	proto_w_joined(&w, "r", 0, "abcd", 0);
+	o = event(proto_encode_joined_end(&w, 0, 1, 1, NULL), "joined");
+	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "members")), 0);
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "recovered"));
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "truncated"));
+	cJSON_Delete(o);
+	proto_w_members(&w, "r", 1);
+	proto_w_name(&w, "carol");
+	o = event(proto_encode_members_end(&w, NULL), "members");
+	assert_string_equal(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "names"), 0)->valuestring,
+			    "carol");
+	cJSON_Delete(o);
+}
+
+static void test_encode_history_embeds_message_events(void **state)
+{
+	struct proto_msg m1 = { 1, 5, "a", "x", "one", 3 }, m2 = { 2, 6, "b", "y", "two", 3 };
+	struct msgbuf *v[2] = { proto_encode_message("r", &m1), proto_encode_message("r", &m2) };
+	cJSON *o, *msgs;
+
+	assert_non_null(v[0]);
+	assert_non_null(v[1]);
+	o = event(proto_encode_history("r", v, 2, NULL), "history");
+	msgbuf_unref(v[0]);
+	msgbuf_unref(v[1]);
+	msgs = cJSON_GetObjectItemCaseSensitive(o, "messages");
+	assert_int_equal(cJSON_GetArraySize(msgs), 2);
+	assert_string_equal(field_str(cJSON_GetArrayItem(msgs, 1), "body"), "two");
+	assert_true(field_num(cJSON_GetArrayItem(msgs, 0), "seq") == 1);
+	cJSON_Delete(o);
+	o = event(proto_encode_history("r", v, 0, NULL), "history");
+	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "messages")), 0);
+	cJSON_Delete(o);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -702,6 +850,10 @@ int main(void)
 		T(test_other_control_escapes_accepted),
 		T(test_trailing_data_after_the_object_rejected),
 		T(test_utf8_validator),
+		T(test_encode_message_keeps_the_body_byte_for_byte),
+		T(test_encode_replies_echo_ref_only_when_given),
+		T(test_encode_joined_and_members_list_names),
+		T(test_encode_history_embeds_message_events),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

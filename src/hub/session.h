@@ -5,7 +5,9 @@
  * Ownership: the hub creates sessions (hub_session_register) and frees them
  * in exactly one place (hub_session_unregister). The transport keeps a
  * pointer to its session until it calls that function, and never after.
- * session->conn is the transport's handle, opaque to the hub.
+ * session->conn is the transport's handle, opaque to the hub. This header
+ * is private to the hub (src/hub): outside it, struct session is opaque and
+ * hub.h's accessors (hub_session_id, hub_session_backlog, ...) answer.
  */
 #ifndef CHATD_SESSION_H
 #define CHATD_SESSION_H

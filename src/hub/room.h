@@ -6,6 +6,7 @@
  * Rooms are owned by the hub's room table. A membership links one session
  * and one room; it sits in the room's member hash and the session's room
  * list, is created by room_member_add and freed by room_member_remove only.
+ * Private to the hub (src/hub): engines name rooms, they never see one.
  */
 #ifndef CHATD_ROOM_H
 #define CHATD_ROOM_H

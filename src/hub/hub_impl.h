@@ -1,6 +1,8 @@
 /*
- * hub_impl.h - what the files of the hub share (not a public header: the
- * transport and the engines use hub.h). The hub's state is one struct hub;
+ * hub_impl.h - what the files of the hub share. Private, like session.h
+ * and room.h beside it: only the hub library (and its unit test and
+ * fuzzer) has src/hub on its include path; the transport and the engines
+ * use hub.h. The hub's state is one struct hub;
  * each hub_*.c file does one job on it (see the comment at its top).
  */
 #ifndef CHATD_HUB_IMPL_H
@@ -22,6 +24,7 @@
 #include "proto.h"
 #include "rng.h"
 #include "room.h"
+#include "session.h"
 
 /* Sessions that share a name (limits.sessions_per_name). */
 struct hub_user {
@@ -70,13 +73,12 @@ struct hub_waiter {
 };
 
 /*
- * A retry of a message whose commit is still pending (storage batch mode):
- * it must get the same ack once the first one commits, not a second seq.
- * Such retries wait here, per room, keyed by the pending message's seq.
+ * A retry of a message whose completion is still pending (an engine): it
+ * must get the same ack once the first one completes, not a second seq.
+ * Such retries wait here, per room, keyed by the sender's name and the id.
  */
 struct hub_retry {
 	struct hub_retry *next;
-	uint64_t seq;                       /* the pending original's seq */
 	uint64_t sender;
 	char from[PROTO_NAME_MAX + 1];
 	char id[PROTO_ID_MAX + 1];
@@ -94,18 +96,27 @@ int hub_enqueue(struct hub *h, struct session *s, struct msgbuf *mb, int droppab
 int hub_fits(struct hub *h, struct session *s, size_t len, uint32_t reserve_n,
 	     size_t reserve_b);
 
-/* hub_encode.c */
-void hub_w_begin(struct jsonw *w, const char *type, size_t hint);
-void hub_w_ref(struct jsonw *w, const struct proto_str *ref);
-void hub_w_reply(struct hub *h, struct session *s, struct jsonw *w);
+/* hub_reply.c (the events themselves: proto_encode.c, proto.h) */
+void hub_reply(struct hub *h, struct session *s, struct msgbuf *mb);
 void hub_error(struct hub *h, struct session *s, const struct proto_str *ref,
 	       enum proto_err code, const char *message);
-struct msgbuf *hub_encode_presence(const char *room, const char *name, int join);
-void hub_w_names(struct hub *h, struct jsonw *w, struct room *r);
-struct msgbuf *hub_encode_message(const char *room, const struct hub_msg *m);
 void hub_ack(struct hub *h, struct session *s, const char *id, const char *room,
 	     uint64_t seq, const char *ref);
-struct msgbuf *hub_encode_direct(const struct hub_msg *m);
+void hub_names(struct hub *h, struct jsonw *w, struct room *r);
+
+/* A stored message as the protocol encodes it (hub_msg is the engines'
+ * name for the same fields). */
+static inline struct proto_msg hub_proto_msg(const struct hub_msg *m)
+{
+	struct proto_msg pm = { m->seq, m->ts, m->from, m->id, m->body, m->body_len };
+	return pm;
+}
+
+static inline struct msgbuf *hub_encode_message(const char *room, const struct hub_msg *m)
+{
+	struct proto_msg pm = hub_proto_msg(m);
+	return proto_encode_message(room, &pm);
+}
 
 /* hub_room.c */
 struct room *hub_room_find(struct hub *h, const char *name, size_t len);
@@ -134,9 +145,10 @@ void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c
 
 /* hub_retry.c */
 struct hub_retry *hub_retry_find(struct room *r, const char *from, const struct proto_str *id);
-void hub_retry_add(struct room *r, uint64_t seq, uint64_t sender, const char *from,
-		   const char *id, const struct proto_str *ref, int original);
-void hub_retry_done(struct hub *h, struct room *r, uint64_t seq, enum proto_err status);
+void hub_retry_add(struct room *r, uint64_t sender, const char *from, const char *id,
+		   const struct proto_str *ref, int original);
+void hub_retry_done(struct hub *h, struct room *r, const struct hub_pending *p,
+		    enum proto_err status);
 void hub_retry_free_all(struct room *r);
 
 /* hub_send.c */

@@ -1,0 +1,204 @@
+/*
+ * proto_encode.c - every chat.v1 event the server sends, written with
+ * jsonw: the encoding half of the protocol (proto.c decodes). Pure: values
+ * in, a finished frame out (a msgbuf with one reference, the caller's), or
+ * NULL on ENOMEM; no hub state. Events that carry a list of names are
+ * written in steps (proto_w_*), so that the hub can add the names it holds
+ * without building a list first.
+ */
+#include <string.h>
+
+#include "jsonw.h"
+#include "proto.h"
+
+static void proto_w_begin(struct jsonw *w, const char *type, size_t hint)
+{
+	jsonw_init(w, hint);
+	jsonw_obj_open(w);
+	jsonw_kv_cstr(w, "type", type);
+}
+
+static void proto_w_ref(struct jsonw *w, const struct proto_str *ref)
+{
+	if (ref && ref->p)
+		jsonw_kv_str(w, "ref", ref->p, ref->len);
+}
+
+/* Close the event object (after its ref, if any) and hand over the frame. */
+static struct msgbuf *proto_w_finish(struct jsonw *w, const struct proto_str *ref)
+{
+	proto_w_ref(w, ref);
+	jsonw_obj_close(w);
+	return jsonw_finish(w);
+}
+
+struct msgbuf *proto_encode_error(enum proto_err code, const char *message,
+				  const struct proto_str *ref)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "error", 128 + strlen(message));
+	jsonw_kv_cstr(&w, "code", proto_err_name(code));
+	jsonw_kv_cstr(&w, "message", message);
+	return proto_w_finish(&w, ref);
+}
+
+struct msgbuf *proto_encode_ack(const char *id, const char *room, uint64_t seq, const char *ref)
+{
+	struct proto_str r = { ref, ref ? strlen(ref) : 0 };
+	struct jsonw w;
+
+	proto_w_begin(&w, "ack", 160);
+	jsonw_kv_cstr(&w, "id", id);
+	if (room) {
+		jsonw_kv_cstr(&w, "room", room);
+		jsonw_kv_u64(&w, "seq", seq);
+	}
+	return proto_w_finish(&w, &r);
+}
+
+struct msgbuf *proto_encode_welcome(const char *session, const char *name, double heartbeat,
+				    const char *node, const struct proto_str *ref)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "welcome", 160);
+	jsonw_kv_cstr(&w, "session", session);
+	jsonw_kv_cstr(&w, "name", name);
+	jsonw_key(&w, "heartbeat");
+	jsonw_num(&w, heartbeat);
+	jsonw_kv_cstr(&w, "node", node);
+	return proto_w_finish(&w, ref);
+}
+
+struct msgbuf *proto_encode_pong(const struct proto_str *ref)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "pong", 64);
+	return proto_w_finish(&w, ref);
+}
+
+struct msgbuf *proto_encode_left(const char *room, const struct proto_str *ref)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "left", 128);
+	jsonw_kv_cstr(&w, "room", room);
+	return proto_w_finish(&w, ref);
+}
+
+struct msgbuf *proto_encode_presence(const char *room, const char *name, int join)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "presence", 128);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_cstr(&w, "name", name);
+	jsonw_kv_cstr(&w, "state", join ? "join" : "leave");
+	return proto_w_finish(&w, NULL);
+}
+
+struct msgbuf *proto_encode_reset(const char *room, const char *epoch, uint64_t seq)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "reset", 128);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_cstr(&w, "epoch", epoch);
+	jsonw_kv_u64(&w, "seq", seq);
+	return proto_w_finish(&w, NULL);
+}
+
+/* The fields message and direct share (from, id, body, ts), then the end
+ * of the event. */
+static struct msgbuf *proto_w_msg_finish(struct jsonw *w, const struct proto_msg *m)
+{
+	jsonw_kv_cstr(w, "from", m->from);
+	jsonw_kv_cstr(w, "id", m->id);
+	jsonw_kv_str(w, "body", m->body, m->body_len);
+	jsonw_kv_u64(w, "ts", m->ts);
+	return proto_w_finish(w, NULL);
+}
+
+struct msgbuf *proto_encode_message(const char *room, const struct proto_msg *m)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "message", 160 + m->body_len + m->body_len / 8);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_u64(&w, "seq", m->seq);
+	return proto_w_msg_finish(&w, m);
+}
+
+struct msgbuf *proto_encode_direct(const struct proto_msg *m)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "direct", 160 + m->body_len + m->body_len / 8);
+	return proto_w_msg_finish(&w, m);
+}
+
+struct msgbuf *proto_encode_history(const char *room, struct msgbuf *const *frames, uint32_t n,
+				    const struct proto_str *ref)
+{
+	size_t total = 0;
+	struct jsonw w;
+	uint32_t i;
+
+	for (i = 0; i < n; i++)
+		total += frames[i]->len + 1;
+	proto_w_begin(&w, "history", 128 + total);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_key(&w, "messages");
+	jsonw_arr_open(&w);
+	for (i = 0; i < n; i++)
+		jsonw_raw(&w, (const char *)frames[i]->data, frames[i]->len);
+	jsonw_arr_close(&w);
+	return proto_w_finish(&w, ref);
+}
+
+void proto_w_joined(struct jsonw *w, const char *room, uint64_t seq, const char *epoch,
+		    uint32_t members)
+{
+	proto_w_begin(w, "joined", 256 + 40 * (size_t)members);
+	jsonw_kv_cstr(w, "room", room);
+	jsonw_kv_u64(w, "seq", seq);
+	jsonw_kv_cstr(w, "epoch", epoch);
+	jsonw_key(w, "members");
+	jsonw_arr_open(w);
+}
+
+struct msgbuf *proto_encode_joined_end(struct jsonw *w, int has_since, int recovered,
+				       int truncated, const struct proto_str *ref)
+{
+	jsonw_arr_close(w);
+	if (has_since) {
+		jsonw_key(w, "recovered");
+		jsonw_bool(w, recovered);
+		if (truncated) {
+			jsonw_key(w, "truncated");
+			jsonw_bool(w, 1);
+		}
+	}
+	return proto_w_finish(w, ref);
+}
+
+void proto_w_members(struct jsonw *w, const char *room, uint32_t members)
+{
+	proto_w_begin(w, "members", 128 + 40 * (size_t)members);
+	jsonw_kv_cstr(w, "room", room);
+	jsonw_key(w, "names");
+	jsonw_arr_open(w);
+}
+
+struct msgbuf *proto_encode_members_end(struct jsonw *w, const struct proto_str *ref)
+{
+	jsonw_arr_close(w);
+	return proto_w_finish(w, ref);
+}
+
+void proto_w_name(struct jsonw *w, const char *name)
+{
+	jsonw_cstr(w, name);
+}
