@@ -31,6 +31,9 @@ struct webhook;
  * private (no group/other bits). */
 struct webhook *webhook_new(const struct config *cfg, struct ev_loop *loop, struct metrics *m,
 			    char *err, size_t errlen);
+/* The checks webhook_new makes of the files cfg names (the secret), for
+ * --check-config and before anything starts: 0, or -1 with err set. */
+int webhook_check(const struct config *cfg, char *err, size_t errlen);
 /* Report hub's events to w from now on (hub_set_events). */
 void webhook_attach(struct webhook *w, struct hub *hub);
 /* Detach from the hub, abort what is in flight, drop what is queued. */

@@ -494,6 +494,13 @@ int api_http(struct api *a, struct lws *wsi, void **state, const char *uri)
 		api_error(q, 405, "method_not_allowed", api_routes[i].post ? "use POST" : "use GET");
 		return 0;
 	}
+	if (post && clen <= 0) {
+		/* No Content-Length (e.g. chunked): not taken, and what follows
+		 * on the connection is not a request head. */
+		q->close_after = 1;
+		api_error(q, 400, "bad_request", "a Content-Length header is required");
+		return 0;
+	}
 	if (length > a->cfg->api_max_body_bytes || clen >= (int)sizeof(buf)) {
 		api_error(q, 413, "too_large", "the request body is larger than api.max_body_bytes");
 		return 0;

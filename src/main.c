@@ -444,7 +444,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (chatd_check_files(d.cfg, err, sizeof(err)) || chatd_auth(d.cfg, &d.auth, err, sizeof(err)) ||
-	    chatd_keys(d.cfg, &d.keys, err, sizeof(err))) {
+	    chatd_keys(d.cfg, &d.keys, err, sizeof(err)) || webhook_check(d.cfg, err, sizeof(err))) {
 		fprintf(stderr, "chatd: %s\n", err);
 		chatd_teardown(&d);
 		return 2;

@@ -553,6 +553,24 @@ static unsigned wh_mask(const struct config *cfg)
 	return mask;
 }
 
+int webhook_check(const struct config *cfg, char *err, size_t errlen)
+{
+	struct webhook *w;
+	int rc;
+
+	err[0] = '\0';
+	if (!cfg->webhook_url_count)
+		return 0;
+	if (!(w = calloc(1, sizeof(*w)))) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	rc = wh_read_secret(w, cfg->webhook_secret_file, err, errlen);
+	OPENSSL_cleanse(w->secret, sizeof(w->secret));
+	free(w);
+	return rc;
+}
+
 struct webhook *webhook_new(const struct config *cfg, struct ev_loop *loop, struct metrics *m,
 			    char *err, size_t errlen)
 {

@@ -124,6 +124,24 @@ def test_body_cap_413_method_405_unknown_404(chatd, tmp_path):
     assert m.value("chatd_api_requests_total", endpoint="publish", status="405") == 1
 
 
+def test_post_without_content_length_is_refused(apisrv):
+    import socket
+    s = socket.create_connection(("127.0.0.1", apisrv.api_port), timeout=scaled(5))
+    s.sendall(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() +
+              b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), data
+    assert b"Content-Length" in body
+    assert api(apisrv, "GET", "/api/stats")[0] == 200
+
+
 def test_keep_alive_carries_several_requests(apisrv):
     conn = http.client.HTTPConnection("127.0.0.1", apisrv.api_port, timeout=scaled(5))
     hdrs = {"Authorization": "Bearer " + KEY, "Content-Type": "application/json"}

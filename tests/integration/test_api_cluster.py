@@ -82,6 +82,20 @@ def test_kick_reaches_the_other_node(chatd, redis, tmp_path):
     run(go())
 
 
+def test_dm_reaches_a_user_on_the_other_node(chatd, redis, tmp_path):
+    n1, n2 = api_nodes(chatd, redis, tmp_path)
+
+    async def go():
+        a = await n2.client("alice")
+        await asyncio.sleep(scaled(0.3))
+        assert api(n1, "POST", "/api/dm", obj={"to": "alice", "body": "hi from n1"}) == (200, {"ok": True})
+        await a.expect("direct", body="hi from n1", **{"from": "$system"})
+        st, body = api(n1, "POST", "/api/dm", obj={"to": "nobody", "body": "x"})
+        assert st == 404 and body["error"] == "not_found"
+        await a.close()
+    run(go())
+
+
 def test_online_and_members_are_cluster_wide(chatd, redis, tmp_path):
     n1, n2 = api_nodes(chatd, redis, tmp_path)
 

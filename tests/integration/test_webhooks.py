@@ -234,6 +234,11 @@ def test_secret_file_must_be_private(chatd, tmp_path):
     cfg = hook_config(tmp_path, ["http://127.0.0.1:1/x"])
     os.chmod(cfg["webhooks"]["secret_file"], 0o644)
     srv = chatd(cfg, start=False)
-    r = run_cli(["-c", srv.config_path])
-    assert r.returncode == 2 and "webhooks.secret_file" in r.stderr, r
-    assert SECRET not in r.stderr
+    for extra in ([], ["--check-config"]):
+        r = run_cli(["-c", srv.config_path] + extra)
+        assert r.returncode == 2 and "webhooks.secret_file" in r.stderr and "chmod 600" in r.stderr, r
+        assert SECRET not in r.stderr
+    cfg["webhooks"].pop("secret_file")
+    srv.write_config(dict(srv.config, webhooks=cfg["webhooks"]))
+    r = run_cli(["-c", srv.config_path, "--check-config"])
+    assert r.returncode == 2 and "webhooks.urls" in r.stderr and "secret_file" in r.stderr, r
