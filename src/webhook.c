@@ -62,6 +62,7 @@ struct wh_batch {
 struct wh_target {
 	struct webhook *w;
 	char *url;
+	char label[96];                /* the URL for logs: no user:password@, no query */
 	struct wh_event *ring;
 	uint32_t cap, head, len;       /* ring capacity grows up to queue_max */
 	struct wh_batch *batch;        /* in flight or waiting for its retry */
@@ -242,7 +243,7 @@ static void wh_drop_batch(struct wh_target *tg, const char *why)
 {
 	struct webhook *w = tg->w;
 
-	log_warn(NULL, "webhook %s: dropping %u events (%s)", tg->url, tg->batch->n, why);
+	log_warn(NULL, "webhook %s: dropping %u events (%s)", tg->label, tg->batch->n, why);
 	w->m->webhook_dropped += tg->batch->n;
 	wh_batch_free(tg->batch);
 	tg->batch = NULL;
@@ -257,7 +258,7 @@ static void wh_kick(struct wh_target *tg)
 	if (tg->batch || !tg->len)
 		return;
 	if (!(tg->batch = wh_batch_take(tg))) {
-		log_error(NULL, "webhook %s: out of memory making a batch", tg->url);
+		log_error(NULL, "webhook %s: out of memory making a batch", tg->label);
 		return;
 	}
 	if (wh_post(tg) < 0)
@@ -324,7 +325,7 @@ static void wh_done(struct wh_target *tg, CURLcode rc, long code)
 	if (delay > WH_BACKOFF_MAX)
 		delay = WH_BACKOFF_MAX;
 	delay *= 1.0 + 0.25 * ((double)(rand() & 1023) / 1024.0);
-	log_debug(NULL, "webhook %s: POST failed (%s %ld); retry %u in %.2fs", tg->url,
+	log_debug(NULL, "webhook %s: POST failed (%s %ld); retry %u in %.2fs", tg->label,
 		  rc == CURLE_OK ? "HTTP" : curl_easy_strerror(rc), code, b->attempt, delay);
 	ev_timer_stop(w->loop, &tg->timer);
 	ev_timer_set(&tg->timer, delay, 0.);
@@ -538,6 +539,19 @@ static void wh_ev_direct(void *ctx, const char *to, const struct hub_msg *m)
 
 /* ---- life --------------------------------------------------------------------- */
 
+/* url without what may be secret (user:password@, ?query), for logs. */
+static void wh_label(char *out, size_t cap, const char *url)
+{
+	const char *host = strstr(url, "://"), *at, *slash, *q;
+
+	host = host ? host + 3 : url;
+	slash = host + strcspn(host, "/?#");
+	at = memchr(host, '@', (size_t)(slash - host));
+	q = slash + strcspn(slash, "?#");
+	snprintf(out, cap, "%.*s%.*s", (int)(host - url), url, (int)(q - (at ? at + 1 : host)),
+		 at ? at + 1 : host);
+}
+
 static unsigned wh_mask(const struct config *cfg)
 {
 	unsigned mask = 0;
@@ -616,6 +630,7 @@ struct webhook *webhook_new(const struct config *cfg, struct ev_loop *loop, stru
 		tg->w = w;
 		ev_timer_init(&tg->timer, wh_on_target_timer, 0., 0.);
 		tg->timer.data = tg;
+		wh_label(tg->label, sizeof(tg->label), cfg->webhook_urls[i]);
 		if (!(tg->url = strdup(cfg->webhook_urls[i]))) {
 			snprintf(err, errlen, "out of memory");
 			webhook_free(w);

@@ -162,12 +162,16 @@ def test_retry_after_500(chatd, tmp_path, receiver):
 
 def test_retries_exhausted_are_dropped_and_counted(chatd, tmp_path, receiver):
     receiver.mode = "fail"
-    srv = chatd(hook_config(tmp_path, [receiver.url], events=["message"], max_retries=2))
+    url = "http://hookuser:s3cret@127.0.0.1:%d/hook?token=t0ken" % receiver.port
+    srv = chatd(hook_config(tmp_path, [url], events=["message"], max_retries=2))
     assert api(srv, "POST", "/api/publish", obj={"room": "r", "body": "lost"})[0] == 200
     wait_until(lambda: srv.metrics().value("chatd_webhook_dropped_total") == 1, scaled(5),
                what="the batch dropped")
     assert len(receiver.posts) == 3
-    assert "dropping 1 events" in srv.log_text()
+    log = srv.log_text()
+    assert "webhook http://127.0.0.1:%d/hook: dropping 1 events" % receiver.port in log, log
+    assert "s3cret" not in log and "t0ken" not in log      # credentials stay out of the log
+    assert receiver.posts[0][0]["authorization"].startswith("Basic ")
 
 
 def rss_kib(pid):
