@@ -35,8 +35,10 @@ int hub_api_valid_sender(const char *name);
 
 /* Close codes an API disconnect may use (what clients see). */
 #define HUB_API_CLOSE_DEFAULT 4000
-/* A WebSocket close reason is at most 123 bytes. */
-#define HUB_API_REASON_MAX 123
+/* A WebSocket close reason may be 123 bytes; the transport keeps one per
+ * connection, so it is held to what a reason needs (every connection pays
+ * for the buffer, kicked or not). */
+#define HUB_API_REASON_MAX 63
 
 struct hub_api_sink {
 	/* Request req completed: status PROTO_OK (room, seq for a publish;

@@ -290,7 +290,7 @@ static void api_disconnect(struct api_req *q)
 		goto out;
 	}
 	if (strlen(reason) > HUB_API_REASON_MAX) {
-		api_error(q, 400, "bad_request", "reason must be at most 123 bytes");
+		api_error(q, 400, "bad_request", "reason must be at most 63 bytes");
 		goto out;
 	}
 	if (hub_api_kick(q->a->hub, name, (int)c, reason, &n) != PROTO_OK) {

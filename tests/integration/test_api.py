@@ -102,6 +102,9 @@ def test_bad_input_gets_400_with_a_reason(apisrv):
     assert status == 400 and "room" in body["message"]
     status, body = api(apisrv, "POST", "/api/disconnect", obj={"name": "a", "code": 999})
     assert status == 400 and "code" in body["message"]
+    status, body = api(apisrv, "POST", "/api/disconnect", obj={"name": "a", "reason": "r" * 64})
+    assert status == 400 and "reason" in body["message"]
+    assert api(apisrv, "POST", "/api/disconnect", obj={"name": "a", "reason": "r" * 63})[0] == 200
     # Still serving.
     assert api(apisrv, "GET", "/api/stats")[0] == 200
 
