@@ -36,6 +36,10 @@ struct webhook *webhook_new(const struct config *cfg, struct ev_loop *loop, stru
 int webhook_check(const struct config *cfg, char *err, size_t errlen);
 /* Report hub's events to w from now on (hub_set_events). */
 void webhook_attach(struct webhook *w, struct hub *hub);
+/* Shutdown: send what is queued at once (no batch_interval wait) and call
+ * done once nothing is queued or in flight any more (retries still apply;
+ * the caller bounds the wait). done runs from the loop, never inside. */
+void webhook_flush(struct webhook *w, void (*done)(void *arg), void *arg);
 /* Detach from the hub, abort what is in flight, drop what is queued. */
 void webhook_free(struct webhook *w);
 

@@ -193,16 +193,28 @@ static void chatd_on_left(void *arg)
 	ev_break(d->loop, EVBREAK_ALL);
 }
 
-static void chatd_on_drained(void *arg)
+/* The webhooks have delivered what the shutdown produced (users offline). */
+static void chatd_on_flushed(void *arg)
 {
 	struct chatd *d = arg;
 
-	log_info(NULL, "all connections closed");
 	/* Tell the other nodes this one's sessions are gone, then stop. */
 	if (d->cluster)
 		cluster_leave(d->cluster, chatd_on_left, d);
 	else
 		ev_break(d->loop, EVBREAK_ALL);
+}
+
+static void chatd_on_drained(void *arg)
+{
+	struct chatd *d = arg;
+
+	log_info(NULL, "all connections closed");
+	/* Within shutdown_timeout, like everything else on the way out. */
+	if (d->webhook)
+		webhook_flush(d->webhook, chatd_on_flushed, d);
+	else
+		chatd_on_flushed(d);
 }
 
 static void chatd_shutdown_timeout(struct ev_loop *loop, ev_timer *w, int revents)

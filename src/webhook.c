@@ -84,6 +84,9 @@ struct webhook {
 	double interval, timeout, backoff;
 	struct wh_target *targets;
 	size_t ntargets;
+	void (*flushed)(void *);       /* webhook_flush: called once all is out */
+	void *flushed_arg;
+	ev_timer flush_timer;          /* calls it from the loop */
 };
 
 /* ---- the secret ------------------------------------------------------------ */
@@ -251,6 +254,50 @@ static void wh_drop_batch(struct wh_target *tg, const char *why)
 }
 
 static void wh_schedule(struct wh_target *tg);
+static void wh_kick(struct wh_target *tg);
+
+/* While flushing: is everything out? Then tell the caller, from the loop. */
+static void wh_check_flushed(struct webhook *w)
+{
+	size_t i;
+
+	if (!w->flushed)
+		return;
+	for (i = 0; i < w->ntargets; i++)
+		if (w->targets[i].len || w->targets[i].batch)
+			return;
+	ev_timer_set(&w->flush_timer, 0., 0.);
+	ev_timer_start(w->loop, &w->flush_timer);
+}
+
+static void wh_on_flushed(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct webhook *w = t->data;
+	void (*done)(void *) = w->flushed;
+
+	w->flushed = NULL;
+	if (done)
+		done(w->flushed_arg);
+}
+
+void webhook_flush(struct webhook *w, void (*done)(void *arg), void *arg)
+{
+	size_t i;
+
+	w->flushed = done;
+	w->flushed_arg = arg;
+	w->interval = 0;
+	log_info(NULL, "webhooks: delivering %llu queued events before stopping",
+		 (unsigned long long)w->m->webhook_queued);
+	for (i = 0; i < w->ntargets; i++) {
+		ev_timer_stop(w->loop, &w->targets[i].timer);
+		if (!w->targets[i].batch)
+			wh_kick(&w->targets[i]);
+		else if (!w->targets[i].posting)
+			ev_feed_event(w->loop, &w->targets[i].timer, EV_TIMER);   /* retry now */
+	}
+	wh_check_flushed(w);
+}
 
 /* Start the next POST of tg if it has none and has events. */
 static void wh_kick(struct wh_target *tg)
@@ -261,8 +308,10 @@ static void wh_kick(struct wh_target *tg)
 		log_error(NULL, "webhook %s: out of memory making a batch", tg->label);
 		return;
 	}
-	if (wh_post(tg) < 0)
+	if (wh_post(tg) < 0) {
 		wh_drop_batch(tg, "cannot start a request");
+		wh_check_flushed(tg->w);
+	}
 }
 
 /* A batch is due now if full or once batch_interval has passed (the timer). */
@@ -308,6 +357,7 @@ static void wh_done(struct wh_target *tg, CURLcode rc, long code)
 		wh_batch_free(b);
 		tg->batch = NULL;
 		wh_schedule(tg);
+		wh_check_flushed(w);
 		return;
 	}
 	w->m->webhook_failures++;
@@ -317,6 +367,7 @@ static void wh_done(struct wh_target *tg, CURLcode rc, long code)
 			 rc == CURLE_OK ? "HTTP" : curl_easy_strerror(rc), rc == CURLE_OK ? code : 0L);
 		wh_drop_batch(tg, why);
 		wh_schedule(tg);
+		wh_check_flushed(w);
 		return;
 	}
 	/* Doubling backoff with up to 25% jitter, so that many nodes do not
@@ -625,6 +676,8 @@ struct webhook *webhook_new(const struct config *cfg, struct ev_loop *loop, stru
 	curl_multi_setopt(w->multi, CURLMOPT_TIMERDATA, w);
 	ev_timer_init(&w->curl_timer, wh_on_curl_timer, 0., 0.);
 	w->curl_timer.data = w;
+	ev_timer_init(&w->flush_timer, wh_on_flushed, 0., 0.);
+	w->flush_timer.data = w;
 	for (i = 0; i < cfg->webhook_url_count; i++) {
 		struct wh_target *tg = &w->targets[i];
 		tg->w = w;
@@ -678,6 +731,7 @@ void webhook_free(struct webhook *w)
 		curl_global_cleanup();
 	}
 	ev_timer_stop(w->loop, &w->curl_timer);
+	ev_timer_stop(w->loop, &w->flush_timer);
 	OPENSSL_cleanse(w->secret, sizeof(w->secret));
 	free(w->targets);
 	free(w);

@@ -7,6 +7,7 @@ import hmac
 import http.server
 import json
 import os
+import signal
 import threading
 import time
 
@@ -246,3 +247,33 @@ def test_secret_file_must_be_private(chatd, tmp_path):
     srv.write_config(dict(srv.config, webhooks=cfg["webhooks"]))
     r = run_cli(["-c", srv.config_path, "--check-config"])
     assert r.returncode == 2 and "webhooks.urls" in r.stderr and "secret_file" in r.stderr, r
+
+
+def test_shutdown_delivers_the_users_going_offline(chatd, tmp_path, receiver):
+    srv = chatd(hook_config(tmp_path, [receiver.url], events=["user.offline"], batch_interval=5))
+
+    async def go():
+        clients = [await srv.client("u%d" % i) for i in range(3)]
+        srv.signal(signal.SIGTERM)
+        for c in clients:
+            await c.expect_closed()
+    run(go())
+    assert srv.wait_exit(scaled(10)) == 0
+    assert sorted(e["name"] for e in receiver.events()) == ["u0", "u1", "u2"]
+    assert all(e["type"] == "user.offline" for e in receiver.events())
+    assert "delivering 3 queued events before stopping" in srv.log_text()
+
+
+def test_shutdown_does_not_wait_past_shutdown_timeout_for_a_hanging_receiver(chatd, tmp_path, receiver):
+    receiver.mode = "hang"
+    srv = chatd(dict(hook_config(tmp_path, [receiver.url], timeout=60), server={"shutdown_timeout": 1}))
+
+    async def go():
+        c = await srv.client("alice")
+        await c.close()
+    run(go())
+    wait_until(lambda: len(receiver.posts) >= 1, scaled(5), what="a POST hanging")
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    assert srv.wait_exit(scaled(10)) == 0
+    assert time.monotonic() - t0 < scaled(3)
