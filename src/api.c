@@ -476,8 +476,9 @@ int api_http(struct api *a, struct lws *wsi, void **state, const char *uri)
 	if (clen > 0 && clen < (int)sizeof(buf) && lws_hdr_copy(wsi, buf, sizeof(buf), WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0)
 		length = atoll(buf);
 	/* lws delivers a body when there is one; answering before it was
-	 * read means the connection cannot carry another request. */
-	q->close_after = length > 0 || clen >= (int)sizeof(buf);
+	 * read means the connection cannot carry another request. A POST
+	 * without Content-Length (chunked) is never read. */
+	q->close_after = length > 0 || clen >= (int)sizeof(buf) || (post && clen <= 0);
 	for (i = 0; i < sizeof(api_routes) / sizeof(api_routes[0]); i++)
 		if (strcmp(uri, api_routes[i].path) == 0)
 			break;
@@ -495,9 +496,6 @@ int api_http(struct api *a, struct lws *wsi, void **state, const char *uri)
 		return 0;
 	}
 	if (post && clen <= 0) {
-		/* No Content-Length (e.g. chunked): not taken, and what follows
-		 * on the connection is not a request head. */
-		q->close_after = 1;
 		api_error(q, 400, "bad_request", "a Content-Length header is required");
 		return 0;
 	}
