@@ -2048,6 +2048,8 @@ static void test_unregister_of_the_largest_queue_under_global_cap_returns(void *
 	assert_int_equal(metrics.slow_consumer_closes, 0);
 }
 
+#include "test_hub_api.inc.c"
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -2108,6 +2110,7 @@ int main(void)
 		T(test_max_rooms_all_in_use_refuses_a_new_room),
 		T(test_a_lower_max_rooms_on_reload_evicts_idle_rooms_at_once),
 		T(test_evicted_room_reloads_from_the_engine),
+		HUB_API_TESTS,
 	};
 
 	/* the hub logs every session event on stderr; keep test output readable */
