@@ -230,7 +230,9 @@ def test_chat_latency_unaffected_while_the_receiver_hangs(chatd, tmp_path, recei
         return worst
     worst = run(go())
     assert len(receiver.posts) >= 1          # a POST is hanging in the receiver
-    assert worst < scaled(0.25), worst
+    # A POST blocking the loop would stall a round trip for the 30 s
+    # timeout; 2 s tells that apart from a busy test machine's scheduling.
+    assert worst < scaled(2.0), worst
     assert srv.metrics().value("chatd_webhook_sent_total") == 0
 
 
