@@ -100,6 +100,21 @@ struct config {
 	int api_port;                 /* 9091, 0..65535 (0: the kernel picks one) */
 	char **api_allow;             /* CIDRs allowed to read them; [] = any; heap-owned */
 	size_t api_allow_count;       /* <= CONFIG_API_ALLOW_MAX */
+	char *api_keys_file;          /* "" = no server API; else its keys (needs api.listen) */
+	long api_max_body_bytes;      /* 65536: larger request bodies get 413 */
+
+	/* [webhooks]: events POSTed to applications (webhook.c) */
+	char **webhook_urls;          /* [] = none; heap-owned */
+	size_t webhook_url_count;
+	char *webhook_secret_file;    /* HMAC-SHA256 key (required with urls) */
+	char **webhook_events;        /* [] = every type; else these types only */
+	size_t webhook_event_count;
+	long webhook_batch_max;       /* 100 events per POST */
+	double webhook_batch_interval;/* 0.2 s: how long events wait to fill a batch */
+	long webhook_queue_max;       /* 10000 events per URL; then the oldest are dropped */
+	double webhook_timeout;       /* 5 s per POST */
+	long webhook_max_retries;     /* 5: then the batch is dropped (counted) */
+	double webhook_retry_backoff; /* 0.5 s, doubled per retry, at most 60 s */
 
 	/* [heartbeat] */
 	double heartbeat_interval;    /* 25 s, > 0 */

@@ -147,6 +147,11 @@ struct hub_peers {
 	void (*user)(void *ctx, const char *name, int online);
 	void (*names)(void *ctx, const char *room, void (*emit)(void *arg, const char *name), void *arg);
 	enum proto_err (*dm)(void *ctx, struct hub *hub, struct hub_pending *p);
+	/* Optional (the server API, hub_api.h): kick closes name's sessions on
+	 * the other nodes (each calls hub_api_kick_local), -1 if they cannot be
+	 * told; online emits the names online on the other nodes. */
+	int (*kick)(void *ctx, const char *name, int code, const char *reason);
+	void (*online)(void *ctx, void (*emit)(void *arg, const char *name), void *arg);
 	void *ctx;
 };
 

@@ -11,6 +11,7 @@ PKGS=(
   build-essential cmake pkg-config g++
   libev-dev libwebsockets-dev libcjson-dev uthash-dev libtomlplusplus-dev
   libsqlite3-dev libjwt-dev libsystemd-dev libhiredis-dev libssl-dev
+  libcurl4-openssl-dev   # webhooks (libcurl multi-socket on libev)
   python3 python3-websockets ca-certificates
   openssl              # TLS certificates for bench/compare.sh and the tests
 )

@@ -334,10 +334,13 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 	engine.erase = cl_erase;
 	engine.ctx = c;
 	hub_set_engine(hub, &engine);
+	memset(&peers, 0, sizeof(peers));
 	peers.presence = cl_presence;
 	peers.user = cl_user;
 	peers.names = cl_names;
 	peers.dm = cl_dm;
+	peers.kick = cl_kick;
+	peers.online = cl_online;
 	peers.ctx = c;
 	hub_set_peers(hub, &peers);
 	log_info(NULL, "cluster: node %s, Redis %s:%d db %ld, prefix \"%s\", node ttl %.3gs", c->node,

@@ -171,6 +171,11 @@ int cl_parse_msg(const cJSON *j, struct hub_msg *m, const char **room, const cha
 void cl_event(struct cluster *c, const char *json, size_t len);
 void cl_on_message(redisAsyncContext *ac, void *reply, void *priv);
 
+/* cluster_api.c */
+int cl_kick(void *ctx, const char *name, int code, const char *reason);
+void cl_ev_kick(struct cluster *c, const cJSON *j);
+void cl_online(void *ctx, void (*emit)(void *arg, const char *name), void *arg);
+
 /* cluster_liveness.c */
 void cl_on_heartbeat(struct ev_loop *loop, ev_timer *w, int revents);
 

@@ -79,6 +79,22 @@ bool valid_cidr(const std::string &s)
 	return no_nul(s) && cidr_parse(s.c_str(), &c) == 0;
 }
 
+bool valid_url(const std::string &s)
+{
+	return no_nul(s) && (s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0) && s.size() > 8;
+}
+
+const char *const webhook_event_names[] = {"user.online", "user.offline", "room.join", "room.leave",
+					   "message", "direct", nullptr};
+
+bool valid_event(const std::string &s)
+{
+	for (const char *const *n = webhook_event_names; *n; n++)
+		if (s == *n)
+			return true;
+	return false;
+}
+
 bool valid_redis_url(const std::string &s)
 {
 	struct config_redis u;
@@ -144,6 +160,23 @@ Key cidrs(const char *t, const char *n, size_t off, size_t count_off)
 	return key;
 }
 
+Key urls(const char *t, const char *n, size_t off, size_t count_off)
+{
+	Key key = strings(t, n, off, count_off);
+	key.ok = valid_url;
+	key.what = "expected an array of http:// or https:// URLs";
+	return key;
+}
+
+Key events(const char *t, const char *n, size_t off, size_t count_off)
+{
+	Key key = strings(t, n, off, count_off);
+	key.ok = valid_event;
+	key.what = "expected an array of event types: user.online, user.offline, room.join, "
+		   "room.leave, message, direct";
+	return key;
+}
+
 Key boolean(const char *t, const char *n, size_t off)
 {
 	return Key{t, n, BOOL, off};
@@ -176,6 +209,18 @@ const Key keys[] = {
 	string("api", "listen", F(api_listen), no_nul, "expected an address, or \"\" for the chat port"),
 	integer("api", "port", INT, F(api_port), 0, 65535),
 	cidrs("api", "allow", F(api_allow), F(api_allow_count)),
+	string("api", "keys_file", F(api_keys_file), no_nul, "expected a file path (\"\" = no server API)"),
+	integer("api", "max_body_bytes", LONG, F(api_max_body_bytes), 256, 16 << 20),
+
+	urls("webhooks", "urls", F(webhook_urls), F(webhook_url_count)),
+	string("webhooks", "secret_file", F(webhook_secret_file), no_nul, "expected a file path"),
+	events("webhooks", "events", F(webhook_events), F(webhook_event_count)),
+	integer("webhooks", "batch_max", LONG, F(webhook_batch_max), 1, 10000),
+	number("webhooks", "batch_interval", F(webhook_batch_interval), GE, 0),
+	integer("webhooks", "queue_max", LONG, F(webhook_queue_max), 1, 10000000),
+	number("webhooks", "timeout", F(webhook_timeout), GT, 0),
+	integer("webhooks", "max_retries", LONG, F(webhook_max_retries), 0, 100),
+	number("webhooks", "retry_backoff", F(webhook_retry_backoff), GT, 0),
 
 	number("heartbeat", "interval", F(heartbeat_interval), GT, 0),
 	number("heartbeat", "timeout", F(heartbeat_timeout), GT, 0),
@@ -493,6 +538,12 @@ void Loader::cross_checks(const toml::table &root)
 	if (c.api_allow_count > CONFIG_API_ALLOW_MAX)
 		fail(at("api", "allow")->source(), "api.allow",
 		     fmt("at most %d ranges", CONFIG_API_ALLOW_MAX));
+	if (c.api_keys_file && c.api_keys_file[0] && !(c.api_listen && c.api_listen[0]))
+		fail(at("api", "keys_file")->source(), "api.keys_file",
+		     "the server API needs a listener of its own: set api.listen (e.g. \"127.0.0.1\")");
+	if (c.webhook_url_count && !(c.webhook_secret_file && c.webhook_secret_file[0]))
+		fail(at("webhooks", "urls")->source(), "webhooks.urls",
+		     "webhooks are signed: set webhooks.secret_file too");
 	if (c.redis && c.redis[0] && c.storage_path && c.storage_path[0]) {
 		const toml::node *n = at("cluster", "redis");
 		fail(n ? n->source() : at("storage", "path")->source(), "cluster.redis",
@@ -674,10 +725,17 @@ int config_defaults(struct config *cfg)
 	cfg->refresh_window = 30;
 	cfg->node_ttl = 10;
 	cfg->api_port = 9091;
+	cfg->api_max_body_bytes = 65536;
+	cfg->webhook_batch_max = 100;
+	cfg->webhook_batch_interval = 0.2;
+	cfg->webhook_queue_max = 10000;
+	cfg->webhook_timeout = 5;
+	cfg->webhook_max_retries = 5;
+	cfg->webhook_retry_backoff = 0.5;
 	char **strs[] = {&cfg->storage_path, &cfg->jwt_secret, &cfg->jwt_secret_file,
 			 &cfg->jwt_public_key_file, &cfg->jwt_jwks_file,
 			 &cfg->tls_cert, &cfg->tls_key, &cfg->tls_ca, &cfg->redis, &cfg->redis_password,
-			 &cfg->api_listen};
+			 &cfg->api_listen, &cfg->api_keys_file, &cfg->webhook_secret_file};
 	bool oom = false;
 	for (char **p : strs)
 		oom |= !(*p = strdup(""));
@@ -790,6 +848,10 @@ void config_free(struct config *cfg)
 	free(cfg->key_prefix);
 	free_strings(cfg->allowed_origins, cfg->allowed_origins_count);
 	free(cfg->api_listen);
+	free(cfg->api_keys_file);
+	free(cfg->webhook_secret_file);
+	free_strings(cfg->webhook_urls, cfg->webhook_url_count);
+	free_strings(cfg->webhook_events, cfg->webhook_event_count);
 	free_strings(cfg->api_allow, cfg->api_allow_count);
 	memset(cfg, 0, sizeof *cfg);
 }

@@ -293,6 +293,8 @@ static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_c
 	DL_PREPEND2(u->sessions, s, user_prev, user_next);
 	u->count++;
 	h->authed++;
+	if (u->count == 1 && h->ev.user)
+		h->ev.user(h->ev.ctx, s->name, 1);
 	if (h->peers.user)
 		h->peers.user(h->peers.ctx, s->name, 1);
 	log_info(s->id, "hello name=%s", s->name);
@@ -395,6 +397,8 @@ void hub_session_unregister(struct hub *h, struct session *s)
 		if (h->peers.user)
 			h->peers.user(h->peers.ctx, s->name, 0);
 		if (--u->count == 0) {
+			if (h->ev.user)
+				h->ev.user(h->ev.ctx, s->name, 0);
 			HASH_DEL(h->users, u);
 			free(u);
 		}

@@ -67,6 +67,8 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 		}
 		log_debug(s->id, "joined %s", r->name);
 		hub_presence(h, r, s, 1);
+		if (h->ev.presence)
+			h->ev.presence(h->ev.ctx, r->name, s->name, 1);
 		if (h->peers.presence)
 			h->peers.presence(h->peers.ctx, r->name, s->name, 1);
 	}

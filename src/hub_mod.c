@@ -3,7 +3,7 @@
  * delete. A command is checked against the actor's role, its state records
  * are handed to the engine (state_put), and it becomes a sequenced event of
  * the room from PROTO_MOD_SENDER, a name no client can hold, through the
- * same submit path as every message (hub_room_submit). Wherever that event
+ * same submit path as every message (hub_submit). Wherever that event
  * lands in the room's history - this node at commit, every node of a
  * cluster from the stream - hub_mod_apply() applies it: the state changes
  * and the target's local sessions leave. So every node and every client
@@ -37,7 +37,7 @@ void hub_mod_event(struct hub *h, struct session *s, struct room *r, const struc
 	p->body[len] = '\0';
 	p->body_len = len;
 	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
-	hub_room_submit(h, r, p);
+	hub_submit(h, r, p);
 }
 
 static const char *hub_mod_verb(enum proto_type t)
@@ -205,6 +205,11 @@ static void hub_mod_remove(struct hub *h, struct room *r, const char *name, cons
 			if (s->closing || !(m = room_member_find(r, s)))
 				continue;
 			room_member_remove(m);
+			/* As hub_member_leave tells them, without its presence
+			 * event (the room gets the one with the cause below) and
+			 * without releasing r (its caller holds it). */
+			if (h->ev.presence && !h->draining)
+				h->ev.presence(h->ev.ctx, r->name, s->name, 0);
 			if (h->peers.presence)
 				h->peers.presence(h->peers.ctx, r->name, s->name, 0);
 			hub_reply(h, s, proto_encode_removed(why, r->name,

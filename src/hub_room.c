@@ -143,6 +143,8 @@ void hub_member_leave(struct hub *h, struct membership *m)
 
 	room_member_remove(m);
 	hub_presence(h, r, s, 0);
+	if (h->ev.presence && session_authenticated(s) && !h->draining)
+		h->ev.presence(h->ev.ctx, r->name, s->name, 0);
 	if (h->peers.presence && session_authenticated(s))
 		h->peers.presence(h->peers.ctx, r->name, s->name, 0);
 	hub_room_release(h, r);

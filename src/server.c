@@ -25,7 +25,9 @@
 #include <uthash.h>
 #include <utlist.h>
 
+#include "api.h"
 #include "cidr.h"
+#include "hub_api.h"
 #include "log.h"
 #include "proto.h"
 #include "tlsctx.h"
@@ -93,7 +95,8 @@ struct conn {
 	size_t rx_len, rx_cap;
 	struct msgbuf *http_body;      /* HTTP response waiting for HTTP_WRITEABLE */
 	uint16_t close_code;           /* != 0: close requested */
-	char close_reason[32];
+	char close_reason[HUB_API_REASON_MAX + 1];   /* what the client sees */
+	void *api;                     /* server API request state (api.c owns it) */
 	unsigned ping_due : 1;
 	unsigned close_flush : 1;      /* write the queue out before closing */
 	unsigned rx_paused : 1;        /* input held back until the queue drains */
@@ -115,6 +118,7 @@ struct server {
 	struct lws_context *ctx;
 	struct lws_vhost *vh;
 	struct lws_vhost *api_vh;      /* [api] listener, NULL: /metrics and /healthz on vh */
+	struct api *api;               /* the server API on api_vh; NULL: off (no api.keys_file) */
 	int api_port;
 	struct cidr allow[CONFIG_API_ALLOW_MAX];   /* api.allow, parsed */
 	size_t nallow;
@@ -1308,7 +1312,8 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	return 0;
 }
 
-/* The [api] listener: plain HTTP, /metrics and /healthz only. Its
+/* The [api] listener: plain HTTP, /metrics, /healthz and the server API
+ * (/api/..., api.c) when api.keys_file is set. Its
  * connections count against max_pending_per_ip like those of the chat port
  * (they share the header pool). */
 static int server_api_callback(struct lws *wsi, enum lws_callback_reasons reason,
@@ -1323,16 +1328,32 @@ static int server_api_callback(struct lws *wsi, enum lws_callback_reasons reason
 			return -1;
 		return 1;
 	case LWS_CALLBACK_HTTP:
+		if (srv->api && c && api_path(in))
+			return api_http(srv->api, wsi, &c->api, in);
 		return server_http(srv, wsi, c, in, 1);
+	case LWS_CALLBACK_HTTP_BODY:
+		return srv->api && c ? api_body(srv->api, wsi, &c->api, in, len) : 0;
+	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+		return srv->api && c ? api_body_done(srv->api, wsi, &c->api) : 0;
+	case LWS_CALLBACK_HTTP_WRITEABLE: {
+		int rc = srv->api && c ? api_writeable(srv->api, wsi, &c->api) : 1;
+		if (rc != 1)
+			return rc;
+		return server_callback(wsi, reason, user, in, len);
+	}
 	case LWS_CALLBACK_WSI_DESTROY:
 		server_pending_done(srv, wsi);
 		conn_http_reset(c);
+		if (srv->api && c)
+			api_release(srv->api, &c->api);
 		return 0;
-	case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
-	case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
-	case LWS_CALLBACK_HTTP_WRITEABLE:
 	case LWS_CALLBACK_CLOSED_HTTP:
 	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		if (srv->api && c)
+			api_release(srv->api, &c->api);
+		return server_callback(wsi, reason, user, in, len);
+	case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+	case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
 		/* Accept accounting and HTTP responses: as on the chat port. */
 		return server_callback(wsi, reason, user, in, len);
 	default:
@@ -1400,6 +1421,10 @@ static int server_api_listen(struct server *srv, const struct config *cfg, char 
 		return -1;
 	}
 	srv->api_port = lws_get_vhost_listen_port(srv->api_vh);
+	if (cfg->api_keys_file[0] && !(srv->api = api_new(srv, srv->hub, cfg, srv->m))) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
 	return 0;
 }
 
@@ -1498,6 +1523,7 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 	srv->port = lws_get_vhost_listen_port(srv->vh);
 	if (cfg->api_listen[0] && server_api_listen(srv, cfg, err, errlen) < 0) {
 		lws_context_destroy(srv->ctx);
+		api_free(srv->api);
 		hub_free(srv->hub);
 		free(srv);
 		return NULL;
@@ -1527,6 +1553,8 @@ void server_reconfigure(struct server *srv, const struct config *cfg)
 	srv->cfg = cfg;
 	server_apply_limits(srv);
 	server_load_allow(srv, cfg);
+	if (srv->api)
+		api_reconfigure(srv->api, cfg);
 	hub_reconfigure(srv->hub, cfg);
 }
 
@@ -1559,6 +1587,7 @@ void server_free(struct server *srv)
 	ev_timer_stop(srv->loop, &srv->token_timer);
 	lws_context_destroy(srv->ctx);
 	server_pending_drop_stray(srv);
+	api_free(srv->api);
 	hub_free(srv->hub);
 	free(srv->rx_more);
 	free(srv);
@@ -1568,3 +1597,4 @@ int server_port(const struct server *srv) { return srv->port; }
 int server_api_port(const struct server *srv) { return srv->api_vh ? srv->api_port : -1; }
 size_t server_connection_count(const struct server *srv) { return srv->nconns; }
 struct hub *server_hub(struct server *srv) { return srv->hub; }
+struct api *server_api(struct server *srv) { return srv->api; }

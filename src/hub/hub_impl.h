@@ -9,6 +9,7 @@
 #define CHATD_HUB_IMPL_H
 
 #include "hub.h"
+#include "hub_api.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -44,6 +45,9 @@ struct hub {
 	struct hub_transport tp;
 	struct hub_engine engine;
 	struct hub_peers peers;      /* all NULL: no other nodes */
+	struct hub_api_sink api;     /* answers to server API requests (hub_api.c) */
+	struct hub_events ev;        /* observers (webhooks); hooks may be NULL */
+	uint64_t next_req;           /* server API request numbers */
 	const struct auth *auth;     /* NULL: names are taken on trust */
 	struct metrics *m;
 	struct session *sessions;    /* every registered session, by num */
@@ -158,11 +162,8 @@ void hub_retry_free_all(struct room *r);
 struct hub_pending *hub_pending_from(struct hub *h, struct session *s,
 				     const struct proto_cmd *c);
 void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_submit(struct hub *h, struct room *r, struct hub_pending *p);
 struct session *hub_sender(struct hub *h, uint64_t num);
-
-/* hub_send.c: the one way into a room's sequence, for send and for the
- * moderation events (p->from PROTO_MOD_SENDER). Takes p. */
-void hub_room_submit(struct hub *h, struct room *r, struct hub_pending *p);
 
 /* hub_token.c */
 void hub_token_track(struct hub *h, struct session *s);
@@ -193,6 +194,10 @@ void hub_mod_apply(struct hub *h, struct room *r, const struct hub_msg *m);
 /* Submit a moderation event with body (JSON text) for s's command c. */
 void hub_mod_event(struct hub *h, struct session *s, struct room *r, const struct proto_cmd *c,
 		   const char *body, size_t len);
+
+/* hub_api.c */
+int hub_api_answer(struct hub *h, uint64_t num, enum proto_err status, const char *why,
+		   const char *room, uint64_t seq);
 
 /* hub_dm.c */
 void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c);

@@ -2311,6 +2311,8 @@ static void test_mute_and_read_only_refuse_send(void **state)
 	expect(owner, "ack");
 }
 
+#include "test_hub_api.inc.c"
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -2377,6 +2379,7 @@ int main(void)
 		T(test_refresh_needs_the_same_sub),
 		T(test_kick_by_a_claimed_moderator),
 		T(test_mute_and_read_only_refuse_send),
+		HUB_API_TESTS,
 	};
 
 	/* the hub logs every session event on stderr; keep test output readable */
