@@ -60,6 +60,8 @@ struct metrics {
 	uint64_t heartbeat_evictions;
 	uint64_t handshake_timeouts;
 	uint64_t rate_limited;
+	uint64_t tokens_expired, tokens_refreshed;   /* sessions closed 4001; refresh accepted */
+	uint64_t moderation_actions;                 /* kick ban unban mute unmute delete invite grant settings */
 	uint64_t refused[METRICS_REFUSED_COUNT];
 	uint64_t errors[PROTO_ERR_COUNT];
 	uint64_t reloads, reload_failures;

@@ -16,7 +16,7 @@ PKGS=(
   openssl              # TLS certificates for bench/compare.sh and the tests
 )
 TEST_PKGS=(
-  libcmocka-dev python3-pytest python3-cryptography sqlite3 curl procps iproute2
+  libcmocka-dev python3-pytest python3-cryptography python3-jwt sqlite3 curl procps iproute2
   systemd libseccomp2 util-linux dpkg-dev file
   redis-server
   clang libclang-rt-14-dev llvm

@@ -57,6 +57,7 @@ _Static_assert(CONFIG_KEY_PREFIX_MAX + sizeof("node:") + 64 + sizeof(":rooms") <
 /* The server-side Lua scripts (cluster_lua.c). */
 extern const char cl_lua_send[];
 extern const char cl_lua_load[];
+extern const char cl_lua_erase[];
 extern const char cl_lua_delta[];
 extern const char cl_lua_dm[];
 extern const char cl_lua_cleanup[];

@@ -34,7 +34,8 @@ int cl_parse_msg(const cJSON *j, struct hub_msg *m, const char **room, const cha
 	if (cl_int(seq, 1, &m->seq) || cl_int(ts, 0, &m->ts) || !cJSON_IsString(rm) ||
 	    !cJSON_IsString(from) || !cJSON_IsString(id) || !cJSON_IsString(body) ||
 	    !proto_valid_room(rm->valuestring, strlen(rm->valuestring)) ||
-	    !hub_api_valid_sender(from->valuestring) ||
+	    !(hub_api_valid_sender(from->valuestring) ||
+	      strcmp(from->valuestring, PROTO_MOD_SENDER) == 0) ||
 	    !id->valuestring[0] || strlen(id->valuestring) > PROTO_ID_MAX ||
 	    (cJSON_IsString(ep) && (!ep->valuestring[0] || strlen(ep->valuestring) > 16)))
 		return -1;

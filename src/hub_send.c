@@ -69,6 +69,8 @@ void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
 		hub_ack(h, s, id, r->name, seq, c->ref.p ? ref : NULL);
 		return;
 	}
+	if (hub_send_check(h, s, r, &c->ref))
+		return;
 	if (!(p = hub_pending_from(h, s, c)))
 		return;
 	hub_submit(h, r, p);
@@ -211,6 +213,7 @@ int hub_stream_message(struct hub *h, const char *room, const char *epoch, const
 	hub_room_record(h, r, m, mb);
 	hub_room_fanout(h, r, mb);
 	msgbuf_unref(mb);
+	hub_room_release(h, r);     /* a kick may have emptied it */
 	return 0;
 }
 

@@ -182,6 +182,9 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 	metrics_one(&w, "chatd_heartbeat_evictions_total", "counter", "Connections closed for missing heartbeats.", m->heartbeat_evictions);
 	metrics_one(&w, "chatd_handshake_timeouts_total", "counter", "Connections closed for not sending hello in time.", m->handshake_timeouts);
 	metrics_one(&w, "chatd_rate_limited_total", "counter", "Commands refused by the rate limit.", m->rate_limited);
+	metrics_one(&w, "chatd_tokens_expired_total", "counter", "Sessions closed (4001) because their token ended without a refresh.", m->tokens_expired);
+	metrics_one(&w, "chatd_tokens_refreshed_total", "counter", "Token refreshes accepted.", m->tokens_refreshed);
+	metrics_one(&w, "chatd_moderation_actions_total", "counter", "Moderation commands and room settings accepted.", m->moderation_actions);
 	metrics_one(&w, "chatd_reloads_total", "counter", "Successful configuration reloads.", m->reloads);
 	metrics_one(&w, "chatd_reload_failures_total", "counter", "Configuration reloads refused (old config kept).", m->reload_failures);
 	if (m->storage_enabled) {

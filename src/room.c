@@ -112,6 +112,7 @@ void room_free(struct room *r)
 	if (!r)
 		return;
 	room_reset(r);
+	room_state_free(r->state);
 	free(r);
 }
 
@@ -240,4 +241,17 @@ struct msgbuf *room_frame(const struct room *r, uint64_t seq)
 	if (!r->ring.len || seq < r->ring_first_seq || seq >= r->ring_first_seq + r->ring.len)
 		return NULL;
 	return room_ring_at(&r->ring, (uint32_t)(seq - r->ring_first_seq));
+}
+
+int room_frame_replace(struct room *r, uint64_t seq, struct msgbuf *frame)
+{
+	struct room_ring *g = &r->ring;
+	uint32_t i;
+
+	if (!g->len || seq < r->ring_first_seq || seq >= r->ring_first_seq + g->len)
+		return -1;
+	i = (g->head + (uint32_t)(seq - r->ring_first_seq)) % g->cap;
+	msgbuf_unref(g->v[i]);
+	g->v[i] = msgbuf_ref(frame);
+	return 0;
 }

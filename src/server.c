@@ -135,6 +135,8 @@ struct server {
 	size_t released_since_trim;    /* connections freed since the last malloc_trim */
 	ev_timer trim_timer;
 	ev_timer kick_timer;
+	ev_timer token_timer;          /* the hub's next token deadline (one for every session) */
+	double token_at;               /* what it is armed for (wall clock), 0: stopped */
 	size_t lingering;              /* released conns whose socket lws still closes */
 	ev_prepare flush_watcher;      /* before the loop sleeps: releases, then writes */
 	long max_conns;                /* min(max_connections, what fits in fds) */
@@ -544,6 +546,32 @@ static void server_on_kick(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void conn_flush(struct server *srv, struct conn *c);
 
+static void server_on_token(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct server *srv = w->data;
+
+	(void)loop;
+	(void)revents;
+	srv->token_at = 0;
+	hub_run_deadlines(srv->hub);
+}
+
+/* One timer for every token deadline: re-armed for the hub's earliest
+ * (hellos, refreshes and closes of the iteration may have moved it). */
+static void server_arm_tokens(struct server *srv)
+{
+	double at = hub_next_deadline(srv->hub);
+
+	if (at == srv->token_at)
+		return;
+	ev_timer_stop(srv->loop, &srv->token_timer);
+	srv->token_at = at;
+	if (at <= 0)
+		return;
+	ev_timer_set(&srv->token_timer, at > ev_now(srv->loop) ? at - ev_now(srv->loop) : 0., 0.);
+	ev_timer_start(srv->loop, &srv->token_timer);
+}
+
 /*
  * The last thing of every loop iteration, just before the loop waits for
  * I/O again (lowest priority, so after the storage engine's group commit):
@@ -568,6 +596,7 @@ static void server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 			conn_flush(srv, c);
 		}
 	} while (srv->releasing);
+	server_arm_tokens(srv);
 }
 
 /*
@@ -1514,6 +1543,8 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 	ev_timer_init(&srv->kick_timer, server_on_kick, 1., 1.);
 	srv->kick_timer.data = srv;
 	ev_timer_start(loop, &srv->kick_timer);
+	ev_timer_init(&srv->token_timer, server_on_token, 0., 0.);
+	srv->token_timer.data = srv;
 	return srv;
 }
 
@@ -1553,6 +1584,7 @@ void server_free(struct server *srv)
 	ev_check_stop(srv->loop, &srv->reread_watcher);
 	ev_timer_stop(srv->loop, &srv->trim_timer);
 	ev_timer_stop(srv->loop, &srv->kick_timer);
+	ev_timer_stop(srv->loop, &srv->token_timer);
 	lws_context_destroy(srv->ctx);
 	server_pending_drop_stray(srv);
 	api_free(srv->api);

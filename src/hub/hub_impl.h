@@ -60,6 +60,13 @@ struct hub {
 	int in_submit;               /* inside engine.submit: completing now breaks the contract */
 	uint64_t queue_bytes, queue_msgs;
 	struct session *qb[HUB_QB_BUCKETS];
+	/* Token deadlines: a binary min-heap on session.tok_due (hub_token.c). */
+	struct session **theap;
+	uint32_t theap_len, theap_cap;
+	/* After a reload changed the keys: session numbers still to re-check
+	 * (rot_next..rot_end), a bounded slice per hub_run_deadlines call. */
+	uint64_t rot_next, rot_end;
+	const struct config *cfg;    /* the config in force ([[rooms]] defaults) */
 };
 
 /* A join parked while its room loads (cluster). */
@@ -157,6 +164,36 @@ struct hub_pending *hub_pending_from(struct hub *h, struct session *s,
 void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c);
 void hub_submit(struct hub *h, struct room *r, struct hub_pending *p);
 struct session *hub_sender(struct hub *h, uint64_t num);
+
+/* hub_token.c */
+void hub_token_track(struct hub *h, struct session *s);
+void hub_token_untrack(struct hub *h, struct session *s);
+void hub_token_rotated(struct hub *h);
+void hub_cmd_refresh(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_token_free(struct hub *h);
+
+/* hub_settings.c: a room's roles, bans, mutes, invites and settings. */
+enum auth_role hub_role(struct hub *h, struct room *r, struct session *s);
+enum auth_role hub_role_of_name(struct hub *h, struct room *r, const char *name);
+/* 0 if s may join r, else the error answered. */
+int hub_join_check(struct hub *h, struct session *s, struct room *r, const struct proto_str *ref);
+/* 0 if s may send to r now, else the error answered. */
+int hub_send_check(struct hub *h, struct session *s, struct room *r, const struct proto_str *ref);
+/* Settings and the caller's role as fields of joined. */
+void hub_room_info(struct hub *h, struct room *r, struct session *s, struct proto_room_info *out);
+/* Apply one state record (key, value NULL: removed) to r. -1 on ENOMEM. */
+int hub_state_apply(struct room *r, const char *key, const char *value);
+uint32_t hub_room_history(struct hub *h, struct room *r);
+void hub_cmd_settings(struct hub *h, struct session *s, const struct proto_cmd *c);
+
+/* hub_mod.c: moderation commands and the events that carry them. */
+void hub_cmd_mod(struct hub *h, struct session *s, const struct proto_cmd *c);
+/* A moderation event (m->from == PROTO_MOD_SENDER) became part of r's
+ * history here: apply it (state, and the kicks of local sessions). */
+void hub_mod_apply(struct hub *h, struct room *r, const struct hub_msg *m);
+/* Submit a moderation event with body (JSON text) for s's command c. */
+void hub_mod_event(struct hub *h, struct session *s, struct room *r, const struct proto_cmd *c,
+		   const char *body, size_t len);
 
 /* hub_api.c */
 int hub_api_answer(struct hub *h, uint64_t num, enum proto_err status, const char *why,

@@ -36,6 +36,7 @@ struct room_ring {
 };
 
 struct room_dedup;
+struct room_state;                      /* moderation and settings (hub_settings.c) */
 struct hub_waiter;                      /* defined and owned by the hub */
 struct hub_retry;
 
@@ -56,12 +57,16 @@ struct room {
 	uint64_t ring_first_seq;        /* seq of ring element 0 */
 	struct room_ring dedup_fifo;    /* struct room_dedup *, oldest first */
 	struct room_dedup *dedup;       /* hash of (from, id) -> seq */
+	struct room_state *state;       /* NULL: no role, ban, mute or setting yet */
 	UT_hash_handle hh;              /* hub->rooms */
 };
 
 struct room *room_new(const char *name, size_t len, const char *epoch);
 /* Free a room with no members: its ring references and dedup entries. */
 void room_free(struct room *r);
+
+/* Free a room's state (defined with it in hub_settings.c). */
+void room_state_free(struct room_state *st);
 
 /* Forget the ring and the dedup window (the history they came from is gone). */
 void room_reset(struct room *r);
@@ -90,5 +95,7 @@ uint64_t room_dedup_find(struct room *r, const char *from, size_t from_len,
 uint64_t room_oldest_seq(const struct room *r);
 /* The frame for seq, or NULL if not held. */
 struct msgbuf *room_frame(const struct room *r, uint64_t seq);
+/* Put frame (a new reference is taken) in place of seq's; -1 if not held. */
+int room_frame_replace(struct room *r, uint64_t seq, struct msgbuf *frame);
 
 #endif
