@@ -136,6 +136,14 @@ struct hub_msg {
  * read (optional): call emit for each stored message of room with
  *   lo <= seq <= hi, in seq order, at most max; returns the count or -1.
  * oldest (optional): the lowest seq stored for room, 0 if none.
+ * state_put (optional): keep one record of a room's moderation state and
+ *   settings (key such as "ban:bob" or "set:topic"; value NULL removes it),
+ *   shared by every node that loads the room; room_load hands the records
+ *   back with hub_load_room_state before it finishes. Fire and forget: the
+ *   sequenced moderation event that goes with it is what every node applies.
+ * erase (optional): a moderator deleted message seq of room: store it with
+ *   an empty body from now on (the body must not stay on disk). Called
+ *   before the delete event is submitted.
  * The default (no engine) keeps everything in memory only.
  */
 struct hub_engine {
@@ -154,6 +162,8 @@ struct hub_engine {
 	 * ("@a:b") the engine holds, with its latest seq; at most max. */
 	void (*conversations)(void *ctx, const char *name, uint32_t max,
 			      void (*emit)(void *arg, const char *room, uint64_t seq), void *arg);
+	void (*state_put)(void *ctx, const char *room, const char *key, const char *value);
+	void (*erase)(void *ctx, const char *room, uint64_t seq);
 	void *ctx;
 };
 
@@ -180,6 +190,11 @@ struct hub_peers {
 	 * (hub_remote_marker). */
 	void (*typing)(void *ctx, const char *room, const char *name, int on);
 	void (*marker)(void *ctx, const char *room, const char *name, uint64_t seq);
+	/* Optional (the server API, hub_api.h): kick closes name's sessions on
+	 * the other nodes (each calls hub_api_kick_local), -1 if they cannot be
+	 * told; online emits the names online on the other nodes. */
+	int (*kick)(void *ctx, const char *name, int code, const char *reason);
+	void (*online)(void *ctx, void (*emit)(void *arg, const char *name), void *arg);
 	void *ctx;
 };
 
@@ -268,6 +283,9 @@ long long hub_room_seq(struct hub *hub, const char *room);
  * (-1 on ENOMEM). Strings are copied. */
 void hub_load_state(struct hub *hub, const char *room, const char *epoch, uint64_t seq);
 int hub_load_message(struct hub *hub, const char *room, const struct hub_msg *m);
+/* room_load's answer, while room is loading: one stored state record (see
+ * state_put). Strings are copied; unknown or broken records are ignored. */
+void hub_load_room_state(struct hub *hub, const char *room, const char *key, const char *value);
 /* Finish an asynchronous room_load: ok = 0 fails the parked joins with
  * unavailable and forgets the room. */
 void hub_room_loaded(struct hub *hub, const char *room, int ok);
@@ -289,6 +307,20 @@ void hub_remote_typing(struct hub *hub, const char *room, const char *name, int 
 /* Visit every room held and loaded here (for an engine's resync after a
  * reconnect); fn must not make the hub open or free rooms. */
 void hub_rooms_foreach(struct hub *hub, void (*fn)(void *arg, const char *room), void *arg);
+
+/*
+ * Token lifetimes. A session whose token has an exp gets token_expiring
+ * auth.refresh_window seconds before it and is closed with
+ * HUB_CLOSE_TOKEN_EXPIRED at exp + auth.leeway unless it refreshes; after a
+ * reload that drops the key a session was verified with, the same happens
+ * within one refresh window. The hub keeps the deadlines in one heap; the
+ * transport runs one timer: hub_next_deadline() says when (wall clock,
+ * seconds; 0: nothing to do), and hub_run_deadlines() does what is due,
+ * a bounded amount per call (the next deadline is then "now" again).
+ */
+#define HUB_CLOSE_TOKEN_EXPIRED 4001
+double hub_next_deadline(struct hub *hub);
+void hub_run_deadlines(struct hub *hub);
 
 /* Gauges. */
 uint64_t hub_named_session_count(const struct hub *hub);   /* sessions with a name: after hello */

@@ -121,6 +121,44 @@ static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 	}
 }
 
+static void cl_on_state(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+
+	(void)ac;
+	(void)priv;
+	if (!r || r->type == REDIS_REPLY_ERROR)
+		log_error(NULL, "cluster: storing a room state record failed: %s",
+			  r ? r->str : "no answer");
+}
+
+/* A room's state record into its hash, on the command connection: before
+ * the EVAL of the moderation event that follows it, so a node that loads
+ * the room after seeing the event also sees the record. */
+static void cl_state_put(void *ctx, const char *room, const char *key, const char *value)
+{
+	struct cluster *c = ctx;
+	char hk[CL_KEY_MAX];
+	const char *argv[4] = { value ? "HSET" : "HDEL", hk, key, value };
+
+	cl_room_key(c, hk, sizeof(hk), room, "state");
+	if (cl_cmdv(c, cl_on_state, NULL, value ? 4 : 3, argv, NULL))
+		log_error(NULL, "cluster: Redis is down; %s of room %s not stored", key, room);
+}
+
+/* A moderator's delete: the copy in the shared history loses its body. */
+static void cl_erase(void *ctx, const char *room, uint64_t seq)
+{
+	struct cluster *c = ctx;
+	char hk[CL_KEY_MAX], num[24];
+	const char *keys[1] = { hk }, *args[1] = { num };
+
+	cl_room_key(c, hk, sizeof(hk), room, "hist");
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
+	if (cl_eval(c, cl_on_state, NULL, cl_lua_erase, 1, keys, 1, args, NULL))
+		log_error(NULL, "cluster: Redis is down; message %s/%s not erased", room, num);
+}
+
 static int cl_room_load(void *ctx, struct hub *hub, const char *room)
 {
 	struct cluster *c = ctx;
@@ -295,14 +333,19 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 	memset(&engine, 0, sizeof(engine));
 	engine.submit = cl_submit;
 	engine.room_load = cl_room_load;
+	engine.state_put = cl_state_put;
+	engine.erase = cl_erase;
 	engine.ctx = c;
 	hub_set_engine(hub, &engine);
+	memset(&peers, 0, sizeof(peers));
 	peers.presence = cl_presence;
 	peers.user = cl_user;
 	peers.names = cl_names;
 	peers.dm = cl_dm;
 	peers.typing = cl_typing;
 	peers.marker = cl_marker;
+	peers.kick = cl_kick;
+	peers.online = cl_online;
 	peers.ctx = c;
 	hub_set_peers(hub, &peers);
 	log_info(NULL, "cluster: node %s, Redis %s:%d db %ld, prefix \"%s\", node ttl %.3gs", c->node,

@@ -41,14 +41,31 @@ const char cl_lua_send[] =
 	"redis.call('PUBLISH', ARGV[8], m)\n"
 	"return {1, seq, epoch}\n";
 
-/* KEYS seq epoch hist members reads; ARGV epoch-candidate
- * -> {seq, epoch, hist, members, reads} */
+/* KEYS seq epoch hist members state reads; ARGV epoch-candidate
+ * -> {seq, epoch, hist, members, state, reads} (state: the room's roles,
+ * bans, mutes, invites and settings, as field/value pairs; reads: the read
+ * markers, name/seq pairs) */
 const char cl_lua_load[] =
 	"local epoch = redis.call('GET', KEYS[2])\n"
 	"if not epoch then epoch = ARGV[1]; redis.call('SET', KEYS[2], epoch) end\n"
 	"return {tonumber(redis.call('GET', KEYS[1]) or '0'), epoch,"
 	" redis.call('LRANGE', KEYS[3], 0, -1), redis.call('HGETALL', KEYS[4]),"
-	" redis.call('HGETALL', KEYS[5])}\n";
+	" redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6])}\n";
+
+/* KEYS hist; ARGV seq -> 1 if message seq's body was emptied, 0 if not in
+ * the capped history. The list holds consecutive seqs: one index lookup. */
+const char cl_lua_erase[] =
+	"local first = redis.call('LINDEX', KEYS[1], 0)\n"
+	"if not first then return 0 end\n"
+	"local i = tonumber(ARGV[1]) - cjson.decode(first).seq\n"
+	"if i < 0 then return 0 end\n"
+	"local raw = redis.call('LINDEX', KEYS[1], i)\n"
+	"if not raw then return 0 end\n"
+	"local m = cjson.decode(raw)\n"
+	"if m.seq ~= tonumber(ARGV[1]) or m.from == '!mod' then return 0 end\n"
+	"m.body = ''\n"
+	"redis.call('LSET', KEYS[1], i, cjson.encode(m))\n"
+	"return 1\n";
 
 /* KEYS hash [set-or-online]; ARGV field delta member channel event kind
  * kind "p": KEYS[2] is the node's room set (member = room);

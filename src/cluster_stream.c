@@ -5,6 +5,8 @@
  */
 #include "cluster_impl.h"
 
+#include "hub_api.h"
+
 static int cl_int(const cJSON *it, double min, uint64_t *out)
 {
 	double v;
@@ -35,7 +37,8 @@ int cl_parse_msg(const cJSON *j, struct hub_msg *m, const char **room, const cha
 	if (cl_int(seq, 1, &m->seq) || cl_int(ts, 0, &m->ts) || !cJSON_IsString(rm) ||
 	    !cJSON_IsString(from) || !cJSON_IsString(id) || !cJSON_IsString(body) ||
 	    !proto_valid_room(rm->valuestring, strlen(rm->valuestring)) ||
-	    !proto_valid_name(from->valuestring, strlen(from->valuestring)) ||
+	    !(hub_api_valid_sender(from->valuestring) ||
+	      strcmp(from->valuestring, PROTO_MOD_SENDER) == 0) ||
 	    !id->valuestring[0] || strlen(id->valuestring) > PROTO_ID_MAX ||
 	    (cJSON_IsString(ep) && (!ep->valuestring[0] || strlen(ep->valuestring) > 16)))
 		return -1;
@@ -158,6 +161,9 @@ void cl_event(struct cluster *c, const char *json, size_t len)
 		/* our own presence/user events */
 	} else if (!strcmp(t->valuestring, "t") || !strcmp(t->valuestring, "r")) {
 		cl_ev_conv(c, j, t->valuestring[0] == 't');
+		/* our own presence/user events (and kicks, applied when made) */
+	} else if (!strcmp(t->valuestring, "k")) {
+		cl_ev_kick(c, j);
 	} else if (!strcmp(t->valuestring, "p") || !strcmp(t->valuestring, "u")) {
 		cl_ev_delta(c, j, nd, t->valuestring[0] == 'u');
 	} else if (!strcmp(t->valuestring, "x")) {

@@ -148,6 +148,29 @@ void hub_conv_record(struct hub *h, struct room *r, const struct hub_msg *m)
 		hub_conv_direct(h, r->name, m, r);
 }
 
+/* The event hooks (webhooks) of an accepted message: a room's message, or
+ * a conversation's as "direct" to its recipient, as before conversations.
+ * Edits, deletions and reactions are not reported. */
+void hub_conv_event(struct hub *h, struct room *r, const struct hub_msg *m)
+{
+	char to[PROTO_NAME_MAX + 1];
+	const char *peer;
+	size_t len;
+
+	if (m->kind != HUB_KIND_MESSAGE)
+		return;
+	if (r->name[0] != '@') {
+		if (h->ev.message)
+			h->ev.message(h->ev.ctx, r->name, m);
+		return;
+	}
+	if (!h->ev.direct || !proto_dm_peer(r->name, strlen(r->name), m->from, &peer, &len) || !peer)
+		return;
+	memcpy(to, peer, len);
+	to[len] = '\0';
+	h->ev.direct(h->ev.ctx, to, m);
+}
+
 /* dm {to, id, body}: a send into the conversation of s and to. */
 void hub_conv_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
@@ -188,7 +211,7 @@ void hub_conv_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
 	strcpy(p->to, to);
 	strcpy(p->room, r->name);
 	strcpy(p->epoch, r->epoch);
-	hub_room_submit(h, r, p);
+	hub_submit(h, r, p);
 }
 
 struct hub_conv_list {

@@ -3,7 +3,7 @@
  * commands, their events, and what they do to a room's recent messages.
  *
  * Each is a sequenced event of the room (its own seq, a target seq), and
- * takes the path of a message (hub_room_submit -> engine -> hub_append_done
+ * takes the path of a message (hub_submit -> engine -> hub_append_done
  * or the cluster stream -> hub_room_record), so order, storage, dedup,
  * resume and cluster ordering are the same as for messages. The commands
  * check the rules against the room's state (room_msgs.c); every node then
@@ -159,12 +159,26 @@ void hub_edit_apply(struct hub *h, struct room *r, const struct hub_msg *m)
 	}
 }
 
-/* May s delete t? Its sender may; moderators (a later issue) hook in here. */
+/* Does s delete t as its sender (a sequenced delete event)? Anyone else's
+ * delete is a moderator's (hub_cmd_mod checks the role). */
 int hub_may_delete(struct hub *h, struct session *s, struct room *r, const struct room_msg *t)
 {
 	(void)h;
 	(void)r;
 	return !strcmp(t->from, s->name);
+}
+
+/* A moderator erased message seq of r (hub_mod.c): its state says so, and
+ * its edits' frames lose their text too. */
+void hub_edit_erased(struct hub *h, struct room *r, uint64_t seq)
+{
+	struct room_msg *t = room_msg_find(r, seq);
+
+	(void)h;
+	if (!t || t->deleted)
+		return;
+	room_msg_delete(t);
+	hub_edit_blank(r, t);
 }
 
 /* The recent message c->seq of r, not deleted, or NULL (error sent). */
@@ -206,7 +220,7 @@ static int hub_edit_retry(struct hub *h, struct session *s, struct room *r,
 	return 1;
 }
 
-/* Hand the event to the engine like a message (hub_room_submit). */
+/* Hand the event to the engine like a message (hub_submit). */
 static void hub_edit_submit(struct hub *h, struct session *s, struct room *r,
 			    const struct proto_cmd *c, int kind, const char *body, size_t len)
 {
@@ -237,7 +251,7 @@ static void hub_edit_submit(struct hub *h, struct session *s, struct room *r,
 	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
 	strcpy(p->room, r->name);
 	strcpy(p->epoch, r->epoch);
-	hub_room_submit(h, r, p);
+	hub_submit(h, r, p);
 }
 
 void hub_cmd_edit(struct hub *h, struct session *s, const struct proto_cmd *c)
@@ -271,10 +285,13 @@ void hub_cmd_delete(struct hub *h, struct session *s, const struct proto_cmd *c)
 	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);
 	struct room_msg *t;
 
-	if (!r || hub_edit_retry(h, s, r, c) || !(t = hub_edit_target(h, s, r, c)))
+	if (!r || hub_edit_retry(h, s, r, c))
 		return;
-	if (!hub_may_delete(h, s, r, t)) {
-		hub_error(h, s, &c->ref, PROTO_ERR_FORBIDDEN, "only its sender can delete a message");
+	t = room_msg_find(r, c->seq);
+	if (!t || t->deleted || !hub_may_delete(h, s, r, t)) {
+		/* Not one's own recent message: a moderator's delete, or an
+		 * error from the moderation path (role, unknown seq). */
+		hub_cmd_mod(h, s, c);
 		return;
 	}
 	hub_edit_submit(h, s, r, c, HUB_KIND_DELETE, "", 0);

@@ -53,6 +53,8 @@ void hub_retry_done(struct hub *h, struct room *r, const struct hub_pending *p,
 				hub_ack(h, s, t->id, r->name, p->seq, t->has_ref ? t->ref : NULL);
 			else
 				hub_error(h, s, &ref, status, "the message was not stored");
+		} else if (!t->original) {
+			hub_api_answer(h, t->sender, status, "the message was not stored", r->name, p->seq);
 		}
 		free(t);
 	}

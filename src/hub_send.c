@@ -69,16 +69,20 @@ void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
 		hub_ack(h, s, id, r->name, seq, c->ref.p ? ref : NULL);
 		return;
 	}
+	if (hub_send_check(h, s, r, &c->ref))
+		return;
 	if (!(p = hub_pending_from(h, s, c)))
 		return;
-	strcpy(p->room, r->name);
-	strcpy(p->epoch, r->epoch);
-	hub_room_submit(h, r, p);
+	hub_submit(h, r, p);
 }
 
-/* Hand p (a message or another sequenced event of r) to the engine. */
-void hub_room_submit(struct hub *h, struct room *r, struct hub_pending *p)
+/* Hand p (for room r, sender, from, id, body, ts set) to the engine: the
+ * one way in of a message or another sequenced event of r (an edit,
+ * delete or react; a moderation event), a client's or an API publish. */
+void hub_submit(struct hub *h, struct room *r, struct hub_pending *p)
 {
+	strcpy(p->room, r->name);
+	strcpy(p->epoch, r->epoch);
 	/* The seq is proposed here, in arrival order; an engine completes in
 	 * this order per room. One that sequences (the cluster) may replace it. */
 	p->seq = ++r->seq_assigned;
@@ -129,14 +133,17 @@ static void hub_append_failed(struct hub *h, struct room *r, struct session *sen
 {
 	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
 
+	const char *why = status == PROTO_ERR_UNAVAILABLE
+			  ? "storage unavailable; the message may not have been stored (retry with the same id)"
+			  : status == PROTO_ERR_INTERNAL ? "out of memory; the message was not accepted"
+			  : "the message could not be accepted";
+
 	if (!r->pending)
 		r->seq_assigned = r->seq;
 	if (sender)
-		hub_error(h, sender, &ref, status,
-			  status == PROTO_ERR_UNAVAILABLE
-			  ? "storage unavailable; the message may not have been stored (retry with the same id)"
-			  : status == PROTO_ERR_INTERNAL ? "out of memory; the message was not accepted"
-			  : "the message could not be accepted");
+		hub_error(h, sender, &ref, status, why);
+	else
+		hub_api_answer(h, p->sender, status, why, p->room, 0);
 	hub_room_release(h, r);
 }
 
@@ -177,6 +184,10 @@ void hub_append_done(struct hub *h, struct hub_pending *p, enum proto_err status
 		h->m->messages_in++;
 	if (sender)
 		hub_ack(h, sender, p->id, r->name, p->seq, p->has_ref ? p->ref : NULL);
+	else
+		hub_api_answer(h, p->sender, PROTO_OK, NULL, r->name, p->seq);
+	if (!p->duplicate)
+		hub_conv_event(h, r, &m);
 	hub_room_fanout(h, r, mb);
 	msgbuf_unref(mb);
 	hub_room_release(h, r);     /* its members may all have left meanwhile */
@@ -206,6 +217,7 @@ int hub_stream_message(struct hub *h, const char *room, const char *epoch, const
 	hub_room_record(h, r, m, mb);
 	hub_room_fanout(h, r, mb);
 	msgbuf_unref(mb);
+	hub_room_release(h, r);     /* a kick may have emptied it */
 	return 0;
 }
 

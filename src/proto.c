@@ -23,6 +23,11 @@ static const struct {
 	{ "edit", PROTO_EDIT },       { "delete", PROTO_DELETE },
 	{ "react", PROTO_REACT },     { "typing", PROTO_TYPING },
 	{ "read", PROTO_READ },       { "conversations", PROTO_CONVERSATIONS },
+	{ "refresh", PROTO_REFRESH }, { "kick", PROTO_KICK },
+	{ "ban", PROTO_BAN },         { "unban", PROTO_UNBAN },
+	{ "mute", PROTO_MUTE },       { "unmute", PROTO_UNMUTE },
+	{ "invite", PROTO_INVITE },
+	{ "grant", PROTO_GRANT },     { "settings", PROTO_SETTINGS },
 };
 
 const char *proto_err_name(enum proto_err code)
@@ -443,6 +448,7 @@ static int proto_need_seq(const cJSON *o, uint64_t min, struct proto_cmd *cmd,
 	if (proto_get_u64(o, "seq", &cmd->seq) <= 0 || cmd->seq < min)
 		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "seq must be an integer >= %llu",
 				  (unsigned long long)min);
+	cmd->has_seq = 1;
 	return 0;
 }
 
@@ -522,6 +528,65 @@ static int proto_decode_conv(const cJSON *o, size_t max_body, struct proto_cmd *
 	}
 }
 
+/* Optional boolean field: 0 absent, 1 with *out set, -1 not a boolean. */
+static int proto_get_bool(const cJSON *obj, const char *key, int *out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+	if (!it)
+		return 0;
+	if (!cJSON_IsBool(it))
+		return -1;
+	*out = cJSON_IsTrue(it);
+	return 1;
+}
+
+/* Moderation: room and user, and for kick/ban/mute an optional reason and
+ * (ban/mute) an optional duration in seconds. */
+static int proto_decode_mod(const cJSON *o, struct proto_cmd *cmd, struct proto_error *err)
+{
+	int r;
+
+	if (proto_need_room(o, cmd, err))
+		return -1;
+	r = proto_get_str(o, "user", 1, PROTO_NAME_MAX, &cmd->user);
+	if (r <= 0 || !proto_valid_name(cmd->user.p, cmd->user.len))
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "user must be 1..32 bytes of [A-Za-z0-9_.-]");
+	if (proto_get_str(o, "reason", 0, PROTO_REASON_MAX, &cmd->reason) < 0 ||
+	    (cmd->reason.p && !proto_utf8_valid((const unsigned char *)cmd->reason.p, cmd->reason.len)))
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "reason must be a string of at most 256 bytes");
+	if ((r = proto_get_u64(o, "duration", &cmd->duration)) < 0 || (r == 1 && cmd->duration == 0) ||
+	    cmd->duration > 315360000)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST,
+				  "duration must be an integer of seconds in 1..315360000 (absent: permanent)");
+	cmd->has_duration = r;
+	if (cmd->type == PROTO_GRANT &&
+	    proto_get_str(o, "role", 1, 16, &cmd->role) <= 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "role must be owner, moderator or member");
+	return 0;
+}
+
+static int proto_decode_settings(const cJSON *o, struct proto_cmd *cmd, struct proto_error *err)
+{
+	int r;
+
+	if (proto_need_room(o, cmd, err))
+		return -1;
+	if ((cmd->has_private = proto_get_bool(o, "private", &cmd->private_room)) < 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "private must be true or false");
+	if ((cmd->has_read_only = proto_get_bool(o, "read_only", &cmd->read_only)) < 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "read_only must be true or false");
+	if ((r = proto_get_u64(o, "history", &cmd->history)) < 0 || cmd->history > 1000000)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "history must be an integer in 0..1000000");
+	cmd->has_history = r;
+	if (proto_get_str(o, "topic", 0, PROTO_TOPIC_MAX, &cmd->topic) < 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "topic must be a string of at most 256 bytes");
+	if (!cmd->has_private && !cmd->has_read_only && !cmd->has_history && !cmd->topic.p)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST,
+				  "give at least one of private, read_only, topic, history");
+	return 0;
+}
+
 static int proto_decode_fields(const cJSON *o, size_t max_body, struct proto_cmd *cmd,
 			       struct proto_error *err)
 {
@@ -593,6 +658,20 @@ static int proto_decode_fields(const cJSON *o, size_t max_body, struct proto_cmd
 	case PROTO_TYPING:
 	case PROTO_READ:
 		return proto_decode_conv(o, max_body, cmd, err);
+	case PROTO_REFRESH:
+		if (proto_get_str(o, "token", 1, 8192, &cmd->token) <= 0)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "token must be a string of 1..8192 bytes");
+		return 0;
+	case PROTO_KICK:
+	case PROTO_BAN:
+	case PROTO_UNBAN:
+	case PROTO_MUTE:
+	case PROTO_UNMUTE:
+	case PROTO_INVITE:
+	case PROTO_GRANT:
+		return proto_decode_mod(o, cmd, err);
+	case PROTO_SETTINGS:
+		return proto_decode_settings(o, cmd, err);
 	}
 	return proto_fail(err, PROTO_ERR_INTERNAL, "unhandled type");
 }

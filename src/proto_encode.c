@@ -58,7 +58,7 @@ struct msgbuf *proto_encode_ack(const char *id, const char *room, uint64_t seq, 
 }
 
 struct msgbuf *proto_encode_welcome(const char *session, const char *name, double heartbeat,
-				    const char *node, const struct proto_str *ref)
+				    const char *node, double exp, const struct proto_str *ref)
 {
 	struct jsonw w;
 
@@ -68,6 +68,10 @@ struct msgbuf *proto_encode_welcome(const char *session, const char *name, doubl
 	jsonw_key(&w, "heartbeat");
 	jsonw_num(&w, heartbeat);
 	jsonw_kv_cstr(&w, "node", node);
+	if (exp > 0) {
+		jsonw_key(&w, "exp");
+		jsonw_num(&w, exp);
+	}
 	return proto_w_finish(&w, ref);
 }
 
@@ -79,12 +83,14 @@ struct msgbuf *proto_encode_pong(const struct proto_str *ref)
 	return proto_w_finish(&w, ref);
 }
 
-struct msgbuf *proto_encode_left(const char *room, const struct proto_str *ref)
+struct msgbuf *proto_encode_left(const char *room, const char *reason, const struct proto_str *ref)
 {
 	struct jsonw w;
 
 	proto_w_begin(&w, "left", 128);
 	jsonw_kv_cstr(&w, "room", room);
+	if (reason)
+		jsonw_kv_cstr(&w, "reason", reason);
 	return proto_w_finish(&w, ref);
 }
 
@@ -163,13 +169,26 @@ struct msgbuf *proto_encode_history(const char *room, struct msgbuf *const *fram
 }
 
 void proto_w_joined(struct jsonw *w, const char *room, uint64_t seq, const char *epoch,
-		    uint64_t read, uint32_t members)
+		    uint64_t read, uint32_t members, const struct proto_room_info *info)
 {
-	proto_w_begin(w, "joined", 256 + 40 * (size_t)members);
+	proto_w_begin(w, "joined", 512 + 40 * (size_t)members);
 	jsonw_kv_cstr(w, "room", room);
 	jsonw_kv_u64(w, "seq", seq);
 	jsonw_kv_cstr(w, "epoch", epoch);
 	jsonw_kv_u64(w, "read", read);
+	if (info) {
+		jsonw_kv_cstr(w, "role", info->role);
+		jsonw_key(w, "settings");
+		jsonw_obj_open(w);
+		jsonw_key(w, "private");
+		jsonw_bool(w, info->private_room);
+		jsonw_key(w, "read_only");
+		jsonw_bool(w, info->read_only);
+		jsonw_kv_u64(w, "history", info->history);
+		if (info->topic)
+			jsonw_kv_cstr(w, "topic", info->topic);
+		jsonw_obj_close(w);
+	}
 	jsonw_key(w, "members");
 	jsonw_arr_open(w);
 }

@@ -113,6 +113,7 @@ void room_free(struct room *r)
 	if (!r)
 		return;
 	room_reset(r);
+	room_state_free(r->state);
 	free(r);
 }
 
@@ -243,13 +244,15 @@ struct msgbuf *room_frame(const struct room *r, uint64_t seq)
 	return room_ring_at(&r->ring, (uint32_t)(seq - r->ring_first_seq));
 }
 
-void room_frame_replace(struct room *r, uint64_t seq, struct msgbuf *frame)
+int room_frame_replace(struct room *r, uint64_t seq, struct msgbuf *frame)
 {
+	struct room_ring *g = &r->ring;
 	uint32_t i;
 
-	if (!r->ring.len || seq < r->ring_first_seq || seq >= r->ring_first_seq + r->ring.len)
-		return;
-	i = (r->ring.head + (uint32_t)(seq - r->ring_first_seq)) % r->ring.cap;
-	msgbuf_unref(r->ring.v[i]);
-	r->ring.v[i] = msgbuf_ref(frame);
+	if (!g->len || seq < r->ring_first_seq || seq >= r->ring_first_seq + g->len)
+		return -1;
+	i = (g->head + (uint32_t)(seq - r->ring_first_seq)) % g->cap;
+	msgbuf_unref(g->v[i]);
+	g->v[i] = msgbuf_ref(frame);
+	return 0;
 }

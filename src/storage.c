@@ -28,7 +28,7 @@
 enum {
 	ST_INSERT, ST_ROOM_UPSERT, ST_ROOM_GET, ST_RECENT, ST_RANGE, ST_OLDEST,
 	ST_PRUNE_ROOM, ST_PRUNE_AGE, ST_BEGIN, ST_COMMIT, ST_ROLLBACK, ST_BLANK, ST_MARKER_GET,
-	ST_MARKER_SET, ST_CONVS, ST_COUNT
+	ST_MARKER_SET, ST_CONVS, ST_STATE_PUT, ST_STATE_DEL, ST_STATE_GET, ST_ERASE, ST_COUNT
 };
 
 static const char *const storage_sql[ST_COUNT] = {
@@ -58,6 +58,28 @@ static const char *const storage_sql[ST_COUNT] = {
 	/* A user's conversations "@name:x" (an index range) and "@x:name". */
 	[ST_CONVS] = "SELECT name, seq FROM rooms WHERE (name >= ?1 AND name < ?2) OR name GLOB ?3 "
 		     "ORDER BY seq DESC LIMIT ?4",
+	[ST_STATE_PUT] = "INSERT INTO room_state(room, key, value) VALUES (?1, ?2, ?3) "
+			 "ON CONFLICT(room, key) DO UPDATE SET value = excluded.value",
+	[ST_STATE_DEL] = "DELETE FROM room_state WHERE room = ?1 AND key = ?2",
+	[ST_STATE_GET] = "SELECT key, value FROM room_state WHERE room = ?1 LIMIT 100000",
+	/* A moderator's delete: like its sender's (ST_BLANK), but never of a
+	 * moderation event. */
+	[ST_ERASE] = "UPDATE messages SET body = '', deleted = 1 WHERE room = ?1 AND sender <> '!mod' AND "
+		     "(seq = ?2 OR (target = ?2 AND kind = 1))",
+};
+
+/* Roles, bans, mutes, invites and settings per room (issue 15). Added to
+ * schema 1 as a table of its own: a chatd that predates it ignores it. */
+static const char storage_state_schema[] =
+	"CREATE TABLE IF NOT EXISTS room_state(room TEXT NOT NULL, key TEXT NOT NULL,"
+	" value TEXT NOT NULL, PRIMARY KEY (room, key)) WITHOUT ROWID;";
+
+/* A state record waiting for the next commit (value NULL: remove it), or
+ * (key NULL) the erasure of message seq's body. */
+struct storage_rec {
+	struct storage_rec *next;
+	char *room, *key, *value;
+	uint64_t seq;
 };
 
 static const char storage_schema[] =
@@ -98,6 +120,7 @@ struct storage {
 	long retention_messages;
 	double retention_days;
 	struct hub_pending *head, *tail;   /* batch, in seq order */
+	struct storage_rec *recs, *recs_tail;  /* state records for the next commit */
 	uint32_t count;
 	struct st_marker *markers;         /* to write at the next flush */
 	ev_prepare flush_watcher;          /* group commit point */
@@ -162,9 +185,77 @@ static int storage_write_one(struct storage *st, const struct hub_pending *p)
 	return SQLITE_OK;
 }
 
+static void storage_rec_free(struct storage_rec *r)
+{
+	free(r->room);
+	free(r->key);
+	free(r->value);
+	free(r);
+}
+
+/* The queued state records, written inside the open transaction (the one
+ * of the moderation event that goes with them) and freed. */
+static int storage_write_recs(struct storage *st)
+{
+	struct storage_rec *r;
+	int rc = SQLITE_OK;
+
+	while ((r = st->recs)) {
+		int which = !r->key ? ST_ERASE : r->value ? ST_STATE_PUT : ST_STATE_DEL;
+		sqlite3_stmt *s = st->st[which];
+		st->recs = r->next;
+		if (rc == SQLITE_OK) {
+			storage_bind_text(s, 1, r->room, strlen(r->room));
+			if (r->key)
+				storage_bind_text(s, 2, r->key, strlen(r->key));
+			else
+				sqlite3_bind_int64(s, 2, (sqlite3_int64)r->seq);
+			if (r->value)
+				storage_bind_text(s, 3, r->value, strlen(r->value));
+			rc = storage_step_done(st, which);
+		}
+		storage_rec_free(r);
+	}
+	st->recs_tail = NULL;
+	return rc;
+}
+
+static void storage_rec_queue(struct storage *st, const char *room, const char *key,
+			      const char *value, uint64_t seq)
+{
+	struct storage_rec *r = calloc(1, sizeof(*r));
+
+	if (!r || !(r->room = strdup(room)) || (key && !(r->key = strdup(key))) ||
+	    (value && !(r->value = strdup(value)))) {
+		log_error(NULL, "storage: out of memory keeping %s of room %s", key ? key : "a deletion", room);
+		if (r)
+			storage_rec_free(r);
+		return;
+	}
+	r->seq = seq;
+	if (st->recs_tail)
+		st->recs_tail->next = r;
+	else
+		st->recs = r;
+	st->recs_tail = r;
+}
+
+static void storage_state_put(void *ctx, const char *room, const char *key, const char *value)
+{
+	storage_rec_queue(ctx, room, key, value, 0);
+}
+
+/* A moderator's delete: the body is overwritten in the same transaction as
+ * the delete event (secure_delete zeroes the old bytes in the page). */
+static void storage_erase(void *ctx, const char *room, uint64_t seq)
+{
+	storage_rec_queue(ctx, room, NULL, NULL, seq);
+}
+
 /*
- * Write list (n messages) in one transaction; SQLITE_OK or the error, with
- * the transaction rolled back and logged.
+ * Write list (n messages) in one transaction, with the state records queued
+ * before them; SQLITE_OK or the error, with the transaction rolled back and
+ * logged.
  */
 static int storage_write(struct storage *st, struct hub_pending *list, uint32_t n)
 {
@@ -173,6 +264,9 @@ static int storage_write(struct storage *st, struct hub_pending *list, uint32_t 
 	int rc;
 
 	rc = storage_step_done(st, ST_BEGIN);
+	if (rc == SQLITE_OK && st->recs && (rc = storage_write_recs(st)) != SQLITE_OK)
+		log_error(NULL, "storage: writing room state to %s failed: %s", st->path,
+			  sqlite3_errmsg(st->db));
 	for (p = list; p && rc == SQLITE_OK; p = p->next)
 		rc = storage_write_one(st, p);
 	if (rc == SQLITE_OK)
@@ -230,6 +324,8 @@ static void storage_flush(struct storage *st)
 
 	st->head = st->tail = NULL;
 	st->count = 0;
+	if (!list && st->recs)      /* records with no message (its submit failed) */
+		storage_write(st, NULL, 0);
 	while (list) {
 		chunk = storage_take(&list, max, &n);
 		if (off)
@@ -379,6 +475,25 @@ static void storage_row(sqlite3_stmt *s, struct hub_msg *m)
 		m->body = "";
 }
 
+/* The room's roles, bans, mutes, invites and settings. */
+static int storage_load_state(struct storage *st, struct hub *hub, const char *room)
+{
+	sqlite3_stmt *s = st->st[ST_STATE_GET];
+	int rc;
+
+	storage_bind_text(s, 1, room, strlen(room));
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+		hub_load_room_state(hub, room, (const char *)sqlite3_column_text(s, 0),
+				    (const char *)sqlite3_column_text(s, 1));
+	sqlite3_reset(s);
+	sqlite3_clear_bindings(s);
+	if (rc != SQLITE_DONE) {
+		log_error(NULL, "storage: loading the state of room %s: %s", room, sqlite3_errmsg(st->db));
+		return -1;
+	}
+	return 0;
+}
+
 /* A room's state, handed to the hub as data: epoch and seq from rooms, then
  * the messages its ring and dedup window hold. Synchronous (bounded). */
 static int storage_room_load(void *ctx, struct hub *hub, const char *room)
@@ -401,6 +516,8 @@ static int storage_room_load(void *ctx, struct hub *hub, const char *room)
 		log_error(NULL, "storage: loading room %s: %s", room, sqlite3_errmsg(st->db));
 		return -1;
 	}
+	if (storage_load_state(st, hub, room))
+		return -1;
 	if (!seq)
 		return 0;
 	/* The ring and the dedup window, as they were. */
@@ -560,6 +677,8 @@ static int storage_schema_check(struct storage *st, char *err, size_t errlen)
 		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
 		return -1;
 	}
+	if ((rc = sqlite3_exec(st->db, storage_state_schema, NULL, NULL, NULL)) != SQLITE_OK)
+		goto fail;
 	rc = sqlite3_exec(st->db, "INSERT OR REPLACE INTO meta(key, value) "
 			  "VALUES ('last_open', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))", NULL, NULL, NULL);
 	if (rc == SQLITE_OK)
@@ -646,9 +765,11 @@ struct storage *storage_open(const struct config *cfg, struct ev_loop *loop, str
 	}
 	sqlite3_extended_result_codes(st->db, 1);
 	rc = sqlite3_exec(st->db, "PRAGMA locking_mode = EXCLUSIVE", NULL, NULL, NULL);
-	/* A deleted message's text must not linger in freed space of the file. */
+	/* A deleted message's text (its sender's delete, or a moderator's)
+	 * is zeroed in the page too, not left in its free space (FAST: at no
+	 * extra I/O). */
 	if (rc == SQLITE_OK)
-		rc = sqlite3_exec(st->db, "PRAGMA secure_delete = ON", NULL, NULL, NULL);
+		rc = sqlite3_exec(st->db, "PRAGMA secure_delete = FAST", NULL, NULL, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &s, NULL);
 	if (rc == SQLITE_OK) {
@@ -692,6 +813,8 @@ struct storage *storage_open(const struct config *cfg, struct ev_loop *loop, str
 	engine.marker_get = storage_marker_get;
 	engine.marker_set = storage_marker_set;
 	engine.conversations = storage_conversations;
+	engine.state_put = storage_state_put;
+	engine.erase = storage_erase;
 	engine.ctx = st;
 	hub_set_engine(hub, &engine);
 	log_info(NULL, "storage: %s (sync %s, retention %ld messages / %.3g days)", st->path,
@@ -720,6 +843,7 @@ void storage_close(struct storage *st)
 	if (!st)
 		return;
 	storage_flush(st);
+	storage_write_recs(st);     /* none left after the flush; frees any */
 	hub_set_engine(st->hub, NULL);
 	ev_prepare_stop(st->loop, &st->flush_watcher);
 	ev_timer_stop(st->loop, &st->prune_timer);

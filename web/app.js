@@ -5,6 +5,7 @@
 (() => {
   const NAME_RE = /^[A-Za-z0-9_.-]{1,32}$/;
   const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
+  const MOD = '!mod';          // the sender of moderation events (no client can have it)
   const PAGE = 100;            // messages per history request
   const KEEP = 2000;           // messages kept per conversation in the page
   const CONNECT_TIMEOUT = 10000;
@@ -211,7 +212,7 @@
     st.hbMs = (Number(f.heartbeat) || 25) * 1000;
     setConn('online', 'Connected');
     showChat();
-    for (const c of st.convs.values()) joinRoom(c);
+    for (const c of st.convs.values()) if (!c.removed) joinRoom(c);
     request({ type: 'conversations' }, (f) => {
       if (f.type !== 'conversations') return;
       for (const x of f.conversations) {
@@ -245,6 +246,9 @@
       case 'read': onRead(f); break;
       case 'presence': onPresence(f); break;
       case 'direct': onDirect(f); break;
+      case 'kicked':
+      case 'banned': onRemoved(f); break;
+      case 'token_expiring': onTokenExpiring(f); break;
       case 'error': console.warn('chatd error', f.code, f.message); break;
       default: break;
     }
@@ -262,6 +266,7 @@
       epoch: '', top: 0, want: 0, joined: false, filling: false, oldest: Infinity,
       seqs: new Map(), members: new Set(), ids: new Set(),
       room: '', read: 0, reacts: new Map(), readTimer: 0,
+      role: 'member', settings: {}, removed: false,
     };
     c.room = kind === 'room' ? c.name : dmRoom(st.me, c.name);
     c.section = el('section', 'conv');
@@ -325,6 +330,7 @@
     updateUnread(c);
     renderMembers();
     renderTyping();
+    renderComposer();
     scrollDown(c, true);
     if (focus) $('msg').focus();
   }
@@ -360,6 +366,7 @@
         b.title = 'Write to ' + n;
         b.addEventListener('click', () => { openDm('@' + n); activate('@' + n, true); closeDrawers(); });
         li.append(dot, b);
+        if (isMod(c)) li.append(modTools(c, n));
       } else {
         li.append(el('span', 'member-name', n));
       }
@@ -479,7 +486,7 @@
     return mine.length ? mine[mine.length - 1] : null;
   }
 
-  function markDeleted(c, li) {
+  function tombstone(c, li) {
     li.classList.add('deleted');
     li.querySelector('.body').textContent = 'This message was deleted.';
     li.querySelector('.reactions').textContent = '';
@@ -514,7 +521,7 @@
       t.querySelector('.body').textContent = m.body;
       if (!t.querySelector('.edited')) t.querySelector('.meta').append(' ', el('span', 'edited', '(edited)'));
     } else if (m.type === 'delete') {
-      markDeleted(c, t);
+      tombstone(c, t);
     } else if (m.type === 'react' && !t.classList.contains('deleted')) {
       const per = c.reacts.get(m.target) || new Map();
       c.reacts.set(m.target, per);
@@ -686,9 +693,14 @@
 
   function onJoined(c, f, resume) {
     c.joined = true;
+    c.removed = false;
     c.item.dataset.joined = 'true';
     c.read = Math.max(c.read, Number(f.read) || 0);
     c.members = new Set(f.members);
+    c.role = f.role || 'member';
+    c.settings = f.settings || {};
+    c.section.dataset.role = c.role;
+    if (st.active === c.key) renderComposer();
     if (st.active === c.key) renderMembers();
     if (!resume || f.epoch !== c.epoch || f.seq < c.top) {
       if (resume && c.top > 0) {
@@ -739,7 +751,9 @@
     }
     let li;
     const p = m.from === st.me ? st.pending.get(m.id) : null;
-    if (p && p.key === c.key) {
+    if (m.from === MOD) {
+      li = modEvent(c, m, how);
+    } else if (p && p.key === c.key) {
       // Our own message, accepted before its ack reached us.
       st.pending.delete(p.id);
       li = p.li;
@@ -749,12 +763,14 @@
     } else {
       li = renderMsg(m.from, m.body, m.ts, m.from === st.me);
       if (m.from === st.me) li.classList.add('delivered');
+      if (m.body === '' && c.deleted && c.deleted.has(m.seq)) markDeleted(li);
+      else if (isMod(c)) li.append(deleteButton(c, m.seq));
     }
     li.dataset.seq = String(m.seq);
     li.dataset.id = m.id;
     c.seqs.set(m.seq, li);
     place(c, li, m.seq);
-    if (m.deleted) markDeleted(c, li);
+    if (m.deleted) tombstone(c, li);
     const typers = st.typers.get(c.key);
     if (typers && typers.delete(m.from)) renderTyping();
     advance(c, m.seq);
@@ -837,6 +853,131 @@
       });
     }
     if (st.active === c.key) renderMembers();
+  }
+
+  // ---- roles and moderation (docs/protocol.md#roles-and-moderation) -------
+
+  function isMod(c) { return c.kind === 'room' && (c.role === 'moderator' || c.role === 'owner'); }
+
+  // Run a moderation command; a refusal is shown in the room.
+  function modCommand(c, cmd) {
+    request(Object.assign({ room: c.name }, cmd), (f) => {
+      if (f.type !== 'ack') notice(c, 'Could not ' + cmd.type + ': ' + (f.message || f.code));
+    });
+  }
+
+  function modTools(c, name) {
+    const box = el('span', 'mod-tools');
+    for (const [type, text] of [['kick', 'Kick'], ['ban', 'Ban'], ['mute', 'Mute']]) {
+      const b = el('button', 'mod ' + type, text);
+      b.type = 'button';
+      b.dataset.action = type;
+      b.title = text + ' ' + name;
+      b.setAttribute('aria-label', text + ' ' + name);
+      b.addEventListener('click', () => {
+        const reason = window.prompt(text + ' ' + name + ' in ' + label(c) + '. Reason (optional):', '');
+        if (reason === null) return;
+        const cmd = { type, user: name };
+        if (reason.trim()) cmd.reason = reason.trim().slice(0, 256);
+        modCommand(c, cmd);
+      });
+      box.append(b);
+    }
+    return box;
+  }
+
+  function deleteButton(c, seq) {
+    const b = el('button', 'mod delete link', 'Delete');
+    b.type = 'button';
+    b.setAttribute('aria-label', 'Delete this message');
+    b.addEventListener('click', () => modCommand(c, { type: 'delete', seq }));
+    return b;
+  }
+
+  function markDeleted(li) {
+    li.classList.add('deleted');
+    const body = li.querySelector('.body');
+    if (body) body.textContent = 'Message deleted by a moderator';
+    const b = li.querySelector('button.delete');
+    if (b) b.remove();
+  }
+
+  // A moderation event from the room's history, as a line of text.
+  function modEvent(c, m, how) {
+    let ev = {};
+    try { ev = JSON.parse(m.body); } catch (e) { /* shown as unknown */ }
+    const who = typeof ev.by === 'string' ? ev.by : 'a moderator';
+    const why = typeof ev.reason === 'string' && ev.reason ? ': ' + ev.reason : '';
+    const until = ev.until ? ' until ' + new Date(ev.until).toLocaleString() : '';
+    let text;
+    switch (ev.action) {
+      case 'kick': text = who + ' removed ' + ev.user + ' from the room' + why; break;
+      case 'ban': text = who + ' banned ' + ev.user + until + why; break;
+      case 'unban': text = who + ' lifted the ban on ' + ev.user; break;
+      case 'mute': text = who + ' muted ' + ev.user + until + why; break;
+      case 'unmute': text = who + ' unmuted ' + ev.user; break;
+      case 'invite': text = who + ' invited ' + ev.user; break;
+      case 'grant': text = who + ' made ' + ev.user + ' ' + ev.role; break;
+      case 'delete': text = who + ' deleted a message'; break;
+      case 'settings': text = who + ' changed the room settings' +
+        (typeof ev.topic === 'string' ? ' (topic: ' + ev.topic + ')' : ''); break;
+      default: text = 'moderation: ' + (ev.action || '?');
+    }
+    const li = el('li', 'notice mod-event', text);
+    li.dataset.action = String(ev.action || '');
+    if (ev.action === 'delete' && Number.isInteger(ev.seq)) {
+      (c.deleted || (c.deleted = new Set())).add(ev.seq);
+      const target = c.seqs.get(ev.seq);
+      if (target) markDeleted(target);
+    }
+    if (how === 'live' && ev.action === 'settings') {
+      for (const k of ['private', 'read_only', 'history', 'topic']) if (k in ev) c.settings[k] = ev[k];
+      if (st.active === c.key) renderComposer();
+    }
+    // A new role of ours: joined says what it is now (token and grant together).
+    if (how === 'live' && ev.action === 'grant' && ev.user === st.me) joinRoom(c);
+    return li;
+  }
+
+  // kicked / banned: this session is out of the room, and is told why.
+  function onRemoved(f) {
+    const c = st.convs.get('#' + f.room);
+    if (!c) return;
+    c.joined = false;
+    c.removed = true;
+    c.item.dataset.joined = 'false';
+    c.members.clear();
+    const what = f.type === 'banned' ? 'banned from' : 'removed from';
+    const until = f.type === 'banned' && f.until ? ' until ' + new Date(f.until).toLocaleString() : '';
+    const li = el('li', 'notice removed', 'You were ' + what + ' ' + label(c) + until +
+      ' by ' + (f.by || 'a moderator') + (f.reason ? ': ' + f.reason : '.'));
+    li.setAttribute('role', 'alert');
+    place(c, li, c.top + 0.5);
+    if (st.active === c.key) { renderMembers(); renderComposer(); }
+  }
+
+  // The composer says why one cannot write: removed, or a read-only room.
+  function renderComposer() {
+    const c = st.convs.get(st.active);
+    const box = $('msg');
+    let why = '';
+    if (c && c.kind === 'room' && c.removed) why = 'You are no longer in ' + label(c);
+    else if (c && c.kind === 'room' && c.settings.read_only && !isMod(c)) why = 'Read-only room: only moderators write here';
+    box.disabled = why !== '';
+    $('composer').querySelector('button').disabled = why !== '';
+    if (why) box.placeholder = why;
+    else if (c) box.placeholder = 'Message ' + label(c);
+    const t = c && c.kind === 'room' && c.settings.topic ? c.settings.topic : '';
+    $('conv-title').title = t;
+    $('conv-title').dataset.topic = t;
+  }
+
+  // The page holds no way to mint a token: say when the session will end.
+  function onTokenExpiring(f) {
+    const c = st.convs.get(st.active);
+    const text = (f.reason === 'key_rotated' ? 'The server changed its keys: ' : '') +
+      'your sign-in ends in ' + f.in + ' s. Sign in again with a new token to stay.';
+    if (c) place(c, el('li', 'notice expiring', text), c.kind === 'room' ? c.top + 0.5 : Date.now());
   }
 
   // ---- direct messages ---------------------------------------------------

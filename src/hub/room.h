@@ -37,6 +37,7 @@ struct room_ring {
 
 struct room_dedup;
 struct room_msg;
+struct room_state;                      /* moderation and settings (hub_settings.c) */
 struct hub_waiter;                      /* defined and owned by the hub */
 struct hub_retry;
 
@@ -58,12 +59,16 @@ struct room {
 	struct room_ring dedup_fifo;    /* struct room_dedup *, oldest first */
 	struct room_dedup *dedup;       /* hash of (from, id) -> seq */
 	struct room_msg *msgs;          /* state of recent messages, oldest first (room_msgs.c) */
+	struct room_state *state;       /* NULL: no role, ban, mute or setting yet */
 	UT_hash_handle hh;              /* hub->rooms */
 };
 
 struct room *room_new(const char *name, size_t len, const char *epoch);
 /* Free a room with no members: its ring references and dedup entries. */
 void room_free(struct room *r);
+
+/* Free a room's state (defined with it in hub_settings.c). */
+void room_state_free(struct room_state *st);
 
 /* Forget the ring and the dedup window (the history they came from is gone). */
 void room_reset(struct room *r);
@@ -92,6 +97,8 @@ uint64_t room_dedup_find(struct room *r, const char *from, size_t from_len,
 uint64_t room_oldest_seq(const struct room *r);
 /* The frame for seq, or NULL if not held. */
 struct msgbuf *room_frame(const struct room *r, uint64_t seq);
+/* Put frame (a new reference is taken) in place of seq's; -1 if not held. */
+int room_frame_replace(struct room *r, uint64_t seq, struct msgbuf *frame);
 
 /* ---- room_msgs.c: what edits, deletions and reactions did to the room's
  * recent messages, so that they can be checked and served. Owned by the
@@ -146,8 +153,5 @@ int room_msg_react(struct room_msg *m, const char *name, const char *reaction);
 void room_msg_unreact(struct room_msg *m, const char *name, const char *reaction);
 void room_msgs_clear(struct room *r);
 
-/* Replace the ring's frame of seq (a deletion blanks bodies in memory too);
- * the ring takes its own reference. No-op if seq is not held. */
-void room_frame_replace(struct room *r, uint64_t seq, struct msgbuf *frame);
 
 #endif

@@ -737,12 +737,20 @@ static void test_encode_replies_echo_ref_only_when_given(void **state)
 	assert_true(field_num(o, "seq") == 7);
 	assert_string_equal(field_str(o, "ref"), "x");
 	cJSON_Delete(o);
-	o = event(proto_encode_welcome("s1", "bob", 25.5, "node-a", &ref), "welcome");
+	o = event(proto_encode_welcome("s1", "bob", 25.5, "node-a", 0, &ref), "welcome");
 	assert_true(field_num(o, "heartbeat") == 25.5);
 	assert_string_equal(field_str(o, "node"), "node-a");
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "exp"));
 	cJSON_Delete(o);
-	o = event(proto_encode_left("r", &ref), "left");
+	o = event(proto_encode_welcome("s1", "bob", 25, "n", 1764860400.5, NULL), "welcome");
+	assert_true(field_num(o, "exp") == 1764860400.5);
+	cJSON_Delete(o);
+	o = event(proto_encode_left("r", NULL, &ref), "left");
 	assert_string_equal(field_str(o, "room"), "r");
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "reason"));
+	cJSON_Delete(o);
+	o = event(proto_encode_left("r", "token", NULL), "left");
+	assert_string_equal(field_str(o, "reason"), "token");
 	cJSON_Delete(o);
 	o = event(proto_encode_presence("r", "bob", 0), "presence");
 	assert_string_equal(field_str(o, "state"), "leave");
@@ -759,7 +767,7 @@ static void test_encode_joined_and_members_list_names(void **state)
 	struct jsonw w;
 	cJSON *o, *names;
 
-	proto_w_joined(&w, "r", 3, "abcd", 2, 2);
+	proto_w_joined(&w, "r", 3, "abcd", 2, 2, NULL);
 	proto_w_name(&w, "alice");
 	proto_w_name(&w, "b\"ob");
 	o = event(proto_encode_joined_end(&w, 1, 0, 1, &ref), "joined");
@@ -771,9 +779,15 @@ static void test_encode_joined_and_members_list_names(void **state)
 	assert_string_equal(field_str(o, "ref"), "j");
 	assert_true(field_num(o, "read") == 2);
 	cJSON_Delete(o);
-	proto_w_joined(&w, "r", 0, "abcd", 0, 0);
+	proto_w_joined(&w, "r", 0, "abcd", 0, 0, &(struct proto_room_info){ "moderator", 1, 0, 50, "t\"x" });
 	o = event(proto_encode_joined_end(&w, 0, 1, 1, NULL), "joined");
 	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "members")), 0);
+	assert_string_equal(field_str(o, "role"), "moderator");
+	names = cJSON_GetObjectItemCaseSensitive(o, "settings");
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(names, "private")));
+	assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(names, "read_only")));
+	assert_true(field_num(names, "history") == 50);
+	assert_string_equal(field_str(names, "topic"), "t\"x");
 	assert_null(cJSON_GetObjectItemCaseSensitive(o, "recovered"));
 	assert_null(cJSON_GetObjectItemCaseSensitive(o, "truncated"));
 	cJSON_Delete(o);
@@ -782,6 +796,44 @@ static void test_encode_joined_and_members_list_names(void **state)
 	o = event(proto_encode_members_end(&w, NULL), "members");
 	assert_string_equal(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "names"), 0)->valuestring,
 			    "carol");
+	cJSON_Delete(o);
+}
+
+static void test_encode_token_and_moderation_events(void **state)
+{
+	struct proto_str ref = { "r", 1 };
+	struct proto_mod_event e = { .action = "ban", .user = "bob", .by = "mo",
+				     .reason = { "spam \"links\"", 12 }, .has_until = 1, .until = 0 };
+	struct msgbuf *mb;
+	cJSON *o;
+
+	(void)state;
+	o = event(proto_encode_token_expiring(1000.5, 29.6, "exp"), "token_expiring");
+	assert_true(field_num(o, "exp") == 1000.5 && field_num(o, "in") == 30);
+	assert_string_equal(field_str(o, "reason"), "exp");
+	cJSON_Delete(o);
+	o = event(proto_encode_refreshed(0, &ref), "refreshed");
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "exp"));
+	assert_string_equal(field_str(o, "ref"), "r");
+	cJSON_Delete(o);
+	o = event(proto_encode_removed("banned", "lobby", "mo", NULL, 1, 0), "banned");
+	assert_true(field_num(o, "until") == 0);
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "reason"));
+	cJSON_Delete(o);
+	o = event(proto_encode_presence_cause("lobby", "bob", "kicked", "mo", "x"), "presence");
+	assert_string_equal(field_str(o, "cause"), "kicked");
+	assert_string_equal(field_str(o, "state"), "leave");
+	cJSON_Delete(o);
+	/* A moderation body is a JSON object of its own (not an event). */
+	mb = proto_encode_mod_body(&e);
+	assert_non_null(mb);
+	o = cJSON_ParseWithLength((const char *)mb->data, mb->len);
+	msgbuf_unref(mb);
+	assert_string_equal(field_str(o, "action"), "ban");
+	assert_string_equal(field_str(o, "reason"), "spam \"links\"");
+	assert_true(field_num(o, "until") == 0);
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "seq"));
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "type"));
 	cJSON_Delete(o);
 }
 
@@ -941,6 +993,7 @@ int main(void)
 		T(test_decode_edit_delete_react_typing_read),
 		T(test_dm_room_names),
 		T(test_encode_conversation_events),
+		T(test_encode_token_and_moderation_events),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
