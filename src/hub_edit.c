@@ -288,7 +288,11 @@ void hub_cmd_delete(struct hub *h, struct session *s, const struct proto_cmd *c)
 	if (!r || hub_edit_retry(h, s, r, c))
 		return;
 	t = room_msg_find(r, c->seq);
-	if (!t || t->deleted || !hub_may_delete(h, s, r, t)) {
+	if (t && t->deleted) {
+		hub_error(h, s, &c->ref, PROTO_ERR_NOT_FOUND, "that message was deleted");
+		return;
+	}
+	if (!t || !hub_may_delete(h, s, r, t)) {
 		/* Not one's own recent message: a moderator's delete, or an
 		 * error from the moderation path (role, unknown seq). */
 		hub_cmd_mod(h, s, c);
