@@ -239,7 +239,7 @@
       case 'react': {
         const key = keyOf(f.room);
         const c = st.convs.get(key) || (key[0] === '@' ? openDm(key) : null);
-        if (c && c.joined) addRoomMessage(c, f, 'live');
+        if (c) addRoomMessage(c, f, 'live');
         break;
       }
       case 'typing': onTyping(f); break;
@@ -1018,6 +1018,12 @@
     // that was accepted before a disconnect then shows up in the replay
     // (and its id is matched) instead of being sent twice.
     if (!c.joined || c.filling || c.top < c.want) return;
+    // In the order they were written: an older one still waiting goes first
+    // (flushPending sends them in order once the conversation is caught up).
+    for (const q of st.pending.values()) {
+      if (q === p) break;
+      if (q.key === p.key && !q.inflight) { flushPending(p.key); return; }
+    }
     const cmd = { type: 'send', room: c.room, id: p.id, body: p.body };
     p.inflight = true;
     request(cmd, (f) => {

@@ -98,10 +98,10 @@ bt('reactions: one per user and reaction, counts agree on both pages', async (h)
   await until(async () => (await alice.textContent(chip).catch(() => '')) === `${up} 1`, 'alice to see 1 thumbs-up');
   await alice.click(chip);          // alice adds hers by clicking the chip
   await until(async () => (await bob.textContent(chip).catch(() => '')) === `${up} 2`, 'bob to see 2');
-  assert.equal(await alice.getAttribute(chip, 'aria-pressed'), 'true');
+  await until(async () => (await alice.getAttribute(chip, 'aria-pressed')) === 'true', 'alice\'s chip pressed');
   await bob.click(chip);            // and bob takes his back
   await until(async () => (await alice.textContent(chip).catch(() => '')) === `${up} 1`, 'alice to see 1 again');
-  assert.equal(await bob.getAttribute(chip, 'aria-pressed'), 'false');
+  await until(async () => (await bob.getAttribute(chip, 'aria-pressed')) === 'false', 'bob\'s chip released');
 });
 
 bt('"alice is typing…" appears on the other page and goes away', async (h) => {
