@@ -725,6 +725,7 @@
       c.want = Math.max(c.want, f.seq);
     }
     fill(c);
+    updateUnread(c);         // the replay came before joined: the marker moves now
     if (st.focusOnJoin === c.key) {
       st.focusOnJoin = null;
       if (st.active === c.key) $('msg').focus();
