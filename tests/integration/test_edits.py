@@ -479,3 +479,43 @@ def test_edits_across_two_cluster_nodes(chatd, tmp_path):
         for srv in chatd.servers:
             srv.stop()
         redis.stop()
+
+
+def test_delete_of_anothers_message_is_a_moderators(chatd):
+    """delete is one command: one's own message is a sequenced delete event;
+    anyone else's is a moderation delete (forbidden for a member), which ends
+    the message's edits and reactions too."""
+    from test_moderation import MOD, auth_cfg, drain, user
+
+    srv = chatd(auth_cfg())
+
+    async def go():
+        mod = await user(srv, "mo", MOD)
+        bob = await user(srv, "bob")
+        carol = await user(srv, "carol")
+        for c in (mod, bob, carol):
+            await c.join("lobby")
+        await bob.send({"type": "send", "room": "lobby", "id": "1", "body": "oops", "ref": "s"})
+        seq = (await drain(bob, "ack", ref="s"))["seq"]
+        await bob.send({"type": "edit", "room": "lobby", "seq": seq, "body": "OOPS", "ref": "e"})
+        await drain(bob, "ack", ref="e")
+        await carol.send({"type": "react", "room": "lobby", "seq": seq, "reaction": "x", "ref": "r"})
+        await drain(carol, "ack", ref="r")
+        await carol.send({"type": "delete", "room": "lobby", "seq": seq, "ref": "c"})
+        assert (await drain(carol, "error", ref="c"))["code"] == "forbidden"
+        await mod.send({"type": "delete", "room": "lobby", "seq": seq, "ref": "m"})
+        await drain(mod, "ack", ref="m")
+        await bob.send({"type": "history", "room": "lobby", "state": True, "ref": "h"})
+        h = await drain(bob, "history", ref="h")
+        st = [m for m in h["messages"] if m["seq"] == seq][0]
+        assert st["deleted"] is True and st["body"] == "" and st["reactions"] == [], st
+        await bob.send({"type": "history", "room": "lobby", "ref": "h2"})
+        h = await drain(bob, "history", ref="h2")
+        edit = [m for m in h["messages"] if m["type"] == "edit"][0]
+        assert edit["body"] == "" and edit["deleted"] is True, edit     # its edit's text is gone too
+        await bob.send({"type": "edit", "room": "lobby", "seq": seq, "body": "back", "ref": "b"})
+        assert (await drain(bob, "error", ref="b"))["code"] == "not_found"
+        for c in (mod, bob, carol):
+            await c.close()
+
+    run(go())
