@@ -92,6 +92,7 @@ void hub_api_publish(struct hub *h, uint64_t req, const char *room, const char *
 		     const char *id, const char *body, size_t body_len)
 {
 	struct proto_str ids = { id, strlen(id) };
+	struct hub_retry *t;
 	struct hub_pending *p;
 	struct room *r;
 	const char *why;
@@ -119,11 +120,12 @@ void hub_api_publish(struct hub *h, uint64_t req, const char *room, const char *
 		hub_room_release(h, r);
 		return;
 	}
-	if (r->inflight) {
-		if (hub_retry_find(r, from, &ids)) {
-			hub_retry_add(r, req, from, id, NULL, 0);
-			return;
+	if ((t = hub_retry_find(r, from, &ids))) {
+		if (hub_retry_wait(t, req, NULL) < 0) {
+			hub_api_answer(h, req, PROTO_ERR_INTERNAL, "out of memory", room, 0);
+			hub_room_release(h, r);
 		}
+		return;
 	}
 	if (!(p = hub_api_pending(h, req, from, id, body, body_len))) {
 		hub_api_answer(h, req, PROTO_ERR_INTERNAL, "out of memory", room, 0);

@@ -50,15 +50,16 @@ void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);
 	struct hub_pending *p;
+	struct hub_retry *t;
 	uint64_t seq;
 	char id[PROTO_ID_MAX + 1], ref[PROTO_REF_MAX + 1];
 
 	if (!r)
 		return;
 	seq = room_dedup_find(r, s->name, strlen(s->name), c->id.p, c->id.len);
-	if (!seq && r->inflight && hub_retry_find(r, s->name, &c->id)) {
-		hub_copy(id, &c->id);
-		hub_retry_add(r, s->num, s->name, id, &c->ref, 0);
+	if (!seq && (t = hub_retry_find(r, s->name, &c->id))) {
+		if (hub_retry_wait(t, s->num, &c->ref) < 0)
+			hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
 		return;
 	}
 	if (seq) {
@@ -93,7 +94,7 @@ void hub_submit(struct hub *h, struct room *r, struct hub_pending *p)
 	}
 	/* The engine completes later: a retry in between waits for this
 	 * message's answer instead of taking a second seq. */
-	hub_retry_add(r, p->sender, p->from, p->id, NULL, 1);
+	hub_retry_add(r, p->from, p->id);
 	h->in_submit = 1;
 	h->engine.submit(h->engine.ctx, h, p);
 	h->in_submit = 0;

@@ -82,18 +82,30 @@ struct hub_waiter {
 };
 
 /*
- * A retry of a message whose completion is still pending (an engine): it
- * must get the same ack once the first one completes, not a second seq.
- * Such retries wait here, per room, keyed by the sender's name and the id.
+ * A message whose completion is still pending (an engine), keyed by its
+ * sender's name and id, with the retries of it that arrived meanwhile: they
+ * get the same answer once it completes, never a second seq. Every message
+ * in flight has an entry, and under load thousands are in flight per room,
+ * so they are hashed (room.inflight), never searched in a list: a list walk
+ * per send and per completion made a cluster node spend all its time in it
+ * once Redis fell behind, and never catch up.
  */
-struct hub_retry {
-	struct hub_retry *next;
-	uint64_t sender;
-	char from[PROTO_NAME_MAX + 1];
-	char id[PROTO_ID_MAX + 1];
+struct hub_retry_wait {
+	struct hub_retry_wait *next;
+	uint64_t sender;                    /* session number, or API request */
 	char ref[PROTO_REF_MAX + 1];
 	int has_ref;
-	int original;                       /* the entry of the pending message itself */
+};
+
+struct hub_retry_key {
+	char from[PROTO_NAME_MAX + 1];      /* zero-padded: hashed whole */
+	char id[PROTO_ID_MAX + 1];
+};
+
+struct hub_retry {
+	struct hub_retry_key key;
+	struct hub_retry_wait *waiting;     /* owned */
+	UT_hash_handle hh;                  /* room.inflight */
 };
 
 /* hub.c */
@@ -155,8 +167,8 @@ void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c
 
 /* hub_retry.c */
 struct hub_retry *hub_retry_find(struct room *r, const char *from, const struct proto_str *id);
-void hub_retry_add(struct room *r, uint64_t sender, const char *from, const char *id,
-		   const struct proto_str *ref, int original);
+void hub_retry_add(struct room *r, const char *from, const char *id);
+int hub_retry_wait(struct hub_retry *t, uint64_t sender, const struct proto_str *ref);
 void hub_retry_done(struct hub *h, struct room *r, const struct hub_pending *p,
 		    enum proto_err status);
 void hub_retry_free_all(struct room *r);
