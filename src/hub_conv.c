@@ -190,12 +190,13 @@ void hub_conv_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
 	/* (A cluster may still be loading r: it sequences and dedups in
 	 * Redis, and the load brings the message here.) */
 	seq = room_dedup_find(r, s->name, strlen(s->name), c->id.p, c->id.len);
-	orig = !seq && r->inflight ? hub_retry_find(r, s->name, &c->id) : NULL;
+	orig = !seq ? hub_retry_find(r, s->name, &c->id) : NULL;
 	if (seq || orig) {
 		/* A retry: the first one's ack, now or when it is stored. */
 		hub_copy(id, &c->id);
 		if (orig) {
-			hub_retry_add(r, s->num, s->name, id, &c->ref, 0);
+			if (hub_retry_wait(orig, s->num, &c->ref) < 0)
+				hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
 		} else {
 			if (c->ref.p)
 				hub_copy(ref, &c->ref);

@@ -206,7 +206,7 @@ static int hub_edit_retry(struct hub *h, struct session *s, struct room *r,
 	if (!c->id.p)
 		return 0;
 	if (!(seq = room_dedup_find(r, s->name, strlen(s->name), c->id.p, c->id.len))) {
-		if (r->inflight && hub_retry_find(r, s->name, &c->id)) {
+		if (hub_retry_find(r, s->name, &c->id)) {
 			hub_error(h, s, &c->ref, PROTO_ERR_CONFLICT,
 				  "the first request with this id is still being stored; retry later");
 			return 1;
