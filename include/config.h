@@ -136,6 +136,14 @@ struct config {
 	long messages_per_room;       /* 1000, >= 0 */
 	long dedup_window;            /* 1000, >= 0 */
 
+	/* [conversations]: edits, reactions, typing, read markers */
+	double edit_window;           /* 86400 s: how long a sender may edit or delete; 0 = always */
+	long max_edits;               /* 20 edits per message, 1..1000 */
+	long max_reactions;           /* 20 distinct reactions per message, 1..256 */
+	double typing_interval;       /* 1 s: a session's typing signals, at most one per interval */
+	double typing_ttl;            /* 5 s: a typing signal shows this long without a refresh */
+	int read_receipts;            /* false: other members do not see read markers */
+
 	/* [storage] */
 	char *storage_path;           /* "" = memory only; else a SQLite file */
 	enum config_storage_sync storage_sync;  /* "batch" */

@@ -57,6 +57,9 @@ struct metrics {
 	uint64_t messages_out;            /* message + direct events queued */
 	uint64_t slow_consumer_closes;
 	uint64_t slow_consumer_drops;     /* message events dropped by drop_oldest */
+	uint64_t typing_in;               /* typing signals let through */
+	uint64_t typing_dropped;          /* typing signals not sent: rate or queue pressure */
+	uint64_t markers_in;              /* read markers moved forward */
 	uint64_t heartbeat_evictions;
 	uint64_t handshake_timeouts;
 	uint64_t rate_limited;

@@ -15,7 +15,12 @@
 
 #define PROTO_SUBPROTOCOL "chat.v1"
 #define PROTO_NAME_MAX 32
-#define PROTO_ROOM_MAX 64
+/* A room name: 1..64 bytes of [A-Za-z0-9_.:-], or a DM conversation
+ * "@a:b" (two user names, sorted), which is up to 66. */
+#define PROTO_ROOM_MAX 66
+#define PROTO_ROOM_NAME_MAX 64
+/* A reaction: one emoji or a short token (bytes of UTF-8). */
+#define PROTO_REACTION_MAX 32
 #define PROTO_ID_MAX 64
 #define PROTO_REF_MAX 64
 #define PROTO_EPOCH_MAX 64
@@ -31,13 +36,18 @@ enum proto_type {
 	PROTO_HISTORY,
 	PROTO_MEMBERS,
 	PROTO_PING,
+	PROTO_EDIT,
+	PROTO_DELETE,       /* own message: a sequenced delete; another's: moderation */
+	PROTO_REACT,
+	PROTO_TYPING,
+	PROTO_READ,
+	PROTO_CONVERSATIONS,
 	PROTO_REFRESH,      /* a new token for the same sub */
 	PROTO_KICK,         /* moderation (moderator or owner) */
 	PROTO_BAN,
 	PROTO_UNBAN,
 	PROTO_MUTE,
 	PROTO_UNMUTE,
-	PROTO_DELETE,
 	PROTO_INVITE,
 	PROTO_GRANT,        /* owner */
 	PROTO_SETTINGS,     /* owner */
@@ -79,7 +89,10 @@ struct proto_cmd {
 	struct proto_str epoch;     /* join */
 	struct proto_str id;        /* send dm */
 	struct proto_str to;        /* dm */
-	struct proto_str body;      /* send dm */
+	struct proto_str body;      /* send dm edit */
+	struct proto_str reaction;  /* react */
+	int on;                     /* react typing: add (1) or remove (0) */
+	int state;                  /* history: current state of messages, no events */
 	int has_since, has_before, has_after;
 	uint64_t since, before, after;
 	unsigned limit;             /* history: 1..PROTO_HISTORY_MAX */
@@ -88,7 +101,7 @@ struct proto_cmd {
 	struct proto_str role;      /* grant */
 	int has_duration;           /* ban mute: seconds; none = permanent */
 	uint64_t duration;
-	int has_seq;                /* delete */
+	int has_seq;                /* delete (also edit react read: seq, the message) */
 	uint64_t seq;
 	int has_private, has_read_only, has_history;   /* settings */
 	int private_room, read_only;
@@ -126,6 +139,11 @@ int proto_utf8_valid(const unsigned char *p, size_t len);
 /* Validators shared with other modules. */
 int proto_valid_name(const char *p, size_t len);
 int proto_valid_room(const char *p, size_t len);
+/* The conversation of users a and b: "@" min ":" max (out: PROTO_ROOM_MAX + 1). */
+void proto_dm_room(char *out, const char *a, const char *b);
+/* room is a DM conversation: 1, and the other party of me in *peer (NULL
+ * if me is not a party); 0 if room is an ordinary room. */
+int proto_dm_peer(const char *room, size_t len, const char *me, const char **peer, size_t *peer_len);
 
 /*
  * Encoding. Each proto_encode_* returns the event's JSON text in a new
@@ -139,11 +157,30 @@ int proto_valid_room(const char *p, size_t len);
 struct jsonw;
 struct msgbuf;
 
-/* A chat message as message and direct events carry it (strings borrowed). */
+/*
+ * What a sequenced event of a room is. Edits, deletions and reactions take
+ * their own seq like messages and name an earlier message (target). body:
+ * the new text (edit), the reaction (react, unreact), "" (delete).
+ */
+enum proto_kind {
+	PROTO_KIND_MESSAGE = 0,
+	PROTO_KIND_EDIT = 1,
+	PROTO_KIND_DELETE = 2,
+	PROTO_KIND_REACT = 3,
+	PROTO_KIND_UNREACT = 4,
+	PROTO_KIND_COUNT
+};
+
+/* A chat message as message and direct events carry it (strings borrowed),
+ * or another sequenced event (kind, target). deleted: its text was removed
+ * (a deleted message, or an edit of one). */
 struct proto_msg {
 	uint64_t seq, ts;
 	const char *from, *id, *body;
 	size_t body_len;
+	int kind;                   /* enum proto_kind */
+	uint64_t target;
+	int deleted;
 };
 
 struct msgbuf *proto_encode_error(enum proto_err code, const char *message,
@@ -171,16 +208,39 @@ struct proto_room_info {
 	const char *topic;         /* NULL: none */
 };
 
-/* members: a size hint. info NULL: no role and settings. recovered and
- * truncated are written with has_since only. */
+/* read: the user's read marker in room. members: a size hint. info NULL:
+ * no role and settings. recovered and truncated are written with has_since
+ * only. */
 void proto_w_joined(struct jsonw *w, const char *room, uint64_t seq, const char *epoch,
-		    uint32_t members, const struct proto_room_info *info);
+		    uint64_t read, uint32_t members, const struct proto_room_info *info);
 struct msgbuf *proto_encode_joined_end(struct jsonw *w, int has_since, int recovered,
 				       int truncated, const struct proto_str *ref);
 void proto_w_members(struct jsonw *w, const char *room, uint32_t members);
 struct msgbuf *proto_encode_members_end(struct jsonw *w, const struct proto_str *ref);
 void proto_w_name(struct jsonw *w, const char *name);
 
+/* Conversations (issue 14). proto_encode_message writes an edit, delete or
+ * react event when m->kind says so, and a tombstone when m->deleted. */
+/* "direct" of a conversation message: the old fields, and room and seq. */
+struct msgbuf *proto_encode_direct_in(const char *room, const struct proto_msg *m);
+struct msgbuf *proto_encode_typing(const char *room, const char *from, int on, uint64_t ttl_ms);
+struct msgbuf *proto_encode_read(const char *room, uint64_t seq, const struct proto_str *ref);
+struct msgbuf *proto_encode_receipt(const char *room, const char *from, uint64_t seq);
+/* A message's current state (history {state}), in steps: proto_w_state
+ * (m: the current text, or deleted; edited/edits written when edits > 0),
+ * then for each reaction proto_w_reaction, proto_w_name per user and
+ * proto_w_reaction_end, then proto_encode_state_end. */
+void proto_w_state(struct jsonw *w, const char *room, const struct proto_msg *m,
+		   uint64_t edited, uint32_t edits, size_t hint);
+void proto_w_reaction(struct jsonw *w, const char *reaction, uint32_t count);
+void proto_w_reaction_end(struct jsonw *w);
+struct msgbuf *proto_encode_state_end(struct jsonw *w);
+/* The conversations list: proto_w_conversations, proto_w_conversation each,
+ * proto_encode_conversations_end. */
+void proto_w_conversations(struct jsonw *w);
+void proto_w_conversation(struct jsonw *w, const char *room, const char *with, size_t with_len,
+			  uint64_t seq, uint64_t read);
+struct msgbuf *proto_encode_conversations_end(struct jsonw *w, const struct proto_str *ref);
 /* Tokens and moderation (proto_encode_mod.c). */
 /* end: when the session is closed (unix s); in: seconds left; reason "exp"
  * or "key_rotated". */

@@ -20,7 +20,7 @@ TEST_PKGS=(
   systemd libseccomp2 util-linux dpkg-dev file
   redis-server
   clang libclang-rt-14-dev llvm
-  chromium fonts-dejavu-core
+  chromium fonts-dejavu-core fonts-noto-color-emoji   # emoji: reactions on the page and its screenshot
   prometheus python3-matplotlib
 )
 

@@ -88,10 +88,11 @@ static void cl_on_refuse(struct ev_loop *loop, ev_prepare *w, int revents)
 static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 {
 	struct cluster *c = ctx;
-	char k[5][CL_KEY_MAX], ts[24], hmax[16], dmax[16], cand[17];
+	char k[5][CL_KEY_MAX], ts[24], hmax[16], dmax[16], cand[17], kind[8], target[24];
 	const char *keys[5] = { k[0], k[1], k[2], k[3], k[4] };
-	const char *args[9] = { p->room, p->from, p->id, p->body, ts, hmax, dmax, c->channel, cand };
-	size_t lens[9] = { 0, 0, 0, p->body_len ? p->body_len : 0, 0, 0, 0, 0, 0 };
+	const char *args[11] = { p->room, p->from, p->id, p->body, ts, hmax, dmax, c->channel, cand,
+				 kind, target };
+	size_t lens[11] = { 0, 0, 0, p->body_len ? p->body_len : 0, 0, 0, 0, 0, 0, 0, 0 };
 	struct cl_call *call;
 
 	if (!c->up || !(call = calloc(1, sizeof(*call)))) {
@@ -107,12 +108,14 @@ static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 	snprintf(hmax, sizeof(hmax), "%u", c->hist_max);
 	snprintf(dmax, sizeof(dmax), "%u", c->dedup_max);
 	snprintf(cand, sizeof(cand), "%016llx", (unsigned long long)cl_random(c));
+	snprintf(kind, sizeof(kind), "%d", p->kind);
+	snprintf(target, sizeof(target), "%llu", (unsigned long long)p->target);
 	call->c = c;
 	call->p = p;
 	call->t0 = ev_time();
 	if (p->body_len == 0)
 		args[3] = "";
-	if (cl_eval(c, cl_on_send, call, cl_lua_send, 5, keys, 9, args, lens)) {
+	if (cl_eval(c, cl_on_send, call, cl_lua_send, 5, keys, 11, args, lens)) {
 		free(call);
 		cl_refuse(c, p);
 	}
@@ -339,6 +342,8 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 	peers.user = cl_user;
 	peers.names = cl_names;
 	peers.dm = cl_dm;
+	peers.typing = cl_typing;
+	peers.marker = cl_marker;
 	peers.kick = cl_kick;
 	peers.online = cl_online;
 	peers.ctx = c;

@@ -171,6 +171,11 @@ int cl_parse_msg(const cJSON *j, struct hub_msg *m, const char **room, const cha
 void cl_event(struct cluster *c, const char *json, size_t len);
 void cl_on_message(redisAsyncContext *ac, void *reply, void *priv);
 
+/* cluster_conv.c */
+void cl_typing(void *ctx, const char *room, const char *name, int on);
+void cl_marker(void *ctx, const char *room, const char *name, uint64_t seq);
+void cl_ev_conv(struct cluster *c, const cJSON *j, int typing);
+void cl_load_markers(struct cluster *c, const char *room, const redisReply *reads);
 /* cluster_api.c */
 int cl_kick(void *ctx, const char *name, int code, const char *reason);
 void cl_ev_kick(struct cluster *c, const cJSON *j);

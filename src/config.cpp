@@ -239,6 +239,13 @@ const Key keys[] = {
 	integer("history", "messages_per_room", LONG, F(messages_per_room), 0, INT32_MAX),
 	integer("history", "dedup_window", LONG, F(dedup_window), 0, INT32_MAX),
 
+	number("conversations", "edit_window", F(edit_window), GE, 0),
+	integer("conversations", "max_edits", LONG, F(max_edits), 1, 1000),
+	integer("conversations", "max_reactions", LONG, F(max_reactions), 1, 256),
+	number("conversations", "typing_interval", F(typing_interval), GE, 0),
+	number("conversations", "typing_ttl", F(typing_ttl), GT, 0),
+	boolean("conversations", "read_receipts", F(read_receipts)),
+
 	string("storage", "path", F(storage_path), no_nul, "expected a file path (\"\" = memory only)"),
 	choice("storage", "sync", F(storage_sync), sync_names),
 	integer("storage", "retention_messages", LONG, F(retention_messages), 0),
@@ -707,6 +714,11 @@ int config_defaults(struct config *cfg)
 	cfg->max_rooms = 10000;
 	cfg->messages_per_room = 1000;
 	cfg->dedup_window = 1000;
+	cfg->edit_window = 86400;
+	cfg->max_edits = 20;
+	cfg->max_reactions = 20;
+	cfg->typing_interval = 1;
+	cfg->typing_ttl = 5;
 	cfg->log_level = CONFIG_LOG_INFO;
 	cfg->log_format = CONFIG_LOG_TEXT;
 

@@ -353,10 +353,16 @@ void hub_session_input(struct hub *h, struct session *s, const char *data, size_
 	case PROTO_HISTORY: hub_cmd_history(h, s, &c); break;
 	case PROTO_MEMBERS: hub_cmd_members(h, s, &c); break;
 	case PROTO_PING: hub_cmd_ping(h, s, &c); break;
+	case PROTO_EDIT: hub_cmd_edit(h, s, &c); break;
+	case PROTO_DELETE: hub_cmd_delete(h, s, &c); break;
+	case PROTO_REACT: hub_cmd_react(h, s, &c); break;
+	case PROTO_TYPING: hub_cmd_typing(h, s, &c); break;
+	case PROTO_READ: hub_cmd_read(h, s, &c); break;
+	case PROTO_CONVERSATIONS: hub_cmd_conversations(h, s, &c); break;
 	case PROTO_REFRESH: hub_cmd_refresh(h, s, &c); break;
 	case PROTO_SETTINGS: hub_cmd_settings(h, s, &c); break;
 	case PROTO_KICK: case PROTO_BAN: case PROTO_UNBAN: case PROTO_MUTE: case PROTO_UNMUTE:
-	case PROTO_DELETE: case PROTO_INVITE: case PROTO_GRANT:
+	case PROTO_INVITE: case PROTO_GRANT:
 		hub_cmd_mod(h, s, &c);
 		break;
 	}
@@ -423,6 +429,12 @@ void hub_limits_from_config(struct hub_limits *l, const struct config *cfg)
 	l->messages_per_room = (uint32_t)cfg->messages_per_room;
 	l->dedup_window = (uint32_t)cfg->dedup_window;
 	l->heartbeat_interval = cfg->heartbeat_interval;
+	l->edit_window = cfg->edit_window;
+	l->max_edits = (uint32_t)cfg->max_edits;
+	l->max_reactions = (uint32_t)cfg->max_reactions;
+	l->typing_interval = cfg->typing_interval;
+	l->typing_ttl = cfg->typing_ttl;
+	l->read_receipts = cfg->read_receipts;
 }
 
 struct hub *hub_new(const struct config *cfg, const struct hub_transport *tp,
@@ -501,6 +513,8 @@ void hub_free(struct hub *h)
 		HASH_DEL(h->rooms, r);
 		room_free(r);
 	}
+	hub_markers_free(h);
+	hub_convs_free(h);
 	hub_token_free(h);
 	free(h);
 	queue_pool_drain();

@@ -25,7 +25,7 @@ void hub_dm_done(struct hub *h, struct hub_pending *p, enum proto_err status)
 	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
 
 	if (status == PROTO_OK && h->ev.direct) {
-		struct hub_msg m = { 0, p->ts, p->from, p->id, p->body, p->body_len };
+		struct hub_msg m = { 0, p->ts, p->from, p->id, p->body, p->body_len, 0, 0, 0 };
 		h->ev.direct(h->ev.ctx, p->to, &m);
 	}
 	if (!sender) {
@@ -69,9 +69,17 @@ static void hub_cmd_dm_peers(struct hub *h, struct session *s, const struct prot
 void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct hub_user *u = hub_user_find(h, c->to.p, c->to.len);
-	struct hub_msg m;
+	struct hub_msg m = { 0 };
 	char to[PROTO_NAME_MAX + 1], ref[PROTO_REF_MAX + 1];
 
+	/* With an engine (storage, cluster) every dm is a message of the
+	 * two users' conversation: stored, and delivered when the recipient
+	 * comes back. In memory only, it still joins the conversation while
+	 * the recipient is online; to an offline one it is not deliverable. */
+	if (h->engine.submit || u) {
+		hub_conv_dm(h, s, c);
+		return;
+	}
 	if (h->peers.dm) {
 		hub_cmd_dm_peers(h, s, c, u);
 		return;

@@ -137,6 +137,8 @@ void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c
 		return;
 	}
 	n = (uint32_t)got;
+	if (c->state)
+		n = hub_edit_state_frames(h, r, v, n);
 	/* One reply frame must fit in the session's queue: cut it to the
 	 * budget, keeping the messages nearest to the requested bound. */
 	budget = h->lim.send_queue_bytes > s->q.bytes + 512 ? h->lim.send_queue_bytes - s->q.bytes - 512 : 0;

@@ -36,6 +36,7 @@ int hub_load_message(struct hub *h, const char *room, const struct hub_msg *m)
 	rc = room_append(r, m->seq, mb, m->from, strlen(m->from), m->id, strlen(m->id),
 			 hub_room_history(h, r), h->lim.dedup_window);
 	msgbuf_unref(mb);
+	hub_edit_apply(h, r, m);
 	return rc;
 }
 
@@ -73,7 +74,8 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 			h->peers.presence(h->peers.ctx, r->name, s->name, 1);
 	}
 	hub_room_info(h, r, s, &info);
-	proto_w_joined(&w, r->name, r->seq, r->epoch, r->member_count, &info);
+	proto_w_joined(&w, r->name, r->seq, r->epoch, hub_marker_get(h, r->name, s->name),
+		       r->member_count, &info);
 	hub_names(h, &w, r);
 	hub_reply(h, s, proto_encode_joined_end(&w, has_since, recovered, !complete, ref));
 	return 0;
@@ -142,7 +144,11 @@ void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cmd *c)
 	const char *why;
 	char epoch[PROTO_EPOCH_MAX + 1];
 
-	if (!auth_room_allowed(s->ident, c->room.p, c->room.len)) {
+	int dm = hub_conv_join_allowed(h, s, c);
+
+	if (dm < 0)
+		return;
+	if (!dm && !auth_room_allowed(s->ident, c->room.p, c->room.len)) {
 		hub_error(h, s, &c->ref, PROTO_ERR_FORBIDDEN, "your token does not allow this room");
 		return;
 	}

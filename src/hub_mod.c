@@ -295,14 +295,15 @@ static void hub_mod_erase(struct hub *h, struct room *r, const cJSON *ev)
 	if (cJSON_IsString(from) && strcmp(from->valuestring, PROTO_MOD_SENDER) != 0 &&
 	    cJSON_IsString(id) && cJSON_IsNumber(ts)) {
 		m = (struct hub_msg){ (uint64_t)seq->valuedouble, (uint64_t)ts->valuedouble,
-				      from->valuestring, id->valuestring, "", 0 };
+				      from->valuestring, id->valuestring, "", 0, HUB_KIND_MESSAGE, 0, 1 };
 		if ((mb = hub_encode_message(r->name, &m))) {
 			room_frame_replace(r, m.seq, mb);
 			msgbuf_unref(mb);
 		}
 	}
 	cJSON_Delete(j);
-	(void)h;
+	/* The message's state (edits, reactions) goes too (hub_edit.c). */
+	hub_edit_erased(h, r, (uint64_t)seq->valuedouble);
 }
 
 void hub_mod_apply(struct hub *h, struct room *r, const struct hub_msg *m)

@@ -172,6 +172,8 @@ void hub_room_record(struct hub *h, struct room *r, const struct hub_msg *m,
 			hub_room_history(h, r), h->lim.dedup_window) || !mb)
 		log_error(NULL, "out of memory keeping message %s/%llu in memory%s", r->name,
 			  (unsigned long long)m->seq, mb ? "" : "; its members miss it");
+	hub_edit_apply(h, r, m);
+	hub_conv_record(h, r, m);
 	/* Moderation events act where they land, on every node, in seq order. */
 	if (strcmp(m->from, PROTO_MOD_SENDER) == 0)
 		hub_mod_apply(h, r, m);

@@ -78,7 +78,8 @@ void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
 }
 
 /* Hand p (for room r, sender, from, id, body, ts set) to the engine: the
- * one way in of a message, a client's send or an API publish. */
+ * one way in of a message or another sequenced event of r (an edit,
+ * delete or react; a moderation event), a client's or an API publish. */
 void hub_submit(struct hub *h, struct room *r, struct hub_pending *p)
 {
 	strcpy(p->room, r->name);
@@ -150,7 +151,7 @@ static void hub_append_failed(struct hub *h, struct room *r, struct session *sen
 void hub_append_done(struct hub *h, struct hub_pending *p, enum proto_err status)
 {
 	struct session *sender = hub_sender(h, p->sender);
-	struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len };
+	struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len, p->kind, p->target, 0 };
 	struct room *r = hub_room_find(h, p->room, strlen(p->room));
 	struct msgbuf *mb = NULL;
 	int apply;
@@ -186,8 +187,8 @@ void hub_append_done(struct hub *h, struct hub_pending *p, enum proto_err status
 		hub_ack(h, sender, p->id, r->name, p->seq, p->has_ref ? p->ref : NULL);
 	else
 		hub_api_answer(h, p->sender, PROTO_OK, NULL, r->name, p->seq);
-	if (!p->duplicate && h->ev.message)
-		h->ev.message(h->ev.ctx, r->name, &m);
+	if (!p->duplicate)
+		hub_conv_event(h, r, &m);
 	hub_room_fanout(h, r, mb);
 	msgbuf_unref(mb);
 	hub_room_release(h, r);     /* its members may all have left meanwhile */
@@ -198,8 +199,11 @@ int hub_stream_message(struct hub *h, const char *room, const char *epoch, const
 	struct room *r = hub_room_find(h, room, strlen(room));
 	struct msgbuf *mb;
 
-	if (!r || r->loading)
+	if (!r || r->loading) {
+		if (!r)
+			hub_conv_stream(h, room, m);
 		return 0;          /* the load will bring it */
+	}
 	if (epoch && epoch[0] && strcmp(epoch, r->epoch) != 0)
 		/* The shared history was lost (e.g. Redis restarted empty):
 		 * a new epoch, and seq counts from the stream again. */

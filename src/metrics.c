@@ -179,6 +179,9 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 	metrics_one(&w, "chatd_messages_out_total", "counter", "Message and direct events queued to recipients.", m->messages_out);
 	metrics_one(&w, "chatd_slow_consumer_closes_total", "counter", "Sessions closed because their send queue was full.", m->slow_consumer_closes);
 	metrics_one(&w, "chatd_slow_consumer_drops_total", "counter", "Queued message events dropped by the drop_oldest policy.", m->slow_consumer_drops);
+	metrics_one(&w, "chatd_typing_total", "counter", "Typing signals let through.", m->typing_in);
+	metrics_one(&w, "chatd_typing_dropped_total", "counter", "Typing signals not sent to someone: over the session's rate or a half-full queue.", m->typing_dropped);
+	metrics_one(&w, "chatd_read_markers_total", "counter", "Read markers moved forward.", m->markers_in);
 	metrics_one(&w, "chatd_heartbeat_evictions_total", "counter", "Connections closed for missing heartbeats.", m->heartbeat_evictions);
 	metrics_one(&w, "chatd_handshake_timeouts_total", "counter", "Connections closed for not sending hello in time.", m->handshake_timeouts);
 	metrics_one(&w, "chatd_rate_limited_total", "counter", "Commands refused by the rate limit.", m->rate_limited);

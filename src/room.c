@@ -104,6 +104,7 @@ void room_reset(struct room *r)
 	while (r->dedup_fifo.len)
 		room_dedup_evict(r);
 	room_ring_free(&r->dedup_fifo);
+	room_msgs_clear(r);
 	r->ring_first_seq = r->seq + 1;
 }
 

@@ -60,6 +60,8 @@ struct hub {
 	int in_submit;               /* inside engine.submit: completing now breaks the contract */
 	uint64_t queue_bytes, queue_msgs;
 	struct session *qb[HUB_QB_BUCKETS];
+	struct hub_marker *markers;  /* read markers held in memory (hub_read.c) */
+	struct hub_conv *convs;      /* each user's DM conversations seen here (hub_conv.c) */
 	/* Token deadlines: a binary min-heap on session.tok_due (hub_token.c). */
 	struct session **theap;
 	uint32_t theap_len, theap_cap;
@@ -127,7 +129,8 @@ void hub_names(struct hub *h, struct jsonw *w, struct room *r);
  * name for the same fields). */
 static inline struct proto_msg hub_proto_msg(const struct hub_msg *m)
 {
-	struct proto_msg pm = { m->seq, m->ts, m->from, m->id, m->body, m->body_len };
+	struct proto_msg pm = { m->seq, m->ts, m->from, m->id, m->body, m->body_len, m->kind,
+				m->target, m->deleted };
 	return pm;
 }
 
@@ -174,6 +177,35 @@ void hub_retry_free_all(struct room *r);
 struct hub_pending *hub_pending_from(struct hub *h, struct session *s,
 				     const struct proto_cmd *c);
 void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c);
+struct session *hub_sender(struct hub *h, uint64_t num);
+
+/* hub_edit.c */
+struct msgbuf *hub_encode_state(const char *room, const struct room_msg *t, const char *text,
+				 size_t len);
+uint32_t hub_edit_state_frames(struct hub *h, struct room *r, struct msgbuf **v, uint32_t n);
+void hub_edit_apply(struct hub *h, struct room *r, const struct hub_msg *m);
+int hub_may_delete(struct hub *h, struct session *s, struct room *r, const struct room_msg *t);
+void hub_edit_erased(struct hub *h, struct room *r, uint64_t seq);
+void hub_cmd_edit(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_cmd_delete(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_cmd_react(struct hub *h, struct session *s, const struct proto_cmd *c);
+
+/* hub_typing.c */
+void hub_cmd_typing(struct hub *h, struct session *s, const struct proto_cmd *c);
+
+/* hub_read.c */
+uint64_t hub_marker_get(struct hub *h, const char *room, const char *name);
+void hub_markers_free(struct hub *h);
+void hub_cmd_read(struct hub *h, struct session *s, const struct proto_cmd *c);
+
+/* hub_conv.c */
+int hub_conv_join_allowed(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_conv_record(struct hub *h, struct room *r, const struct hub_msg *m);
+void hub_conv_stream(struct hub *h, const char *room, const struct hub_msg *m);
+void hub_conv_event(struct hub *h, struct room *r, const struct hub_msg *m);
+void hub_conv_dm(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_cmd_conversations(struct hub *h, struct session *s, const struct proto_cmd *c);
+void hub_convs_free(struct hub *h);
 void hub_submit(struct hub *h, struct room *r, struct hub_pending *p);
 struct session *hub_sender(struct hub *h, uint64_t num);
 

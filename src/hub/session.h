@@ -30,6 +30,8 @@ struct session {
 	void *conn;                      /* transport handle */
 	struct queue q;                  /* frames waiting for the socket */
 	double tokens, tokens_at;        /* token bucket */
+	double typing_at;                /* last typing signal let through (hub_typing.c) */
+	const void *typing_room;         /* ... and its room (compared, never followed) */
 	struct membership *rooms;        /* list, via membership.sess_next */
 	struct hub_user *user;           /* name entry, NULL until hello */
 	struct auth_identity *ident;     /* owned; what the token allowed (auth on) */

@@ -197,8 +197,10 @@ def test_dm_reaches_every_session_on_any_node(chatd, redis):
         for b in (b2, b3):
             d = await b.expect("direct")
             assert (d["from"], d["id"], d["body"]) == ("alice", "d1", "psst")
+        # Offline: kept in the conversation (Redis) for when they come (issue 14).
         await a.send({"type": "dm", "to": "nobody", "id": "d2", "body": "?", "ref": "y"})
-        await a.expect_error("not_found", ref="y")
+        ack = await a.expect("ack", ref="y")
+        assert ack["room"] == "@alice:nobody" and ack["seq"] == 1
         for c in (a, b2, b3):
             await c.close()
 
@@ -225,8 +227,9 @@ def test_presence_members_across_nodes_and_a_killed_node(chatd, redis):
         assert time.monotonic() - t0 <= scaled(NODE_TTL * 3 + 3)
         m = await a.request({"type": "members", "room": "lobby"}, "members")
         assert m["names"] == ["alice"]
+        # bob is gone: the dm waits in the conversation for his return.
         await a.send({"type": "dm", "to": "bob", "id": "d", "body": "?", "ref": "q"})
-        await a.expect_error("not_found", ref="q")
+        assert (await a.expect("ack", ref="q"))["room"] == "@alice:bob"
         await a.close()
 
     run(go())

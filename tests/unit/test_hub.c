@@ -722,13 +722,17 @@ static void test_dm_acks_and_delivers_direct(void **state)
 	o = expect(a, "ack");
 	assert_string_equal(str(o, "id"), "d1");
 	assert_string_equal(str(o, "ref"), "r");
-	assert_false(has(o, "seq"));
+	/* The dm is message 1 of the conversation of alice and bob. */
+	assert_string_equal(str(o, "room"), "@alice:bob");
+	assert_true(num(o, "seq") == 1);
 	expect_none(a);
 	o = expect(b, "direct");
 	assert_string_equal(str(o, "from"), "alice");
 	assert_string_equal(str(o, "id"), "d1");
 	assert_string_equal(str(o, "body"), "psst");
 	assert_true(num(o, "ts") == 1000500);
+	assert_string_equal(str(o, "room"), "@alice:bob");
+	assert_true(num(o, "seq") == 1);
 	expect_none(b);
 }
 
@@ -745,6 +749,7 @@ static void test_dm_to_offline_name_is_not_found(void **state)
 	expect_none(b);
 	assert_int_equal(metrics.messages_in, 0);
 }
+
 
 /* ---- history ------------------------------------------------------------ */
 
@@ -2315,6 +2320,111 @@ static void test_mute_and_read_only_refuse_send(void **state)
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
+/* ---- edit, delete, react, typing, read (issue 14) ------------------------ */
+
+static void test_edit_window_and_owner_in_the_hub(void **state)
+{
+	struct session *a, *b;
+	cJSON *o;
+
+	cfg.edit_window = 10;
+	start();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	send_msg(a, "r", "1", "x");
+	drain(a);
+	drain(b);
+	in(b, "{\"type\":\"edit\",\"room\":\"r\",\"seq\":1,\"body\":\"y\"}");
+	expect_error(b, "forbidden");
+	fk.now += 9;
+	in(a, "{\"type\":\"edit\",\"room\":\"r\",\"seq\":1,\"body\":\"y\",\"id\":\"e\"}");
+	o = expect(a, "ack");
+	assert_true(num(o, "seq") == 2);
+	o = expect(b, "edit");
+	assert_true(num(o, "target") == 1);
+	assert_string_equal(str(o, "body"), "y");
+	drain(a);
+	fk.now += 2;
+	in(a, "{\"type\":\"edit\",\"room\":\"r\",\"seq\":1,\"body\":\"z\"}");
+	expect_error(a, "forbidden");
+	/* the window is not for deletions */
+	in(a, "{\"type\":\"delete\",\"room\":\"r\",\"seq\":1}");
+	o = expect(a, "ack");
+	assert_true(num(o, "seq") == 3);
+	expect(b, "delete");
+}
+
+/* What another node accepted is applied by the same rules here: an edit
+ * by someone else than the sender changes nothing, a deletion blanks the
+ * ring's frames (the message and its edits). */
+static void test_stream_events_apply_deterministically(void **state)
+{
+	struct hub_msg m1 = { 1, 5, "alice", "a1", "one", 3, 0, 0, 0 };
+	struct hub_msg e2 = { 2, 6, "bob", "b1", "hijack", 6, HUB_KIND_EDIT, 1, 0 };
+	struct hub_msg e3 = { 3, 7, "alice", "a2", "uno", 3, HUB_KIND_EDIT, 1, 0 };
+	struct hub_msg d4 = { 4, 8, "alice", "a3", "", 0, HUB_KIND_DELETE, 1, 0 };
+	struct session *a, *b;
+	cJSON *h, *msgs;
+	const char *epoch = start_with_sequencing_engine(&a, &b);
+
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m1), 0);
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &e2), 0);
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &e3), 0);
+	drain(a);
+	in(a, "{\"type\":\"history\",\"room\":\"r\",\"state\":true}");
+	h = expect(a, "history");
+	msgs = cJSON_GetObjectItem(h, "messages");
+	assert_int_equal(cJSON_GetArraySize(msgs), 1);
+	assert_string_equal(str(cJSON_GetArrayItem(msgs, 0), "body"), "uno");
+	assert_true(num(cJSON_GetArrayItem(msgs, 0), "edits") == 1);
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &d4), 0);
+	drain(a);
+	in(a, "{\"type\":\"history\",\"room\":\"r\"}");
+	h = expect(a, "history");
+	msgs = cJSON_GetObjectItem(h, "messages");
+	assert_int_equal(cJSON_GetArraySize(msgs), 4);
+	assert_string_equal(str(cJSON_GetArrayItem(msgs, 0), "body"), "");
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetArrayItem(msgs, 0), "deleted")));
+	assert_string_equal(str(cJSON_GetArrayItem(msgs, 1), "body"), "hijack");  /* void, not blanked */
+	assert_string_equal(str(cJSON_GetArrayItem(msgs, 2), "body"), "");
+}
+
+static void test_typing_and_read_markers_in_the_hub(void **state)
+{
+	struct session *a, *a2, *b;
+	cJSON *o;
+
+	cfg.sessions_per_name = 2;
+	start();
+	a = login("alice");
+	a2 = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	in(a, "{\"type\":\"typing\",\"room\":\"r\"}");
+	in(a, "{\"type\":\"typing\",\"room\":\"r\"}");
+	o = expect(b, "typing");
+	assert_string_equal(str(o, "from"), "alice");
+	expect_none(b);               /* the second: within typing_interval */
+	expect_none(a);
+	assert_int_equal(metrics.typing_dropped, 1);
+	send_msg(b, "r", "1", "x");
+	drain(a);
+	drain(b);
+	in(a, "{\"type\":\"read\",\"room\":\"r\",\"seq\":5}");
+	o = expect(a, "read");
+	assert_true(num(o, "seq") == 1);   /* clamped to the room's seq */
+	o = expect(a2, "read");            /* alice's other session, not in the room */
+	assert_true(num(o, "seq") == 1);
+	expect_none(b);
+	o = join(a, "r");
+	assert_true(num(o, "read") == 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -2334,6 +2444,9 @@ int main(void)
 		T(test_dedup_survives_reconnect_under_the_same_name),
 		T(test_send_when_not_a_member_is_forbidden),
 		T(test_dm_acks_and_delivers_direct),
+		T(test_edit_window_and_owner_in_the_hub),
+		T(test_stream_events_apply_deterministically),
+		T(test_typing_and_read_markers_in_the_hub),
 		T(test_dm_to_offline_name_is_not_found),
 		T(test_history_before_after_limit),
 		T(test_history_only_returns_what_the_ring_holds),
