@@ -3,42 +3,13 @@
 // the last message), reactions, typing, unread counts from the server's read
 // markers across two tabs of one user, DM conversations with history.
 // Run: CHATD_BIN=build/chatd node --test tests/browser/features.test.mjs
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  Harness, launchBrowser, until, sleep,
+  browserTests, until, sleep,
   signIn, waitJoined, openConv, say, messages, waitBodies, badge,
 } from './lib.mjs';
 
-let browser;
-const watchdog = setTimeout(() => {
-  console.error('feature tests: watchdog fired after 6 minutes');
-  process.exit(1);
-}, 6 * 60 * 1000);
-watchdog.unref();
-
-before(async () => { browser = await launchBrowser(); });
-after(async () => { if (browser) await browser.close(); });
-
-function bt(name, fn, timeout = 90000) {
-  test(name, { timeout }, async () => {
-    const h = new Harness(browser, name);
-    try {
-      await fn(h);
-      assert.deepEqual(h.problems, [], 'page errors or CSP violations');
-      for (const srv of h.servers || []) {
-        await srv.stop();
-        assert.doesNotMatch(srv.logText(), /AddressSanitizer|LeakSanitizer|runtime error:/, 'chatd log');
-      }
-    } catch (e) {
-      const dir = await h.screenshots();
-      e.message += `\n(screenshots and chatd logs: ${dir})`;
-      throw e;
-    } finally {
-      await h.close();
-    }
-  });
-}
+const bt = browserTests('feature tests', 6);
 
 const li = (key, text) => `section[data-key="${key}"] li.msg:has(.body:text-is("${text}"))`;
 

@@ -2,42 +2,17 @@
 // delete; a kicked or banned user sees why; read-only rooms say so. Real
 // chatd with token authentication, tokens minted here (HS256), Debian's
 // chromium through playwright-core.
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import {
-  Harness, launchBrowser, until, waitJoined, online, say, bodies, waitBodies, members,
+  browserTests, until, waitJoined, online, say, bodies, waitBodies, members,
 } from './lib.mjs';
 
 const SECRET = 'browser-moderation-secret-0123456789abcdef';
 const TOML = `[auth]\nmode = "jwt"\njwt_secret = "${SECRET}"\n` +
   '[[rooms]]\nprefix = "announce-"\nread_only = true\n';
 
-let browser;
-const watchdog = setTimeout(() => { console.error('moderation browser tests: watchdog'); process.exit(1); }, 5 * 60 * 1000);
-watchdog.unref();
-before(async () => { browser = await launchBrowser(); });
-after(async () => { if (browser) await browser.close(); });
-
-function bt(name, fn, timeout = 90000) {
-  test(name, { timeout }, async () => {
-    const h = new Harness(browser, name);
-    try {
-      await fn(h);
-      assert.deepEqual(h.problems, [], 'page errors or CSP violations');
-      for (const srv of h.servers || []) {
-        await srv.stop();
-        assert.doesNotMatch(srv.logText(), /AddressSanitizer|LeakSanitizer|runtime error:/, 'chatd log');
-      }
-    } catch (e) {
-      const dir = await h.screenshots();
-      e.message += `\n(screenshots and chatd logs: ${dir})`;
-      throw e;
-    } finally {
-      await h.close();
-    }
-  });
-}
+const bt = browserTests('moderation browser tests', 5);
 
 const b64 = (x) => Buffer.from(typeof x === 'string' ? x : JSON.stringify(x)).toString('base64url');
 

@@ -1,47 +1,15 @@
 // End-to-end tests of chatd's web page in a real browser (Debian's chromium,
 // driven by playwright-core), against the real chatd binary on loopback.
 // Run: CHATD_BIN=build/chatd node --test tests/browser/   (see docs/web.md)
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
-  REPO, ARTIFACTS, Harness, launchBrowser, until, sleep,
+  REPO, ARTIFACTS, browserTests, until, sleep,
   signIn, waitJoined, online, openConv, say, messages, bodies, waitBodies, badge, members,
 } from './lib.mjs';
 
-let browser;
-
-// A hard bound on the whole file, whatever hangs.
-const watchdog = setTimeout(() => {
-  console.error('browser tests: watchdog fired after 10 minutes');
-  process.exit(1);
-}, 10 * 60 * 1000);
-watchdog.unref();
-
-before(async () => { browser = await launchBrowser(); });
-after(async () => { if (browser) await browser.close(); });
-
-// A test with its own chatd(s), pages and proxies; screenshots on failure.
-function bt(name, fn, timeout = 90000) {
-  test(name, { timeout }, async () => {
-    const h = new Harness(browser, name);
-    try {
-      await fn(h);
-      assert.deepEqual(h.problems, [], 'page errors or CSP violations');
-      for (const srv of h.servers || []) {
-        await srv.stop();
-        assert.doesNotMatch(srv.logText(), /AddressSanitizer|LeakSanitizer|runtime error:/, 'chatd log');
-      }
-    } catch (e) {
-      const dir = await h.screenshots();
-      e.message += `\n(screenshots and chatd logs: ${dir})`;
-      throw e;
-    } finally {
-      await h.close();
-    }
-  });
-}
+const bt = browserTests('browser tests', 10);
 
 bt('the page is served with CSP and nosniff, no inline code, and signs in', async (h) => {
   const srv = await h.chatd({ storage: false });
