@@ -23,7 +23,9 @@
 #
 # Usage: bench/engines.sh [--build-dir DIR] [--out FILE] [--baseline BIN]
 # Sizes (environment): CLIENTS=200 SENDERS=10 RATES="500 1000 2000 4000 8000"
-# PAYLOAD=64 DURATION=5 P99_MS=200.
+# PAYLOAD=64 DURATION=5 P99_MS=200. To run fewer configurations (e.g. to
+# repeat a comparison): STORAGE_MODES="memory batch" (default "memory off
+# batch always"), CLUSTER_NODES="1" (default "1 2"; "" skips the cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build-bench
@@ -40,6 +42,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 : "${CLIENTS:=200}" "${SENDERS:=10}" "${RATES:=500 1000 2000 4000 8000}" "${PAYLOAD:=64}" "${DURATION:=5}" "${P99_MS:=200}"
+: "${STORAGE_MODES=memory off batch always}" "${CLUSTER_NODES=1 2}"
 
 scripts/setup.sh --test >/dev/null
 scripts/build.sh "$BUILD" -DCHATD_TESTS=OFF >/dev/null
@@ -98,7 +101,7 @@ results=$TMP/results.jsonl
 # labels ending in SUFFIX ("" or "@baseline").
 run_storage() {
   local sfx=$1 mode port pid extra
-  for mode in memory off batch always; do
+  for mode in $STORAGE_MODES; do
     port=$(free_port)
     if [ "$mode" = memory ]; then extra='[storage]\npath = ""\n'
     else extra="[storage]\npath = \"$TMP/$mode$sfx.db\"\nsync = \"$mode\"\n"; fi
@@ -122,10 +125,14 @@ run_cluster() {
   p1=$(free_port)
   start_chatd n1 "$p1" "$cluster"
   pid1=$CHATD_PID
-  run_load "cluster-1-node$sfx" "$pid1" "ws://127.0.0.1:$p1/ws" >> "$results"
-  p2=$(free_port)
-  start_chatd n2 "$p2" "$cluster"
-  run_load "cluster-2-nodes$sfx" "$pid1" "ws://127.0.0.1:$p1/ws" "ws://127.0.0.1:$p2/ws" >> "$results"
+  case " $CLUSTER_NODES " in *" 1 "*)
+    run_load "cluster-1-node$sfx" "$pid1" "ws://127.0.0.1:$p1/ws" >> "$results" ;;
+  esac
+  case " $CLUSTER_NODES " in *" 2 "*)
+    p2=$(free_port)
+    start_chatd n2 "$p2" "$cluster"
+    run_load "cluster-2-nodes$sfx" "$pid1" "ws://127.0.0.1:$p1/ws" "ws://127.0.0.1:$p2/ws" >> "$results" ;;
+  esac
   stop_all
 }
 
@@ -133,10 +140,12 @@ if [ -n "$BASELINE" ]; then
   CHATD=$BASELINE; run_storage @baseline
 fi
 CHATD=$CHATD_CUR; run_storage ""
-if [ -n "$BASELINE" ]; then
-  CHATD=$BASELINE; run_cluster @baseline
+if [ -n "$CLUSTER_NODES" ]; then
+  if [ -n "$BASELINE" ]; then
+    CHATD=$BASELINE; run_cluster @baseline
+  fi
+  CHATD=$CHATD_CUR; run_cluster ""
 fi
-CHATD=$CHATD_CUR; run_cluster ""
 
 /usr/bin/python3 - "$results" "$TMP/storage-metrics.txt" "$P99_MS" <<'EOF' | tee ${OUT:+"$OUT"}
 import json, sys

@@ -38,6 +38,22 @@ enum config_auth_mode {
 	CONFIG_AUTH_JWT = 1         /* hello {token}: HS256 JWT, name = sub */
 };
 
+/* auth.algorithm: pinned by the operator, never taken from a token. */
+enum config_jwt_alg {
+	CONFIG_ALG_HS256 = 0,       /* shared secret (jwt_secret / jwt_secret_file) */
+	CONFIG_ALG_RS256 = 1,       /* RSA public key (public_key_file or jwks_file) */
+	CONFIG_ALG_ES256 = 2        /* P-256 public key (public_key_file or jwks_file) */
+};
+
+/* One [[rooms]] table: defaults for the rooms whose names start with prefix
+ * (the longest matching prefix wins; an owner's setting overrides them). */
+struct config_room_defaults {
+	char *prefix;                 /* heap-owned; "" matches every room */
+	int private_room;             /* -1 unset, else 0/1: invite-only */
+	int read_only;                /* -1 unset, else 0/1: only moderators send */
+	long history;                 /* -1 unset, else messages kept in memory for the room */
+};
+
 /* Log levels, most severe first; a level lets through itself and above. */
 enum config_log_level {
 	CONFIG_LOG_ERROR = 0,
@@ -84,6 +100,21 @@ struct config {
 	int api_port;                 /* 9091, 0..65535 (0: the kernel picks one) */
 	char **api_allow;             /* CIDRs allowed to read them; [] = any; heap-owned */
 	size_t api_allow_count;       /* <= CONFIG_API_ALLOW_MAX */
+	char *api_keys_file;          /* "" = no server API; else its keys (needs api.listen) */
+	long api_max_body_bytes;      /* 65536: larger request bodies get 413 */
+
+	/* [webhooks]: events POSTed to applications (webhook.c) */
+	char **webhook_urls;          /* [] = none; heap-owned */
+	size_t webhook_url_count;
+	char *webhook_secret_file;    /* HMAC-SHA256 key (required with urls) */
+	char **webhook_events;        /* [] = every type; else these types only */
+	size_t webhook_event_count;
+	long webhook_batch_max;       /* 100 events per POST */
+	double webhook_batch_interval;/* 0.2 s: how long events wait to fill a batch */
+	long webhook_queue_max;       /* 10000 events per URL; then the oldest are dropped */
+	double webhook_timeout;       /* 5 s per POST */
+	long webhook_max_retries;     /* 5: then the batch is dropped (counted) */
+	double webhook_retry_backoff; /* 0.5 s, doubled per retry, at most 60 s */
 
 	/* [heartbeat] */
 	double heartbeat_interval;    /* 25 s, > 0 */
@@ -105,6 +136,14 @@ struct config {
 	long messages_per_room;       /* 1000, >= 0 */
 	long dedup_window;            /* 1000, >= 0 */
 
+	/* [conversations]: edits, reactions, typing, read markers */
+	double edit_window;           /* 86400 s: how long a sender may edit or delete; 0 = always */
+	long max_edits;               /* 20 edits per message, 1..1000 */
+	long max_reactions;           /* 20 distinct reactions per message, 1..256 */
+	double typing_interval;       /* 1 s: a session's typing signals, at most one per interval */
+	double typing_ttl;            /* 5 s: a typing signal shows this long without a refresh */
+	int read_receipts;            /* false: other members do not see read markers */
+
 	/* [storage] */
 	char *storage_path;           /* "" = memory only; else a SQLite file */
 	enum config_storage_sync storage_sync;  /* "batch" */
@@ -116,6 +155,14 @@ struct config {
 	char *jwt_secret;             /* inline secret, or "" */
 	char *jwt_secret_file;        /* file holding the secret, or "" */
 	double jwt_leeway;            /* 30 s of clock skew allowed on exp/nbf */
+	enum config_jwt_alg jwt_algorithm;  /* "HS256" */
+	char *jwt_public_key_file;    /* PEM public key (RS256/ES256), or "" */
+	char *jwt_jwks_file;          /* JWKS file (RS256/ES256, kid selects), or "" */
+	double refresh_window;        /* 30 s: token_expiring this long before exp */
+
+	/* [[rooms]] */
+	struct config_room_defaults *room_defaults;  /* heap-owned array */
+	size_t room_defaults_count;
 
 	/* [tls] */
 	char *tls_cert;               /* PEM certificate chain, "" = plain ws:// */
@@ -161,6 +208,11 @@ void config_free(struct config *cfg);
 const char *config_log_level_name(enum config_log_level level);
 const char *config_slow_policy_name(enum config_slow_policy p);
 const char *config_storage_sync_name(enum config_storage_sync s);
+const char *config_jwt_alg_name(enum config_jwt_alg a);
+
+/* The [[rooms]] entry with the longest prefix of room, or NULL. */
+const struct config_room_defaults *config_room_defaults_for(const struct config *cfg,
+							    const char *room);
 
 /* Read the JWT secret (inline or from jwt_secret_file) into a new buffer;
  * the caller frees it (and should wipe it). Returns NULL with err set when

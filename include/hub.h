@@ -61,6 +61,26 @@ struct hub_limits {
 	uint32_t messages_per_room;
 	uint32_t dedup_window;
 	double heartbeat_interval;
+	double edit_window;              /* s; 0 = no limit */
+	uint32_t max_edits, max_reactions;
+	double typing_interval, typing_ttl;
+	int read_receipts;
+};
+
+/*
+ * What a sequenced event of a room is (the protocol's enum proto_kind).
+ * Edits, deletions and reactions take their own seq like messages and point
+ * at an earlier message (target), so that order, storage, dedup, resume and
+ * cluster ordering treat them alike. Engines store kind and target with the
+ * message and hand them back.
+ */
+enum hub_kind {
+	HUB_KIND_MESSAGE = PROTO_KIND_MESSAGE,
+	HUB_KIND_EDIT = PROTO_KIND_EDIT,
+	HUB_KIND_DELETE = PROTO_KIND_DELETE,
+	HUB_KIND_REACT = PROTO_KIND_REACT,
+	HUB_KIND_UNREACT = PROTO_KIND_UNREACT,
+	HUB_KIND_COUNT = PROTO_KIND_COUNT
 };
 
 /* A message on its way from submit to completion. The engine owns it from
@@ -80,13 +100,19 @@ struct hub_pending {
 	int duplicate;                   /* set by the engine: (from, id) was stored before, as seq */
 	size_t body_len;
 	char *body;                      /* NUL-terminated */
+	int kind;                        /* enum hub_kind */
+	uint64_t target;                 /* the message an edit/delete/react is about */
 };
 
-/* A stored message, as an engine hands it back (strings borrowed). */
+/* A stored message, as an engine hands it back (strings borrowed). Engines
+ * zero-initialize it: kind 0 is a message, and every field is read. */
 struct hub_msg {
 	uint64_t seq, ts;
 	const char *from, *id, *body;
 	size_t body_len;
+	int kind;                        /* enum hub_kind; 0: a message */
+	uint64_t target;                 /* kind != 0: the message it is about */
+	int deleted;                     /* body removed (a deleted message or its edits) */
 };
 
 /*
@@ -110,6 +136,14 @@ struct hub_msg {
  * read (optional): call emit for each stored message of room with
  *   lo <= seq <= hi, in seq order, at most max; returns the count or -1.
  * oldest (optional): the lowest seq stored for room, 0 if none.
+ * state_put (optional): keep one record of a room's moderation state and
+ *   settings (key such as "ban:bob" or "set:topic"; value NULL removes it),
+ *   shared by every node that loads the room; room_load hands the records
+ *   back with hub_load_room_state before it finishes. Fire and forget: the
+ *   sequenced moderation event that goes with it is what every node applies.
+ * erase (optional): a moderator deleted message seq of room: store it with
+ *   an empty body from now on (the body must not stay on disk). Called
+ *   before the delete event is submitted.
  * The default (no engine) keeps everything in memory only.
  */
 struct hub_engine {
@@ -118,6 +152,18 @@ struct hub_engine {
 	int (*read)(void *ctx, const char *room, uint64_t lo, uint64_t hi, uint32_t max,
 		    void (*emit)(void *arg, const struct hub_msg *m), void *arg);
 	uint64_t (*oldest)(void *ctx, const char *room);
+	/* Read markers (optional; without them they live in memory only).
+	 * marker_get: name's marker in room, 0 if none; synchronous and
+	 * bounded (one row). marker_set: keep it; the engine may write it
+	 * later (with its next commit). */
+	uint64_t (*marker_get)(void *ctx, const char *room, const char *name);
+	void (*marker_set)(void *ctx, const char *room, const char *name, uint64_t seq);
+	/* DM conversations (optional): emit each conversation room of name
+	 * ("@a:b") the engine holds, with its latest seq; at most max. */
+	void (*conversations)(void *ctx, const char *name, uint32_t max,
+			      void (*emit)(void *arg, const char *room, uint64_t seq), void *arg);
+	void (*state_put)(void *ctx, const char *room, const char *key, const char *value);
+	void (*erase)(void *ctx, const char *room, uint64_t seq);
 	void *ctx;
 };
 
@@ -137,6 +183,18 @@ struct hub_peers {
 	void (*user)(void *ctx, const char *name, int online);
 	void (*names)(void *ctx, const char *room, void (*emit)(void *arg, const char *name), void *arg);
 	enum proto_err (*dm)(void *ctx, struct hub *hub, struct hub_pending *p);
+	/* Optional (NULL: local only). typing: an ephemeral typing signal of
+	 * name in room, for the other nodes' members (hub_remote_typing);
+	 * never sequenced or stored. marker: name's read marker in room moved
+	 * to seq; store it for the cluster and tell the other nodes
+	 * (hub_remote_marker). */
+	void (*typing)(void *ctx, const char *room, const char *name, int on);
+	void (*marker)(void *ctx, const char *room, const char *name, uint64_t seq);
+	/* Optional (the server API, hub_api.h): kick closes name's sessions on
+	 * the other nodes (each calls hub_api_kick_local), -1 if they cannot be
+	 * told; online emits the names online on the other nodes. */
+	int (*kick)(void *ctx, const char *name, int code, const char *reason);
+	void (*online)(void *ctx, void (*emit)(void *arg, const char *name), void *arg);
 	void *ctx;
 };
 
@@ -225,6 +283,9 @@ long long hub_room_seq(struct hub *hub, const char *room);
  * (-1 on ENOMEM). Strings are copied. */
 void hub_load_state(struct hub *hub, const char *room, const char *epoch, uint64_t seq);
 int hub_load_message(struct hub *hub, const char *room, const struct hub_msg *m);
+/* room_load's answer, while room is loading: one stored state record (see
+ * state_put). Strings are copied; unknown or broken records are ignored. */
+void hub_load_room_state(struct hub *hub, const char *room, const char *key, const char *value);
 /* Finish an asynchronous room_load: ok = 0 fails the parked joins with
  * unavailable and forgets the room. */
 void hub_room_loaded(struct hub *hub, const char *room, int ok);
@@ -234,9 +295,32 @@ void hub_direct(struct hub *hub, const char *to, const struct hub_msg *m);
 void hub_dm_done(struct hub *hub, struct hub_pending *p, enum proto_err status);
 /* Someone on another node joined or left room: tell the local members. */
 void hub_remote_presence(struct hub *hub, const char *room, const char *name, int join);
+/* name's read marker in room is seq (another node moved it, or a room
+ * load brought it): kept if higher; name's local sessions and, with
+ * read_receipts, room's local members are told. */
+void hub_remote_marker(struct hub *hub, const char *room, const char *name, uint64_t seq);
+/* A read marker an engine loaded with room: kept in memory if higher,
+ * nobody told. */
+void hub_load_marker(struct hub *hub, const char *room, const char *name, uint64_t seq);
+/* Another node's typing signal (peers.typing): to the local members of room. */
+void hub_remote_typing(struct hub *hub, const char *room, const char *name, int on);
 /* Visit every room held and loaded here (for an engine's resync after a
  * reconnect); fn must not make the hub open or free rooms. */
 void hub_rooms_foreach(struct hub *hub, void (*fn)(void *arg, const char *room), void *arg);
+
+/*
+ * Token lifetimes. A session whose token has an exp gets token_expiring
+ * auth.refresh_window seconds before it and is closed with
+ * HUB_CLOSE_TOKEN_EXPIRED at exp + auth.leeway unless it refreshes; after a
+ * reload that drops the key a session was verified with, the same happens
+ * within one refresh window. The hub keeps the deadlines in one heap; the
+ * transport runs one timer: hub_next_deadline() says when (wall clock,
+ * seconds; 0: nothing to do), and hub_run_deadlines() does what is due,
+ * a bounded amount per call (the next deadline is then "now" again).
+ */
+#define HUB_CLOSE_TOKEN_EXPIRED 4001
+double hub_next_deadline(struct hub *hub);
+void hub_run_deadlines(struct hub *hub);
 
 /* Gauges. */
 uint64_t hub_named_session_count(const struct hub *hub);   /* sessions with a name: after hello */

@@ -36,6 +36,18 @@ struct metrics_histogram {
 
 void metrics_observe(struct metrics_histogram *h, double seconds);
 
+/* Server API requests are counted by endpoint and HTTP status. */
+enum metrics_api_ep {
+	METRICS_API_PUBLISH, METRICS_API_DM, METRICS_API_DISCONNECT, METRICS_API_MEMBERS,
+	METRICS_API_ONLINE, METRICS_API_HISTORY, METRICS_API_STATS, METRICS_API_OTHER,
+	METRICS_API_EP_COUNT
+};
+#define METRICS_API_STATUSES 11   /* see metrics_api_statuses in metrics.c */
+extern const char *const metrics_api_ep_names[METRICS_API_EP_COUNT];
+extern const unsigned metrics_api_statuses[METRICS_API_STATUSES];
+/* The index of an HTTP status among metrics_api_statuses (the last: other). */
+int metrics_api_status_index(unsigned status);
+
 struct metrics {
 	uint64_t connections_total;       /* WebSocket connections accepted */
 	uint64_t frames_in, frames_out;
@@ -45,9 +57,14 @@ struct metrics {
 	uint64_t messages_out;            /* message + direct events queued */
 	uint64_t slow_consumer_closes;
 	uint64_t slow_consumer_drops;     /* message events dropped by drop_oldest */
+	uint64_t typing_in;               /* typing signals let through */
+	uint64_t typing_dropped;          /* typing signals not sent: rate or queue pressure */
+	uint64_t markers_in;              /* read markers moved forward */
 	uint64_t heartbeat_evictions;
 	uint64_t handshake_timeouts;
 	uint64_t rate_limited;
+	uint64_t tokens_expired, tokens_refreshed;   /* sessions closed 4001; refresh accepted */
+	uint64_t moderation_actions;                 /* kick ban unban mute unmute delete invite grant settings */
 	uint64_t refused[METRICS_REFUSED_COUNT];
 	uint64_t errors[PROTO_ERR_COUNT];
 	uint64_t reloads, reload_failures;
@@ -76,6 +93,19 @@ struct metrics {
 	uint64_t redis_resyncs;           /* rooms re-read after a gap or reconnect */
 	uint64_t redis_failures;          /* commands that failed (answered unavailable) */
 	uint64_t cluster_node_losses;     /* other nodes found dead */
+	/* server API */
+	uint64_t api_requests[METRICS_API_EP_COUNT][METRICS_API_STATUSES];
+	/* webhooks */
+	int webhooks_enabled;
+	uint64_t webhook_events;          /* events queued for delivery (per URL) */
+	uint64_t webhook_sent;            /* events delivered (2xx) */
+	uint64_t webhook_posts;           /* POSTs answered 2xx */
+	uint64_t webhook_failures;        /* POSTs that failed (error, timeout, non-2xx) */
+	uint64_t webhook_retries;         /* POSTs that were retries */
+	uint64_t webhook_dropped;         /* events dropped: queue full or retries exhausted */
+	uint64_t webhook_queued;          /* gauge, kept by webhook.c: events waiting */
+	/* From an event's creation to the 2xx that delivered it. */
+	struct metrics_histogram webhook_latency;
 };
 
 struct metrics_gauges {

@@ -42,5 +42,7 @@ int server_port(const struct server *srv);
 int server_api_port(const struct server *srv);
 size_t server_connection_count(const struct server *srv);
 struct hub *server_hub(struct server *srv);
+/* The server API (api.h), NULL when api.keys_file is not set. */
+struct api *server_api(struct server *srv);
 
 #endif

@@ -29,7 +29,7 @@
 #include "hub.h"
 #include "metrics.h"
 
-#define STORAGE_SCHEMA_VERSION 1
+#define STORAGE_SCHEMA_VERSION 2
 #define STORAGE_BATCH_MAX 1024
 
 struct storage;

@@ -11,15 +11,16 @@ PKGS=(
   build-essential cmake pkg-config g++
   libev-dev libwebsockets-dev libcjson-dev uthash-dev libtomlplusplus-dev
   libsqlite3-dev libjwt-dev libsystemd-dev libhiredis-dev libssl-dev
+  libcurl4-openssl-dev   # webhooks (libcurl multi-socket on libev)
   python3 python3-websockets ca-certificates
   openssl              # TLS certificates for bench/compare.sh and the tests
 )
 TEST_PKGS=(
-  libcmocka-dev python3-pytest python3-cryptography sqlite3 curl procps iproute2
+  libcmocka-dev python3-pytest python3-cryptography python3-jwt sqlite3 curl procps iproute2
   systemd libseccomp2 util-linux dpkg-dev file
   redis-server
   clang libclang-rt-14-dev llvm
-  chromium fonts-dejavu-core
+  chromium fonts-dejavu-core fonts-noto-color-emoji   # emoji: reactions on the page and its screenshot
   prometheus python3-matplotlib
 )
 

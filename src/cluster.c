@@ -88,10 +88,11 @@ static void cl_on_refuse(struct ev_loop *loop, ev_prepare *w, int revents)
 static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 {
 	struct cluster *c = ctx;
-	char k[5][CL_KEY_MAX], ts[24], hmax[16], dmax[16], cand[17];
+	char k[5][CL_KEY_MAX], ts[24], hmax[16], dmax[16], cand[17], kind[8], target[24];
 	const char *keys[5] = { k[0], k[1], k[2], k[3], k[4] };
-	const char *args[9] = { p->room, p->from, p->id, p->body, ts, hmax, dmax, c->channel, cand };
-	size_t lens[9] = { 0, 0, 0, p->body_len ? p->body_len : 0, 0, 0, 0, 0, 0 };
+	const char *args[11] = { p->room, p->from, p->id, p->body, ts, hmax, dmax, c->channel, cand,
+				 kind, target };
+	size_t lens[11] = { 0, 0, 0, p->body_len ? p->body_len : 0, 0, 0, 0, 0, 0, 0, 0 };
 	struct cl_call *call;
 
 	if (!c->up || !(call = calloc(1, sizeof(*call)))) {
@@ -107,15 +108,55 @@ static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 	snprintf(hmax, sizeof(hmax), "%u", c->hist_max);
 	snprintf(dmax, sizeof(dmax), "%u", c->dedup_max);
 	snprintf(cand, sizeof(cand), "%016llx", (unsigned long long)cl_random(c));
+	snprintf(kind, sizeof(kind), "%d", p->kind);
+	snprintf(target, sizeof(target), "%llu", (unsigned long long)p->target);
 	call->c = c;
 	call->p = p;
 	call->t0 = ev_time();
 	if (p->body_len == 0)
 		args[3] = "";
-	if (cl_eval(c, cl_on_send, call, cl_lua_send, 5, keys, 9, args, lens)) {
+	if (cl_eval(c, cl_on_send, call, cl_lua_send, 5, keys, 11, args, lens)) {
 		free(call);
 		cl_refuse(c, p);
 	}
+}
+
+static void cl_on_state(redisAsyncContext *ac, void *reply, void *priv)
+{
+	const redisReply *r = reply;
+
+	(void)ac;
+	(void)priv;
+	if (!r || r->type == REDIS_REPLY_ERROR)
+		log_error(NULL, "cluster: storing a room state record failed: %s",
+			  r ? r->str : "no answer");
+}
+
+/* A room's state record into its hash, on the command connection: before
+ * the EVAL of the moderation event that follows it, so a node that loads
+ * the room after seeing the event also sees the record. */
+static void cl_state_put(void *ctx, const char *room, const char *key, const char *value)
+{
+	struct cluster *c = ctx;
+	char hk[CL_KEY_MAX];
+	const char *argv[4] = { value ? "HSET" : "HDEL", hk, key, value };
+
+	cl_room_key(c, hk, sizeof(hk), room, "state");
+	if (cl_cmdv(c, cl_on_state, NULL, value ? 4 : 3, argv, NULL))
+		log_error(NULL, "cluster: Redis is down; %s of room %s not stored", key, room);
+}
+
+/* A moderator's delete: the copy in the shared history loses its body. */
+static void cl_erase(void *ctx, const char *room, uint64_t seq)
+{
+	struct cluster *c = ctx;
+	char hk[CL_KEY_MAX], num[24];
+	const char *keys[1] = { hk }, *args[1] = { num };
+
+	cl_room_key(c, hk, sizeof(hk), room, "hist");
+	snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
+	if (cl_eval(c, cl_on_state, NULL, cl_lua_erase, 1, keys, 1, args, NULL))
+		log_error(NULL, "cluster: Redis is down; message %s/%s not erased", room, num);
 }
 
 static int cl_room_load(void *ctx, struct hub *hub, const char *room)
@@ -292,12 +333,19 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 	memset(&engine, 0, sizeof(engine));
 	engine.submit = cl_submit;
 	engine.room_load = cl_room_load;
+	engine.state_put = cl_state_put;
+	engine.erase = cl_erase;
 	engine.ctx = c;
 	hub_set_engine(hub, &engine);
+	memset(&peers, 0, sizeof(peers));
 	peers.presence = cl_presence;
 	peers.user = cl_user;
 	peers.names = cl_names;
 	peers.dm = cl_dm;
+	peers.typing = cl_typing;
+	peers.marker = cl_marker;
+	peers.kick = cl_kick;
+	peers.online = cl_online;
 	peers.ctx = c;
 	hub_set_peers(hub, &peers);
 	log_info(NULL, "cluster: node %s, Redis %s:%d db %ld, prefix \"%s\", node ttl %.3gs", c->node,

@@ -57,6 +57,7 @@ _Static_assert(CONFIG_KEY_PREFIX_MAX + sizeof("node:") + 64 + sizeof(":rooms") <
 /* The server-side Lua scripts (cluster_lua.c). */
 extern const char cl_lua_send[];
 extern const char cl_lua_load[];
+extern const char cl_lua_erase[];
 extern const char cl_lua_delta[];
 extern const char cl_lua_dm[];
 extern const char cl_lua_cleanup[];
@@ -169,6 +170,16 @@ int cl_sync_start(struct cluster *c, const char *room, int initial);
 int cl_parse_msg(const cJSON *j, struct hub_msg *m, const char **room, const char **epoch);
 void cl_event(struct cluster *c, const char *json, size_t len);
 void cl_on_message(redisAsyncContext *ac, void *reply, void *priv);
+
+/* cluster_conv.c */
+void cl_typing(void *ctx, const char *room, const char *name, int on);
+void cl_marker(void *ctx, const char *room, const char *name, uint64_t seq);
+void cl_ev_conv(struct cluster *c, const cJSON *j, int typing);
+void cl_load_markers(struct cluster *c, const char *room, const redisReply *reads);
+/* cluster_api.c */
+int cl_kick(void *ctx, const char *name, int code, const char *reason);
+void cl_ev_kick(struct cluster *c, const cJSON *j);
+void cl_online(void *ctx, void (*emit)(void *arg, const char *name), void *arg);
 
 /* cluster_liveness.c */
 void cl_on_heartbeat(struct ev_loop *loop, ev_timer *w, int revents);

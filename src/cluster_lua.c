@@ -6,7 +6,10 @@
 #include "cluster_impl.h"
 
 /* KEYS seq epoch hist dedup dedupq; ARGV room from id body ts histmax
- * dedupmax channel epoch-candidate. -> {stored?, seq, epoch} */
+ * dedupmax channel epoch-candidate kind target. -> {stored?, seq, epoch}
+ * kind (enum hub_kind) > 0: an edit, delete or react about target; a
+ * delete (2) also blanks the text of target and its edits (kind 1) in the
+ * history list (at most histmax entries, decoded once per deletion). */
 const char cl_lua_send[] =
 	"local epoch = redis.call('GET', KEYS[2])\n"
 	"if not epoch then epoch = ARGV[9]; redis.call('SET', KEYS[2], epoch) end\n"
@@ -14,8 +17,20 @@ const char cl_lua_send[] =
 	"local d = redis.call('HGET', KEYS[4], dk)\n"
 	"if d then return {0, tonumber(d), epoch} end\n"
 	"local seq = redis.call('INCR', KEYS[1])\n"
-	"local m = cjson.encode({t='m', room=ARGV[1], seq=seq, from=ARGV[2], id=ARGV[3],"
-	" body=ARGV[4], ts=tonumber(ARGV[5]), epoch=epoch})\n"
+	"local e = {t='m', room=ARGV[1], seq=seq, from=ARGV[2], id=ARGV[3],"
+	" body=ARGV[4], ts=tonumber(ARGV[5]), epoch=epoch}\n"
+	"local kind = tonumber(ARGV[10]) or 0\n"
+	"local target = tonumber(ARGV[11]) or 0\n"
+	"if kind > 0 then e.kind = kind; e.target = target end\n"
+	"if kind == 2 then\n"
+	"  for i, x in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do\n"
+	"    local h = cjson.decode(x)\n"
+	"    if h.seq == target or (h.kind == 1 and h.target == target) then\n"
+	"      h.body = ''; h.deleted = true; redis.call('LSET', KEYS[3], i - 1, cjson.encode(h))\n"
+	"    end\n"
+	"  end\n"
+	"end\n"
+	"local m = cjson.encode(e)\n"
 	"local hmax = tonumber(ARGV[6])\n"
 	"if hmax > 0 then redis.call('RPUSH', KEYS[3], m); redis.call('LTRIM', KEYS[3], -hmax, -1) end\n"
 	"local dmax = tonumber(ARGV[7])\n"
@@ -26,12 +41,31 @@ const char cl_lua_send[] =
 	"redis.call('PUBLISH', ARGV[8], m)\n"
 	"return {1, seq, epoch}\n";
 
-/* KEYS seq epoch hist members; ARGV epoch-candidate -> {seq, epoch, hist, members} */
+/* KEYS seq epoch hist members state reads; ARGV epoch-candidate
+ * -> {seq, epoch, hist, members, state, reads} (state: the room's roles,
+ * bans, mutes, invites and settings, as field/value pairs; reads: the read
+ * markers, name/seq pairs) */
 const char cl_lua_load[] =
 	"local epoch = redis.call('GET', KEYS[2])\n"
 	"if not epoch then epoch = ARGV[1]; redis.call('SET', KEYS[2], epoch) end\n"
 	"return {tonumber(redis.call('GET', KEYS[1]) or '0'), epoch,"
-	" redis.call('LRANGE', KEYS[3], 0, -1), redis.call('HGETALL', KEYS[4])}\n";
+	" redis.call('LRANGE', KEYS[3], 0, -1), redis.call('HGETALL', KEYS[4]),"
+	" redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6])}\n";
+
+/* KEYS hist; ARGV seq -> 1 if message seq's body was emptied, 0 if not in
+ * the capped history. The list holds consecutive seqs: one index lookup. */
+const char cl_lua_erase[] =
+	"local first = redis.call('LINDEX', KEYS[1], 0)\n"
+	"if not first then return 0 end\n"
+	"local i = tonumber(ARGV[1]) - cjson.decode(first).seq\n"
+	"if i < 0 then return 0 end\n"
+	"local raw = redis.call('LINDEX', KEYS[1], i)\n"
+	"if not raw then return 0 end\n"
+	"local m = cjson.decode(raw)\n"
+	"if m.seq ~= tonumber(ARGV[1]) or m.from == '!mod' then return 0 end\n"
+	"m.body = ''\n"
+	"redis.call('LSET', KEYS[1], i, cjson.encode(m))\n"
+	"return 1\n";
 
 /* KEYS hash [set-or-online]; ARGV field delta member channel event kind
  * kind "p": KEYS[2] is the node's room set (member = room);

@@ -5,6 +5,8 @@
  */
 #include "cluster_impl.h"
 
+#include "hub_api.h"
+
 static int cl_int(const cJSON *it, double min, uint64_t *out)
 {
 	double v;
@@ -28,14 +30,26 @@ int cl_parse_msg(const cJSON *j, struct hub_msg *m, const char **room, const cha
 	const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
 	const cJSON *body = cJSON_GetObjectItemCaseSensitive(j, "body");
 	const cJSON *ep = cJSON_GetObjectItemCaseSensitive(j, "epoch");
+	const cJSON *kind = cJSON_GetObjectItemCaseSensitive(j, "kind");
+	const cJSON *target = cJSON_GetObjectItemCaseSensitive(j, "target");
+	uint64_t k = 0;
 
 	if (cl_int(seq, 1, &m->seq) || cl_int(ts, 0, &m->ts) || !cJSON_IsString(rm) ||
 	    !cJSON_IsString(from) || !cJSON_IsString(id) || !cJSON_IsString(body) ||
 	    !proto_valid_room(rm->valuestring, strlen(rm->valuestring)) ||
-	    !proto_valid_name(from->valuestring, strlen(from->valuestring)) ||
+	    !(hub_api_valid_sender(from->valuestring) ||
+	      strcmp(from->valuestring, PROTO_MOD_SENDER) == 0) ||
 	    !id->valuestring[0] || strlen(id->valuestring) > PROTO_ID_MAX ||
 	    (cJSON_IsString(ep) && (!ep->valuestring[0] || strlen(ep->valuestring) > 16)))
 		return -1;
+	/* An edit, delete or react names its kind and an earlier target. */
+	m->kind = HUB_KIND_MESSAGE;
+	m->target = 0;
+	if (kind && (cl_int(kind, 1, &k) || k >= HUB_KIND_COUNT || cl_int(target, 1, &m->target) ||
+		     m->target >= m->seq))
+		return -1;
+	m->kind = (int)k;
+	m->deleted = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "deleted"));
 	m->from = from->valuestring;
 	m->id = id->valuestring;
 	m->body = body->valuestring;
@@ -51,7 +65,7 @@ static void cl_ev_message(struct cluster *c, const cJSON *j, const char *json, s
 {
 	struct cl_sync *sy = NULL;
 	const char *room, *epoch;
-	struct hub_msg m;
+	struct hub_msg m = { 0 };
 	struct cl_ev *e;
 
 	if (cl_parse_msg(j, &m, &room, &epoch))
@@ -85,7 +99,7 @@ static void cl_ev_direct(struct cluster *c, const cJSON *j)
 	const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
 	const cJSON *body = cJSON_GetObjectItemCaseSensitive(j, "body");
 	const cJSON *ts = cJSON_GetObjectItemCaseSensitive(j, "ts");
-	struct hub_msg m;
+	struct hub_msg m = { 0 };
 
 	if (!cJSON_IsString(to) || !cJSON_IsString(from) || !cJSON_IsString(id) ||
 	    !cJSON_IsString(body) || cl_int(ts, 0, &m.ts))
@@ -145,6 +159,11 @@ void cl_event(struct cluster *c, const char *json, size_t len)
 		cl_announce(c);
 	} else if (!strcmp(nd, c->node) || !nd[0]) {
 		/* our own presence/user events */
+	} else if (!strcmp(t->valuestring, "t") || !strcmp(t->valuestring, "r")) {
+		cl_ev_conv(c, j, t->valuestring[0] == 't');
+		/* our own presence/user events (and kicks, applied when made) */
+	} else if (!strcmp(t->valuestring, "k")) {
+		cl_ev_kick(c, j);
 	} else if (!strcmp(t->valuestring, "p") || !strcmp(t->valuestring, "u")) {
 		cl_ev_delta(c, j, nd, t->valuestring[0] == 'u');
 	} else if (!strcmp(t->valuestring, "x")) {

@@ -44,15 +44,16 @@ static int cl_reply_str(const redisReply *r, const char **s, size_t *len)
 	return 0;
 }
 
-/* The LOAD script's answer {seq, epoch, hist, members}, checked; NULL if
+/* The LOAD script's answer {seq, epoch, hist, members, state, reads}, checked; NULL if
  * it is not one (Redis gone, an error, or data out of range). */
 static const redisReply *cl_load_reply(const redisReply *r, const char **epoch, size_t *len)
 {
-	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
+	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 6 ||
 	    r->element[0]->type != REDIS_REPLY_INTEGER || r->element[0]->integer < 0 ||
 	    (double)r->element[0]->integer > CL_INT_MAX ||
 	    cl_reply_str(r->element[1], epoch, len) || *len < 1 || *len > 16 ||
-	    r->element[2]->type != REDIS_REPLY_ARRAY || r->element[3]->type != REDIS_REPLY_ARRAY)
+	    r->element[2]->type != REDIS_REPLY_ARRAY || r->element[3]->type != REDIS_REPLY_ARRAY ||
+	    r->element[4]->type != REDIS_REPLY_ARRAY || r->element[5]->type != REDIS_REPLY_ARRAY)
 		return NULL;
 	return r;
 }
@@ -67,7 +68,7 @@ static void cl_hist_each(const redisReply *hist, void (*fn)(void *arg, const str
 		const redisReply *x = hist->element[i];
 		cJSON *j = x->type == REDIS_REPLY_STRING ? cJSON_ParseWithLength(x->str, x->len) : NULL;
 		const char *rm, *ep;
-		struct hub_msg m;
+		struct hub_msg m = { 0 };
 
 		if (j && !cl_parse_msg(j, &m, &rm, &ep))
 			fn(arg, &m);
@@ -95,8 +96,15 @@ static void cl_load_first(struct cluster *c, struct cl_sync *sy, const redisRepl
 {
 	struct cl_load_ctx lc = { c, sy->room, ep, 0 };
 
+	const redisReply *st = r->element[4];
+	size_t i;
+
 	hub_load_state(c->hub, sy->room, ep, (uint64_t)r->element[0]->integer);
+	for (i = 0; i + 1 < st->elements; i += 2)
+		if (st->element[i]->type == REDIS_REPLY_STRING && st->element[i + 1]->type == REDIS_REPLY_STRING)
+			hub_load_room_state(c->hub, sy->room, st->element[i]->str, st->element[i + 1]->str);
 	cl_hist_each(r->element[2], cl_load_first_msg, &lc);
+	cl_load_markers(c, sy->room, r->element[5]);
 	hub_room_loaded(c->hub, sy->room, 1);
 }
 
@@ -127,6 +135,7 @@ static void cl_load_resync(struct cluster *c, struct cl_sync *sy, const redisRep
 	held = hub_room_seq(c->hub, sy->room);
 	if (held >= 0 && (uint64_t)held < lc.shared_seq)
 		hub_room_rebase(c->hub, sy->room, ep, lc.shared_seq);
+	cl_load_markers(c, sy->room, r->element[5]);
 }
 
 /* The room's presence on other nodes, as Redis has it now: drop what this
@@ -216,16 +225,19 @@ static void cl_on_load(redisAsyncContext *ac, void *reply, void *priv)
 
 static void cl_sync_send(struct cluster *c, struct cl_sync *sy)
 {
-	char k1[CL_KEY_MAX], k2[CL_KEY_MAX], k3[CL_KEY_MAX], k4[CL_KEY_MAX], cand[17];
-	const char *keys[4] = { k1, k2, k3, k4 };
+	char k1[CL_KEY_MAX], k2[CL_KEY_MAX], k3[CL_KEY_MAX], k4[CL_KEY_MAX], k5[CL_KEY_MAX], k6[CL_KEY_MAX];
+	char cand[17];
+	const char *keys[6] = { k1, k2, k3, k4, k5, k6 };
 	const char *args[1] = { cand };
 
 	cl_room_key(c, k1, sizeof(k1), sy->room, "seq");
 	cl_room_key(c, k2, sizeof(k2), sy->room, "epoch");
 	cl_room_key(c, k3, sizeof(k3), sy->room, "hist");
 	cl_room_key(c, k4, sizeof(k4), sy->room, "members");
+	cl_room_key(c, k5, sizeof(k5), sy->room, "state");
+	cl_room_key(c, k6, sizeof(k6), sy->room, "reads");
 	snprintf(cand, sizeof(cand), "%016llx", (unsigned long long)cl_random(c));
-	if (cl_eval(c, cl_on_load, sy, cl_lua_load, 4, keys, 1, args, NULL) == 0)
+	if (cl_eval(c, cl_on_load, sy, cl_lua_load, 6, keys, 1, args, NULL) == 0)
 		sy->sent = 1;
 }
 

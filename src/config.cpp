@@ -38,6 +38,7 @@ const char *const slow_names[] = {"close", "drop_oldest", nullptr};
 const char *const format_names[] = {"text", "json", nullptr};
 const char *const sync_names[] = {"batch", "always", "off", nullptr};
 const char *const auth_names[] = {"none", "jwt", nullptr};
+const char *const alg_names[] = {"HS256", "RS256", "ES256", nullptr};
 
 static_assert(sizeof(enum config_log_level) == sizeof(int) &&
 	      sizeof(enum config_slow_policy) == sizeof(int) &&
@@ -76,6 +77,22 @@ bool valid_cidr(const std::string &s)
 {
 	struct cidr c;
 	return no_nul(s) && cidr_parse(s.c_str(), &c) == 0;
+}
+
+bool valid_url(const std::string &s)
+{
+	return no_nul(s) && (s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0) && s.size() > 8;
+}
+
+const char *const webhook_event_names[] = {"user.online", "user.offline", "room.join", "room.leave",
+					   "message", "direct", nullptr};
+
+bool valid_event(const std::string &s)
+{
+	for (const char *const *n = webhook_event_names; *n; n++)
+		if (s == *n)
+			return true;
+	return false;
 }
 
 bool valid_redis_url(const std::string &s)
@@ -143,6 +160,23 @@ Key cidrs(const char *t, const char *n, size_t off, size_t count_off)
 	return key;
 }
 
+Key urls(const char *t, const char *n, size_t off, size_t count_off)
+{
+	Key key = strings(t, n, off, count_off);
+	key.ok = valid_url;
+	key.what = "expected an array of http:// or https:// URLs";
+	return key;
+}
+
+Key events(const char *t, const char *n, size_t off, size_t count_off)
+{
+	Key key = strings(t, n, off, count_off);
+	key.ok = valid_event;
+	key.what = "expected an array of event types: user.online, user.offline, room.join, "
+		   "room.leave, message, direct";
+	return key;
+}
+
 Key boolean(const char *t, const char *n, size_t off)
 {
 	return Key{t, n, BOOL, off};
@@ -175,6 +209,18 @@ const Key keys[] = {
 	string("api", "listen", F(api_listen), no_nul, "expected an address, or \"\" for the chat port"),
 	integer("api", "port", INT, F(api_port), 0, 65535),
 	cidrs("api", "allow", F(api_allow), F(api_allow_count)),
+	string("api", "keys_file", F(api_keys_file), no_nul, "expected a file path (\"\" = no server API)"),
+	integer("api", "max_body_bytes", LONG, F(api_max_body_bytes), 256, 16 << 20),
+
+	urls("webhooks", "urls", F(webhook_urls), F(webhook_url_count)),
+	string("webhooks", "secret_file", F(webhook_secret_file), no_nul, "expected a file path"),
+	events("webhooks", "events", F(webhook_events), F(webhook_event_count)),
+	integer("webhooks", "batch_max", LONG, F(webhook_batch_max), 1, 10000),
+	number("webhooks", "batch_interval", F(webhook_batch_interval), GE, 0),
+	integer("webhooks", "queue_max", LONG, F(webhook_queue_max), 1, 10000000),
+	number("webhooks", "timeout", F(webhook_timeout), GT, 0),
+	integer("webhooks", "max_retries", LONG, F(webhook_max_retries), 0, 100),
+	number("webhooks", "retry_backoff", F(webhook_retry_backoff), GT, 0),
 
 	number("heartbeat", "interval", F(heartbeat_interval), GT, 0),
 	number("heartbeat", "timeout", F(heartbeat_timeout), GT, 0),
@@ -193,6 +239,13 @@ const Key keys[] = {
 	integer("history", "messages_per_room", LONG, F(messages_per_room), 0, INT32_MAX),
 	integer("history", "dedup_window", LONG, F(dedup_window), 0, INT32_MAX),
 
+	number("conversations", "edit_window", F(edit_window), GE, 0),
+	integer("conversations", "max_edits", LONG, F(max_edits), 1, 1000),
+	integer("conversations", "max_reactions", LONG, F(max_reactions), 1, 256),
+	number("conversations", "typing_interval", F(typing_interval), GE, 0),
+	number("conversations", "typing_ttl", F(typing_ttl), GT, 0),
+	boolean("conversations", "read_receipts", F(read_receipts)),
+
 	string("storage", "path", F(storage_path), no_nul, "expected a file path (\"\" = memory only)"),
 	choice("storage", "sync", F(storage_sync), sync_names),
 	integer("storage", "retention_messages", LONG, F(retention_messages), 0),
@@ -202,6 +255,10 @@ const Key keys[] = {
 	string("auth", "jwt_secret", F(jwt_secret), no_nul, "expected a string"),
 	string("auth", "jwt_secret_file", F(jwt_secret_file), no_nul, "expected a file path"),
 	number("auth", "leeway", F(jwt_leeway), GE, 0),
+	choice("auth", "algorithm", F(jwt_algorithm), alg_names),
+	string("auth", "public_key_file", F(jwt_public_key_file), no_nul, "expected a file path"),
+	string("auth", "jwks_file", F(jwt_jwks_file), no_nul, "expected a file path"),
+	number("auth", "refresh_window", F(refresh_window), GT, 0),
 
 	string("tls", "cert", F(tls_cert), no_nul, "expected a file path"),
 	string("tls", "key", F(tls_key), no_nul, "expected a file path"),
@@ -254,6 +311,13 @@ void free_strings(char **v, size_t n)
 	free(v);
 }
 
+void free_room_defaults(struct config_room_defaults *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i].prefix);
+	free(v);
+}
+
 std::string fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
 std::string fmt(const char *f, ...)
 {
@@ -283,6 +347,8 @@ struct Loader {
 	}
 
 	void set(const Key &k, const toml::node &n, const std::string &key);
+	void load_rooms(const toml::node &n);
+	void load_room(const toml::table &t, struct config_room_defaults &d);
 	void cross_checks(const toml::table &root);
 };
 
@@ -367,6 +433,60 @@ void Loader::set(const Key &k, const toml::node &n, const std::string &key)
 	}
 }
 
+/* [[rooms]]: an array of tables {prefix, private, read_only, history}. */
+void Loader::load_rooms(const toml::node &n)
+{
+	const toml::array *a = n.as_array();
+	if (!a || !n.is_array_of_tables())
+		return fail(n.source(), "rooms", "expected [[rooms]] tables");
+	if (a->size() > 256)
+		return fail(n.source(), "rooms", "at most 256 [[rooms]] tables");
+	free_room_defaults(c.room_defaults, c.room_defaults_count);
+	c.room_defaults = nullptr;
+	c.room_defaults_count = 0;
+	if (a->empty())
+		return;
+	c.room_defaults = static_cast<struct config_room_defaults *>(calloc(a->size(), sizeof *c.room_defaults));
+	if (!c.room_defaults)
+		throw std::bad_alloc();
+	for (const toml::node &e : *a) {
+		struct config_room_defaults &d = c.room_defaults[c.room_defaults_count++];
+		d.private_room = d.read_only = -1;
+		d.history = -1;
+		load_room(*e.as_table(), d);
+	}
+}
+
+void Loader::load_room(const toml::table &t, struct config_room_defaults &d)
+{
+	for (auto &&[kkey, knode] : t) {
+		std::string k(kkey.str()), name = "rooms." + k;
+		if (k == "prefix") {
+			const auto *s = knode.as_string();
+			if (!s || s->get().size() > 64 ||
+			    s->get().find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+						       "0123456789_.:-") != std::string::npos)
+				return fail(knode.source(), name, "expected 0..64 bytes of [A-Za-z0-9_.:-]");
+			free(d.prefix);
+			d.prefix = dup_or_throw(s->get());
+		} else if (k == "private" || k == "read_only") {
+			const auto *b = knode.as_boolean();
+			if (!b)
+				return fail(knode.source(), name, "expected true or false");
+			(k == "private" ? d.private_room : d.read_only) = b->get() ? 1 : 0;
+		} else if (k == "history") {
+			const auto *v = knode.as_integer();
+			if (!v || v->get() < 0 || v->get() > INT32_MAX)
+				return fail(knode.source(), name, "expected an integer in 0..2147483647");
+			d.history = (long)v->get();
+		} else {
+			return fail(kkey.source(), name, "unknown key");
+		}
+	}
+	if (!d.prefix)
+		fail(t.source(), "rooms.prefix", "every [[rooms]] table needs a prefix");
+}
+
 /* Rules between keys; blame the key the file sets (the later one if both). */
 void Loader::cross_checks(const toml::table &root)
 {
@@ -392,12 +512,30 @@ void Loader::cross_checks(const toml::table &root)
 	}
 	bool inline_secret = c.jwt_secret && c.jwt_secret[0];
 	bool file_secret = c.jwt_secret_file && c.jwt_secret_file[0];
+	bool pem = c.jwt_public_key_file && c.jwt_public_key_file[0];
+	bool jwks = c.jwt_jwks_file && c.jwt_jwks_file[0];
 	if (inline_secret && file_secret)
 		fail(at("auth", "jwt_secret_file")->source(), "auth.jwt_secret_file",
 		     "give auth.jwt_secret or auth.jwt_secret_file, not both");
-	else if (c.auth_mode == CONFIG_AUTH_JWT && !inline_secret && !file_secret)
+	else if (pem && jwks)
+		fail(at("auth", "jwks_file")->source(), "auth.jwks_file",
+		     "give auth.public_key_file or auth.jwks_file, not both");
+	else if (c.auth_mode == CONFIG_AUTH_JWT && c.jwt_algorithm == CONFIG_ALG_HS256 &&
+		 !inline_secret && !file_secret)
 		fail(at("auth", "mode")->source(), "auth.mode",
-		     "\"jwt\" needs auth.jwt_secret or auth.jwt_secret_file");
+		     "\"jwt\" with HS256 needs auth.jwt_secret or auth.jwt_secret_file");
+	else if (c.auth_mode == CONFIG_AUTH_JWT && c.jwt_algorithm != CONFIG_ALG_HS256 && !pem && !jwks)
+		fail(at("auth", "algorithm")->source(), "auth.algorithm",
+		     "RS256 and ES256 need auth.public_key_file or auth.jwks_file");
+	else if (c.jwt_algorithm != CONFIG_ALG_HS256 && (inline_secret || file_secret))
+		/* A secret next to a public key invites alg confusion: one key kind only. */
+		fail(at("auth", inline_secret ? "jwt_secret" : "jwt_secret_file")->source(),
+		     inline_secret ? "auth.jwt_secret" : "auth.jwt_secret_file",
+		     "a shared secret is only for auth.algorithm = \"HS256\"");
+	else if (c.jwt_algorithm == CONFIG_ALG_HS256 && (pem || jwks))
+		fail(at("auth", pem ? "public_key_file" : "jwks_file")->source(),
+		     pem ? "auth.public_key_file" : "auth.jwks_file",
+		     "public keys need auth.algorithm = \"RS256\" or \"ES256\"");
 	bool cert = c.tls_cert && c.tls_cert[0], key = c.tls_key && c.tls_key[0];
 	if (cert != key)
 		fail(at("tls", cert ? "cert" : "key")->source(), cert ? "tls.cert" : "tls.key",
@@ -407,6 +545,12 @@ void Loader::cross_checks(const toml::table &root)
 	if (c.api_allow_count > CONFIG_API_ALLOW_MAX)
 		fail(at("api", "allow")->source(), "api.allow",
 		     fmt("at most %d ranges", CONFIG_API_ALLOW_MAX));
+	if (c.api_keys_file && c.api_keys_file[0] && !(c.api_listen && c.api_listen[0]))
+		fail(at("api", "keys_file")->source(), "api.keys_file",
+		     "the server API needs a listener of its own: set api.listen (e.g. \"127.0.0.1\")");
+	if (c.webhook_url_count && !(c.webhook_secret_file && c.webhook_secret_file[0]))
+		fail(at("webhooks", "urls")->source(), "webhooks.urls",
+		     "webhooks are signed: set webhooks.secret_file too");
 	if (c.redis && c.redis[0] && c.storage_path && c.storage_path[0]) {
 		const toml::node *n = at("cluster", "redis");
 		fail(n ? n->source() : at("storage", "path")->source(), "cluster.redis",
@@ -570,6 +714,11 @@ int config_defaults(struct config *cfg)
 	cfg->max_rooms = 10000;
 	cfg->messages_per_room = 1000;
 	cfg->dedup_window = 1000;
+	cfg->edit_window = 86400;
+	cfg->max_edits = 20;
+	cfg->max_reactions = 20;
+	cfg->typing_interval = 1;
+	cfg->typing_ttl = 5;
 	cfg->log_level = CONFIG_LOG_INFO;
 	cfg->log_format = CONFIG_LOG_TEXT;
 
@@ -585,11 +734,20 @@ int config_defaults(struct config *cfg)
 	cfg->listen = strdup("127.0.0.1");
 	cfg->node_id = strdup(host);
 	cfg->jwt_leeway = 30;
+	cfg->refresh_window = 30;
 	cfg->node_ttl = 10;
 	cfg->api_port = 9091;
+	cfg->api_max_body_bytes = 65536;
+	cfg->webhook_batch_max = 100;
+	cfg->webhook_batch_interval = 0.2;
+	cfg->webhook_queue_max = 10000;
+	cfg->webhook_timeout = 5;
+	cfg->webhook_max_retries = 5;
+	cfg->webhook_retry_backoff = 0.5;
 	char **strs[] = {&cfg->storage_path, &cfg->jwt_secret, &cfg->jwt_secret_file,
+			 &cfg->jwt_public_key_file, &cfg->jwt_jwks_file,
 			 &cfg->tls_cert, &cfg->tls_key, &cfg->tls_ca, &cfg->redis, &cfg->redis_password,
-			 &cfg->api_listen};
+			 &cfg->api_listen, &cfg->api_keys_file, &cfg->webhook_secret_file};
 	bool oom = false;
 	for (char **p : strs)
 		oom |= !(*p = strdup(""));
@@ -629,6 +787,10 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
 			throw std::bad_alloc();
 		for (auto &&[tkey, tnode] : root) {
 			std::string tname(tkey.str());
+			if (tname == "rooms") {
+				L.load_rooms(tnode);
+				continue;
+			}
 			if (!known_table(tname)) {
 				L.fail(tkey.source(), tname,
 				       tnode.is_table() || tnode.is_array_of_tables() ? "unknown table" : "unknown key");
@@ -683,6 +845,9 @@ void config_free(struct config *cfg)
 		memset(cfg->jwt_secret, 0, strlen(cfg->jwt_secret));
 	free(cfg->jwt_secret);
 	free(cfg->jwt_secret_file);
+	free(cfg->jwt_public_key_file);
+	free(cfg->jwt_jwks_file);
+	free_room_defaults(cfg->room_defaults, cfg->room_defaults_count);
 	free(cfg->tls_cert);
 	free(cfg->tls_key);
 	free(cfg->tls_ca);
@@ -695,6 +860,10 @@ void config_free(struct config *cfg)
 	free(cfg->key_prefix);
 	free_strings(cfg->allowed_origins, cfg->allowed_origins_count);
 	free(cfg->api_listen);
+	free(cfg->api_keys_file);
+	free(cfg->webhook_secret_file);
+	free_strings(cfg->webhook_urls, cfg->webhook_url_count);
+	free_strings(cfg->webhook_events, cfg->webhook_event_count);
 	free_strings(cfg->api_allow, cfg->api_allow_count);
 	memset(cfg, 0, sizeof *cfg);
 }
@@ -707,6 +876,24 @@ const char *config_log_level_name(enum config_log_level level)
 const char *config_storage_sync_name(enum config_storage_sync s)
 {
 	return (unsigned)s < 3 ? sync_names[s] : "unknown";
+}
+
+const char *config_jwt_alg_name(enum config_jwt_alg a)
+{
+	return (unsigned)a < 3 ? alg_names[a] : "unknown";
+}
+
+const struct config_room_defaults *config_room_defaults_for(const struct config *cfg,
+							    const char *room)
+{
+	const struct config_room_defaults *best = nullptr;
+	for (size_t i = 0; i < cfg->room_defaults_count; i++) {
+		const struct config_room_defaults *d = &cfg->room_defaults[i];
+		size_t n = strlen(d->prefix);
+		if (strncmp(room, d->prefix, n) == 0 && (!best || n > strlen(best->prefix)))
+			best = d;
+	}
+	return best;
 }
 
 char *config_jwt_secret(const struct config *cfg, size_t *len, char *warn, size_t warnlen,

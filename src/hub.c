@@ -293,12 +293,15 @@ static void hub_cmd_hello(struct hub *h, struct session *s, const struct proto_c
 	DL_PREPEND2(u->sessions, s, user_prev, user_next);
 	u->count++;
 	h->authed++;
+	if (u->count == 1 && h->ev.user)
+		h->ev.user(h->ev.ctx, s->name, 1);
 	if (h->peers.user)
 		h->peers.user(h->peers.ctx, s->name, 1);
 	log_info(s->id, "hello name=%s", s->name);
+	hub_token_track(h, s);
 
-	hub_reply(h, s, proto_encode_welcome(s->id, s->name, h->lim.heartbeat_interval,
-						  h->node_id, &c->ref));
+	hub_reply(h, s, proto_encode_welcome(s->id, s->name, h->lim.heartbeat_interval, h->node_id,
+					      s->ident ? s->ident->exp : 0, &c->ref));
 }
 
 static void hub_cmd_members(struct hub *h, struct session *s, const struct proto_cmd *c)
@@ -350,6 +353,18 @@ void hub_session_input(struct hub *h, struct session *s, const char *data, size_
 	case PROTO_HISTORY: hub_cmd_history(h, s, &c); break;
 	case PROTO_MEMBERS: hub_cmd_members(h, s, &c); break;
 	case PROTO_PING: hub_cmd_ping(h, s, &c); break;
+	case PROTO_EDIT: hub_cmd_edit(h, s, &c); break;
+	case PROTO_DELETE: hub_cmd_delete(h, s, &c); break;
+	case PROTO_REACT: hub_cmd_react(h, s, &c); break;
+	case PROTO_TYPING: hub_cmd_typing(h, s, &c); break;
+	case PROTO_READ: hub_cmd_read(h, s, &c); break;
+	case PROTO_CONVERSATIONS: hub_cmd_conversations(h, s, &c); break;
+	case PROTO_REFRESH: hub_cmd_refresh(h, s, &c); break;
+	case PROTO_SETTINGS: hub_cmd_settings(h, s, &c); break;
+	case PROTO_KICK: case PROTO_BAN: case PROTO_UNBAN: case PROTO_MUTE: case PROTO_UNMUTE:
+	case PROTO_INVITE: case PROTO_GRANT:
+		hub_cmd_mod(h, s, &c);
+		break;
 	}
 out:
 	proto_cmd_free(&c);
@@ -374,6 +389,7 @@ void hub_session_unregister(struct hub *h, struct session *s)
 	/* Leave first so that the others see presence leave; s is closing so
 	 * nothing is queued to it meanwhile. */
 	s->closing = 1;
+	hub_token_untrack(h, s);
 	log_info(s->id, "session ended%s%s", u ? " name=" : "", u ? s->name : "");
 	/* Empty the queue before the presence fan-out below: that fan-out may
 	 * hit the global cap, which must not find s among the largest queues. */
@@ -387,6 +403,8 @@ void hub_session_unregister(struct hub *h, struct session *s)
 		if (h->peers.user)
 			h->peers.user(h->peers.ctx, s->name, 0);
 		if (--u->count == 0) {
+			if (h->ev.user)
+				h->ev.user(h->ev.ctx, s->name, 0);
 			HASH_DEL(h->users, u);
 			free(u);
 		}
@@ -411,6 +429,12 @@ void hub_limits_from_config(struct hub_limits *l, const struct config *cfg)
 	l->messages_per_room = (uint32_t)cfg->messages_per_room;
 	l->dedup_window = (uint32_t)cfg->dedup_window;
 	l->heartbeat_interval = cfg->heartbeat_interval;
+	l->edit_window = cfg->edit_window;
+	l->max_edits = (uint32_t)cfg->max_edits;
+	l->max_reactions = (uint32_t)cfg->max_reactions;
+	l->typing_interval = cfg->typing_interval;
+	l->typing_ttl = cfg->typing_ttl;
+	l->read_receipts = cfg->read_receipts;
 }
 
 struct hub *hub_new(const struct config *cfg, const struct hub_transport *tp,
@@ -422,6 +446,7 @@ struct hub *hub_new(const struct config *cfg, const struct hub_transport *tp,
 		return NULL;
 	hub_limits_from_config(&h->lim, cfg);
 	snprintf(h->node_id, sizeof(h->node_id), "%s", cfg->node_id);
+	h->cfg = cfg;
 	h->tp = *tp;
 	h->m = metrics;
 	rng_seed(&h->rng);
@@ -452,11 +477,18 @@ void hub_set_draining(struct hub *h)
 
 void hub_set_auth(struct hub *h, const struct auth *auth)
 {
+	int changed = h->auth && auth && h->auth != auth;
+
 	h->auth = auth;
+	/* A reload: the sessions verified with a key that is gone must
+	 * refresh (hub_token.c), checked a slice at a time. */
+	if (changed)
+		hub_token_rotated(h);
 }
 
 void hub_reconfigure(struct hub *h, const struct config *cfg)
 {
+	h->cfg = cfg;
 	hub_limits_from_config(&h->lim, cfg);
 	hub_rooms_trim(h, h->lim.max_rooms);
 }
@@ -481,6 +513,9 @@ void hub_free(struct hub *h)
 		HASH_DEL(h->rooms, r);
 		room_free(r);
 	}
+	hub_markers_free(h);
+	hub_convs_free(h);
+	hub_token_free(h);
 	free(h);
 	queue_pool_drain();
 }

@@ -24,8 +24,17 @@ void hub_dm_done(struct hub *h, struct hub_pending *p, enum proto_err status)
 	struct session *sender = hub_sender(h, p->sender);
 	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
 
-	if (!sender)
+	if (status == PROTO_OK && h->ev.direct) {
+		struct hub_msg m = { 0, p->ts, p->from, p->id, p->body, p->body_len, 0, 0, 0 };
+		h->ev.direct(h->ev.ctx, p->to, &m);
+	}
+	if (!sender) {
+		if (status == PROTO_OK)
+			h->m->messages_in++;
+		hub_api_answer(h, p->sender, status, status == PROTO_ERR_NOT_FOUND ? "no such user online"
+			       : "the cluster is unavailable; the message was not sent", NULL, 0);
 		return;
+	}
 	if (status == PROTO_OK) {
 		h->m->messages_in++;
 		hub_ack(h, sender, p->id, NULL, 0, p->has_ref ? p->ref : NULL);
@@ -60,9 +69,17 @@ static void hub_cmd_dm_peers(struct hub *h, struct session *s, const struct prot
 void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct hub_user *u = hub_user_find(h, c->to.p, c->to.len);
-	struct hub_msg m;
+	struct hub_msg m = { 0 };
 	char to[PROTO_NAME_MAX + 1], ref[PROTO_REF_MAX + 1];
 
+	/* With an engine (storage, cluster) every dm is a message of the
+	 * two users' conversation: stored, and delivered when the recipient
+	 * comes back. In memory only, it still joins the conversation while
+	 * the recipient is online; to an offline one it is not deliverable. */
+	if (h->engine.submit || u) {
+		hub_conv_dm(h, s, c);
+		return;
+	}
 	if (h->peers.dm) {
 		hub_cmd_dm_peers(h, s, c, u);
 		return;
@@ -83,5 +100,7 @@ void hub_cmd_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
 		hub_copy(ref, &c->ref);
 	hub_ack(h, s, c->id.p, NULL, 0, c->ref.p ? ref : NULL);
 	hub_copy(to, &c->to);
+	if (h->ev.direct)
+		h->ev.direct(h->ev.ctx, to, &m);
 	hub_direct(h, to, &m);
 }

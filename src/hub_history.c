@@ -97,11 +97,32 @@ int hub_replay(struct hub *h, struct session *s, struct room *r, uint64_t since)
 	return queued == n && (n < max || since + n >= r->seq);
 }
 
+/* The seqs lo..hi a history request covers (lo > hi: none): the oldest
+ * after `after`, else the newest before `before` or of all, at most limit. */
+static void hub_history_bounds(struct hub *h, struct room *r, int has_after, uint64_t after,
+			       int has_before, uint64_t before, unsigned limit,
+			       uint64_t *lo, uint64_t *hi)
+{
+	uint64_t oldest = hub_oldest_held(h, r);
+
+	if (has_after) {
+		*lo = after + 1 > oldest ? after + 1 : oldest;
+		*hi = r->seq;
+	} else {
+		*hi = has_before ? (before ? before - 1 : 0) : r->seq;
+		if (*hi > r->seq)
+			*hi = r->seq;
+		*lo = *hi >= limit ? *hi - limit + 1 : 1;
+		if (*lo < oldest)
+			*lo = oldest;
+	}
+}
+
 void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);
 	struct msgbuf *v[PROTO_HISTORY_MAX];
-	uint64_t lo, hi, oldest;
+	uint64_t lo, hi;
 	uint32_t n, first = 0, last, i;
 	size_t total = 0, budget;
 	int got;
@@ -109,24 +130,15 @@ void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c
 
 	if (!r)
 		return;
-	oldest = hub_oldest_held(h, r);
-	if (c->has_after) {
-		lo = c->after + 1 > oldest ? c->after + 1 : oldest;
-		hi = r->seq;
-	} else {
-		hi = c->has_before ? (c->before ? c->before - 1 : 0) : r->seq;
-		if (hi > r->seq)
-			hi = r->seq;
-		lo = hi >= c->limit ? hi - c->limit + 1 : 1;
-		if (lo < oldest)
-			lo = oldest;
-	}
+	hub_history_bounds(h, r, c->has_after, c->after, c->has_before, c->before, c->limit, &lo, &hi);
 	got = lo <= hi ? hub_collect(h, r, lo, hi, v, c->limit) : 0;
 	if (got < 0) {
 		hub_error(h, s, &c->ref, PROTO_ERR_UNAVAILABLE, "the room's history could not be read");
 		return;
 	}
 	n = (uint32_t)got;
+	if (c->state)
+		n = hub_edit_state_frames(h, r, v, n);
 	/* One reply frame must fit in the session's queue: cut it to the
 	 * budget, keeping the messages nearest to the requested bound. */
 	budget = h->lim.send_queue_bytes > s->q.bytes + 512 ? h->lim.send_queue_bytes - s->q.bytes - 512 : 0;
@@ -142,4 +154,51 @@ void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c
 	mb = proto_encode_history(r->name, v + first, last - first, &c->ref);
 	hub_frames_unref(v, n);
 	hub_reply(h, s, mb);
+}
+
+enum proto_err hub_history_range(struct hub *h, const char *room, int has_after,
+				 uint64_t after, int has_before, uint64_t before,
+				 unsigned limit, struct jsonw *w, const char **why)
+{
+	struct msgbuf **v;
+	struct room *r;
+	uint64_t lo, hi;
+	int got, i;
+
+	if (!proto_valid_room(room, strlen(room))) {
+		*why = "room must be 1..64 bytes of [A-Za-z0-9_.:-]";
+		return PROTO_ERR_BAD_REQUEST;
+	}
+	if (limit < 1 || limit > PROTO_HISTORY_MAX) {
+		*why = "limit must be 1..500";
+		return PROTO_ERR_BAD_REQUEST;
+	}
+	if (!(r = hub_room_get(h, room, strlen(room), why)))
+		return PROTO_ERR_UNAVAILABLE;
+	if (r->loading) {
+		/* An engine loads it from elsewhere (cluster): ask again soon. */
+		*why = "the room is loading; retry";
+		return PROTO_ERR_UNAVAILABLE;
+	}
+	if (!(v = malloc(sizeof(*v) * limit))) {
+		hub_room_release(h, r);
+		*why = "out of memory";
+		return PROTO_ERR_INTERNAL;
+	}
+	hub_history_bounds(h, r, has_after, after, has_before, before, limit, &lo, &hi);
+	got = lo <= hi ? hub_collect(h, r, lo, hi, v, limit) : 0;
+	if (got >= 0) {
+		jsonw_arr_open(w);
+		for (i = 0; i < got; i++)
+			jsonw_raw(w, (const char *)v[i]->data, v[i]->len);
+		jsonw_arr_close(w);
+		hub_frames_unref(v, (uint32_t)got);
+	}
+	free(v);
+	hub_room_release(h, r);
+	if (got < 0) {
+		*why = "the room's history could not be read";
+		return PROTO_ERR_UNAVAILABLE;
+	}
+	return PROTO_OK;
 }

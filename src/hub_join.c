@@ -34,8 +34,9 @@ int hub_load_message(struct hub *h, const char *room, const struct hub_msg *m)
 	if (!(mb = hub_encode_message(r->name, m)))
 		return -1;
 	rc = room_append(r, m->seq, mb, m->from, strlen(m->from), m->id, strlen(m->id),
-			 h->lim.messages_per_room, h->lim.dedup_window);
+			 hub_room_history(h, r), h->lim.dedup_window);
 	msgbuf_unref(mb);
+	hub_edit_apply(h, r, m);
 	return rc;
 }
 
@@ -46,8 +47,11 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 		    uint64_t since, const char *epoch, const struct proto_str *ref)
 {
 	int recovered = 0, complete = 1;
+	struct proto_room_info info;
 	struct jsonw w;
 
+	if (hub_join_check(h, s, r, ref))
+		return -1;
 	if (has_since && (!epoch || strcmp(epoch, r->epoch) == 0) && since <= r->seq) {
 		recovered = hub_oldest_held(h, r) <= since + 1;
 		complete = hub_replay(h, s, r, since);
@@ -64,10 +68,14 @@ static int hub_join(struct hub *h, struct session *s, struct room *r, int has_si
 		}
 		log_debug(s->id, "joined %s", r->name);
 		hub_presence(h, r, s, 1);
+		if (h->ev.presence)
+			h->ev.presence(h->ev.ctx, r->name, s->name, 1);
 		if (h->peers.presence)
 			h->peers.presence(h->peers.ctx, r->name, s->name, 1);
 	}
-	proto_w_joined(&w, r->name, r->seq, r->epoch, r->member_count);
+	hub_room_info(h, r, s, &info);
+	proto_w_joined(&w, r->name, r->seq, r->epoch, hub_marker_get(h, r->name, s->name),
+		       r->member_count, &info);
 	hub_names(h, &w, r);
 	hub_reply(h, s, proto_encode_joined_end(&w, has_since, recovered, !complete, ref));
 	return 0;
@@ -107,6 +115,8 @@ void hub_room_loaded(struct hub *h, const char *room, int ok)
 	if (!ok) {
 		/* What a failed load handed over is not the room's state. */
 		room_reset(r);
+		room_state_free(r->state);
+		r->state = NULL;
 		r->seq = 0;
 	}
 	r->waiters = NULL;
@@ -134,7 +144,11 @@ void hub_cmd_join(struct hub *h, struct session *s, const struct proto_cmd *c)
 	const char *why;
 	char epoch[PROTO_EPOCH_MAX + 1];
 
-	if (!auth_room_allowed(s->ident, c->room.p, c->room.len)) {
+	int dm = hub_conv_join_allowed(h, s, c);
+
+	if (dm < 0)
+		return;
+	if (!dm && !auth_room_allowed(s->ident, c->room.p, c->room.len)) {
 		hub_error(h, s, &c->ref, PROTO_ERR_FORBIDDEN, "your token does not allow this room");
 		return;
 	}
@@ -160,7 +174,7 @@ void hub_cmd_leave(struct hub *h, struct session *s, const struct proto_cmd *c)
 
 	if (!r)
 		return;
-	mb = proto_encode_left(r->name, &c->ref);
+	mb = proto_encode_left(r->name, NULL, &c->ref);
 	hub_member_leave(h, room_member_find(r, s));   /* may free r */
 	hub_reply(h, s, mb);
 }

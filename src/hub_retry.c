@@ -1,37 +1,84 @@
 /*
- * hub_retry.c - retries of a message whose commit is still pending: they get
- * the original's answer when it completes, never a second seq.
+ * hub_retry.c - messages whose commit is still pending, and the retries of
+ * them that arrive meanwhile: those get the original's answer when it
+ * completes, never a second seq.
  */
 #include "hub_impl.h"
 
-struct hub_retry *hub_retry_find(struct room *r, const char *from, const struct proto_str *id)
+/* The key of (from, id), zero-padded so that it hashes and compares whole;
+ * 0 if either does not fit (then nothing can be waiting under it). */
+static int hub_retry_key(struct hub_retry_key *k, const char *from, const char *id, size_t id_len)
 {
-	struct hub_retry *t;
+	size_t from_len = strlen(from);
 
-	for (t = r->inflight; t; t = t->next)
-		if (t->original && !strcmp(t->from, from) && strlen(t->id) == id->len &&
-		    !memcmp(t->id, id->p, id->len))
-			return t;
-	return NULL;
+	if (from_len >= sizeof(k->from) || id_len >= sizeof(k->id))
+		return 0;
+	memset(k, 0, sizeof(*k));
+	memcpy(k->from, from, from_len);
+	memcpy(k->id, id, id_len);
+	return 1;
 }
 
-void hub_retry_add(struct room *r, uint64_t sender, const char *from, const char *id,
-		   const struct proto_str *ref, int original)
+struct hub_retry *hub_retry_find(struct room *r, const char *from, const struct proto_str *id)
 {
-	struct hub_retry *t = calloc(1, sizeof(*t));
+	struct hub_retry_key k;
+	struct hub_retry *t = NULL;
 
-	if (!t)
+	if (r->inflight && hub_retry_key(&k, from, id->p, id->len))
+		HASH_FIND(hh, r->inflight, &k, sizeof(k), t);
+	return t;
+}
+
+/* The message (from, id) was handed to the engine. */
+void hub_retry_add(struct room *r, const char *from, const char *id)
+{
+	struct proto_str ids = { id, strlen(id) };
+	struct hub_retry *t;
+
+	if (hub_retry_find(r, from, &ids))
+		return;            /* one entry answers every message of that key */
+	if (!(t = calloc(1, sizeof(*t))))
 		return;            /* a retry then gets its own seq: no worse than before */
-	t->sender = sender;
-	t->original = original;
-	snprintf(t->from, sizeof(t->from), "%s", from);
-	snprintf(t->id, sizeof(t->id), "%s", id);
-	if (ref && ref->p) {
-		memcpy(t->ref, ref->p, ref->len);
-		t->ref[ref->len] = '\0';
-		t->has_ref = 1;
+	if (!hub_retry_key(&t->key, from, id, ids.len)) {
+		free(t);
+		return;
 	}
-	LL_PREPEND(r->inflight, t);
+	HASH_ADD(hh, r->inflight, key, sizeof(t->key), t);
+}
+
+/* A retry (a session's send, or an API request) waits for t's answer.
+ * -1 when out of memory: the caller answers it now. */
+int hub_retry_wait(struct hub_retry *t, uint64_t sender, const struct proto_str *ref)
+{
+	struct hub_retry_wait *w = calloc(1, sizeof(*w));
+
+	if (!w)
+		return -1;
+	w->sender = sender;
+	if (ref && ref->p) {
+		memcpy(w->ref, ref->p, ref->len);
+		w->ref[ref->len] = '\0';
+		w->has_ref = 1;
+	}
+	LL_PREPEND(t->waiting, w);
+	return 0;
+}
+
+static void hub_retry_answer(struct hub *h, struct room *r, const struct hub_pending *p,
+			     enum proto_err status, const struct hub_retry_wait *w)
+{
+	struct session *s = NULL;
+
+	HASH_FIND(hh, h->sessions, &w->sender, sizeof(w->sender), s);
+	if (s && !s->closing) {
+		struct proto_str ref = { w->has_ref ? w->ref : NULL, strlen(w->ref) };
+		if (status == PROTO_OK)
+			hub_ack(h, s, p->id, r->name, p->seq, w->has_ref ? w->ref : NULL);
+		else
+			hub_error(h, s, &ref, status, "the message was not stored");
+	} else if (!s) {
+		hub_api_answer(h, w->sender, status, "the message was not stored", r->name, p->seq);
+	}
 }
 
 /* The pending message p of r completed: answer the retries waiting on it
@@ -39,32 +86,38 @@ void hub_retry_add(struct room *r, uint64_t sender, const char *from, const char
 void hub_retry_done(struct hub *h, struct room *r, const struct hub_pending *p,
 		    enum proto_err status)
 {
-	struct hub_retry *t, *tmp;
+	struct proto_str ids = { p->id, strlen(p->id) };
+	struct hub_retry *t = hub_retry_find(r, p->from, &ids);
+	struct hub_retry_wait *w, *next;
 
-	LL_FOREACH_SAFE(r->inflight, t, tmp) {
-		struct session *s = NULL;
-		if (strcmp(t->from, p->from) != 0 || strcmp(t->id, p->id) != 0)
-			continue;
-		LL_DELETE(r->inflight, t);
-		HASH_FIND(hh, h->sessions, &t->sender, sizeof(t->sender), s);
-		if (!t->original && s && !s->closing) {
-			struct proto_str ref = { t->has_ref ? t->ref : NULL, strlen(t->ref) };
-			if (status == PROTO_OK)
-				hub_ack(h, s, t->id, r->name, p->seq, t->has_ref ? t->ref : NULL);
-			else
-				hub_error(h, s, &ref, status, "the message was not stored");
-		}
-		free(t);
+	if (!t)
+		return;
+	HASH_DEL(r->inflight, t);
+	for (w = t->waiting; w; w = next) {
+		next = w->next;
+		hub_retry_answer(h, r, p, status, w);
+		free(w);
 	}
+	free(t);
+}
+
+static void hub_retry_free(struct hub_retry *t)
+{
+	struct hub_retry_wait *w = t->waiting, *next;
+
+	for (; w; w = next) {
+		next = w->next;
+		free(w);
+	}
+	free(t);
 }
 
 void hub_retry_free_all(struct room *r)
 {
-	struct hub_retry *t = r->inflight, *next;
+	struct hub_retry *t, *tmp;
 
-	for (; t; t = next) {
-		next = t->next;
-		free(t);
+	HASH_ITER(hh, r->inflight, t, tmp) {
+		HASH_DEL(r->inflight, t);
+		hub_retry_free(t);
 	}
-	r->inflight = NULL;
 }

@@ -143,6 +143,8 @@ void hub_member_leave(struct hub *h, struct membership *m)
 
 	room_member_remove(m);
 	hub_presence(h, r, s, 0);
+	if (h->ev.presence && session_authenticated(s) && !h->draining)
+		h->ev.presence(h->ev.ctx, r->name, s->name, 0);
 	if (h->peers.presence && session_authenticated(s))
 		h->peers.presence(h->peers.ctx, r->name, s->name, 0);
 	hub_room_release(h, r);
@@ -167,9 +169,14 @@ void hub_room_record(struct hub *h, struct room *r, const struct hub_msg *m,
 	if (r->seq_assigned < r->seq)
 		r->seq_assigned = r->seq;
 	if (room_append(r, m->seq, mb, m->from, strlen(m->from), m->id, strlen(m->id),
-			h->lim.messages_per_room, h->lim.dedup_window) || !mb)
+			hub_room_history(h, r), h->lim.dedup_window) || !mb)
 		log_error(NULL, "out of memory keeping message %s/%llu in memory%s", r->name,
 			  (unsigned long long)m->seq, mb ? "" : "; its members miss it");
+	hub_edit_apply(h, r, m);
+	hub_conv_record(h, r, m);
+	/* Moderation events act where they land, on every node, in seq order. */
+	if (strcmp(m->from, PROTO_MOD_SENDER) == 0)
+		hub_mod_apply(h, r, m);
 }
 
 void hub_room_fanout(struct hub *h, struct room *r, struct msgbuf *mb)

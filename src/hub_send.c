@@ -50,15 +50,16 @@ void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);
 	struct hub_pending *p;
+	struct hub_retry *t;
 	uint64_t seq;
 	char id[PROTO_ID_MAX + 1], ref[PROTO_REF_MAX + 1];
 
 	if (!r)
 		return;
 	seq = room_dedup_find(r, s->name, strlen(s->name), c->id.p, c->id.len);
-	if (!seq && r->inflight && hub_retry_find(r, s->name, &c->id)) {
-		hub_copy(id, &c->id);
-		hub_retry_add(r, s->num, s->name, id, &c->ref, 0);
+	if (!seq && (t = hub_retry_find(r, s->name, &c->id))) {
+		if (hub_retry_wait(t, s->num, &c->ref) < 0)
+			hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
 		return;
 	}
 	if (seq) {
@@ -69,8 +70,18 @@ void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
 		hub_ack(h, s, id, r->name, seq, c->ref.p ? ref : NULL);
 		return;
 	}
+	if (hub_send_check(h, s, r, &c->ref))
+		return;
 	if (!(p = hub_pending_from(h, s, c)))
 		return;
+	hub_submit(h, r, p);
+}
+
+/* Hand p (for room r, sender, from, id, body, ts set) to the engine: the
+ * one way in of a message or another sequenced event of r (an edit,
+ * delete or react; a moderation event), a client's or an API publish. */
+void hub_submit(struct hub *h, struct room *r, struct hub_pending *p)
+{
 	strcpy(p->room, r->name);
 	strcpy(p->epoch, r->epoch);
 	/* The seq is proposed here, in arrival order; an engine completes in
@@ -83,7 +94,7 @@ void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
 	}
 	/* The engine completes later: a retry in between waits for this
 	 * message's answer instead of taking a second seq. */
-	hub_retry_add(r, p->sender, p->from, p->id, NULL, 1);
+	hub_retry_add(r, p->from, p->id);
 	h->in_submit = 1;
 	h->engine.submit(h->engine.ctx, h, p);
 	h->in_submit = 0;
@@ -123,21 +134,24 @@ static void hub_append_failed(struct hub *h, struct room *r, struct session *sen
 {
 	struct proto_str ref = { p->has_ref ? p->ref : NULL, strlen(p->ref) };
 
+	const char *why = status == PROTO_ERR_UNAVAILABLE
+			  ? "storage unavailable; the message may not have been stored (retry with the same id)"
+			  : status == PROTO_ERR_INTERNAL ? "out of memory; the message was not accepted"
+			  : "the message could not be accepted";
+
 	if (!r->pending)
 		r->seq_assigned = r->seq;
 	if (sender)
-		hub_error(h, sender, &ref, status,
-			  status == PROTO_ERR_UNAVAILABLE
-			  ? "storage unavailable; the message may not have been stored (retry with the same id)"
-			  : status == PROTO_ERR_INTERNAL ? "out of memory; the message was not accepted"
-			  : "the message could not be accepted");
+		hub_error(h, sender, &ref, status, why);
+	else
+		hub_api_answer(h, p->sender, status, why, p->room, 0);
 	hub_room_release(h, r);
 }
 
 void hub_append_done(struct hub *h, struct hub_pending *p, enum proto_err status)
 {
 	struct session *sender = hub_sender(h, p->sender);
-	struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len };
+	struct hub_msg m = { p->seq, p->ts, p->from, p->id, p->body, p->body_len, p->kind, p->target, 0 };
 	struct room *r = hub_room_find(h, p->room, strlen(p->room));
 	struct msgbuf *mb = NULL;
 	int apply;
@@ -171,6 +185,10 @@ void hub_append_done(struct hub *h, struct hub_pending *p, enum proto_err status
 		h->m->messages_in++;
 	if (sender)
 		hub_ack(h, sender, p->id, r->name, p->seq, p->has_ref ? p->ref : NULL);
+	else
+		hub_api_answer(h, p->sender, PROTO_OK, NULL, r->name, p->seq);
+	if (!p->duplicate)
+		hub_conv_event(h, r, &m);
 	hub_room_fanout(h, r, mb);
 	msgbuf_unref(mb);
 	hub_room_release(h, r);     /* its members may all have left meanwhile */
@@ -181,8 +199,11 @@ int hub_stream_message(struct hub *h, const char *room, const char *epoch, const
 	struct room *r = hub_room_find(h, room, strlen(room));
 	struct msgbuf *mb;
 
-	if (!r || r->loading)
+	if (!r || r->loading) {
+		if (!r)
+			hub_conv_stream(h, room, m);
 		return 0;          /* the load will bring it */
+	}
 	if (epoch && epoch[0] && strcmp(epoch, r->epoch) != 0)
 		/* The shared history was lost (e.g. Redis restarted empty):
 		 * a new epoch, and seq counts from the stream again. */
@@ -197,6 +218,7 @@ int hub_stream_message(struct hub *h, const char *room, const char *epoch, const
 	hub_room_record(h, r, m, mb);
 	hub_room_fanout(h, r, mb);
 	msgbuf_unref(mb);
+	hub_room_release(h, r);     /* a kick may have emptied it */
 	return 0;
 }
 

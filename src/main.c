@@ -16,6 +16,8 @@
 #include <ev.h>
 #include <systemd/sd-daemon.h>
 
+#include "api.h"
+#include "apikeys.h"
 #include "auth.h"
 #include "cluster.h"
 #include "config.h"
@@ -24,6 +26,7 @@
 #include "server.h"
 #include "storage.h"
 #include "tlsctx.h"
+#include "webhook.h"
 
 struct chatd {
 	struct ev_loop *loop;
@@ -33,7 +36,9 @@ struct chatd {
 	struct server *srv;
 	struct storage *storage;       /* NULL: memory only */
 	struct auth *auth;             /* NULL: auth.mode = "none" */
+	struct apikeys *keys;          /* server API keys; NULL: no api.keys_file */
 	struct cluster *cluster;       /* NULL: single node */
+	struct webhook *webhook;       /* NULL: no webhooks.urls */
 	ev_signal sig_term, sig_int, sig_hup;
 	ev_timer shutdown_timer;
 	ev_timer watchdog;             /* WATCHDOG=1 to systemd, when asked for */
@@ -113,6 +118,16 @@ static int chatd_auth(const struct config *cfg, struct auth **out, char *err, si
 	return *out ? 0 : -1;
 }
 
+/* The server API keys a config names: *out = NULL when it names none. */
+static int chatd_keys(const struct config *cfg, struct apikeys **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	if (!cfg->api_keys_file[0])
+		return 0;
+	*out = apikeys_load(cfg->api_keys_file, err, errlen);
+	return *out ? 0 : -1;
+}
+
 /* Open files beyond server.max_connections: the server's own reserve
  * (listener, logs, engines; see SERVER_FD_RESERVE) and connections still
  * closing. */
@@ -178,16 +193,28 @@ static void chatd_on_left(void *arg)
 	ev_break(d->loop, EVBREAK_ALL);
 }
 
-static void chatd_on_drained(void *arg)
+/* The webhooks have delivered what the shutdown produced (users offline). */
+static void chatd_on_flushed(void *arg)
 {
 	struct chatd *d = arg;
 
-	log_info(NULL, "all connections closed");
 	/* Tell the other nodes this one's sessions are gone, then stop. */
 	if (d->cluster)
 		cluster_leave(d->cluster, chatd_on_left, d);
 	else
 		ev_break(d->loop, EVBREAK_ALL);
+}
+
+static void chatd_on_drained(void *arg)
+{
+	struct chatd *d = arg;
+
+	log_info(NULL, "all connections closed");
+	/* Within shutdown_timeout, like everything else on the way out. */
+	if (d->webhook)
+		webhook_flush(d->webhook, chatd_on_flushed, d);
+	else
+		chatd_on_flushed(d);
 }
 
 static void chatd_shutdown_timeout(struct ev_loop *loop, ev_timer *w, int revents)
@@ -228,6 +255,16 @@ static void chatd_warn_static(const struct config *old, const struct config *cur
 		log_warn(NULL, "reload: server.node_id changes need a restart; still %s", old->node_id);
 	if (strcmp(old->api_listen, cur->api_listen) != 0 || old->api_port != cur->api_port)
 		log_warn(NULL, "reload: api.listen/port changes need a restart");
+	if (old->webhook_url_count != cur->webhook_url_count ||
+	    strcmp(old->webhook_secret_file, cur->webhook_secret_file) ||
+	    old->webhook_event_count != cur->webhook_event_count ||
+	    old->webhook_batch_max != cur->webhook_batch_max ||
+	    old->webhook_queue_max != cur->webhook_queue_max ||
+	    old->webhook_batch_interval != cur->webhook_batch_interval ||
+	    old->webhook_timeout != cur->webhook_timeout ||
+	    old->webhook_max_retries != cur->webhook_max_retries ||
+	    old->webhook_retry_backoff != cur->webhook_retry_backoff)
+		log_warn(NULL, "reload: [webhooks] changes need a restart");
 	if (old->header_timeout != cur->header_timeout)
 		log_warn(NULL, "reload: server.header_timeout changes need a restart; still %g",
 			 old->header_timeout);
@@ -253,10 +290,16 @@ static void chatd_reload(struct chatd *d, char *err, size_t errlen)
 {
 	struct config *next, *old = d->cfg;
 	struct auth *auth = NULL;
+	struct apikeys *keys = NULL;
 
 	next = chatd_load(d->config_path, err, errlen);
 	if (next && chatd_auth(next, &auth, err, errlen)) {
 		chatd_config_destroy(next);
+		next = NULL;
+	}
+	if (next && chatd_keys(next, &keys, err, errlen)) {
+		chatd_config_destroy(next);
+		auth_free(auth);
 		next = NULL;
 	}
 	if (!next) {
@@ -274,6 +317,7 @@ static void chatd_reload(struct chatd *d, char *err, size_t errlen)
 	if (!next->listen || !next->node_id) {
 		chatd_config_destroy(next);
 		auth_free(auth);
+		apikeys_free(keys);
 		log_error(NULL, "reload failed: out of memory");
 		return;
 	}
@@ -289,6 +333,13 @@ static void chatd_reload(struct chatd *d, char *err, size_t errlen)
 	hub_set_auth(server_hub(d->srv), auth);
 	auth_free(d->auth);
 	d->auth = auth;
+	/* New keys take effect for the next request; a removed key is refused. */
+	if (server_api(d->srv))
+		api_set_keys(server_api(d->srv), keys);
+	else if (keys)
+		log_warn(NULL, "reload: enabling the server API (api.keys_file) needs a restart");
+	apikeys_free(d->keys);
+	d->keys = keys;
 	log_setup(next->log_level, next->log_format);
 	server_reconfigure(d->srv, next);
 	if (d->storage)
@@ -325,12 +376,19 @@ static int chatd_start(struct chatd *d, char *err, size_t errlen)
 	if (!d->srv)
 		return 1;
 	hub_set_auth(server_hub(d->srv), d->auth);
+	if (server_api(d->srv))
+		api_set_keys(server_api(d->srv), d->keys);
 	if (d->cfg->redis[0] &&
 	    !(d->cluster = cluster_new(d->cfg, d->loop, server_hub(d->srv), &d->metrics, err, errlen)))
 		return 2;
 	if (d->cfg->storage_path[0] &&
 	    !(d->storage = storage_open(d->cfg, d->loop, server_hub(d->srv), &d->metrics, err, errlen)))
 		return 2;
+	if (d->cfg->webhook_url_count) {
+		if (!(d->webhook = webhook_new(d->cfg, d->loop, &d->metrics, err, errlen)))
+			return 2;
+		webhook_attach(d->webhook, server_hub(d->srv));
+	}
 	ev_signal_init(&d->sig_term, chatd_on_stop, SIGTERM);
 	ev_signal_init(&d->sig_int, chatd_on_stop, SIGINT);
 	ev_signal_init(&d->sig_hup, chatd_on_hup, SIGHUP);
@@ -351,11 +409,14 @@ static void chatd_teardown(struct chatd *d)
 		ev_timer_stop(d->loop, &d->shutdown_timer);
 		ev_timer_stop(d->loop, &d->watchdog);
 	}
+	/* Before the hub goes: it reports to the webhooks until detached. */
+	webhook_free(d->webhook);
 	cluster_free(d->cluster);
 	/* Whatever is still pending reaches the disk before the sessions go. */
 	storage_close(d->storage);
 	server_free(d->srv);
 	auth_free(d->auth);
+	apikeys_free(d->keys);
 	chatd_config_destroy(d->cfg);
 	if (d->loop)
 		ev_loop_destroy(d->loop);
@@ -394,7 +455,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "chatd: %s\n", err);
 		return 2;
 	}
-	if (chatd_check_files(d.cfg, err, sizeof(err)) || chatd_auth(d.cfg, &d.auth, err, sizeof(err))) {
+	if (chatd_check_files(d.cfg, err, sizeof(err)) || chatd_auth(d.cfg, &d.auth, err, sizeof(err)) ||
+	    chatd_keys(d.cfg, &d.keys, err, sizeof(err)) || webhook_check(d.cfg, err, sizeof(err))) {
 		fprintf(stderr, "chatd: %s\n", err);
 		chatd_teardown(&d);
 		return 2;
@@ -414,7 +476,8 @@ int main(int argc, char **argv)
 		 CHATD_VERSION, d.cfg->tls_cert[0] ? "wss" : "ws", d.cfg->listen, server_port(d.srv),
 		 d.cfg->node_id, d.cfg->max_connections, d.nofile);
 	if (server_api_port(d.srv) >= 0)
-		log_info(NULL, "serving /metrics and /healthz on http://%s%s%s:%d only",
+		log_info(NULL, "serving /metrics and /healthz%s on http://%s%s%s:%d only",
+			 server_api(d.srv) ? " and the server API (/api/)" : "",
 			 strchr(d.cfg->api_listen, ':') ? "[" : "", d.cfg->api_listen,
 			 strchr(d.cfg->api_listen, ':') ? "]" : "", server_api_port(d.srv));
 	chatd_watchdog_start(&d);

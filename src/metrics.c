@@ -94,6 +94,55 @@ static void metrics_known(struct jsonw *w, const char *name, const char *help, i
 		metrics_one(w, name, "gauge", help, (uint64_t)v);
 }
 
+const char *const metrics_api_ep_names[METRICS_API_EP_COUNT] = {
+	"publish", "dm", "disconnect", "members", "online", "history", "stats", "other",
+};
+/* 0: any other status. */
+const unsigned metrics_api_statuses[METRICS_API_STATUSES] = {
+	200, 400, 401, 403, 404, 405, 409, 413, 500, 503, 0,
+};
+
+int metrics_api_status_index(unsigned status)
+{
+	int i;
+
+	for (i = 0; i < METRICS_API_STATUSES - 1; i++)
+		if (metrics_api_statuses[i] == status)
+			return i;
+	return METRICS_API_STATUSES - 1;
+}
+
+/* Only the (endpoint, status) pairs seen so far: 88 zero lines help nobody. */
+static void metrics_api(struct jsonw *w, const struct metrics *m)
+{
+	int e, s;
+
+	metrics_printf(w, "# HELP chatd_api_requests_total Server API requests, by endpoint and HTTP status.\n"
+		       "# TYPE chatd_api_requests_total counter\n");
+	for (e = 0; e < METRICS_API_EP_COUNT; e++)
+		for (s = 0; s < METRICS_API_STATUSES; s++) {
+			char status[16] = "other";
+			if (!m->api_requests[e][s])
+				continue;
+			if (metrics_api_statuses[s])
+				snprintf(status, sizeof(status), "%u", metrics_api_statuses[s]);
+			metrics_printf(w, "chatd_api_requests_total{endpoint=\"%s\",status=\"%s\"} %" PRIu64 "\n",
+				       metrics_api_ep_names[e], status, m->api_requests[e][s]);
+		}
+}
+
+static void metrics_webhooks(struct jsonw *w, const struct metrics *m)
+{
+	metrics_one(w, "chatd_webhook_events_total", "counter", "Webhook events queued for delivery (per URL).", m->webhook_events);
+	metrics_one(w, "chatd_webhook_sent_total", "counter", "Webhook events delivered (answered 2xx).", m->webhook_sent);
+	metrics_one(w, "chatd_webhook_posts_total", "counter", "Webhook POSTs answered 2xx.", m->webhook_posts);
+	metrics_one(w, "chatd_webhook_failures_total", "counter", "Webhook POSTs that failed (error, timeout, non-2xx).", m->webhook_failures);
+	metrics_one(w, "chatd_webhook_retries_total", "counter", "Webhook POSTs that were retries of a failed one.", m->webhook_retries);
+	metrics_one(w, "chatd_webhook_dropped_total", "counter", "Webhook events dropped: queue full or retries exhausted.", m->webhook_dropped);
+	metrics_one(w, "chatd_webhook_queued_events", "gauge", "Webhook events waiting for delivery.", m->webhook_queued);
+	metrics_histogram(w, "chatd_webhook_delivery_seconds", "From a webhook event to the 2xx that delivered it.", &m->webhook_latency);
+}
+
 struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gauges *g,
 			      const char *node_id)
 {
@@ -130,9 +179,15 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 	metrics_one(&w, "chatd_messages_out_total", "counter", "Message and direct events queued to recipients.", m->messages_out);
 	metrics_one(&w, "chatd_slow_consumer_closes_total", "counter", "Sessions closed because their send queue was full.", m->slow_consumer_closes);
 	metrics_one(&w, "chatd_slow_consumer_drops_total", "counter", "Queued message events dropped by the drop_oldest policy.", m->slow_consumer_drops);
+	metrics_one(&w, "chatd_typing_total", "counter", "Typing signals let through.", m->typing_in);
+	metrics_one(&w, "chatd_typing_dropped_total", "counter", "Typing signals not sent to someone: over the session's rate or a half-full queue.", m->typing_dropped);
+	metrics_one(&w, "chatd_read_markers_total", "counter", "Read markers moved forward.", m->markers_in);
 	metrics_one(&w, "chatd_heartbeat_evictions_total", "counter", "Connections closed for missing heartbeats.", m->heartbeat_evictions);
 	metrics_one(&w, "chatd_handshake_timeouts_total", "counter", "Connections closed for not sending hello in time.", m->handshake_timeouts);
 	metrics_one(&w, "chatd_rate_limited_total", "counter", "Commands refused by the rate limit.", m->rate_limited);
+	metrics_one(&w, "chatd_tokens_expired_total", "counter", "Sessions closed (4001) because their token ended without a refresh.", m->tokens_expired);
+	metrics_one(&w, "chatd_tokens_refreshed_total", "counter", "Token refreshes accepted.", m->tokens_refreshed);
+	metrics_one(&w, "chatd_moderation_actions_total", "counter", "Moderation commands and room settings accepted.", m->moderation_actions);
 	metrics_one(&w, "chatd_reloads_total", "counter", "Successful configuration reloads.", m->reloads);
 	metrics_one(&w, "chatd_reload_failures_total", "counter", "Configuration reloads refused (old config kept).", m->reload_failures);
 	if (m->storage_enabled) {
@@ -170,5 +225,8 @@ struct msgbuf *metrics_render(const struct metrics *m, const struct metrics_gaug
 	for (i = 1; i < PROTO_ERR_COUNT; i++)
 		metrics_printf(&w, "chatd_errors_total{code=\"%s\"} %" PRIu64 "\n",
 			       proto_err_name((enum proto_err)i), m->errors[i]);
+	metrics_api(&w, m);
+	if (m->webhooks_enabled)
+		metrics_webhooks(&w, m);
 	return jsonw_finish(&w);
 }

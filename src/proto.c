@@ -20,6 +20,14 @@ static const struct {
 	{ "leave", PROTO_LEAVE },     { "send", PROTO_SEND },
 	{ "dm", PROTO_DM },           { "history", PROTO_HISTORY },
 	{ "members", PROTO_MEMBERS }, { "ping", PROTO_PING },
+	{ "edit", PROTO_EDIT },       { "delete", PROTO_DELETE },
+	{ "react", PROTO_REACT },     { "typing", PROTO_TYPING },
+	{ "read", PROTO_READ },       { "conversations", PROTO_CONVERSATIONS },
+	{ "refresh", PROTO_REFRESH }, { "kick", PROTO_KICK },
+	{ "ban", PROTO_BAN },         { "unban", PROTO_UNBAN },
+	{ "mute", PROTO_MUTE },       { "unmute", PROTO_UNMUTE },
+	{ "invite", PROTO_INVITE },
+	{ "grant", PROTO_GRANT },     { "settings", PROTO_SETTINGS },
 };
 
 const char *proto_err_name(enum proto_err code)
@@ -99,7 +107,50 @@ int proto_valid_name(const char *p, size_t len)
 
 int proto_valid_room(const char *p, size_t len)
 {
-	return proto_charset(p, len, PROTO_ROOM_MAX, "_.:-");
+	const char *colon;
+
+	if (len < 1 || p[0] != '@')
+		return proto_charset(p, len, PROTO_ROOM_NAME_MAX, "_.:-");
+	/* "@a:b": two valid names in order (one name per pair of users). */
+	colon = memchr(p, ':', len);
+	if (!colon || !proto_valid_name(p + 1, (size_t)(colon - p - 1)) ||
+	    !proto_valid_name(colon + 1, len - (size_t)(colon - p) - 1))
+		return 0;
+	{
+		size_t la = (size_t)(colon - p - 1), lb = len - la - 2;
+		int c = memcmp(p + 1, colon + 1, la < lb ? la : lb);
+		return c < 0 || (c == 0 && la <= lb);
+	}
+}
+
+void proto_dm_room(char *out, const char *a, const char *b)
+{
+	if (strcmp(a, b) > 0) {
+		const char *t = a;
+		a = b;
+		b = t;
+	}
+	snprintf(out, PROTO_ROOM_MAX + 1, "@%s:%s", a, b);
+}
+
+int proto_dm_peer(const char *room, size_t len, const char *me, const char **peer, size_t *peer_len)
+{
+	const char *colon;
+	size_t la, lm = strlen(me);
+
+	*peer = NULL;
+	*peer_len = 0;
+	if (len < 1 || room[0] != '@' || !(colon = memchr(room, ':', len)))
+		return 0;
+	la = (size_t)(colon - room - 1);
+	if (la == lm && !memcmp(room + 1, me, lm)) {
+		*peer = colon + 1;
+		*peer_len = len - la - 2;
+	} else if (len - la - 2 == lm && !memcmp(colon + 1, me, lm)) {
+		*peer = room + 1;
+		*peer_len = la;
+	}
+	return 1;
 }
 
 static int proto_fail(struct proto_error *err, enum proto_err code, const char *fmt, ...)
@@ -368,7 +419,7 @@ static int proto_need_room(const cJSON *o, struct proto_cmd *cmd, struct proto_e
 
 	if (r <= 0 || !proto_valid_room(cmd->room.p, cmd->room.len))
 		return proto_fail(err, PROTO_ERR_BAD_REQUEST,
-				  "room must be 1..64 bytes of [A-Za-z0-9_.:-]");
+				  "room must be 1..64 bytes of [A-Za-z0-9_.:-], or a conversation @a:b");
 	return 0;
 }
 
@@ -387,6 +438,152 @@ static int proto_need_id_body(const cJSON *o, size_t max_body, struct proto_cmd 
 	if (cmd->body.len > max_body)
 		return proto_fail(err, PROTO_ERR_TOO_LARGE, "body is %zu bytes, the limit is %zu",
 				  cmd->body.len, max_body);
+	return 0;
+}
+
+/* Required "seq" of the message an edit, delete, react or read is about. */
+static int proto_need_seq(const cJSON *o, uint64_t min, struct proto_cmd *cmd,
+			  struct proto_error *err)
+{
+	if (proto_get_u64(o, "seq", &cmd->seq) <= 0 || cmd->seq < min)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "seq must be an integer >= %llu",
+				  (unsigned long long)min);
+	cmd->has_seq = 1;
+	return 0;
+}
+
+/* Optional boolean "on" (react, typing), true when absent. */
+static int proto_get_on(const cJSON *o, struct proto_cmd *cmd, struct proto_error *err)
+{
+	const cJSON *on = cJSON_GetObjectItemCaseSensitive(o, "on");
+
+	cmd->on = 1;
+	if (!on)
+		return 0;
+	if (!cJSON_IsBool(on))
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "on must be true or false");
+	cmd->on = cJSON_IsTrue(on);
+	return 0;
+}
+
+/* A reaction is one emoji or a short token: 1..PROTO_REACTION_MAX bytes of
+ * UTF-8 (checked with the frame) without spaces or control characters. */
+static int proto_need_reaction(const cJSON *o, struct proto_cmd *cmd, struct proto_error *err)
+{
+	int r = proto_get_str(o, "reaction", 1, (size_t)-1 >> 1, &cmd->reaction);
+	size_t i;
+
+	if (r <= 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "reaction must be a non-empty string");
+	if (cmd->reaction.len > PROTO_REACTION_MAX)
+		return proto_fail(err, PROTO_ERR_TOO_LARGE, "reaction is %zu bytes, the limit is %d",
+				  cmd->reaction.len, PROTO_REACTION_MAX);
+	for (i = 0; i < cmd->reaction.len; i++)
+		if ((unsigned char)cmd->reaction.p[i] <= 0x20 || cmd->reaction.p[i] == 0x7f)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST,
+					  "reaction must not contain spaces or control characters");
+	return 0;
+}
+
+/* Optional client id of an edit, delete or react (for retries). */
+static int proto_get_id(const cJSON *o, struct proto_cmd *cmd, struct proto_error *err)
+{
+	if (proto_get_str(o, "id", 1, PROTO_ID_MAX, &cmd->id) < 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "id must be a string of 1..64 bytes");
+	return 0;
+}
+
+/* The commands of conversations (edit, delete, react, typing, read). */
+static int proto_decode_conv(const cJSON *o, size_t max_body, struct proto_cmd *cmd,
+			     struct proto_error *err)
+{
+	const cJSON *body;
+
+	if (proto_need_room(o, cmd, err))
+		return -1;
+	switch (cmd->type) {
+	case PROTO_EDIT:
+		if (proto_need_seq(o, 1, cmd, err) || proto_get_id(o, cmd, err))
+			return -1;
+		body = cJSON_GetObjectItemCaseSensitive(o, "body");
+		if (!cJSON_IsString(body) || !body->valuestring)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "body must be a string");
+		cmd->body.p = body->valuestring;
+		cmd->body.len = strlen(body->valuestring);
+		if (cmd->body.len > max_body)
+			return proto_fail(err, PROTO_ERR_TOO_LARGE, "body is %zu bytes, the limit is %zu",
+					  cmd->body.len, max_body);
+		return 0;
+	case PROTO_DELETE:
+		return proto_need_seq(o, 1, cmd, err) || proto_get_id(o, cmd, err) ? -1 : 0;
+	case PROTO_REACT:
+		return proto_need_seq(o, 1, cmd, err) || proto_get_id(o, cmd, err) ||
+		       proto_need_reaction(o, cmd, err) || proto_get_on(o, cmd, err) ? -1 : 0;
+	case PROTO_TYPING:
+		return proto_get_on(o, cmd, err);
+	case PROTO_READ:
+		return proto_need_seq(o, 0, cmd, err);
+	default:
+		return proto_fail(err, PROTO_ERR_INTERNAL, "unhandled type");
+	}
+}
+
+/* Optional boolean field: 0 absent, 1 with *out set, -1 not a boolean. */
+static int proto_get_bool(const cJSON *obj, const char *key, int *out)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+
+	if (!it)
+		return 0;
+	if (!cJSON_IsBool(it))
+		return -1;
+	*out = cJSON_IsTrue(it);
+	return 1;
+}
+
+/* Moderation: room and user, and for kick/ban/mute an optional reason and
+ * (ban/mute) an optional duration in seconds. */
+static int proto_decode_mod(const cJSON *o, struct proto_cmd *cmd, struct proto_error *err)
+{
+	int r;
+
+	if (proto_need_room(o, cmd, err))
+		return -1;
+	r = proto_get_str(o, "user", 1, PROTO_NAME_MAX, &cmd->user);
+	if (r <= 0 || !proto_valid_name(cmd->user.p, cmd->user.len))
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "user must be 1..32 bytes of [A-Za-z0-9_.-]");
+	if (proto_get_str(o, "reason", 0, PROTO_REASON_MAX, &cmd->reason) < 0 ||
+	    (cmd->reason.p && !proto_utf8_valid((const unsigned char *)cmd->reason.p, cmd->reason.len)))
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "reason must be a string of at most 256 bytes");
+	if ((r = proto_get_u64(o, "duration", &cmd->duration)) < 0 || (r == 1 && cmd->duration == 0) ||
+	    cmd->duration > 315360000)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST,
+				  "duration must be an integer of seconds in 1..315360000 (absent: permanent)");
+	cmd->has_duration = r;
+	if (cmd->type == PROTO_GRANT &&
+	    proto_get_str(o, "role", 1, 16, &cmd->role) <= 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "role must be owner, moderator or member");
+	return 0;
+}
+
+static int proto_decode_settings(const cJSON *o, struct proto_cmd *cmd, struct proto_error *err)
+{
+	int r;
+
+	if (proto_need_room(o, cmd, err))
+		return -1;
+	if ((cmd->has_private = proto_get_bool(o, "private", &cmd->private_room)) < 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "private must be true or false");
+	if ((cmd->has_read_only = proto_get_bool(o, "read_only", &cmd->read_only)) < 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "read_only must be true or false");
+	if ((r = proto_get_u64(o, "history", &cmd->history)) < 0 || cmd->history > 1000000)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "history must be an integer in 0..1000000");
+	cmd->has_history = r;
+	if (proto_get_str(o, "topic", 0, PROTO_TOPIC_MAX, &cmd->topic) < 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "topic must be a string of at most 256 bytes");
+	if (!cmd->has_private && !cmd->has_read_only && !cmd->has_history && !cmd->topic.p)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST,
+				  "give at least one of private, read_only, topic, history");
 	return 0;
 }
 
@@ -440,6 +637,10 @@ static int proto_decode_fields(const cJSON *o, size_t max_body, struct proto_cmd
 		cmd->has_after = r;
 		if (cmd->has_before && cmd->has_after)
 			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "give before or after, not both");
+		lim = cJSON_GetObjectItemCaseSensitive(o, "state");
+		if (lim && !cJSON_IsBool(lim))
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "state must be true or false");
+		cmd->state = cJSON_IsTrue(lim);
 		cmd->limit = PROTO_HISTORY_DEFAULT;
 		lim = cJSON_GetObjectItemCaseSensitive(o, "limit");
 		if (lim) {
@@ -449,7 +650,28 @@ static int proto_decode_fields(const cJSON *o, size_t max_body, struct proto_cmd
 		}
 		return 0;
 	case PROTO_PING:
+	case PROTO_CONVERSATIONS:
 		return 0;
+	case PROTO_EDIT:
+	case PROTO_DELETE:
+	case PROTO_REACT:
+	case PROTO_TYPING:
+	case PROTO_READ:
+		return proto_decode_conv(o, max_body, cmd, err);
+	case PROTO_REFRESH:
+		if (proto_get_str(o, "token", 1, 8192, &cmd->token) <= 0)
+			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "token must be a string of 1..8192 bytes");
+		return 0;
+	case PROTO_KICK:
+	case PROTO_BAN:
+	case PROTO_UNBAN:
+	case PROTO_MUTE:
+	case PROTO_UNMUTE:
+	case PROTO_INVITE:
+	case PROTO_GRANT:
+		return proto_decode_mod(o, cmd, err);
+	case PROTO_SETTINGS:
+		return proto_decode_settings(o, cmd, err);
 	}
 	return proto_fail(err, PROTO_ERR_INTERNAL, "unhandled type");
 }

@@ -58,7 +58,7 @@ struct msgbuf *proto_encode_ack(const char *id, const char *room, uint64_t seq, 
 }
 
 struct msgbuf *proto_encode_welcome(const char *session, const char *name, double heartbeat,
-				    const char *node, const struct proto_str *ref)
+				    const char *node, double exp, const struct proto_str *ref)
 {
 	struct jsonw w;
 
@@ -68,6 +68,10 @@ struct msgbuf *proto_encode_welcome(const char *session, const char *name, doubl
 	jsonw_key(&w, "heartbeat");
 	jsonw_num(&w, heartbeat);
 	jsonw_kv_cstr(&w, "node", node);
+	if (exp > 0) {
+		jsonw_key(&w, "exp");
+		jsonw_num(&w, exp);
+	}
 	return proto_w_finish(&w, ref);
 }
 
@@ -79,12 +83,14 @@ struct msgbuf *proto_encode_pong(const struct proto_str *ref)
 	return proto_w_finish(&w, ref);
 }
 
-struct msgbuf *proto_encode_left(const char *room, const struct proto_str *ref)
+struct msgbuf *proto_encode_left(const char *room, const char *reason, const struct proto_str *ref)
 {
 	struct jsonw w;
 
 	proto_w_begin(&w, "left", 128);
 	jsonw_kv_cstr(&w, "room", room);
+	if (reason)
+		jsonw_kv_cstr(&w, "reason", reason);
 	return proto_w_finish(&w, ref);
 }
 
@@ -121,10 +127,14 @@ static struct msgbuf *proto_w_msg_finish(struct jsonw *w, const struct proto_msg
 	return proto_w_finish(w, NULL);
 }
 
+static struct msgbuf *proto_encode_event(const char *room, const struct proto_msg *m);
+
 struct msgbuf *proto_encode_message(const char *room, const struct proto_msg *m)
 {
 	struct jsonw w;
 
+	if (m->kind || m->deleted)
+		return proto_encode_event(room, m);
 	proto_w_begin(&w, "message", 160 + m->body_len + m->body_len / 8);
 	jsonw_kv_cstr(&w, "room", room);
 	jsonw_kv_u64(&w, "seq", m->seq);
@@ -159,12 +169,26 @@ struct msgbuf *proto_encode_history(const char *room, struct msgbuf *const *fram
 }
 
 void proto_w_joined(struct jsonw *w, const char *room, uint64_t seq, const char *epoch,
-		    uint32_t members)
+		    uint64_t read, uint32_t members, const struct proto_room_info *info)
 {
-	proto_w_begin(w, "joined", 256 + 40 * (size_t)members);
+	proto_w_begin(w, "joined", 512 + 40 * (size_t)members);
 	jsonw_kv_cstr(w, "room", room);
 	jsonw_kv_u64(w, "seq", seq);
 	jsonw_kv_cstr(w, "epoch", epoch);
+	jsonw_kv_u64(w, "read", read);
+	if (info) {
+		jsonw_kv_cstr(w, "role", info->role);
+		jsonw_key(w, "settings");
+		jsonw_obj_open(w);
+		jsonw_key(w, "private");
+		jsonw_bool(w, info->private_room);
+		jsonw_key(w, "read_only");
+		jsonw_bool(w, info->read_only);
+		jsonw_kv_u64(w, "history", info->history);
+		if (info->topic)
+			jsonw_kv_cstr(w, "topic", info->topic);
+		jsonw_obj_close(w);
+	}
 	jsonw_key(w, "members");
 	jsonw_arr_open(w);
 }
@@ -201,4 +225,163 @@ struct msgbuf *proto_encode_members_end(struct jsonw *w, const struct proto_str 
 void proto_w_name(struct jsonw *w, const char *name)
 {
 	jsonw_cstr(w, name);
+}
+
+/* ---- conversations ------------------------------------------------------ */
+
+static const char *const proto_kind_type[PROTO_KIND_COUNT] = {
+	"message", "edit", "delete", "react", "react",
+};
+
+/* A message, edit, delete or react event. A deleted message or edit keeps
+ * "body": "" (clients that predate deletion expect a string) and says
+ * "deleted": true. */
+static struct msgbuf *proto_encode_event(const char *room, const struct proto_msg *m)
+{
+	int kind = m->kind >= 0 && m->kind < PROTO_KIND_COUNT ? m->kind : PROTO_KIND_MESSAGE;
+	struct jsonw w;
+
+	proto_w_begin(&w, proto_kind_type[kind], 192 + m->body_len + m->body_len / 8);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_u64(&w, "seq", m->seq);
+	if (kind != PROTO_KIND_MESSAGE)
+		jsonw_kv_u64(&w, "target", m->target);
+	jsonw_kv_cstr(&w, "from", m->from);
+	jsonw_kv_cstr(&w, "id", m->id);
+	switch (kind) {
+	case PROTO_KIND_MESSAGE:
+	case PROTO_KIND_EDIT:
+		jsonw_kv_str(&w, "body", m->deleted ? "" : m->body, m->deleted ? 0 : m->body_len);
+		if (m->deleted) {
+			jsonw_key(&w, "deleted");
+			jsonw_bool(&w, 1);
+		}
+		break;
+	case PROTO_KIND_REACT:
+	case PROTO_KIND_UNREACT:
+		jsonw_kv_str(&w, "reaction", m->body, m->body_len);
+		jsonw_key(&w, "on");
+		jsonw_bool(&w, kind == PROTO_KIND_REACT);
+		break;
+	default:
+		break;
+	}
+	jsonw_kv_u64(&w, "ts", m->ts);
+	return proto_w_finish(&w, NULL);
+}
+
+struct msgbuf *proto_encode_direct_in(const char *room, const struct proto_msg *m)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "direct", 192 + m->body_len + m->body_len / 8);
+	jsonw_kv_cstr(&w, "from", m->from);
+	jsonw_kv_cstr(&w, "id", m->id);
+	jsonw_kv_str(&w, "body", m->body, m->body_len);
+	jsonw_kv_u64(&w, "ts", m->ts);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_u64(&w, "seq", m->seq);
+	return proto_w_finish(&w, NULL);
+}
+
+struct msgbuf *proto_encode_typing(const char *room, const char *from, int on, uint64_t ttl_ms)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "typing", 160);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_cstr(&w, "from", from);
+	jsonw_key(&w, "on");
+	jsonw_bool(&w, on);
+	jsonw_kv_u64(&w, "ttl", on ? ttl_ms : 0);
+	return proto_w_finish(&w, NULL);
+}
+
+struct msgbuf *proto_encode_read(const char *room, uint64_t seq, const struct proto_str *ref)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "read", 160);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_u64(&w, "seq", seq);
+	return proto_w_finish(&w, ref);
+}
+
+struct msgbuf *proto_encode_receipt(const char *room, const char *from, uint64_t seq)
+{
+	struct jsonw w;
+
+	proto_w_begin(&w, "receipt", 160);
+	jsonw_kv_cstr(&w, "room", room);
+	jsonw_kv_cstr(&w, "from", from);
+	jsonw_kv_u64(&w, "seq", seq);
+	return proto_w_finish(&w, NULL);
+}
+
+void proto_w_state(struct jsonw *w, const char *room, const struct proto_msg *m,
+		   uint64_t edited, uint32_t edits, size_t hint)
+{
+	proto_w_begin(w, "message", 256 + hint + m->body_len + m->body_len / 8);
+	jsonw_kv_cstr(w, "room", room);
+	jsonw_kv_u64(w, "seq", m->seq);
+	jsonw_kv_cstr(w, "from", m->from);
+	jsonw_kv_cstr(w, "id", m->id);
+	jsonw_kv_str(w, "body", m->deleted ? "" : m->body, m->deleted ? 0 : m->body_len);
+	jsonw_kv_u64(w, "ts", m->ts);
+	if (m->deleted) {
+		jsonw_key(w, "deleted");
+		jsonw_bool(w, 1);
+	}
+	if (edits) {
+		jsonw_kv_u64(w, "edited", edited);
+		jsonw_kv_u64(w, "edits", edits);
+	}
+	jsonw_key(w, "reactions");
+	jsonw_arr_open(w);
+}
+
+void proto_w_reaction(struct jsonw *w, const char *reaction, uint32_t count)
+{
+	jsonw_obj_open(w);
+	jsonw_kv_cstr(w, "reaction", reaction);
+	jsonw_kv_u64(w, "count", count);
+	jsonw_key(w, "names");
+	jsonw_arr_open(w);
+}
+
+void proto_w_reaction_end(struct jsonw *w)
+{
+	jsonw_arr_close(w);
+	jsonw_obj_close(w);
+}
+
+struct msgbuf *proto_encode_state_end(struct jsonw *w)
+{
+	jsonw_arr_close(w);
+	return proto_w_finish(w, NULL);
+}
+
+void proto_w_conversations(struct jsonw *w)
+{
+	proto_w_begin(w, "conversations", 256);
+	jsonw_key(w, "conversations");
+	jsonw_arr_open(w);
+}
+
+void proto_w_conversation(struct jsonw *w, const char *room, const char *with, size_t with_len,
+			  uint64_t seq, uint64_t read)
+{
+	jsonw_obj_open(w);
+	jsonw_kv_cstr(w, "room", room);
+	jsonw_kv_str(w, "with", with, with_len);
+	jsonw_kv_u64(w, "seq", seq);
+	jsonw_kv_u64(w, "read", read);
+	jsonw_kv_u64(w, "unread", seq > read ? seq - read : 0);
+	jsonw_obj_close(w);
+}
+
+struct msgbuf *proto_encode_conversations_end(struct jsonw *w, const struct proto_str *ref)
+{
+	jsonw_arr_close(w);
+	return proto_w_finish(w, ref);
 }

@@ -104,6 +104,7 @@ void room_reset(struct room *r)
 	while (r->dedup_fifo.len)
 		room_dedup_evict(r);
 	room_ring_free(&r->dedup_fifo);
+	room_msgs_clear(r);
 	r->ring_first_seq = r->seq + 1;
 }
 
@@ -112,6 +113,7 @@ void room_free(struct room *r)
 	if (!r)
 		return;
 	room_reset(r);
+	room_state_free(r->state);
 	free(r);
 }
 
@@ -240,4 +242,17 @@ struct msgbuf *room_frame(const struct room *r, uint64_t seq)
 	if (!r->ring.len || seq < r->ring_first_seq || seq >= r->ring_first_seq + r->ring.len)
 		return NULL;
 	return room_ring_at(&r->ring, (uint32_t)(seq - r->ring_first_seq));
+}
+
+int room_frame_replace(struct room *r, uint64_t seq, struct msgbuf *frame)
+{
+	struct room_ring *g = &r->ring;
+	uint32_t i;
+
+	if (!g->len || seq < r->ring_first_seq || seq >= r->ring_first_seq + g->len)
+		return -1;
+	i = (g->head + (uint32_t)(seq - r->ring_first_seq)) % g->cap;
+	msgbuf_unref(g->v[i]);
+	g->v[i] = msgbuf_ref(frame);
+	return 0;
 }

@@ -25,7 +25,9 @@
 #include <uthash.h>
 #include <utlist.h>
 
+#include "api.h"
 #include "cidr.h"
+#include "hub_api.h"
 #include "log.h"
 #include "proto.h"
 #include "tlsctx.h"
@@ -93,7 +95,8 @@ struct conn {
 	size_t rx_len, rx_cap;
 	struct msgbuf *http_body;      /* HTTP response waiting for HTTP_WRITEABLE */
 	uint16_t close_code;           /* != 0: close requested */
-	char close_reason[32];
+	char close_reason[HUB_API_REASON_MAX + 1];   /* what the client sees */
+	void *api;                     /* server API request state (api.c owns it) */
 	unsigned ping_due : 1;
 	unsigned close_flush : 1;      /* write the queue out before closing */
 	unsigned rx_paused : 1;        /* input held back until the queue drains */
@@ -115,6 +118,7 @@ struct server {
 	struct lws_context *ctx;
 	struct lws_vhost *vh;
 	struct lws_vhost *api_vh;      /* [api] listener, NULL: /metrics and /healthz on vh */
+	struct api *api;               /* the server API on api_vh; NULL: off (no api.keys_file) */
 	int api_port;
 	struct cidr allow[CONFIG_API_ALLOW_MAX];   /* api.allow, parsed */
 	size_t nallow;
@@ -131,6 +135,8 @@ struct server {
 	size_t released_since_trim;    /* connections freed since the last malloc_trim */
 	ev_timer trim_timer;
 	ev_timer kick_timer;
+	ev_timer token_timer;          /* the hub's next token deadline (one for every session) */
+	double token_at;               /* what it is armed for (wall clock), 0: stopped */
 	size_t lingering;              /* released conns whose socket lws still closes */
 	ev_prepare flush_watcher;      /* before the loop sleeps: releases, then writes */
 	long max_conns;                /* min(max_connections, what fits in fds) */
@@ -540,6 +546,32 @@ static void server_on_kick(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void conn_flush(struct server *srv, struct conn *c);
 
+static void server_on_token(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct server *srv = w->data;
+
+	(void)loop;
+	(void)revents;
+	srv->token_at = 0;
+	hub_run_deadlines(srv->hub);
+}
+
+/* One timer for every token deadline: re-armed for the hub's earliest
+ * (hellos, refreshes and closes of the iteration may have moved it). */
+static void server_arm_tokens(struct server *srv)
+{
+	double at = hub_next_deadline(srv->hub);
+
+	if (at == srv->token_at)
+		return;
+	ev_timer_stop(srv->loop, &srv->token_timer);
+	srv->token_at = at;
+	if (at <= 0)
+		return;
+	ev_timer_set(&srv->token_timer, at > ev_now(srv->loop) ? at - ev_now(srv->loop) : 0., 0.);
+	ev_timer_start(srv->loop, &srv->token_timer);
+}
+
 /*
  * The last thing of every loop iteration, just before the loop waits for
  * I/O again (lowest priority, so after the storage engine's group commit):
@@ -564,6 +596,7 @@ static void server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 			conn_flush(srv, c);
 		}
 	} while (srv->releasing);
+	server_arm_tokens(srv);
 }
 
 /*
@@ -1279,7 +1312,8 @@ static int server_callback(struct lws *wsi, enum lws_callback_reasons reason,
 	return 0;
 }
 
-/* The [api] listener: plain HTTP, /metrics and /healthz only. Its
+/* The [api] listener: plain HTTP, /metrics, /healthz and the server API
+ * (/api/..., api.c) when api.keys_file is set. Its
  * connections count against max_pending_per_ip like those of the chat port
  * (they share the header pool). */
 static int server_api_callback(struct lws *wsi, enum lws_callback_reasons reason,
@@ -1294,16 +1328,32 @@ static int server_api_callback(struct lws *wsi, enum lws_callback_reasons reason
 			return -1;
 		return 1;
 	case LWS_CALLBACK_HTTP:
+		if (srv->api && c && api_path(in))
+			return api_http(srv->api, wsi, &c->api, in);
 		return server_http(srv, wsi, c, in, 1);
+	case LWS_CALLBACK_HTTP_BODY:
+		return srv->api && c ? api_body(srv->api, wsi, &c->api, in, len) : 0;
+	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+		return srv->api && c ? api_body_done(srv->api, wsi, &c->api) : 0;
+	case LWS_CALLBACK_HTTP_WRITEABLE: {
+		int rc = srv->api && c ? api_writeable(srv->api, wsi, &c->api) : 1;
+		if (rc != 1)
+			return rc;
+		return server_callback(wsi, reason, user, in, len);
+	}
 	case LWS_CALLBACK_WSI_DESTROY:
 		server_pending_done(srv, wsi);
 		conn_http_reset(c);
+		if (srv->api && c)
+			api_release(srv->api, &c->api);
 		return 0;
-	case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
-	case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
-	case LWS_CALLBACK_HTTP_WRITEABLE:
 	case LWS_CALLBACK_CLOSED_HTTP:
 	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		if (srv->api && c)
+			api_release(srv->api, &c->api);
+		return server_callback(wsi, reason, user, in, len);
+	case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+	case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED:
 		/* Accept accounting and HTTP responses: as on the chat port. */
 		return server_callback(wsi, reason, user, in, len);
 	default:
@@ -1371,6 +1421,10 @@ static int server_api_listen(struct server *srv, const struct config *cfg, char 
 		return -1;
 	}
 	srv->api_port = lws_get_vhost_listen_port(srv->api_vh);
+	if (cfg->api_keys_file[0] && !(srv->api = api_new(srv, srv->hub, cfg, srv->m))) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
 	return 0;
 }
 
@@ -1469,6 +1523,7 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 	srv->port = lws_get_vhost_listen_port(srv->vh);
 	if (cfg->api_listen[0] && server_api_listen(srv, cfg, err, errlen) < 0) {
 		lws_context_destroy(srv->ctx);
+		api_free(srv->api);
 		hub_free(srv->hub);
 		free(srv);
 		return NULL;
@@ -1488,6 +1543,8 @@ struct server *server_new(struct ev_loop *loop, const struct config *cfg,
 	ev_timer_init(&srv->kick_timer, server_on_kick, 1., 1.);
 	srv->kick_timer.data = srv;
 	ev_timer_start(loop, &srv->kick_timer);
+	ev_timer_init(&srv->token_timer, server_on_token, 0., 0.);
+	srv->token_timer.data = srv;
 	return srv;
 }
 
@@ -1496,6 +1553,8 @@ void server_reconfigure(struct server *srv, const struct config *cfg)
 	srv->cfg = cfg;
 	server_apply_limits(srv);
 	server_load_allow(srv, cfg);
+	if (srv->api)
+		api_reconfigure(srv->api, cfg);
 	hub_reconfigure(srv->hub, cfg);
 }
 
@@ -1525,8 +1584,10 @@ void server_free(struct server *srv)
 	ev_check_stop(srv->loop, &srv->reread_watcher);
 	ev_timer_stop(srv->loop, &srv->trim_timer);
 	ev_timer_stop(srv->loop, &srv->kick_timer);
+	ev_timer_stop(srv->loop, &srv->token_timer);
 	lws_context_destroy(srv->ctx);
 	server_pending_drop_stray(srv);
+	api_free(srv->api);
 	hub_free(srv->hub);
 	free(srv->rx_more);
 	free(srv);
@@ -1536,3 +1597,4 @@ int server_port(const struct server *srv) { return srv->port; }
 int server_api_port(const struct server *srv) { return srv->api_vh ? srv->api_port : -1; }
 size_t server_connection_count(const struct server *srv) { return srv->nconns; }
 struct hub *server_hub(struct server *srv) { return srv->hub; }
+struct api *server_api(struct server *srv) { return srv->api; }

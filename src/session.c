@@ -20,6 +20,7 @@ struct session *session_new(uint64_t num, uint64_t salt, double now, double burs
 	s->tokens = burst;
 	s->tokens_at = now;
 	s->qb_idx = -1;
+	s->tok_idx = -1;
 	return s;
 }
 

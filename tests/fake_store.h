@@ -93,6 +93,7 @@ static inline void fake_store_sequence(struct fake_store *fs, struct hub_pending
 
 static inline void fake_store_msg(const struct fake_msg *f, struct hub_msg *m)
 {
+	memset(m, 0, sizeof(*m));
 	m->seq = f->seq;
 	m->ts = f->ts;
 	m->from = f->from;

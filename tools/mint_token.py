@@ -2,7 +2,7 @@
 """Mint an HS256 JWT for chatd's [auth] mode = "jwt" (standard library only).
 
     /usr/bin/python3 tools/mint_token.py --secret-file /etc/chatd/jwt.secret --sub alice \\
-        [--ttl 3600] [--rooms 'lobby,team-*']
+        [--ttl 3600] [--rooms 'lobby,team-*'] [--owner 'team-*'] [--moderator 'lobby']
 """
 import argparse
 import base64
@@ -33,6 +33,8 @@ def main():
     ap.add_argument("--sub", required=True, help="the user name")
     ap.add_argument("--ttl", type=int, default=3600, help="seconds until exp (default 3600)")
     ap.add_argument("--rooms", help="comma-separated room names or prefix globs (team-*)")
+    ap.add_argument("--owner", help="rooms (names or prefix globs) where the user is an owner")
+    ap.add_argument("--moderator", help="rooms (names or prefix globs) where the user is a moderator")
     a = ap.parse_args()
     if a.secret_file:
         with open(a.secret_file, "rb") as f:
@@ -43,6 +45,9 @@ def main():
     claims = {"sub": a.sub, "iat": now, "exp": now + a.ttl}
     if a.rooms:
         claims["rooms"] = [r for r in a.rooms.split(",") if r]
+    roles = {k: [r for r in v.split(",") if r] for k, v in (("owner", a.owner), ("moderator", a.moderator)) if v}
+    if roles:
+        claims["roles"] = roles
     sys.stdout.write(mint(secret, claims) + "\n")
 
 

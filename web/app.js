@@ -5,10 +5,23 @@
 (() => {
   const NAME_RE = /^[A-Za-z0-9_.-]{1,32}$/;
   const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
+  const MOD = '!mod';          // the sender of moderation events (no client can have it)
   const PAGE = 100;            // messages per history request
   const KEEP = 2000;           // messages kept per conversation in the page
   const CONNECT_TIMEOUT = 10000;
+  const TYPING_EVERY = 3000;   // ms between our typing signals while writing
+  const REACTIONS = ['\u{1F44D}', '\u2764\uFE0F', '\u{1F602}', '\u{1F389}', '\u{1F62E}'];
   const $ = (id) => document.getElementById(id);
+
+  // The conversation room of two users: "@" + the names in order + ":".
+  function dmRoom(a, b) { return '@' + (a < b ? a + ':' + b : b + ':' + a); }
+
+  // The page's key of a server room: '#room', or '@peer' for a conversation.
+  function keyOf(room) {
+    if (room[0] !== '@') return '#' + room;
+    const [a, b] = room.slice(1).split(':');
+    return '@' + (a === st.me ? b : a);
+  }
 
   const st = {
     ws: null,
@@ -30,6 +43,9 @@
     lastRecv: 0,
     focusOnJoin: null,
     waitReason: '',
+    editing: null,             // {c, seq}: the composer edits that message
+    typingAt: 0,               // when we last sent typing
+    typers: new Map(),         // key -> Map(name -> expiry ms)
   };
 
   // ---- small DOM helpers -------------------------------------------------
@@ -124,6 +140,7 @@
     st.replies.clear();
     for (const c of st.convs.values()) {
       c.joined = false;
+      c.joining = false;
       c.filling = false;
       if (c.kind === 'room') c.item.dataset.joined = 'false';
     }
@@ -195,9 +212,15 @@
     st.hbMs = (Number(f.heartbeat) || 25) * 1000;
     setConn('online', 'Connected');
     showChat();
-    for (const c of st.convs.values()) {
-      if (c.kind === 'room') joinRoom(c);
-    }
+    for (const c of st.convs.values()) if (!c.removed) joinRoom(c);
+    request({ type: 'conversations' }, (f) => {
+      if (f.type !== 'conversations') return;
+      for (const x of f.conversations) {
+        const c = openDm('@' + x.with);
+        c.read = Math.max(c.read, x.read);
+        if (!c.log.querySelector('li.msg')) { c.unread = x.unread; renderBadge(c); }
+      }
+    });
     flushPending(null);
   }
 
@@ -210,13 +233,22 @@
       return;
     }
     switch (f.type) {
-      case 'message': {
-        const c = st.convs.get('#' + f.room);
+      case 'message':
+      case 'edit':
+      case 'delete':
+      case 'react': {
+        const key = keyOf(f.room);
+        const c = st.convs.get(key) || (key[0] === '@' ? openDm(key) : null);
         if (c) addRoomMessage(c, f, 'live');
         break;
       }
+      case 'typing': onTyping(f); break;
+      case 'read': onRead(f); break;
       case 'presence': onPresence(f); break;
       case 'direct': onDirect(f); break;
+      case 'kicked':
+      case 'banned': onRemoved(f); break;
+      case 'token_expiring': onTokenExpiring(f); break;
       case 'error': console.warn('chatd error', f.code, f.message); break;
       default: break;
     }
@@ -233,11 +265,14 @@
       // rooms: epoch + highest contiguous seq held (top), highest seq known (want)
       epoch: '', top: 0, want: 0, joined: false, filling: false, oldest: Infinity,
       seqs: new Map(), members: new Set(), ids: new Set(),
+      room: '', read: 0, reacts: new Map(), readTimer: 0,
+      role: 'member', settings: {}, removed: false,
     };
+    c.room = kind === 'room' ? c.name : dmRoom(st.me, c.name);
     c.section = el('section', 'conv');
     c.section.hidden = true;
     c.section.dataset.key = key;
-    if (kind === 'room') {
+    {
       c.older = el('button', 'older link', 'Load earlier messages');
       c.older.type = 'button';
       c.older.hidden = true;
@@ -290,9 +325,12 @@
     $('conv-title').textContent = label(c);
     $('msg-label').textContent = 'Message ' + label(c);
     $('msg').placeholder = 'Message ' + label(c);
-    c.unread = 0;
-    renderBadge(c);
+    cancelEdit();
+    placeDivider(c);
+    updateUnread(c);
     renderMembers();
+    renderTyping();
+    renderComposer();
     scrollDown(c, true);
     if (focus) $('msg').focus();
   }
@@ -326,8 +364,9 @@
         const b = el('button', 'member-name', n);
         b.type = 'button';
         b.title = 'Write to ' + n;
-        b.addEventListener('click', () => { conv('@' + n); activate('@' + n, true); closeDrawers(); });
+        b.addEventListener('click', () => { openDm('@' + n); activate('@' + n, true); closeDrawers(); });
         li.append(dot, b);
+        if (isMod(c)) li.append(modTools(c, n));
       } else {
         li.append(el('span', 'member-name', n));
       }
@@ -357,7 +396,7 @@
 
   function notice(c, text) {
     const li = el('li', 'notice', text);
-    place(c, li, c.kind === 'room' ? c.top + 0.5 : Date.now());
+    place(c, li, c.top + 0.5);
   }
 
   function renderMsg(from, body, ts, mine) {
@@ -366,8 +405,224 @@
     const t = el('time', 'ts');
     setTime(t, ts);
     meta.append(el('span', 'from', from), ' ', t);
-    li.append(meta, el('p', 'body', body));
+    li.append(meta, el('p', 'body', body), el('div', 'reactions'), actions(li, mine));
     return li;
+  }
+
+  // ---- edit, delete, react (sequenced events about a target seq) ----------
+
+  function actions(li, mine) {
+    const bar = el('div', 'actions');
+    const btn = (text, title, fn) => {
+      const b = el('button', 'act', text);
+      b.type = 'button';
+      b.title = title;
+      b.setAttribute('aria-label', title);
+      b.addEventListener('click', () => fn(li));
+      bar.append(b);
+      return b;
+    };
+    for (const r of REACTIONS) btn(r, 'React with ' + r, () => react(li, r));
+    if (mine) {
+      btn('Edit', 'Edit this message', () => startEdit(li));
+      btn('Delete', 'Delete this message', () => del(li));
+    }
+    return bar;
+  }
+
+  function convOf(li) { return st.convs.get(li.closest('section').dataset.key); }
+
+  function react(li, reaction) {
+    const c = convOf(li);
+    const seq = Number(li.dataset.seq);
+    if (!c || !seq || !st.online) return;
+    const names = (c.reacts.get(seq) || new Map()).get(reaction);
+    const on = !(names && names.has(st.me));
+    request({ type: 'react', room: c.room, seq, reaction, on, id: newId() }, (f) => {
+      if (f.type === 'error') notice(c, 'Reaction not sent: ' + (f.message || f.code));
+    });
+  }
+
+  function del(li) {
+    const c = convOf(li);
+    const seq = Number(li.dataset.seq);
+    if (!c || !seq || !st.online) return;
+    request({ type: 'delete', room: c.room, seq, id: newId() }, (f) => {
+      if (f.type === 'error') notice(c, 'Not deleted: ' + (f.message || f.code));
+    });
+  }
+
+  function startEdit(li) {
+    const c = convOf(li);
+    if (!c || !li.dataset.seq || li.classList.contains('deleted')) return;
+    st.editing = { c, seq: Number(li.dataset.seq) };
+    $('composer').classList.add('editing');
+    $('edit-note').hidden = false;
+    $('msg').value = li.querySelector('.body').textContent;
+    $('msg').focus();
+  }
+
+  function cancelEdit() {
+    if (!st.editing) return;
+    st.editing = null;
+    $('composer').classList.remove('editing');
+    $('edit-note').hidden = true;
+    $('msg').value = '';
+  }
+
+  function sendEdit(body) {
+    const { c, seq } = st.editing;
+    cancelEdit();
+    request({ type: 'edit', room: c.room, seq, body, id: newId() }, (f) => {
+      if (f.type === 'error') notice(c, 'Not edited: ' + (f.message || f.code));
+    });
+  }
+
+  // The last message of ours in the open conversation that can be edited.
+  function lastOwn() {
+    const c = st.convs.get(st.active);
+    if (!c) return null;
+    const mine = c.log.querySelectorAll('li.msg.mine[data-seq]:not(.deleted)');
+    return mine.length ? mine[mine.length - 1] : null;
+  }
+
+  function tombstone(c, li) {
+    li.classList.add('deleted');
+    li.querySelector('.body').textContent = 'This message was deleted.';
+    li.querySelector('.reactions').textContent = '';
+    const a = li.querySelector('.actions');
+    if (a) a.remove();
+    c.reacts.delete(Number(li.dataset.seq));
+  }
+
+  function renderReactions(c, li) {
+    const box = li.querySelector('.reactions');
+    box.textContent = '';
+    const seq = Number(li.dataset.seq);
+    for (const [r, names] of c.reacts.get(seq) || []) {
+      if (!names.size) continue;
+      const b = el('button', 'chip', r + ' ' + names.size);
+      b.type = 'button';
+      b.dataset.reaction = r;
+      b.title = [...names].sort().join(', ');
+      b.setAttribute('aria-pressed', String(names.has(st.me)));
+      b.addEventListener('click', () => react(li, r));
+      box.append(b);
+    }
+  }
+
+  // What an edit, delete or react event does to its target (the rules of
+  // docs/protocol.md: void for a deleted target or another sender's edit).
+  function applyEvent(c, m) {
+    const t = c.seqs.get(m.target);
+    if (!t || !t.classList.contains('msg')) return;
+    if (m.type === 'edit') {
+      if (t.classList.contains('deleted') || m.deleted || t.querySelector('.from').textContent !== m.from) return;
+      t.querySelector('.body').textContent = m.body;
+      if (!t.querySelector('.edited')) t.querySelector('.meta').append(' ', el('span', 'edited', '(edited)'));
+    } else if (m.type === 'delete') {
+      tombstone(c, t);
+    } else if (m.type === 'react' && !t.classList.contains('deleted')) {
+      const per = c.reacts.get(m.target) || new Map();
+      c.reacts.set(m.target, per);
+      const names = per.get(m.reaction) || new Set();
+      per.set(m.reaction, names);
+      if (m.on) names.add(m.from); else names.delete(m.from);
+      renderReactions(c, t);
+    }
+  }
+
+  function addEvent(c, m) {
+    if (c.seqs.has(m.seq)) return;
+    const li = el('li', 'ev');
+    li.hidden = true;
+    li.dataset.seq = String(m.seq);
+    c.seqs.set(m.seq, li);
+    place(c, li, m.seq);
+    applyEvent(c, m);
+    advance(c, m.seq);
+    trim(c);
+  }
+
+  // ---- unread counts from the server's read markers ----------------------
+
+  function visible(c) { return c.key === st.active && document.visibilityState === 'visible'; }
+
+  // Unread: messages of others past our read marker. The open conversation
+  // is read: its marker moves to what it shows (and the server tells our
+  // other sessions).
+  function updateUnread(c) {
+    if (visible(c) && st.online && c.joined && c.top > c.read) markRead(c);
+    let n = 0;
+    for (const li of c.log.querySelectorAll('li.msg[data-seq]:not(.mine):not(.deleted)')) {
+      if (Number(li.dataset.seq) > c.read) n++;
+    }
+    c.unread = n;
+    renderBadge(c);
+  }
+
+  // At once, then at most one more per 500 ms (a burst of messages moves
+  // the marker once; a tab closed right after reading has sent it).
+  function markRead(c) {
+    c.read = c.top;
+    if (c.readTimer) { c.readDirty = true; return; }
+    request({ type: 'read', room: c.room, seq: c.read });
+    c.readTimer = setTimeout(() => {
+      c.readTimer = 0;
+      if (c.readDirty && st.online && c.joined) { c.readDirty = false; markRead(c); }
+    }, 500);
+  }
+
+  function onRead(f) {
+    const c = st.convs.get(keyOf(f.room));
+    if (!c || f.seq <= c.read) return;
+    c.read = f.seq;
+    updateUnread(c);
+  }
+
+  // "New messages" before the first unread message of others, when opened.
+  function placeDivider(c) {
+    const old = c.log.querySelector('li.divider');
+    if (old) old.remove();
+    for (const li of c.log.querySelectorAll('li.msg[data-seq]:not(.mine)')) {
+      const seq = Number(li.dataset.seq);
+      if (seq > c.read) {
+        const d = el('li', 'divider', 'New messages');
+        d.dataset.order = String(seq - 0.5);
+        li.before(d);
+        return;
+      }
+    }
+  }
+
+  // ---- typing --------------------------------------------------------------
+
+  function onTyping(f) {
+    const key = keyOf(f.room);
+    const map = st.typers.get(key) || new Map();
+    st.typers.set(key, map);
+    if (f.on) map.set(f.from, Date.now() + (Number(f.ttl) || 5000));
+    else map.delete(f.from);
+    renderTyping();
+  }
+
+  function renderTyping() {
+    const map = st.typers.get(st.active);
+    const now = Date.now();
+    const names = [];
+    for (const [n, until] of map || []) if (until > now) names.push(n); else map.delete(n);
+    const p = $('typing');
+    p.hidden = !names.length;
+    p.textContent = names.length === 1 ? names[0] + ' is typing\u2026'
+      : names.length ? names.sort().join(', ') + ' are typing\u2026' : '';
+  }
+
+  function typed() {
+    const c = st.convs.get(st.active);
+    const now = Date.now();
+    if (!c || !c.joined || !st.online || st.editing || !$('msg').value.trim() || now - st.typingAt < TYPING_EVERY) return;
+    st.typingAt = now;
+    request({ type: 'typing', room: c.room });
   }
 
   function setMsgState(p, state, text) {
@@ -391,11 +646,6 @@
     }
   }
 
-  function countUnread(c, from) {
-    if (from === st.me || c.key === st.active) return;
-    c.unread++;
-    renderBadge(c);
-  }
 
   function trim(c) {
     while (c.log.childElementCount > KEEP) {
@@ -418,11 +668,21 @@
     return c;
   }
 
+  // A DM conversation, opened (and joined) on first use.
+  function openDm(key) {
+    const c = conv(key);
+    if (st.online && !c.joined) joinRoom(c);
+    return c;
+  }
+
   function joinRoom(c) {
-    const cmd = { type: 'join', room: c.name };
+    if (c.joining) return;
+    const cmd = { type: 'join', room: c.room };
     const resume = c.epoch !== '';
     if (resume) { cmd.since = c.top; cmd.epoch = c.epoch; }
+    c.joining = true;
     request(cmd, (f) => {
+      c.joining = false;
       if (f.type !== 'joined') {
         notice(c, 'Could not join ' + label(c) + ': ' + (f.message || f.code));
         return;
@@ -433,8 +693,14 @@
 
   function onJoined(c, f, resume) {
     c.joined = true;
+    c.removed = false;
     c.item.dataset.joined = 'true';
+    c.read = Math.max(c.read, Number(f.read) || 0);
     c.members = new Set(f.members);
+    c.role = f.role || 'member';
+    c.settings = f.settings || {};
+    c.section.dataset.role = c.role;
+    if (st.active === c.key) renderComposer();
     if (st.active === c.key) renderMembers();
     if (!resume || f.epoch !== c.epoch || f.seq < c.top) {
       if (resume && c.top > 0) {
@@ -446,8 +712,11 @@
       c.epoch = f.epoch;
       c.top = c.want = f.seq;
       if (f.seq > 0) {
-        request({ type: 'history', room: c.name, before: f.seq + 1, limit: 50 }, (h) => {
-          if (h.type === 'history') for (const m of h.messages) addRoomMessage(c, m, 'context');
+        request({ type: 'history', room: c.room, before: f.seq + 1, limit: 50 }, (h) => {
+          if (h.type !== 'history') return;
+          for (const m of h.messages) addRoomMessage(c, m, 'context');
+          if (c.key === st.active) placeDivider(c);
+          updateUnread(c);
         });
       }
     } else {
@@ -456,6 +725,7 @@
       c.want = Math.max(c.want, f.seq);
     }
     fill(c);
+    updateUnread(c);         // the replay came before joined: the marker moves now
     if (st.focusOnJoin === c.key) {
       st.focusOnJoin = null;
       if (st.active === c.key) $('msg').focus();
@@ -473,6 +743,7 @@
 
   // A message event (live or replayed), a history item, or our own ack.
   function addRoomMessage(c, m, how) {
+    if (m.type && m.type !== 'message') { addEvent(c, m); return; }
     const have = c.seqs.get(m.seq);
     if (have) {
       // Already shown (our own message, placed by its ack): take the server's time.
@@ -481,7 +752,9 @@
     }
     let li;
     const p = m.from === st.me ? st.pending.get(m.id) : null;
-    if (p && p.key === c.key) {
+    if (m.from === MOD) {
+      li = modEvent(c, m, how);
+    } else if (p && p.key === c.key) {
       // Our own message, accepted before its ack reached us.
       st.pending.delete(p.id);
       li = p.li;
@@ -491,14 +764,19 @@
     } else {
       li = renderMsg(m.from, m.body, m.ts, m.from === st.me);
       if (m.from === st.me) li.classList.add('delivered');
+      if (m.body === '' && c.deleted && c.deleted.has(m.seq)) markDeleted(li);
+      else if (isMod(c)) li.append(deleteButton(c, m.seq));
     }
     li.dataset.seq = String(m.seq);
     li.dataset.id = m.id;
     c.seqs.set(m.seq, li);
     place(c, li, m.seq);
-    if (how !== 'context' && m.seq > c.top) countUnread(c, m.from);
+    if (m.deleted) tombstone(c, li);
+    const typers = st.typers.get(c.key);
+    if (typers && typers.delete(m.from)) renderTyping();
     advance(c, m.seq);
     trim(c);
+    updateUnread(c);
   }
 
   function advance(c, seq) {
@@ -515,7 +793,7 @@
     if (c.top >= c.want) { flushPending(c.key); return; }
     const after = c.top;
     c.filling = true;
-    request({ type: 'history', room: c.name, after, limit: PAGE }, (f) => {
+    request({ type: 'history', room: c.room, after, limit: PAGE }, (f) => {
       c.filling = false;
       if (f.type !== 'history') {
         notice(c, 'Could not load missing messages: ' + (f.message || f.code));
@@ -538,7 +816,7 @@
   function loadOlder(c) {
     if (!st.online || c.oldest === Infinity) return;
     const top = c.section.scrollHeight - c.section.scrollTop;
-    request({ type: 'history', room: c.name, before: c.oldest, limit: 50 }, (f) => {
+    request({ type: 'history', room: c.room, before: c.oldest, limit: 50 }, (f) => {
       if (f.type !== 'history') return;
       for (const m of f.messages) addRoomMessage(c, m, 'context');
       if (!f.messages.length) c.older.hidden = true;
@@ -547,7 +825,7 @@
   }
 
   function leaveRoom(c) {
-    if (st.online && c.joined) request({ type: 'leave', room: c.name });
+    if (st.online && c.joined) request({ type: 'leave', room: c.room });
     for (const p of [...st.pending.values()]) if (p.key === c.key) st.pending.delete(p.id);
     st.convs.delete(c.key);
     c.section.remove();
@@ -578,16 +856,145 @@
     if (st.active === c.key) renderMembers();
   }
 
+  // ---- roles and moderation (docs/protocol.md#roles-and-moderation) -------
+
+  function isMod(c) { return c.kind === 'room' && (c.role === 'moderator' || c.role === 'owner'); }
+
+  // Run a moderation command; a refusal is shown in the room.
+  function modCommand(c, cmd) {
+    request(Object.assign({ room: c.name }, cmd), (f) => {
+      if (f.type !== 'ack') notice(c, 'Could not ' + cmd.type + ': ' + (f.message || f.code));
+    });
+  }
+
+  function modTools(c, name) {
+    const box = el('span', 'mod-tools');
+    for (const [type, text] of [['kick', 'Kick'], ['ban', 'Ban'], ['mute', 'Mute']]) {
+      const b = el('button', 'mod ' + type, text);
+      b.type = 'button';
+      b.dataset.action = type;
+      b.title = text + ' ' + name;
+      b.setAttribute('aria-label', text + ' ' + name);
+      b.addEventListener('click', () => {
+        const reason = window.prompt(text + ' ' + name + ' in ' + label(c) + '. Reason (optional):', '');
+        if (reason === null) return;
+        const cmd = { type, user: name };
+        if (reason.trim()) cmd.reason = reason.trim().slice(0, 256);
+        modCommand(c, cmd);
+      });
+      box.append(b);
+    }
+    return box;
+  }
+
+  function deleteButton(c, seq) {
+    const b = el('button', 'mod delete link', 'Delete');
+    b.type = 'button';
+    b.setAttribute('aria-label', 'Delete this message');
+    b.addEventListener('click', () => modCommand(c, { type: 'delete', seq }));
+    return b;
+  }
+
+  function markDeleted(li) {
+    li.classList.add('deleted');
+    const body = li.querySelector('.body');
+    if (body) body.textContent = 'Message deleted by a moderator';
+    const b = li.querySelector('button.delete');
+    if (b) b.remove();
+  }
+
+  // A moderation event from the room's history, as a line of text.
+  function modEvent(c, m, how) {
+    let ev = {};
+    try { ev = JSON.parse(m.body); } catch (e) { /* shown as unknown */ }
+    const who = typeof ev.by === 'string' ? ev.by : 'a moderator';
+    const why = typeof ev.reason === 'string' && ev.reason ? ': ' + ev.reason : '';
+    const until = ev.until ? ' until ' + new Date(ev.until).toLocaleString() : '';
+    let text;
+    switch (ev.action) {
+      case 'kick': text = who + ' removed ' + ev.user + ' from the room' + why; break;
+      case 'ban': text = who + ' banned ' + ev.user + until + why; break;
+      case 'unban': text = who + ' lifted the ban on ' + ev.user; break;
+      case 'mute': text = who + ' muted ' + ev.user + until + why; break;
+      case 'unmute': text = who + ' unmuted ' + ev.user; break;
+      case 'invite': text = who + ' invited ' + ev.user; break;
+      case 'grant': text = who + ' made ' + ev.user + ' ' + ev.role; break;
+      case 'delete': text = who + ' deleted a message'; break;
+      case 'settings': text = who + ' changed the room settings' +
+        (typeof ev.topic === 'string' ? ' (topic: ' + ev.topic + ')' : ''); break;
+      default: text = 'moderation: ' + (ev.action || '?');
+    }
+    const li = el('li', 'notice mod-event', text);
+    li.dataset.action = String(ev.action || '');
+    if (ev.action === 'delete' && Number.isInteger(ev.seq)) {
+      (c.deleted || (c.deleted = new Set())).add(ev.seq);
+      const target = c.seqs.get(ev.seq);
+      if (target) markDeleted(target);
+    }
+    if (how === 'live' && ev.action === 'settings') {
+      for (const k of ['private', 'read_only', 'history', 'topic']) if (k in ev) c.settings[k] = ev[k];
+      if (st.active === c.key) renderComposer();
+    }
+    // A new role of ours: joined says what it is now (token and grant together).
+    if (how === 'live' && ev.action === 'grant' && ev.user === st.me) joinRoom(c);
+    return li;
+  }
+
+  // kicked / banned: this session is out of the room, and is told why.
+  function onRemoved(f) {
+    const c = st.convs.get('#' + f.room);
+    if (!c) return;
+    c.joined = false;
+    c.removed = true;
+    c.item.dataset.joined = 'false';
+    c.members.clear();
+    const what = f.type === 'banned' ? 'banned from' : 'removed from';
+    const until = f.type === 'banned' && f.until ? ' until ' + new Date(f.until).toLocaleString() : '';
+    const li = el('li', 'notice removed', 'You were ' + what + ' ' + label(c) + until +
+      ' by ' + (f.by || 'a moderator') + (f.reason ? ': ' + f.reason : '.'));
+    li.setAttribute('role', 'alert');
+    place(c, li, c.top + 0.5);
+    if (st.active === c.key) { renderMembers(); renderComposer(); }
+  }
+
+  // The composer says why one cannot write: removed, or a read-only room.
+  function renderComposer() {
+    const c = st.convs.get(st.active);
+    const box = $('msg');
+    let why = '';
+    if (c && c.kind === 'room' && c.removed) why = 'You are no longer in ' + label(c);
+    else if (c && c.kind === 'room' && c.settings.read_only && !isMod(c)) why = 'Read-only room: only moderators write here';
+    box.disabled = why !== '';
+    $('composer').querySelector('button').disabled = why !== '';
+    if (why) box.placeholder = why;
+    else if (c) box.placeholder = 'Message ' + label(c);
+    const t = c && c.kind === 'room' && c.settings.topic ? c.settings.topic : '';
+    $('conv-title').title = t;
+    $('conv-title').dataset.topic = t;
+  }
+
+  // The page holds no way to mint a token: say when the session will end.
+  function onTokenExpiring(f) {
+    const c = st.convs.get(st.active);
+    const text = (f.reason === 'key_rotated' ? 'The server changed its keys: ' : '') +
+      'your sign-in ends in ' + f.in + ' s. Sign in again with a new token to stay.';
+    if (c) place(c, el('li', 'notice expiring', text), c.kind === 'room' ? c.top + 0.5 : Date.now());
+  }
+
   // ---- direct messages ---------------------------------------------------
 
   function onDirect(f) {
+    if (typeof f.room === 'string') {
+      // Our server keeps DMs as conversations: join it, its history brings this one.
+      openDm(keyOf(f.room));
+      return;
+    }
     const key = f.from + '\n' + f.id;
     if (f.from === st.me && st.pending.has(f.id)) return;   // a dm to ourselves
     const c = conv('@' + f.from);
     if (c.ids.has(key)) return;   // a resend after a reconnect
     c.ids.add(key);
     place(c, renderMsg(f.from, f.body, f.ts, false), Date.now());
-    countUnread(c, f.from);
     trim(c);
   }
 
@@ -611,10 +1018,14 @@
     // Room messages wait until the room is joined and caught up: a message
     // that was accepted before a disconnect then shows up in the replay
     // (and its id is matched) instead of being sent twice.
-    if (c.kind === 'room' && (!c.joined || c.filling || c.top < c.want)) return;
-    const cmd = c.kind === 'room'
-      ? { type: 'send', room: c.name, id: p.id, body: p.body }
-      : { type: 'dm', to: c.name, id: p.id, body: p.body };
+    if (!c.joined || c.filling || c.top < c.want) return;
+    // In the order they were written: an older one still waiting goes first
+    // (flushPending sends them in order once the conversation is caught up).
+    for (const q of st.pending.values()) {
+      if (q === p) break;
+      if (q.key === p.key && !q.inflight) { flushPending(p.key); return; }
+    }
+    const cmd = { type: 'send', room: c.room, id: p.id, body: p.body };
     p.inflight = true;
     request(cmd, (f) => {
       p.inflight = false;
@@ -635,7 +1046,6 @@
     setMsgState(p, 'delivered');
     const c = st.convs.get(p.key);
     if (!c) return;
-    if (c.kind !== 'room') { p.li.dataset.order = String(Date.now()); return; }
     if (c.seqs.has(f.seq)) { p.li.remove(); return; }
     p.li.dataset.seq = String(f.seq);
     c.seqs.set(f.seq, p.li);
@@ -746,6 +1156,8 @@
       const box = $('msg');
       const c = st.convs.get(st.active);
       if (!c || !box.value.trim()) return;
+      if (st.editing) { sendEdit(box.value); box.focus(); return; }
+      st.typingAt = 0;            // the message ends this bout of typing
       compose(c, box.value);
       box.value = '';
       box.focus();
@@ -754,14 +1166,26 @@
       if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
         ev.preventDefault();
         $('composer').requestSubmit();
+      } else if (ev.key === 'ArrowUp' && !$('msg').value && !st.editing) {
+        const li = lastOwn();       // as people expect: up edits the last one
+        if (li) { ev.preventDefault(); startEdit(li); }
+      } else if (ev.key === 'Escape' && st.editing) {
+        ev.preventDefault();
+        ev.stopPropagation();
+        cancelEdit();
       }
+    });
+    $('msg').addEventListener('input', typed);
+    document.addEventListener('visibilitychange', () => {
+      const c = st.convs.get(st.active);
+      if (c) updateUnread(c);
     });
     $('retry').addEventListener('click', () => { st.attempt = 0; connect(); });
     $('toggle-rooms').addEventListener('click', () => toggleDrawer('rooms'));
     $('toggle-members').addEventListener('click', () => toggleDrawer('members'));
     document.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') closeDrawers(); });
     window.addEventListener('online', () => { if (st.retryTimer) { st.attempt = 0; connect(); } });
-    setInterval(tick, 1000);
+    setInterval(() => { tick(); renderTyping(); }, 1000);
 
     // Shareable link: /?name=alice&room=lobby fills the form but never
     // signs in by itself. Anyone can craft such a link; opened as is, it would

@@ -30,12 +30,18 @@ struct session {
 	void *conn;                      /* transport handle */
 	struct queue q;                  /* frames waiting for the socket */
 	double tokens, tokens_at;        /* token bucket */
+	double typing_at;                /* last typing signal let through (hub_typing.c) */
+	const void *typing_room;         /* ... and its room (compared, never followed) */
 	struct membership *rooms;        /* list, via membership.sess_next */
 	struct hub_user *user;           /* name entry, NULL until hello */
 	struct auth_identity *ident;     /* owned; what the token allowed (auth on) */
 	struct session *user_prev, *user_next;  /* other sessions of the same name (utlist DL) */
 	struct session *qb_prev, *qb_next;      /* hub queue-size bucket list (utlist DL) */
 	int qb_idx;                      /* bucket index, -1 when the queue is empty */
+	int tok_idx;                     /* place in the hub's token deadline heap, -1: not in it */
+	double tok_due;                  /* when that heap entry fires (wall clock, s) */
+	double tok_end;                  /* when the session is closed (4001) unless refreshed */
+	unsigned tok_warned : 1;         /* token_expiring sent for tok_end */
 	unsigned closing : 1;            /* close requested: no more output */
 	unsigned failed_hellos : 2;      /* rejected tokens so far */
 	UT_hash_handle hh;               /* hub->sessions */

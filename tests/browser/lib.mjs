@@ -7,6 +7,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
 
 export const HERE = dirname(fileURLToPath(import.meta.url));
 export const REPO = resolve(HERE, '..', '..');
@@ -323,4 +325,38 @@ export async function badge(page, key) {
 
 export async function members(page) {
   return page.$$eval('#member-list li', (lis) => lis.map((li) => li.dataset.name));
+}
+
+// The frame of a test file: one browser for the file, a watchdog on the
+// whole file whatever hangs, and the returned bt(): a test with its own
+// chatd(s), pages and proxies, which fails on page errors, CSP violations or
+// a sanitizer report in a chatd log, and leaves screenshots when it fails.
+export function browserTests(label, minutes) {
+  let browser;
+  const watchdog = setTimeout(() => {
+    console.error(`${label}: watchdog fired after ${minutes} minutes`);
+    process.exit(1);
+  }, minutes * 60 * 1000);
+  watchdog.unref();
+  before(async () => { browser = await launchBrowser(); });
+  after(async () => { if (browser) await browser.close(); });
+  return function bt(name, fn, timeout = 90000) {
+    test(name, { timeout }, async () => {
+      const h = new Harness(browser, name);
+      try {
+        await fn(h);
+        assert.deepEqual(h.problems, [], 'page errors or CSP violations');
+        for (const srv of h.servers || []) {
+          await srv.stop();
+          assert.doesNotMatch(srv.logText(), /AddressSanitizer|LeakSanitizer|runtime error:/, 'chatd log');
+        }
+      } catch (e) {
+        const dir = await h.screenshots();
+        e.message += `\n(screenshots and chatd logs: ${dir})`;
+        throw e;
+      } finally {
+        await h.close();
+      }
+    });
+  };
 }

@@ -1,47 +1,15 @@
 // End-to-end tests of chatd's web page in a real browser (Debian's chromium,
 // driven by playwright-core), against the real chatd binary on loopback.
 // Run: CHATD_BIN=build/chatd node --test tests/browser/   (see docs/web.md)
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
-  REPO, ARTIFACTS, Harness, launchBrowser, until, sleep,
+  REPO, ARTIFACTS, browserTests, until, sleep,
   signIn, waitJoined, online, openConv, say, messages, bodies, waitBodies, badge, members,
 } from './lib.mjs';
 
-let browser;
-
-// A hard bound on the whole file, whatever hangs.
-const watchdog = setTimeout(() => {
-  console.error('browser tests: watchdog fired after 10 minutes');
-  process.exit(1);
-}, 10 * 60 * 1000);
-watchdog.unref();
-
-before(async () => { browser = await launchBrowser(); });
-after(async () => { if (browser) await browser.close(); });
-
-// A test with its own chatd(s), pages and proxies; screenshots on failure.
-function bt(name, fn, timeout = 90000) {
-  test(name, { timeout }, async () => {
-    const h = new Harness(browser, name);
-    try {
-      await fn(h);
-      assert.deepEqual(h.problems, [], 'page errors or CSP violations');
-      for (const srv of h.servers || []) {
-        await srv.stop();
-        assert.doesNotMatch(srv.logText(), /AddressSanitizer|LeakSanitizer|runtime error:/, 'chatd log');
-      }
-    } catch (e) {
-      const dir = await h.screenshots();
-      e.message += `\n(screenshots and chatd logs: ${dir})`;
-      throw e;
-    } finally {
-      await h.close();
-    }
-  });
-}
+const bt = browserTests('browser tests', 10);
 
 bt('the page is served with CSP and nosniff, no inline code, and signs in', async (h) => {
   const srv = await h.chatd({ storage: false });
@@ -165,14 +133,19 @@ bt('rooms, unread counts and direct messages', async (h) => {
   await waitBodies(alice, '@bob', ['psst, lunch?', 'sure']);
   await until(async () => (await messages(alice, '@bob'))[0].delivered, 'the dm marked delivered');
 
-  // A dm to someone who went offline fails visibly.
+  // A dm to someone who went offline waits for them in the conversation
+  // (kept by the server while it holds the room), and reaches them on return.
   await bob.close();
   await openConv(alice, '#lobby');
   await until(async () => (await members(alice)).join() === 'alice', 'alice to see bob leave');
   await openConv(alice, '@bob');
   await say(alice, 'still there?');
-  await alice.waitForSelector('section[data-key="@bob"] li.msg.failed');
-  assert.match(await alice.textContent('section[data-key="@bob"] li.failed .state'), /not online/);
+  await until(async () => (await messages(alice, '@bob')).at(-1).delivered, 'the dm to offline bob accepted');
+  const bob2 = await h.page('bob again');
+  await signIn(bob2, srv.url, 'bob', 'lobby');
+  await until(async () => (await badge(bob2, '@alice')) === 1, 'bob, back, sees one unread dm');
+  await openConv(bob2, '@alice');
+  await waitBodies(bob2, '@alice', ['psst, lunch?', 'sure', 'still there?']);
 
   // Leaving a room removes it.
   await alice.click('button[aria-label="Leave #dev"]');
@@ -479,12 +452,29 @@ bt('screenshot of a conversation for the docs', async (h) => {
     await say(lines[i][0], lines[i][1]);
     await waitBodies(bob, '#lobby', lines.slice(0, i + 1).map((l) => l[1]));
   }
+  // An edit (Up edits the last message) and reactions.
+  await alice.click('#msg');
+  await alice.press('#msg', 'ArrowUp');
+  await alice.fill('#msg', 'Shipping it then. \u{1F680}');
+  await alice.press('#msg', 'Enter');
+  await waitBodies(bob, '#lobby', lines.slice(0, 4).map((l) => l[1]).concat('Shipping it then. \u{1F680}'));
+  const last = 'section[data-key="#lobby"] li.msg:has(.body:text-is("Shipping it then. \u{1F680}"))';
+  await bob.hover(last);
+  await bob.click(`${last} button[aria-label="React with \u{1F44D}"]`);
+  await alice.hover(last);
+  await alice.click(`${last} button[aria-label="React with \u{1F389}"]`);
+  await until(async () => (await bob.$$(`${last} .chip`)).length === 2, 'two reactions on bob\'s page');
   await openConv(alice, '#dev');
   await say(alice, 'CI is green on main');
   await say(alice, 'tagging v0.1.0');
   await alice.click('#member-list button:has-text("bob")');
   await say(alice, 'Can you look at my review when you have a minute?');
   await until(async () => (await badge(bob, '#dev')) === 2 && (await badge(bob, '@alice')) === 1, 'bob\'s unread badges');
+  // alice starts writing in #lobby: bob sees her typing.
+  await openConv(alice, '#lobby');
+  await alice.click('#msg');
+  await alice.keyboard.type('One more thing');
+  await until(() => bob.isVisible('#typing'), 'bob to see alice typing');
   await bob.click('#msg');
   await bob.waitForTimeout(200);
   // docs/screenshot.png is refreshed on request, so that a test run does not

@@ -139,7 +139,11 @@ def test_reload_changes_the_secret_live(jwt_server, tmp_path):
         new = await Client.connect(jwt_server.port)
         w = await hello_token(new, token("bob", secret=new_secret))
         assert w["type"] == "welcome"
-        await alice.ping_pong()                # sessions already in keep going
+        # A session verified with the old secret is asked to refresh (issue 15)
+        # and keeps going meanwhile.
+        e = await alice.expect("token_expiring")
+        assert e["reason"] == "key_rotated", e
+        await alice.ping_pong()
         for c in (old, new, alice):
             await c.close()
     run(go())

@@ -21,6 +21,9 @@ METRIC_NAMES = {
     "chatd_heartbeat_evictions_total": "counter",
     "chatd_handshake_timeouts_total": "counter",
     "chatd_rate_limited_total": "counter",
+    "chatd_tokens_expired_total": "counter",
+    "chatd_tokens_refreshed_total": "counter",
+    "chatd_moderation_actions_total": "counter",
     "chatd_queue_bytes": "gauge",
 }
 

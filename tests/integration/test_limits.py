@@ -400,6 +400,15 @@ def _holds_socket(pid, inode):
     return False
 
 
+def join_slow_reader(srv):
+    """A raw client "slow" with a 4 KiB receive buffer that never reads joins
+    "room" (the caller waits for its presence)."""
+    slow = srv.raw(rcvbuf=4096)
+    slow.hello("slow")
+    slow.join("room")
+    return slow
+
+
 def test_slow_consumer_blocked_socket_dropped_promptly(chatd):
     """A slow consumer cannot read the close frame behind its backlog: chatd
     aborts its socket 0.2 s after deciding to close it, instead of holding it
@@ -411,9 +420,7 @@ def test_slow_consumer_blocked_socket_dropped_promptly(chatd):
         sa = Stream(a)
         try:
             await a.join("room")
-            slow = srv.raw(rcvbuf=4096)
-            slow.hello("slow")
-            slow.join("room")
+            slow = join_slow_reader(srv)
             await a.expect("presence", name="slow", state="join")
             inode = _server_socket_inode(srv.port, slow.sock.getsockname()[1])
             assert inode and _holds_socket(srv.pid, inode)
@@ -456,9 +463,7 @@ def test_slow_consumer_closed_others_keep_receiving(chatd):
             await a.join("room")
             await b.join("room")
             await a.expect("presence", name="bob")
-            slow = srv.raw(rcvbuf=4096)
-            slow.hello("slow")
-            slow.join("room")
+            slow = join_slow_reader(srv)
             for x in (a, b):
                 await x.expect("presence", name="slow", state="join")
             # from here on `slow` reads nothing
@@ -512,9 +517,7 @@ def test_slow_consumer_drop_oldest_keeps_connection(chatd):
             await a.join("room")
             await b.join("room")
             await a.expect("presence", name="bob")
-            slow = srv.raw(rcvbuf=4096)
-            slow.hello("slow")
-            slow.join("room")
+            slow = join_slow_reader(srv)
             for x in (a, b):
                 await x.expect("presence", name="slow", state="join")
 
@@ -572,9 +575,7 @@ def test_total_queue_bytes_cap_handles_largest_queue_first(chatd):
         sa = Stream(a)
         try:
             await a.join("room")
-            slow = srv.raw(rcvbuf=4096)
-            slow.hello("slow")
-            slow.join("room")
+            slow = join_slow_reader(srv)
             await a.expect("presence", name="slow", state="join")
 
             def closed():

@@ -11,6 +11,8 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 DESTDIR=$tmp/root cmake --install "$build" --prefix /usr >/dev/null
 root=$tmp/root
 [ -x "$root/usr/bin/chatd" ] || fail "no /usr/bin/chatd"
+[ -x "$root/usr/bin/chatctl" ] || fail "no /usr/bin/chatctl"
+"$root/usr/bin/chatctl" --help >/dev/null || fail "chatctl --help"
 unit=$(find "$root" -name chatd.service | head -1)
 [ -n "$unit" ] || fail "no chatd.service installed"
 case "$unit" in */systemd/system/chatd.service) ;; *) fail "unit not in a systemd unit dir: $unit" ;; esac
@@ -50,11 +52,12 @@ echo "systemd-analyze security: exposure $score"
 (cd "$build" && cpack -G DEB -B "$tmp/pkg" >/dev/null 2>&1) || fail "cpack -G DEB"
 deb=$(ls "$tmp"/pkg/chatd_*.deb)
 deps=$(dpkg-deb -f "$deb" Depends)
-for lib in libwebsockets libev libcjson libsqlite3 libjwt libsystemd; do
+for lib in libwebsockets libev libcjson libsqlite3 libjwt libsystemd libcurl python3; do
   echo "$deps" | grep -q "$lib" || fail "Depends lacks $lib: $deps"
 done
 contents=$(dpkg-deb -c "$deb")
 grep -q '\./usr/bin/chatd$' <<<"$contents" || fail ".deb lacks /usr/bin/chatd"
+grep -q '\./usr/bin/chatctl$' <<<"$contents" || fail ".deb lacks /usr/bin/chatctl"
 grep -q 'systemd/system/chatd.service$' <<<"$contents" || fail ".deb lacks the unit"
 grep -q '\./usr/share/chatd/prometheus/chatd-rules.yml$' <<<"$contents" || fail ".deb lacks the Prometheus rules"
 grep -q '^/etc/chatd/chatd.toml$' <<<"$(dpkg-deb -I "$deb" conffiles)" || fail "config is not a conffile"

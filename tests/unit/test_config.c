@@ -489,10 +489,43 @@ static void test_sample_config(void **state)
 	if (rc != 0)
 		fail_msg("%s", err);
 	assert_defaults(&c);
+	/* ...and shows a namespace of rooms (issue 15). */
+	assert_int_equal(c.room_defaults_count, 1);
+	assert_string_equal(c.room_defaults[0].prefix, "announce-");
+	assert_int_equal(c.room_defaults[0].read_only, 1);
+	assert_int_equal(c.room_defaults[0].private_room, -1);
 	assert_int_equal(config_defaults(&d), 0);
 	assert_string_equal(c.node_id, d.node_id); /* node_id left to the hostname */
 	config_free(&d);
 	config_free(&c);
+}
+
+/* [[rooms]]: defaults per prefix, the longest matching prefix wins, unset
+ * keys stay -1 so that they fall through to the hub's own default. */
+static void test_rooms_prefix_defaults(void **state)
+{
+	struct config c;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(load("[[rooms]]\nprefix = \"a-\"\nread_only = true\n\n"
+			      "[[rooms]]\nprefix = \"a-vip-\"\nprivate = true\nhistory = 5\n\n"
+			      "[[rooms]]\nprefix = \"\"\nhistory = 9\n", &c, err, sizeof err), 0);
+	assert_int_equal(c.room_defaults_count, 3);
+	assert_string_equal(config_room_defaults_for(&c, "a-news")->prefix, "a-");
+	assert_int_equal(config_room_defaults_for(&c, "a-news")->history, -1);
+	assert_string_equal(config_room_defaults_for(&c, "a-vip-x")->prefix, "a-vip-");
+	assert_int_equal(config_room_defaults_for(&c, "a-vip-x")->read_only, -1);
+	assert_int_equal(config_room_defaults_for(&c, "lobby")->history, 9);
+	config_free(&c);
+	assert_int_equal(load("[[rooms]]\nprefix = \"x\"\n", &c, err, sizeof err), 0);
+	assert_null(config_room_defaults_for(&c, "lobby"));
+	config_free(&c);
+	assert_int_equal(load("[[rooms]]\nread_only = true\n", &c, err, sizeof err), -1);
+	assert_non_null(strstr(err, "needs a prefix"));
+	assert_zeroed(&c);
+	assert_int_equal(load("[auth]\nalgorithm = \"none\"\n", &c, err, sizeof err), -1);
+	assert_non_null(strstr(err, "auth.algorithm"));
 }
 
 /* Redis keys are built in fixed buffers: a longer prefix truncated them and
@@ -568,6 +601,7 @@ int main(void)
 		cmocka_unit_test(test_names),
 		cmocka_unit_test(test_sample_config),
 		cmocka_unit_test(test_key_prefix_is_bounded),
+		cmocka_unit_test(test_rooms_prefix_defaults),
 		cmocka_unit_test(test_redis_url_parts),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -15,13 +15,17 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
+#include "auth.h"
 #include "cluster.h"
 #include "config.h"
 #include "hub.h"
@@ -109,7 +113,7 @@ void *__wrap_calloc(size_t n, size_t size)
 static struct config cfg;
 static struct metrics metrics;
 static struct hub *hub;
-static int conns[64];      /* distinct addresses used as connection handles */
+static int conns[512];     /* distinct addresses used as connection handles */
 static int nconns;
 static cJSON *kept[8192];  /* parsed frames, freed at teardown */
 static int nkept;
@@ -128,11 +132,15 @@ static int setup(void **state)
 	return 0;
 }
 
+static struct auth *tauth;  /* token tests: freed after the hub */
+
 static int teardown(void **state)
 {
 	(void)state;
 	hub_free(hub);     /* unregisters every session, drains the node pool */
 	hub = NULL;
+	auth_free(tauth);
+	tauth = NULL;
 	while (nkept)
 		cJSON_Delete(kept[--nkept]);
 	config_free(&cfg);
@@ -714,13 +722,17 @@ static void test_dm_acks_and_delivers_direct(void **state)
 	o = expect(a, "ack");
 	assert_string_equal(str(o, "id"), "d1");
 	assert_string_equal(str(o, "ref"), "r");
-	assert_false(has(o, "seq"));
+	/* The dm is message 1 of the conversation of alice and bob. */
+	assert_string_equal(str(o, "room"), "@alice:bob");
+	assert_true(num(o, "seq") == 1);
 	expect_none(a);
 	o = expect(b, "direct");
 	assert_string_equal(str(o, "from"), "alice");
 	assert_string_equal(str(o, "id"), "d1");
 	assert_string_equal(str(o, "body"), "psst");
 	assert_true(num(o, "ts") == 1000500);
+	assert_string_equal(str(o, "room"), "@alice:bob");
+	assert_true(num(o, "seq") == 1);
 	expect_none(b);
 }
 
@@ -737,6 +749,7 @@ static void test_dm_to_offline_name_is_not_found(void **state)
 	expect_none(b);
 	assert_int_equal(metrics.messages_in, 0);
 }
+
 
 /* ---- history ------------------------------------------------------------ */
 
@@ -2048,7 +2061,369 @@ static void test_unregister_of_the_largest_queue_under_global_cap_returns(void *
 	assert_int_equal(metrics.slow_consumer_closes, 0);
 }
 
+
+/* ---- tokens and moderation (issue 15) ----------------------------------- */
+
+#define TSECRET "unit-test-secret-0123456789abcdef0123"
+
+static void b64url(const unsigned char *in, size_t len, char *out)
+{
+	int n = EVP_EncodeBlock((unsigned char *)out, in, (int)len);
+
+	while (n > 0 && out[n - 1] == '=')
+		n--;
+	out[n] = '\0';
+	for (char *p = out; *p; p++)
+		*p = *p == '+' ? '-' : *p == '/' ? '_' : *p;
+}
+
+/* An HS256 token for claims (a JSON object text). */
+static const char *mint(const char *claims)
+{
+	static char tok[4096];
+	char h[64], c[2048], sig[64];
+	unsigned char mac[32];
+	unsigned int maclen = 0;
+
+	b64url((const unsigned char *)"{\"alg\":\"HS256\"}", 15, h);
+	b64url((const unsigned char *)claims, strlen(claims), c);
+	snprintf(tok, sizeof tok, "%s.%s", h, c);
+	HMAC(EVP_sha256(), TSECRET, (int)strlen(TSECRET), (unsigned char *)tok, strlen(tok), mac, &maclen);
+	b64url(mac, maclen, sig);
+	snprintf(tok + strlen(tok), sizeof tok - strlen(tok), ".%s", sig);
+	return tok;
+}
+
+static void start_auth(void)
+{
+	char err[256];
+
+	cfg.auth_mode = CONFIG_AUTH_JWT;
+	free(cfg.jwt_secret);
+	cfg.jwt_secret = strdup(TSECRET);
+	cfg.jwt_leeway = 0;
+	cfg.refresh_window = 30;
+	cfg.sessions_per_name = 4;
+	tauth = auth_new(&cfg, err, sizeof err);
+	assert_non_null(tauth);
+	start();
+	hub_set_auth(hub, tauth);
+}
+
+static struct session *login_token(const char *claims)
+{
+	struct session *s = connect_();
+
+	in(s, "{\"type\":\"hello\",\"token\":\"%s\"}", mint(claims));
+	expect(s, "welcome");
+	return s;
+}
+
+static void test_token_deadline_warns_then_closes_4001(void **state)
+{
+	struct session *s, *forever;
+	char claims[128];
+	cJSON *e;
+
+	(void)state;
+	start_auth();
+	assert_true(hub_next_deadline(hub) == 0);
+	snprintf(claims, sizeof claims, "{\"sub\":\"alice\",\"exp\":%.0f}", fk.now + 100.5);
+	s = login_token(claims);
+	forever = login_token("{\"sub\":\"bob\"}");
+	assert_true(fabs(hub_next_deadline(hub) - (fk.now + 70.5)) < 1e-6);
+	fk.now += 70;
+	hub_run_deadlines(hub);
+	expect_none(s);                                 /* not due yet */
+	fk.now += 1;
+	hub_run_deadlines(hub);
+	e = expect(s, "token_expiring");
+	assert_string_equal(str(e, "reason"), "exp");
+	assert_true(num(e, "in") == 30);
+	assert_true(fabs(hub_next_deadline(hub) - (fk.now + 29.5)) < 1e-6);
+	fk.now += 29.5;
+	hub_run_deadlines(hub);
+	assert_int_equal(closes_of(s->conn), 1);
+	assert_int_equal(fk.closes[0].code, HUB_CLOSE_TOKEN_EXPIRED);
+	assert_int_equal(metrics.tokens_expired, 1);
+	assert_true(hub_next_deadline(hub) == 0);       /* bob has no exp: never in the heap */
+	assert_int_equal(closes_of(forever->conn), 0);
+}
+
+/* Many sessions, unregistered and refreshed in between: every close comes
+ * in exp order, each once, whatever the heap went through. */
+static void test_token_heap_closes_in_exp_order(void **state)
+{
+	struct session *ss[24];
+	double t0;
+	char claims[128];
+	int i, last = -1;
+
+	(void)state;
+	start_auth();
+	t0 = fk.now = 1000;      /* whole seconds: every exp distinct */
+	for (i = 0; i < 24; i++) {
+		/* exps scattered: 7 is prime to 24, so every slot once */
+		snprintf(claims, sizeof claims, "{\"sub\":\"u%d\",\"exp\":%.0f}", i, t0 + 100 + (i * 7 % 24));
+		ss[i] = login_token(claims);
+	}
+	hub_session_unregister(hub, ss[5]);
+	ss[5] = NULL;
+	/* u7 refreshes to a later exp */
+	snprintf(claims, sizeof claims, "{\"sub\":\"u7\",\"exp\":%.0f}", t0 + 500);
+	in(ss[7], "{\"type\":\"refresh\",\"token\":\"%s\"}", mint(claims));
+	expect(ss[7], "refreshed");
+	for (double t = t0; t < t0 + 200; t += 0.5) {
+		fk.now = t;
+		hub_run_deadlines(hub);
+	}
+	assert_int_equal(fk.nclosed, 22);
+	for (i = 0; i < fk.nclosed; i++) {
+		int k = (int)((int *)fk.closes[i].conn - &conns[0]);
+		int rank = k * 7 % 24;
+		if (rank <= last)
+			fail_msg("close %d: session %d (exp rank %d) after rank %d", i, k, rank, last);
+		last = rank;
+		assert_int_equal(fk.closes[i].code, 4001);
+	}
+	assert_int_equal(closes_of(ss[7]->conn), 0);
+}
+
+/* A reload that changes the secret: every live session is re-checked, but
+ * at most 256 per hub_run_deadlines call (one loop iteration), never all. */
+static void test_key_rotation_rechecks_a_slice_per_call(void **state)
+{
+	struct session *ss[300];
+	struct auth *rotated;
+	char claims[64], err[256];
+	int i, warned = 0;
+
+	(void)state;
+	start_auth();
+	for (i = 0; i < 300; i++) {
+		snprintf(claims, sizeof claims, "{\"sub\":\"u%d\"}", i);
+		ss[i] = login_token(claims);
+	}
+	free(cfg.jwt_secret);
+	cfg.jwt_secret = strdup("another-secret-0123456789abcdef0123456");
+	rotated = auth_new(&cfg, err, sizeof err);
+	assert_non_null(rotated);
+	hub_set_auth(hub, rotated);
+	auth_free(tauth);
+	tauth = rotated;
+	assert_true(hub_next_deadline(hub) == fk.now);      /* the walk is due at once */
+	hub_run_deadlines(hub);
+	for (i = 0; i < 300; i++)
+		if (next(ss[i]))
+			warned++;
+	assert_int_equal(warned, 256);
+	assert_true(hub_next_deadline(hub) == fk.now);
+	hub_run_deadlines(hub);
+	for (i = 0; i < 300; i++) {
+		cJSON *e = next(ss[i]);
+		if (e) {
+			assert_string_equal(str(e, "reason"), "key_rotated");
+			warned++;
+		}
+	}
+	assert_int_equal(warned, 300);
+	/* Now only the refresh deadlines are left: refresh_window from now. */
+	assert_true(fabs(hub_next_deadline(hub) - (fk.now + 30)) < 1e-6);
+	assert_int_equal(fk.nclosed, 0);
+}
+
+static void test_refresh_needs_the_same_sub(void **state)
+{
+	struct session *s;
+
+	(void)state;
+	start_auth();
+	s = login_token("{\"sub\":\"alice\",\"exp\":9999999999}");
+	in(s, "{\"type\":\"refresh\",\"token\":\"%s\",\"ref\":\"r\"}", mint("{\"sub\":\"eve\"}"));
+	expect_error(s, "forbidden");
+	in(s, "{\"type\":\"refresh\",\"token\":\"x.y.z\"}");
+	expect_error(s, "not_authenticated");
+	assert_string_equal(s->name, "alice");
+}
+
+static void test_kick_by_a_claimed_moderator(void **state)
+{
+	struct session *mod, *bob, *bob2, *carol;
+	cJSON *k, *p, *m, *j;
+
+	(void)state;
+	start_auth();
+	mod = login_token("{\"sub\":\"mo\",\"roles\":{\"moderator\":[\"team-*\"]}}");
+	bob = login_token("{\"sub\":\"bob\"}");
+	bob2 = login_token("{\"sub\":\"bob\"}");
+	carol = login_token("{\"sub\":\"carol\"}");
+	j = join(mod, "team-a");
+	assert_string_equal(str(j, "role"), "moderator");
+	assert_string_equal(str(join(bob, "team-a"), "role"), "member");
+	join(bob2, "team-a");
+	join(carol, "team-a");
+	drain(mod);
+	drain(bob);
+	drain(bob2);
+	drain(carol);
+	in(carol, "{\"type\":\"kick\",\"room\":\"team-a\",\"user\":\"bob\"}");
+	expect_error(carol, "forbidden");
+	in(mod, "{\"type\":\"kick\",\"room\":\"team-a\",\"user\":\"bob\",\"reason\":\"spam\",\"ref\":\"k\"}");
+	/* The event applies where it is recorded, before its ack goes out. */
+	assert_string_equal(str(expect(mod, "presence"), "cause"), "kicked");
+	assert_string_equal(str(expect(mod, "ack"), "ref"), "k");
+	k = expect(bob, "kicked");
+	assert_string_equal(str(k, "reason"), "spam");
+	expect(bob2, "kicked");
+	p = expect(carol, "presence");
+	assert_string_equal(str(p, "cause"), "kicked");
+	m = expect(carol, "message");
+	assert_string_equal(str(m, "from"), PROTO_MOD_SENDER);
+	expect_none(bob);                      /* out of the room: no message event */
+	in(bob, "{\"type\":\"send\",\"room\":\"team-a\",\"id\":\"1\",\"body\":\"x\"}");
+	expect_error(bob, "forbidden");
+	assert_int_equal(metrics.moderation_actions, 1);
+}
+
+static void test_mute_and_read_only_refuse_send(void **state)
+{
+	struct session *owner, *bob;
+
+	(void)state;
+	start_auth();
+	owner = login_token("{\"sub\":\"olga\",\"roles\":{\"owner\":[\"lobby\"]}}");
+	bob = login_token("{\"sub\":\"bob\"}");
+	join(owner, "lobby");
+	join(bob, "lobby");
+	drain(owner);
+	in(owner, "{\"type\":\"mute\",\"room\":\"lobby\",\"user\":\"bob\",\"duration\":10}");
+	expect(owner, "ack");
+	drain(bob);
+	send_msg(bob, "lobby", "1", "x");
+	expect_error(bob, "forbidden");
+	fk.now += 10.5;                          /* the mute ends by itself */
+	send_msg(bob, "lobby", "2", "y");
+	expect(bob, "ack");
+	drain(bob);
+	drain(owner);
+	in(owner, "{\"type\":\"settings\",\"room\":\"lobby\",\"read_only\":true}");
+	expect(owner, "ack");
+	drain(bob);
+	send_msg(bob, "lobby", "3", "z");
+	expect_error(bob, "forbidden");
+	drain(owner);
+	send_msg(owner, "lobby", "4", "news");
+	expect(owner, "ack");
+}
+
+#include "test_hub_api.inc.c"
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+/* ---- edit, delete, react, typing, read (issue 14) ------------------------ */
+
+static void test_edit_window_and_owner_in_the_hub(void **state)
+{
+	struct session *a, *b;
+	cJSON *o;
+
+	cfg.edit_window = 10;
+	start();
+	a = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	send_msg(a, "r", "1", "x");
+	drain(a);
+	drain(b);
+	in(b, "{\"type\":\"edit\",\"room\":\"r\",\"seq\":1,\"body\":\"y\"}");
+	expect_error(b, "forbidden");
+	fk.now += 9;
+	in(a, "{\"type\":\"edit\",\"room\":\"r\",\"seq\":1,\"body\":\"y\",\"id\":\"e\"}");
+	o = expect(a, "ack");
+	assert_true(num(o, "seq") == 2);
+	o = expect(b, "edit");
+	assert_true(num(o, "target") == 1);
+	assert_string_equal(str(o, "body"), "y");
+	drain(a);
+	fk.now += 2;
+	in(a, "{\"type\":\"edit\",\"room\":\"r\",\"seq\":1,\"body\":\"z\"}");
+	expect_error(a, "forbidden");
+	/* the window is not for deletions */
+	in(a, "{\"type\":\"delete\",\"room\":\"r\",\"seq\":1}");
+	o = expect(a, "ack");
+	assert_true(num(o, "seq") == 3);
+	expect(b, "delete");
+}
+
+/* What another node accepted is applied by the same rules here: an edit
+ * by someone else than the sender changes nothing, a deletion blanks the
+ * ring's frames (the message and its edits). */
+static void test_stream_events_apply_deterministically(void **state)
+{
+	struct hub_msg m1 = { 1, 5, "alice", "a1", "one", 3, 0, 0, 0 };
+	struct hub_msg e2 = { 2, 6, "bob", "b1", "hijack", 6, HUB_KIND_EDIT, 1, 0 };
+	struct hub_msg e3 = { 3, 7, "alice", "a2", "uno", 3, HUB_KIND_EDIT, 1, 0 };
+	struct hub_msg d4 = { 4, 8, "alice", "a3", "", 0, HUB_KIND_DELETE, 1, 0 };
+	struct session *a, *b;
+	cJSON *h, *msgs;
+	const char *epoch = start_with_sequencing_engine(&a, &b);
+
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &m1), 0);
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &e2), 0);
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &e3), 0);
+	drain(a);
+	in(a, "{\"type\":\"history\",\"room\":\"r\",\"state\":true}");
+	h = expect(a, "history");
+	msgs = cJSON_GetObjectItem(h, "messages");
+	assert_int_equal(cJSON_GetArraySize(msgs), 1);
+	assert_string_equal(str(cJSON_GetArrayItem(msgs, 0), "body"), "uno");
+	assert_true(num(cJSON_GetArrayItem(msgs, 0), "edits") == 1);
+	assert_int_equal(hub_stream_message(hub, "r", epoch, &d4), 0);
+	drain(a);
+	in(a, "{\"type\":\"history\",\"room\":\"r\"}");
+	h = expect(a, "history");
+	msgs = cJSON_GetObjectItem(h, "messages");
+	assert_int_equal(cJSON_GetArraySize(msgs), 4);
+	assert_string_equal(str(cJSON_GetArrayItem(msgs, 0), "body"), "");
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetArrayItem(msgs, 0), "deleted")));
+	assert_string_equal(str(cJSON_GetArrayItem(msgs, 1), "body"), "hijack");  /* void, not blanked */
+	assert_string_equal(str(cJSON_GetArrayItem(msgs, 2), "body"), "");
+}
+
+static void test_typing_and_read_markers_in_the_hub(void **state)
+{
+	struct session *a, *a2, *b;
+	cJSON *o;
+
+	cfg.sessions_per_name = 2;
+	start();
+	a = login("alice");
+	a2 = login("alice");
+	b = login("bob");
+	join(a, "r");
+	join(b, "r");
+	drain(a);
+	in(a, "{\"type\":\"typing\",\"room\":\"r\"}");
+	in(a, "{\"type\":\"typing\",\"room\":\"r\"}");
+	o = expect(b, "typing");
+	assert_string_equal(str(o, "from"), "alice");
+	expect_none(b);               /* the second: within typing_interval */
+	expect_none(a);
+	assert_int_equal(metrics.typing_dropped, 1);
+	send_msg(b, "r", "1", "x");
+	drain(a);
+	drain(b);
+	in(a, "{\"type\":\"read\",\"room\":\"r\",\"seq\":5}");
+	o = expect(a, "read");
+	assert_true(num(o, "seq") == 1);   /* clamped to the room's seq */
+	o = expect(a2, "read");            /* alice's other session, not in the room */
+	assert_true(num(o, "seq") == 1);
+	expect_none(b);
+	o = join(a, "r");
+	assert_true(num(o, "read") == 1);
+}
 
 int main(void)
 {
@@ -2069,6 +2444,9 @@ int main(void)
 		T(test_dedup_survives_reconnect_under_the_same_name),
 		T(test_send_when_not_a_member_is_forbidden),
 		T(test_dm_acks_and_delivers_direct),
+		T(test_edit_window_and_owner_in_the_hub),
+		T(test_stream_events_apply_deterministically),
+		T(test_typing_and_read_markers_in_the_hub),
 		T(test_dm_to_offline_name_is_not_found),
 		T(test_history_before_after_limit),
 		T(test_history_only_returns_what_the_ring_holds),
@@ -2108,6 +2486,13 @@ int main(void)
 		T(test_max_rooms_all_in_use_refuses_a_new_room),
 		T(test_a_lower_max_rooms_on_reload_evicts_idle_rooms_at_once),
 		T(test_evicted_room_reloads_from_the_engine),
+		T(test_token_deadline_warns_then_closes_4001),
+		T(test_token_heap_closes_in_exp_order),
+		T(test_key_rotation_rechecks_a_slice_per_call),
+		T(test_refresh_needs_the_same_sub),
+		T(test_kick_by_a_claimed_moderator),
+		T(test_mute_and_read_only_refuse_send),
+		HUB_API_TESTS,
 	};
 
 	/* the hub logs every session event on stderr; keep test output readable */

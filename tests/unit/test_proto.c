@@ -697,7 +697,7 @@ static double field_num(const cJSON *o, const char *k)
 static void test_encode_message_keeps_the_body_byte_for_byte(void **state)
 {
 	static const char body[] = "q\"uo\\te\n\t\x01 \xc3\xa9 \xf0\x9f\x98\x80 </script>";
-	struct proto_msg m = { 42, 1700000000123ULL, "alice", "m-1", body, sizeof body - 1 };
+	struct proto_msg m = { 42, 1700000000123ULL, "alice", "m-1", body, sizeof body - 1, 0, 0, 0 };
 	cJSON *o = event(proto_encode_message("lobby", &m), "message");
 
 	assert_string_equal(field_str(o, "room"), "lobby");
@@ -737,12 +737,20 @@ static void test_encode_replies_echo_ref_only_when_given(void **state)
 	assert_true(field_num(o, "seq") == 7);
 	assert_string_equal(field_str(o, "ref"), "x");
 	cJSON_Delete(o);
-	o = event(proto_encode_welcome("s1", "bob", 25.5, "node-a", &ref), "welcome");
+	o = event(proto_encode_welcome("s1", "bob", 25.5, "node-a", 0, &ref), "welcome");
 	assert_true(field_num(o, "heartbeat") == 25.5);
 	assert_string_equal(field_str(o, "node"), "node-a");
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "exp"));
 	cJSON_Delete(o);
-	o = event(proto_encode_left("r", &ref), "left");
+	o = event(proto_encode_welcome("s1", "bob", 25, "n", 1764860400.5, NULL), "welcome");
+	assert_true(field_num(o, "exp") == 1764860400.5);
+	cJSON_Delete(o);
+	o = event(proto_encode_left("r", NULL, &ref), "left");
 	assert_string_equal(field_str(o, "room"), "r");
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "reason"));
+	cJSON_Delete(o);
+	o = event(proto_encode_left("r", "token", NULL), "left");
+	assert_string_equal(field_str(o, "reason"), "token");
 	cJSON_Delete(o);
 	o = event(proto_encode_presence("r", "bob", 0), "presence");
 	assert_string_equal(field_str(o, "state"), "leave");
@@ -759,7 +767,7 @@ static void test_encode_joined_and_members_list_names(void **state)
 	struct jsonw w;
 	cJSON *o, *names;
 
-	proto_w_joined(&w, "r", 3, "abcd", 2);
+	proto_w_joined(&w, "r", 3, "abcd", 2, 2, NULL);
 	proto_w_name(&w, "alice");
 	proto_w_name(&w, "b\"ob");
 	o = event(proto_encode_joined_end(&w, 1, 0, 1, &ref), "joined");
@@ -769,10 +777,17 @@ static void test_encode_joined_and_members_list_names(void **state)
 	assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(o, "recovered")));
 	assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "truncated")));
 	assert_string_equal(field_str(o, "ref"), "j");
+	assert_true(field_num(o, "read") == 2);
 	cJSON_Delete(o);
-	proto_w_joined(&w, "r", 0, "abcd", 0);
+	proto_w_joined(&w, "r", 0, "abcd", 0, 0, &(struct proto_room_info){ "moderator", 1, 0, 50, "t\"x" });
 	o = event(proto_encode_joined_end(&w, 0, 1, 1, NULL), "joined");
 	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "members")), 0);
+	assert_string_equal(field_str(o, "role"), "moderator");
+	names = cJSON_GetObjectItemCaseSensitive(o, "settings");
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(names, "private")));
+	assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(names, "read_only")));
+	assert_true(field_num(names, "history") == 50);
+	assert_string_equal(field_str(names, "topic"), "t\"x");
 	assert_null(cJSON_GetObjectItemCaseSensitive(o, "recovered"));
 	assert_null(cJSON_GetObjectItemCaseSensitive(o, "truncated"));
 	cJSON_Delete(o);
@@ -784,9 +799,47 @@ static void test_encode_joined_and_members_list_names(void **state)
 	cJSON_Delete(o);
 }
 
+static void test_encode_token_and_moderation_events(void **state)
+{
+	struct proto_str ref = { "r", 1 };
+	struct proto_mod_event e = { .action = "ban", .user = "bob", .by = "mo",
+				     .reason = { "spam \"links\"", 12 }, .has_until = 1, .until = 0 };
+	struct msgbuf *mb;
+	cJSON *o;
+
+	(void)state;
+	o = event(proto_encode_token_expiring(1000.5, 29.6, "exp"), "token_expiring");
+	assert_true(field_num(o, "exp") == 1000.5 && field_num(o, "in") == 30);
+	assert_string_equal(field_str(o, "reason"), "exp");
+	cJSON_Delete(o);
+	o = event(proto_encode_refreshed(0, &ref), "refreshed");
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "exp"));
+	assert_string_equal(field_str(o, "ref"), "r");
+	cJSON_Delete(o);
+	o = event(proto_encode_removed("banned", "lobby", "mo", NULL, 1, 0), "banned");
+	assert_true(field_num(o, "until") == 0);
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "reason"));
+	cJSON_Delete(o);
+	o = event(proto_encode_presence_cause("lobby", "bob", "kicked", "mo", "x"), "presence");
+	assert_string_equal(field_str(o, "cause"), "kicked");
+	assert_string_equal(field_str(o, "state"), "leave");
+	cJSON_Delete(o);
+	/* A moderation body is a JSON object of its own (not an event). */
+	mb = proto_encode_mod_body(&e);
+	assert_non_null(mb);
+	o = cJSON_ParseWithLength((const char *)mb->data, mb->len);
+	msgbuf_unref(mb);
+	assert_string_equal(field_str(o, "action"), "ban");
+	assert_string_equal(field_str(o, "reason"), "spam \"links\"");
+	assert_true(field_num(o, "until") == 0);
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "seq"));
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "type"));
+	cJSON_Delete(o);
+}
+
 static void test_encode_history_embeds_message_events(void **state)
 {
-	struct proto_msg m1 = { 1, 5, "a", "x", "one", 3 }, m2 = { 2, 6, "b", "y", "two", 3 };
+	struct proto_msg m1 = { 1, 5, "a", "x", "one", 3, 0, 0, 0 }, m2 = { 2, 6, "b", "y", "two", 3, 0, 0, 0 };
 	struct msgbuf *v[2] = { proto_encode_message("r", &m1), proto_encode_message("r", &m2) };
 	cJSON *o, *msgs;
 
@@ -802,6 +855,89 @@ static void test_encode_history_embeds_message_events(void **state)
 	cJSON_Delete(o);
 	o = event(proto_encode_history("r", v, 0, NULL), "history");
 	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(o, "messages")), 0);
+	cJSON_Delete(o);
+}
+
+/* ---- conversations (issue 14) ------------------------------------------- */
+
+static int dec(const char *json, size_t max_body)
+{
+	proto_cmd_free(&cmd);
+	return decode_n(json, strlen(json), max_body);
+}
+
+static void test_decode_edit_delete_react_typing_read(void **state)
+{
+	assert_int_equal(dec("{\"type\":\"edit\",\"room\":\"r\",\"seq\":3,\"body\":\"x\"}", 100), 0);
+	assert_int_equal(cmd.type, PROTO_EDIT);
+	assert_true(cmd.seq == 3 && cmd.body.len == 1 && !cmd.id.p);
+	assert_int_equal(dec("{\"type\":\"edit\",\"room\":\"r\",\"seq\":0,\"body\":\"x\"}", 100), -1);
+	assert_int_equal(err.code, PROTO_ERR_BAD_REQUEST);
+	assert_int_equal(dec("{\"type\":\"edit\",\"room\":\"r\",\"seq\":1,\"body\":\"xxxx\"}", 3), -1);
+	assert_int_equal(err.code, PROTO_ERR_TOO_LARGE);
+	assert_int_equal(dec("{\"type\":\"react\",\"room\":\"r\",\"seq\":1,\"reaction\":\"\xf0\x9f\x91\x8d\",\"on\":false}", 100), 0);
+	assert_true(cmd.type == PROTO_REACT && cmd.reaction.len == 4 && cmd.on == 0);
+	assert_int_equal(dec("{\"type\":\"react\",\"room\":\"r\",\"seq\":1,\"reaction\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}", 100), -1);
+	assert_int_equal(err.code, PROTO_ERR_TOO_LARGE);
+	assert_int_equal(dec("{\"type\":\"react\",\"room\":\"r\",\"seq\":1,\"reaction\":\"a\\tb\"}", 100), -1);
+	assert_int_equal(err.code, PROTO_ERR_BAD_REQUEST);
+	assert_int_equal(dec("{\"type\":\"typing\",\"room\":\"r\"}", 100), 0);
+	assert_true(cmd.type == PROTO_TYPING && cmd.on == 1);
+	assert_int_equal(dec("{\"type\":\"read\",\"room\":\"r\",\"seq\":0}", 100), 0);
+	assert_true(cmd.type == PROTO_READ && cmd.seq == 0);
+	assert_int_equal(dec("{\"type\":\"history\",\"room\":\"r\",\"state\":1}", 100), -1);
+}
+
+static void test_dm_room_names(void **state)
+{
+	char room[PROTO_ROOM_MAX + 1];
+	const char *peer;
+	size_t len;
+	char longa[PROTO_NAME_MAX + 1], longroom[2 * PROTO_NAME_MAX + 3];
+
+	proto_dm_room(room, "bob", "alice");
+	assert_string_equal(room, "@alice:bob");
+	assert_true(proto_valid_room(room, strlen(room)));
+	assert_false(proto_valid_room("@bob:alice", 10));
+	assert_false(proto_valid_room("@alice", 6));
+	assert_false(proto_valid_room("@a:b:c", 6));
+	assert_false(proto_valid_room("@:b", 3));
+	assert_true(proto_valid_room("@a:a", 4));
+	assert_int_equal(proto_dm_peer(room, strlen(room), "bob", &peer, &len), 1);
+	assert_true(len == 5 && !memcmp(peer, "alice", 5));
+	assert_int_equal(proto_dm_peer(room, strlen(room), "carol", &peer, &len), 1);
+	assert_null(peer);
+	assert_int_equal(proto_dm_peer("lobby", 5, "bob", &peer, &len), 0);
+	memset(longa, 'a', PROTO_NAME_MAX);
+	longa[PROTO_NAME_MAX] = '\0';
+	proto_dm_room(longroom, longa, "zz");
+	assert_int_equal(strlen(longroom), PROTO_NAME_MAX + 4);
+	assert_true(proto_valid_room(longroom, strlen(longroom)));
+	assert_false(proto_valid_room("toolong-toolong-toolong-toolong-toolong-toolong-toolong-toolong-x", 65));
+}
+
+static void test_encode_conversation_events(void **state)
+{
+	struct proto_msg e = { 9, 7, "alice", "e1", "new", 3, PROTO_KIND_EDIT, 4, 0 };
+	struct proto_msg d = { 4, 7, "alice", "m4", "secret", 6, PROTO_KIND_MESSAGE, 0, 1 };
+	struct proto_msg x = { 10, 8, "bob", "r1", "+1", 2, PROTO_KIND_UNREACT, 4, 0 };
+	cJSON *o;
+
+	o = event(proto_encode_message("r", &e), "edit");
+	assert_true(field_num(o, "target") == 4 && field_num(o, "seq") == 9);
+	assert_string_equal(field_str(o, "body"), "new");
+	cJSON_Delete(o);
+	o = event(proto_encode_message("r", &d), "message");
+	assert_string_equal(field_str(o, "body"), "");
+	assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "deleted")));
+	cJSON_Delete(o);
+	o = event(proto_encode_message("r", &x), "react");
+	assert_string_equal(field_str(o, "reaction"), "+1");
+	assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(o, "on")));
+	assert_null(cJSON_GetObjectItemCaseSensitive(o, "body"));
+	cJSON_Delete(o);
+	o = event(proto_encode_typing("r", "alice", 1, 5000), "typing");
+	assert_true(field_num(o, "ttl") == 5000);
 	cJSON_Delete(o);
 }
 
@@ -854,6 +990,10 @@ int main(void)
 		T(test_encode_replies_echo_ref_only_when_given),
 		T(test_encode_joined_and_members_list_names),
 		T(test_encode_history_embeds_message_events),
+		T(test_decode_edit_delete_react_typing_read),
+		T(test_dm_room_names),
+		T(test_encode_conversation_events),
+		T(test_encode_token_and_moderation_events),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
