@@ -224,33 +224,17 @@ static int hub_edit_retry(struct hub *h, struct session *s, struct room *r,
 static void hub_edit_submit(struct hub *h, struct session *s, struct room *r,
 			    const struct proto_cmd *c, int kind, const char *body, size_t len)
 {
-	struct hub_pending *p = calloc(1, sizeof(*p));
+	struct hub_pending *p = hub_pending_event(h, s, c, body, len);
 
-	if (p)
-		p->body = malloc(len + 1);
-	if (!p || !p->body) {
-		hub_pending_free(p);
-		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+	if (!p)
 		return;
-	}
-	p->sender = s->num;
 	strcpy(p->from, s->name);
 	if (c->id.p)
 		hub_copy(p->id, &c->id);
 	else    /* no id: no retries to recognise, but events carry one */
 		snprintf(p->id, sizeof(p->id), "s%016llx", (unsigned long long)hub_random(h));
-	if (c->ref.p) {
-		hub_copy(p->ref, &c->ref);
-		p->has_ref = 1;
-	}
-	memcpy(p->body, body, len);
-	p->body[len] = '\0';
-	p->body_len = len;
 	p->kind = kind;
 	p->target = c->seq;
-	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
-	strcpy(p->room, r->name);
-	strcpy(p->epoch, r->epoch);
 	hub_submit(h, r, p);
 }
 

@@ -16,27 +16,13 @@
 void hub_mod_event(struct hub *h, struct session *s, struct room *r, const struct proto_cmd *c,
 		   const char *body, size_t len)
 {
-	struct hub_pending *p = calloc(1, sizeof(*p));
-
-	if (p)
-		p->body = malloc(len + 1);
-	if (!p || !p->body) {
-		hub_pending_free(p);
-		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
-		return;
-	}
 	/* The actor gets the ack (id, seq): the answer to its command. */
-	p->sender = s->num;
+	struct hub_pending *p = hub_pending_event(h, s, c, body, len);
+
+	if (!p)
+		return;
 	strcpy(p->from, PROTO_MOD_SENDER);
 	snprintf(p->id, sizeof(p->id), "mod-%016llx", (unsigned long long)hub_random(h));
-	if (c->ref.p) {
-		hub_copy(p->ref, &c->ref);
-		p->has_ref = 1;
-	}
-	memcpy(p->body, body, len);
-	p->body[len] = '\0';
-	p->body_len = len;
-	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
 	hub_submit(h, r, p);
 }
 

@@ -46,6 +46,34 @@ struct hub_pending *hub_pending_from(struct hub *h, struct session *s,
 	return p;
 }
 
+/* A pending event of session s (an edit, a reaction, a moderation record)
+ * answering command c: its sender, ref, a copy of body and the time; the
+ * caller sets from, id and what the event is. NULL when out of memory, and
+ * s is told. */
+struct hub_pending *hub_pending_event(struct hub *h, struct session *s, const struct proto_cmd *c,
+				      const char *body, size_t len)
+{
+	struct hub_pending *p = calloc(1, sizeof(*p));
+
+	if (p)
+		p->body = malloc(len + 1);
+	if (!p || !p->body) {
+		hub_pending_free(p);
+		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
+		return NULL;
+	}
+	p->sender = s->num;
+	if (c->ref.p) {
+		hub_copy(p->ref, &c->ref);
+		p->has_ref = 1;
+	}
+	memcpy(p->body, body, len);
+	p->body[len] = '\0';
+	p->body_len = len;
+	p->ts = (uint64_t)llround(hub_now(h) * 1000.0);
+	return p;
+}
+
 void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct room *r = hub_member_room(h, s, c, PROTO_ERR_FORBIDDEN);

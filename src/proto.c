@@ -423,14 +423,12 @@ static int proto_need_room(const cJSON *o, struct proto_cmd *cmd, struct proto_e
 	return 0;
 }
 
-static int proto_need_id_body(const cJSON *o, size_t max_body, struct proto_cmd *cmd,
-			      struct proto_error *err)
+/* Required string "body", at most max_body bytes. */
+static int proto_need_body(const cJSON *o, size_t max_body, struct proto_cmd *cmd,
+			   struct proto_error *err)
 {
-	const cJSON *body;
+	const cJSON *body = cJSON_GetObjectItemCaseSensitive(o, "body");
 
-	if (proto_get_str(o, "id", 1, PROTO_ID_MAX, &cmd->id) <= 0)
-		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "id must be a string of 1..64 bytes");
-	body = cJSON_GetObjectItemCaseSensitive(o, "body");
 	if (!cJSON_IsString(body) || !body->valuestring)
 		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "body must be a string");
 	cmd->body.p = body->valuestring;
@@ -439,6 +437,14 @@ static int proto_need_id_body(const cJSON *o, size_t max_body, struct proto_cmd 
 		return proto_fail(err, PROTO_ERR_TOO_LARGE, "body is %zu bytes, the limit is %zu",
 				  cmd->body.len, max_body);
 	return 0;
+}
+
+static int proto_need_id_body(const cJSON *o, size_t max_body, struct proto_cmd *cmd,
+			      struct proto_error *err)
+{
+	if (proto_get_str(o, "id", 1, PROTO_ID_MAX, &cmd->id) <= 0)
+		return proto_fail(err, PROTO_ERR_BAD_REQUEST, "id must be a string of 1..64 bytes");
+	return proto_need_body(o, max_body, cmd, err);
 }
 
 /* Required "seq" of the message an edit, delete, react or read is about. */
@@ -497,23 +503,13 @@ static int proto_get_id(const cJSON *o, struct proto_cmd *cmd, struct proto_erro
 static int proto_decode_conv(const cJSON *o, size_t max_body, struct proto_cmd *cmd,
 			     struct proto_error *err)
 {
-	const cJSON *body;
-
 	if (proto_need_room(o, cmd, err))
 		return -1;
 	switch (cmd->type) {
 	case PROTO_EDIT:
 		if (proto_need_seq(o, 1, cmd, err) || proto_get_id(o, cmd, err))
 			return -1;
-		body = cJSON_GetObjectItemCaseSensitive(o, "body");
-		if (!cJSON_IsString(body) || !body->valuestring)
-			return proto_fail(err, PROTO_ERR_BAD_REQUEST, "body must be a string");
-		cmd->body.p = body->valuestring;
-		cmd->body.len = strlen(body->valuestring);
-		if (cmd->body.len > max_body)
-			return proto_fail(err, PROTO_ERR_TOO_LARGE, "body is %zu bytes, the limit is %zu",
-					  cmd->body.len, max_body);
-		return 0;
+		return proto_need_body(o, max_body, cmd, err);
 	case PROTO_DELETE:
 		return proto_need_seq(o, 1, cmd, err) || proto_get_id(o, cmd, err) ? -1 : 0;
 	case PROTO_REACT:

@@ -176,6 +176,8 @@ void hub_retry_free_all(struct room *r);
 /* hub_send.c */
 struct hub_pending *hub_pending_from(struct hub *h, struct session *s,
 				     const struct proto_cmd *c);
+struct hub_pending *hub_pending_event(struct hub *h, struct session *s, const struct proto_cmd *c,
+				      const char *body, size_t len);
 void hub_cmd_send(struct hub *h, struct session *s, const struct proto_cmd *c);
 struct session *hub_sender(struct hub *h, uint64_t num);
 
