@@ -85,15 +85,17 @@ echo "== fuzz: summary (${secs}s per target)"
 for t in "${targets[@]}"; do
   rc=$(cat "$work/$t.rc")
   log="$work/$t.log"
+  # A target that dies on its seeds prints no cov/corp line: with pipefail
+  # a grep that finds nothing must not end the script before it says so.
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-  cov=$(grep -Eo 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
-  corp=$(grep -Eo 'corp: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
+  cov=$( (grep -Eo 'cov: [0-9]+' "$log" || true) | tail -1 | cut -d' ' -f2)
+  corp=$( (grep -Eo 'corp: [0-9]+' "$log" || true) | tail -1 | cut -d' ' -f2)
   art=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
   if [ "$rc" -eq 0 ] && [ -z "$art" ]; then
     printf 'fuzz: %-12s OK      %10s runs, cov %s, corpus %s\n' "$t" "${runs:-?}" "${cov:-?}" "${corp:-?}"
   else
     fail=1
-    kind=$(grep -Eo 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer): [a-z-]+( signal)?|SUMMARY: UndefinedBehaviorSanitizer|fuzz_hub: check failed' "$log" | head -1)
+    kind=$( (grep -Eo 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer): [a-z-]+( signal)?|SUMMARY: UndefinedBehaviorSanitizer|fuzz_hub: check failed' "$log" || true) | head -1)
     printf 'fuzz: %-12s FAILED  exit %s: %s\n' "$t" "$rc" "${kind:-see log}"
     echo "---- $t log (last 60 lines) ----"
     tail -60 "$log"

@@ -65,6 +65,54 @@ static void check_cmd(const struct proto_cmd *c, size_t max_body)
 		CHECK(c->limit >= 1 && c->limit <= PROTO_HISTORY_MAX);
 		break;
 	case PROTO_PING:
+	case PROTO_CONVERSATIONS:
+		break;
+	case PROTO_EDIT:
+		CHECK(c->body.p && c->body.len <= max_body);
+		/* fall through */
+	case PROTO_DELETE:
+	case PROTO_REACT:
+		CHECK(c->has_seq && c->seq >= 1);
+		check_str(&c->id, 1, PROTO_ID_MAX);
+		if (c->type == PROTO_REACT) {
+			CHECK(c->reaction.p);
+			check_str(&c->reaction, 1, PROTO_REACTION_MAX);
+			for (size_t i = 0; i < c->reaction.len; i++)
+				CHECK((unsigned char)c->reaction.p[i] > 0x20 && c->reaction.p[i] != 0x7f);
+		}
+		/* fall through */
+	case PROTO_TYPING:
+	case PROTO_READ:
+		CHECK(c->room.p && proto_valid_room(c->room.p, c->room.len));
+		CHECK(c->on == 0 || c->on == 1);
+		if (c->type == PROTO_READ)
+			CHECK(c->has_seq);
+		break;
+	case PROTO_REFRESH:
+		CHECK(c->token.p);
+		check_str(&c->token, 1, 8192);
+		break;
+	case PROTO_KICK:
+	case PROTO_BAN:
+	case PROTO_UNBAN:
+	case PROTO_MUTE:
+	case PROTO_UNMUTE:
+	case PROTO_INVITE:
+	case PROTO_GRANT:
+		CHECK(c->room.p && proto_valid_room(c->room.p, c->room.len));
+		CHECK(c->user.p && proto_valid_name(c->user.p, c->user.len));
+		check_str(&c->reason, 0, PROTO_REASON_MAX);
+		CHECK(!c->has_duration || (c->duration >= 1 && c->duration <= 315360000));
+		if (c->type == PROTO_GRANT) {
+			CHECK(c->role.p);
+			check_str(&c->role, 1, 16);
+		}
+		break;
+	case PROTO_SETTINGS:
+		CHECK(c->room.p && proto_valid_room(c->room.p, c->room.len));
+		CHECK(c->has_private || c->has_read_only || c->has_history || c->topic.p);
+		CHECK(!c->has_history || c->history <= 1000000);
+		check_str(&c->topic, 0, PROTO_TOPIC_MAX);
 		break;
 	default:
 		CHECK(0);
@@ -252,6 +300,11 @@ static void check_strings(const uint8_t *frame, size_t n, const struct proto_cmd
 		check_roundtrip(frame, n, "id", &c->id, out, scratch);
 		check_roundtrip(frame, n, "to", &c->to, out, scratch);
 		check_roundtrip(frame, n, "body", &c->body, out, scratch);
+		check_roundtrip(frame, n, "reaction", &c->reaction, out, scratch);
+		check_roundtrip(frame, n, "user", &c->user, out, scratch);
+		check_roundtrip(frame, n, "reason", &c->reason, out, scratch);
+		check_roundtrip(frame, n, "role", &c->role, out, scratch);
+		check_roundtrip(frame, n, "topic", &c->topic, out, scratch);
 	}
 	free(out);
 	free(scratch);
