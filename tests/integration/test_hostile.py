@@ -777,16 +777,23 @@ def test_pending_per_ip_with_tls_releases_every_handshake(chatd, tmp_path):
     # Every closed connection seen by the server: only the one asking is left.
     wait_until(lambda: srv.metrics().value("chatd_connections_pending") == 1, scaled(3),
                what="closed connections released")
-    silent = [tcp(srv.port) for _ in range(3)]
+    # The request that read the metrics may still hold its slot when the
+    # first of these arrive (its close is seen a moment later), so which of
+    # the four is refused can vary; that at most 3 are kept cannot.
+    conns = [tcp(srv.port) for _ in range(3)]
     try:
         time.sleep(0.2)
-        extra = tcp(srv.port)
-        extra.settimeout(scaled(2.0))
-        assert refused_now(extra), "a 4th connection in its TLS handshake was kept"
-        extra.close()
+        conns.append(tcp(srv.port))
+        deadline = time.monotonic() + scaled(2.0)
+        refused = 0
+        for c in conns:
+            c.settimeout(max(0.05, deadline - time.monotonic()))
+            refused += refused_now(c)
+        assert refused >= 1, "a 4th connection in its TLS handshake was kept"
+        assert refused <= 2, "%d of 4 refused with a cap of 3" % refused
     finally:
-        for s in silent:
-            s.close()
+        for c in conns:
+            c.close()
     def healthy():
         try:
             return srv.http("/healthz")[0] == 200
