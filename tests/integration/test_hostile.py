@@ -777,9 +777,10 @@ def test_pending_per_ip_with_tls_releases_every_handshake(chatd, tmp_path):
     # Every closed connection seen by the server: only the one asking is left.
     wait_until(lambda: srv.metrics().value("chatd_connections_pending") == 1, scaled(3),
                what="closed connections released")
-    # The request that read the metrics may still hold its slot when the
-    # first of these arrive (its close is seen a moment later), so which of
-    # the four is refused can vary; that at most 3 are kept cannot.
+    # The requests that read the metrics may still hold their slots when
+    # the first of these arrive (their closes are seen a moment later; under
+    # ASan all three slots), so which and how many of the four are refused
+    # can vary; that at most 3 are kept cannot.
     conns = [tcp(srv.port) for _ in range(3)]
     try:
         time.sleep(0.2)
@@ -790,7 +791,6 @@ def test_pending_per_ip_with_tls_releases_every_handshake(chatd, tmp_path):
             c.settimeout(max(0.05, deadline - time.monotonic()))
             refused += refused_now(c)
         assert refused >= 1, "a 4th connection in its TLS handshake was kept"
-        assert refused <= 2, "%d of 4 refused with a cap of 3" % refused
     finally:
         for c in conns:
             c.close()
