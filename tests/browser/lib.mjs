@@ -319,6 +319,13 @@ export async function waitBodies(page, key, expected, ms = 10000) {
     JSON.stringify(await bodies(page, key).catch(() => null)), ms);
 }
 
+// A sender shows its own line at once, pending; the seq arrives with the
+// server's echo, which can come after other pages already have the message.
+export async function waitSeqs(page, key, ms = 10000) {
+  return until(async () => (await messages(page, key)).every((m) => m.seq !== null),
+    `${page.label}: every line in ${key} has its seq`, ms);
+}
+
 export async function badge(page, key) {
   return page.$eval(`button[data-key="${key}"] .badge`, (b) => (b.hidden ? 0 : parseInt(b.textContent, 10)));
 }

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
-  REPO, ARTIFACTS, browserTests, until, sleep,
+  REPO, ARTIFACTS, browserTests, until, sleep, waitSeqs,
   signIn, waitJoined, online, openConv, say, messages, bodies, waitBodies, badge, members,
 } from './lib.mjs';
 
@@ -55,6 +55,7 @@ bt('two pages join the same room and exchange messages', async (h) => {
   const want = ['hi bob', 'hello alice', 'two\nlines'];
   await waitBodies(alice, '#lobby', want);
   await waitBodies(bob, '#lobby', want);
+  for (const p of [alice, bob]) await waitSeqs(p, '#lobby');
 
   const ma = await messages(alice, '#lobby');
   const mb = await messages(bob, '#lobby');
@@ -296,6 +297,7 @@ bt('after a server restart and a cut socket, missed messages show once, in order
   assert.equal(lost[0].id, lost[1].id, 'with the same id');
   assert.notEqual(lost[0].ref, lost[1].ref);
   for (const p of [alice, bob, carol]) {
+    await waitSeqs(p, '#lobby');
     const ms = await messages(p, '#lobby');
     assert.deepEqual(ms.map((m) => m.body), expected, `${p.label} shows every message once, in order`);
     assert.deepEqual(ms.map((m) => m.seq), expected.map((_, i) => i + 1), `${p.label}: seqs 1..n`);
