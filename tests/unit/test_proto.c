@@ -658,6 +658,33 @@ static void test_utf8_validator(void **state)
 		assert_int_equal(proto_utf8_valid((const unsigned char *)cases[i].s, cases[i].n), cases[i].ok);
 }
 
+/* ASCII is skipped 8 bytes at a time: a bad or good sequence at every
+ * offset of a longer ASCII run, and at its very end, is still judged. */
+static void test_utf8_every_offset(void **state)
+{
+	unsigned char b[48];
+	size_t at, len;
+
+	(void)state;
+	for (len = 1; len <= sizeof(b); len++) {
+		for (at = 0; at < len; at++) {
+			memset(b, 'a', sizeof(b));
+			b[at] = 0xff;
+			assert_int_equal(proto_utf8_valid(b, len), 0);
+			b[at] = 0xc3;                   /* truncated if at is last */
+			assert_int_equal(proto_utf8_valid(b, len), 0);
+			if (at + 1 < len) {
+				b[at + 1] = 0xa9;       /* U+00E9, then ASCII again */
+				assert_int_equal(proto_utf8_valid(b, len), 1);
+				b[at + 1] = 0x28;       /* bad continuation */
+				assert_int_equal(proto_utf8_valid(b, len), 0);
+			}
+		}
+		memset(b, 'a', sizeof(b));
+		assert_int_equal(proto_utf8_valid(b, len), 1);
+	}
+}
+
 #define T(f) cmocka_unit_test_teardown(f, teardown)
 
 /* ---- encoding: every event the server sends ----------------------------- */
@@ -986,6 +1013,7 @@ int main(void)
 		T(test_other_control_escapes_accepted),
 		T(test_trailing_data_after_the_object_rejected),
 		T(test_utf8_validator),
+		T(test_utf8_every_offset),
 		T(test_encode_message_keeps_the_body_byte_for_byte),
 		T(test_encode_replies_echo_ref_only_when_given),
 		T(test_encode_joined_and_members_list_names),
