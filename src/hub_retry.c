@@ -5,31 +5,31 @@
  */
 #include "hub_impl.h"
 
-/* The key of (from, id), zero-padded so that it hashes and compares whole;
- * 0 if either does not fit (then nothing can be waiting under it). */
-static int hub_retry_key(struct hub_retry_key *k, const char *from, const char *id, size_t id_len)
+/* The key of (from, id) into k: its length, or 0 if either does not fit
+ * (then nothing can be waiting under it). */
+static size_t hub_retry_key(char *k, const char *from, const char *id, size_t id_len)
 {
 	size_t from_len = strlen(from);
 
-	if (from_len >= sizeof(k->from) || id_len >= sizeof(k->id))
+	if (from_len > PROTO_NAME_MAX || id_len > PROTO_ID_MAX)
 		return 0;
-	memset(k, 0, sizeof(*k));
-	memcpy(k->from, from, from_len);
-	memcpy(k->id, id, id_len);
-	return 1;
+	memcpy(k, from, from_len);
+	k[from_len] = '\0';
+	memcpy(k + from_len + 1, id, id_len);
+	return from_len + 1 + id_len;
 }
 
 struct hub_retry *hub_retry_find(struct room *r, const char *from, const struct proto_str *id)
 {
-	struct hub_retry_key k;
+	char k[HUB_RETRY_KEY_MAX];
 	struct hub_retry *t = NULL;
+	size_t n;
 
-	if (r->inflight && hub_retry_key(&k, from, id->p, id->len))
-		HASH_FIND(hh, r->inflight, &k, sizeof(k), t);
+	if (r->inflight && (n = hub_retry_key(k, from, id->p, id->len)))
+		HASH_FIND(hh, r->inflight, k, n, t);
 	return t;
 }
 
-/* The message (from, id) was handed to the engine. */
 void hub_retry_add(struct room *r, const char *from, const char *id)
 {
 	struct proto_str ids = { id, strlen(id) };
@@ -39,15 +39,13 @@ void hub_retry_add(struct room *r, const char *from, const char *id)
 		return;            /* one entry answers every message of that key */
 	if (!(t = calloc(1, sizeof(*t))))
 		return;            /* a retry then gets its own seq: no worse than before */
-	if (!hub_retry_key(&t->key, from, id, ids.len)) {
+	if (!(t->keylen = hub_retry_key(t->key, from, id, ids.len))) {
 		free(t);
 		return;
 	}
-	HASH_ADD(hh, r->inflight, key, sizeof(t->key), t);
+	HASH_ADD(hh, r->inflight, key, t->keylen, t);
 }
 
-/* A retry (a session's send, or an API request) waits for t's answer.
- * -1 when out of memory: the caller answers it now. */
 int hub_retry_wait(struct hub_retry *t, uint64_t sender, const struct proto_str *ref)
 {
 	struct hub_retry_wait *w = calloc(1, sizeof(*w));

@@ -97,13 +97,13 @@ struct hub_retry_wait {
 	int has_ref;
 };
 
-struct hub_retry_key {
-	char from[PROTO_NAME_MAX + 1];      /* zero-padded: hashed whole */
-	char id[PROTO_ID_MAX + 1];
-};
+/* from '\0' id: names hold no NUL, so the pair is unambiguous; only the
+ * bytes used are hashed (every send adds and removes one). */
+#define HUB_RETRY_KEY_MAX (PROTO_NAME_MAX + 1 + PROTO_ID_MAX)
 
 struct hub_retry {
-	struct hub_retry_key key;
+	char key[HUB_RETRY_KEY_MAX];
+	size_t keylen;
 	struct hub_retry_wait *waiting;     /* owned */
 	UT_hash_handle hh;                  /* room.inflight */
 };
