@@ -88,7 +88,7 @@ static void cl_on_refuse(struct ev_loop *loop, ev_prepare *w, int revents)
 static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 {
 	struct cluster *c = ctx;
-	char k[5][CL_KEY_MAX], ts[24], hmax[16], dmax[16], cand[17], kind[8], target[24];
+	char k[5][CL_KEY_MAX], ts[24], hmax[24], dmax[24], cand[17], kind[24], target[24];
 	const char *keys[5] = { k[0], k[1], k[2], k[3], k[4] };
 	const char *args[11] = { p->room, p->from, p->id, p->body, ts, hmax, dmax, c->channel, cand,
 				 kind, target };
@@ -104,12 +104,12 @@ static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 	cl_room_key(c, k[2], sizeof(k[2]), p->room, "hist");
 	cl_room_key(c, k[3], sizeof(k[3]), p->room, "dedup");
 	cl_room_key(c, k[4], sizeof(k[4]), p->room, "dedupq");
-	snprintf(ts, sizeof(ts), "%llu", (unsigned long long)p->ts);
-	snprintf(hmax, sizeof(hmax), "%u", c->hist_max);
-	snprintf(dmax, sizeof(dmax), "%u", c->dedup_max);
-	snprintf(cand, sizeof(cand), "%016llx", (unsigned long long)cl_random(c));
-	snprintf(kind, sizeof(kind), "%d", p->kind);
-	snprintf(target, sizeof(target), "%llu", (unsigned long long)p->target);
+	cl_fmt_u64(ts, p->ts);
+	cl_fmt_u64(hmax, c->hist_max);
+	cl_fmt_u64(dmax, c->dedup_max);
+	cl_fmt_hex64(cand, cl_random(c));
+	cl_fmt_u64(kind, (uint64_t)p->kind);
+	cl_fmt_u64(target, p->target);
 	call->c = c;
 	call->p = p;
 	call->t0 = ev_time();

@@ -153,6 +153,8 @@ int cl_cmdv(struct cluster *c, redisCallbackFn *fn, void *priv, int argc, const 
 int cl_eval(struct cluster *c, redisCallbackFn *fn, void *priv, const char *script,
 	    int nkeys, const char **keys, int nargs, const char **args, const size_t *arglens);
 void cl_room_key(const struct cluster *c, char *out, size_t cap, const char *room, const char *what);
+char *cl_fmt_u64(char *out, uint64_t v);      /* out: 21 bytes; snprintf costs more per send */
+char *cl_fmt_hex64(char *out, uint64_t v);    /* out: 17 bytes */
 void cl_ev_begin(struct cluster *c, struct jsonw *w, const char *t);
 void cl_send_delta(struct cluster *c, const char *room, const char *name, int delta);
 int cl_cleanup(struct cluster *c, const char *node, int restart, redisCallbackFn *cb, void *arg);
