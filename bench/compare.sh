@@ -4,14 +4,17 @@
 # CPU 0 and chatload to CPU 1, and write the table into docs/performance.md.
 #
 # Usage: bench/compare.sh [--quick] [--servers "chatd bun node go"] [--scenarios "S1 S2a S2aTLS S2b S3 S4 S5"]
-#                         [--chatd-bin PATH] [--build-dir DIR] [--results DIR] [--doc FILE]
-#                         [--no-install] [--no-doc]
+#                         [--chatd-bin PATH] [--baseline-bin PATH] [--build-dir DIR]
+#                         [--results DIR] [--doc FILE] [--no-install] [--no-doc]
 # Every size is a variable (environment overrides, see the defaults below),
 # e.g. S1_CLIENTS=10000 bench/compare.sh --scenarios S1.
 # On a fresh Debian 12 machine it installs what it needs (scripts/setup.sh,
 # bench/peers/install.sh): apt-get and the npm registry.
 # S2aTLS is S2a over wss:// (chatd and Bun only; one self-signed ECDSA P-256
 # certificate per results directory, used by both).
+# --baseline-bin PATH adds a server "chatd-base": that chatd build with the
+# same config, run right after chatd in every scenario, for a "no
+# regression" comparison of two builds in one run (BASELINE_REV names it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -20,6 +23,7 @@ QUICK=0
 SERVERS="chatd bun node go"
 SCENARIOS="S1 S2a S2aTLS S2b S3 S4 S5"
 CHATD_BIN=""
+BASE_BIN=""
 BUILD=${BUILD_DIR:-build-bench}
 RESULTS=""
 DOC=docs/performance.md
@@ -31,12 +35,13 @@ while [ $# -gt 0 ]; do
     --servers) SERVERS=$2; shift ;;
     --scenarios) SCENARIOS=$2; shift ;;
     --chatd-bin) CHATD_BIN=$2; shift ;;
+    --baseline-bin) BASE_BIN=$(readlink -f "$2"); shift ;;
     --build-dir) BUILD=$2; shift ;;
     --results) RESULTS=$2; shift ;;
     --doc) DOC=$2; shift ;;
     --no-install) INSTALL=0 ;;
     --no-doc) WRITE_DOC=0 ;;
-    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,18p "$0"; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -95,6 +100,7 @@ BUN=$ROOT/bench/peers/node_modules/@oven/bun-linux-x64/bin/bun
   echo "os=$(. /etc/os-release; echo "$PRETTY_NAME")"
   # CHATD_REV describes a --chatd-bin built elsewhere (e.g. "git 1234abc")
   echo "chatd=$("$CHATD_BIN" --version 2>&1 | head -1) (${CHATD_REV:-git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src include CMakeLists.txt 2>/dev/null || echo ' + local changes')})"
+  [ -z "$BASE_BIN" ] || echo "chatd_base=$("$BASE_BIN" --version 2>&1 | head -1) (${BASELINE_REV:-$BASE_BIN})"
   echo "libwebsockets=$(dpkg-query -W -f='${Version}' libwebsockets-dev 2>/dev/null || echo '?')"
   echo "bun=$("$BUN" --version 2>/dev/null || echo '?')"
   echo "node=$(node --version 2>/dev/null || echo '?'), ws $(node -p "require('$ROOT/bench/peers/node_modules/ws/package.json').version" 2>/dev/null || echo '?')"
@@ -174,10 +180,12 @@ start_server() { # name scenario [queue_messages queue_bytes]
   SRV_NAME=$name
   local logf=$RESULTS/$sc-$name.server.log
   case "$name" in
-    chatd)
-      chatd_config "$RESULTS/$sc-chatd.toml" "$PORT" "$qm" "$qb" "$maxc"
-      taskset -c "$SERVER_CPU" "$CHATD_BIN" -c "$RESULTS/$sc-chatd.toml" >"$logf" 2>&1 &
-      echo "taskset -c $SERVER_CPU $CHATD_BIN -c $sc-chatd.toml" >> "$RESULTS/commands.txt" ;;
+    chatd|chatd-base)
+      local bin=$CHATD_BIN
+      [ "$name" = chatd-base ] && bin=$BASE_BIN
+      chatd_config "$RESULTS/$sc-$name.toml" "$PORT" "$qm" "$qb" "$maxc"
+      taskset -c "$SERVER_CPU" "$bin" -c "$RESULTS/$sc-$name.toml" >"$logf" 2>&1 &
+      echo "taskset -c $SERVER_CPU $bin -c $sc-$name.toml" >> "$RESULTS/commands.txt" ;;
     *)
       if [ "$SRV_TLS" = 1 ]; then
         TLS_CERT=$TLS_DIR/cert.pem TLS_KEY=$TLS_DIR/key.pem \
@@ -209,12 +217,12 @@ stop_server() { # scenario
   kill -TERM "$SRV_PID" 2>/dev/null || true
   for i in $(seq 1 50); do kill -0 "$SRV_PID" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$SRV_PID" 2>/dev/null; then
-    [ "$SRV_NAME" = chatd ] && echo "$sc chatd: did not exit within 5 s of SIGTERM" >> "$RESULTS/events.txt"
+    [[ "$SRV_NAME" = chatd* ]] && echo "$sc $SRV_NAME: did not exit within 5 s of SIGTERM" >> "$RESULTS/events.txt"
     kill -KILL "$SRV_PID" 2>/dev/null || true
   fi
   wait "$SRV_PID" 2>/dev/null || true
-  if [ "$SRV_NAME" = chatd ] && grep -qiE "error|assert|sanitizer|abort" "$RESULTS/$sc-chatd.server.log"; then
-    echo "$sc chatd: errors in its log: $(grep -iE "error|assert|sanitizer|abort" "$RESULTS/$sc-chatd.server.log" | head -2 | tr '\n' ' ')" >> "$RESULTS/events.txt"
+  if [[ "$SRV_NAME" = chatd* ]] && grep -qiE "error|assert|sanitizer|abort" "$RESULTS/$sc-$SRV_NAME.server.log"; then
+    echo "$sc $SRV_NAME: errors in its log: $(grep -iE "error|assert|sanitizer|abort" "$RESULTS/$sc-$SRV_NAME.server.log" | head -2 | tr '\n' ' ')" >> "$RESULTS/events.txt"
   fi
   SRV_PID=""
 }
@@ -224,7 +232,7 @@ trap '[ -n "$SRV_PID" ] && kill -KILL "$SRV_PID" 2>/dev/null; true' EXIT
 run_load() {
   local out=$1; shift
   local raw=() scheme=ws
-  [ "$SRV_NAME" = chatd ] || raw=(--raw)
+  [[ "$SRV_NAME" = chatd* ]] || raw=(--raw)
   [ "$SRV_TLS" = 1 ] && scheme=wss
   local cmd=(taskset -c "$TOOL_CPU" "$CHATLOAD" "${raw[@]}" --url "$scheme://127.0.0.1:$PORT/ws" --server-pid "$SRV_PID" --label "$SRV_NAME" "$@")
   echo "${cmd[*]}" | sed "s#$ROOT/##g; s#--server-pid [0-9]*#--server-pid \$PID#" >> "$RESULTS/commands.txt"
@@ -239,7 +247,7 @@ jget() { # file expr -> value of the last JSON line
 
 sc_S1() {
   local name=$1 out=$RESULTS/S1-$1.json rooms=1
-  [ "$name" = chatd ] && rooms=$(( (S1_CLIENTS + S1_ROOM_SIZE - 1) / S1_ROOM_SIZE ))
+  [[ "$name" = chatd* ]] && rooms=$(( (S1_CLIENTS + S1_ROOM_SIZE - 1) / S1_ROOM_SIZE ))
   start_server "$name" S1 || return 0
   run_load "$out" --mode idle --clients "$S1_CLIENTS" --rooms "$rooms" --duration "$S1_HOLD" --workers $(( (S1_CLIENTS + 9499) / 9500 ))
   stop_server S1
@@ -258,7 +266,7 @@ sc_S2a() {
 sc_S2aTLS() {
   local name=$1 out=$RESULTS/S2aTLS-$1.json
   local rate=$(( S2A_DELIVERIES / S2_CLIENTS ))
-  case "$name" in chatd|bun) ;; *) log "S2aTLS: skipping $name (wss:// peer only for Bun)"; return 0 ;; esac
+  case "$name" in chatd|chatd-base|bun) ;; *) log "S2aTLS: skipping $name (wss:// peer only for Bun)"; return 0 ;; esac
   tls_files
   SRV_TLS=1
   start_server "$name" S2aTLS || { SRV_TLS=0; return 0; }
@@ -331,6 +339,11 @@ sc_S5() {
   stop_server S5
 }
 
+if [ -n "$BASE_BIN" ]; then
+  [ -x "$BASE_BIN" ] || { log "--baseline-bin $BASE_BIN is not an executable"; exit 2; }
+  [[ " $SERVERS " = *" chatd-base "* ]] || SERVERS=$(echo " $SERVERS " | sed 's/ chatd / chatd chatd-base /')
+  [[ " $SERVERS " = *" chatd-base "* ]] || SERVERS="chatd-base $SERVERS"
+fi
 log "results in $RESULTS"
 for sc in $SCENARIOS; do
   for srv in $SERVERS; do
