@@ -162,10 +162,29 @@ struct hub_engine {
 	 * ("@a:b") the engine holds, with its latest seq; at most max. */
 	void (*conversations)(void *ctx, const char *name, uint32_t max,
 			      void (*emit)(void *arg, const char *room, uint64_t seq), void *arg);
+	/* The same, for an engine that must ask elsewhere (a cluster's
+	 * Redis; optional): start listing name's conversations, at most max,
+	 * with their latest seq and name's read marker, and answer later with
+	 * hub_conversations_listed (never inside this call). -1: cannot start
+	 * now; the hub then answers from what it has seen itself. */
+	int (*conversations_list)(void *ctx, const char *name, uint32_t max);
 	void (*state_put)(void *ctx, const char *room, const char *key, const char *value);
 	void (*erase)(void *ctx, const char *room, uint64_t seq);
 	void *ctx;
 };
+
+/* One conversation of a hub_conversations_listed answer. */
+struct hub_conv_entry {
+	const char *room;                /* "@a:b" */
+	uint64_t seq;                    /* its latest seq */
+	uint64_t read;                   /* the user's read marker in it, 0: none */
+};
+
+/* An engine's answer to conversations_list(name): the user's
+ * conversations, most recent first (borrowed for the call), or ok = 0 when
+ * they could not be read (the waiting commands are answered from memory). */
+void hub_conversations_listed(struct hub *h, const char *name, const struct hub_conv_entry *e,
+			      size_t n, int ok);
 
 /*
  * What only a cluster has: other nodes. A separate, optional interface

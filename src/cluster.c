@@ -88,8 +88,10 @@ static void cl_on_refuse(struct ev_loop *loop, ev_prepare *w, int revents)
 static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 {
 	struct cluster *c = ctx;
-	char k[5][CL_KEY_MAX], ts[24], hmax[24], dmax[24], cand[17], kind[24], target[24];
-	const char *keys[5] = { k[0], k[1], k[2], k[3], k[4] };
+	char k[7][CL_KEY_MAX], ts[24], hmax[24], dmax[24], cand[17], kind[24], target[24];
+	const char *keys[7] = { k[0], k[1], k[2], k[3], k[4], k[5], k[6] };
+	const char *colon;
+	int nkeys = 5;
 	const char *args[11] = { p->room, p->from, p->id, p->body, ts, hmax, dmax, c->channel, cand,
 				 kind, target };
 	size_t lens[11] = { 0, 0, 0, p->body_len ? p->body_len : 0, 0, 0, 0, 0, 0, 0, 0 };
@@ -104,6 +106,12 @@ static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 	cl_room_key(c, k[2], sizeof(k[2]), p->room, "hist");
 	cl_room_key(c, k[3], sizeof(k[3]), p->room, "dedup");
 	cl_room_key(c, k[4], sizeof(k[4]), p->room, "dedupq");
+	if (p->room[0] == '@' && (colon = strchr(p->room, ':'))) {
+		/* A conversation "@a:b": both users' indexes (cl_lua_send). */
+		cl_user_key(c, k[5], sizeof(k[5]), p->room + 1, (size_t)(colon - p->room - 1), "convs");
+		cl_user_key(c, k[6], sizeof(k[6]), colon + 1, strlen(colon + 1), "convs");
+		nkeys = 7;
+	}
 	cl_fmt_u64(ts, p->ts);
 	cl_fmt_u64(hmax, c->hist_max);
 	cl_fmt_u64(dmax, c->dedup_max);
@@ -115,7 +123,7 @@ static void cl_submit(void *ctx, struct hub *hub, struct hub_pending *p)
 	call->t0 = ev_time();
 	if (p->body_len == 0)
 		args[3] = "";
-	if (cl_eval(c, cl_on_send, call, cl_lua_send, 5, keys, 11, args, lens)) {
+	if (cl_eval(c, cl_on_send, call, cl_lua_send, nkeys, keys, 11, args, lens)) {
 		free(call);
 		cl_refuse(c, p);
 	}
@@ -334,6 +342,7 @@ struct cluster *cluster_new(const struct config *cfg, struct ev_loop *loop, stru
 	engine.submit = cl_submit;
 	engine.room_load = cl_room_load;
 	engine.state_put = cl_state_put;
+	engine.conversations_list = cl_conversations_list;
 	engine.erase = cl_erase;
 	engine.ctx = c;
 	hub_set_engine(hub, &engine);

@@ -7,6 +7,8 @@
  */
 #include "cluster_impl.h"
 
+#include <errno.h>
+
 /* KEYS reads; ARGV name seq channel event -> 1 moved, 0 not higher */
 static const char cl_lua_marker[] =
 	"local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')\n"
@@ -111,4 +113,92 @@ void cl_load_markers(struct cluster *c, const char *room, const redisReply *read
 		if (proto_valid_name(name, k->len) && seq >= 1 && seq <= CL_INT_MAX)
 			hub_load_marker(c->hub, room, name, seq);
 	}
+}
+
+/* A conversations listing in flight: the name it is for. */
+struct cl_convs_call {
+	struct cluster *c;
+	char name[PROTO_NAME_MAX + 1];
+};
+
+/* A decimal string reply within CL_INT_MAX, else -1. */
+static int cl_reply_u64(const redisReply *e, uint64_t *out)
+{
+	char buf[24], *end;
+	unsigned long long v;
+
+	if (e->type == REDIS_REPLY_INTEGER && e->integer >= 0 && (double)e->integer <= CL_INT_MAX) {
+		*out = (uint64_t)e->integer;
+		return 0;
+	}
+	if (e->type != REDIS_REPLY_STRING || !e->len || e->len >= sizeof(buf))
+		return -1;
+	memcpy(buf, e->str, e->len);
+	buf[e->len] = '\0';
+	if (buf[0] < '0' || buf[0] > '9')
+		return -1;
+	errno = 0;
+	v = strtoull(buf, &end, 10);
+	if (errno || *end || (double)v > CL_INT_MAX)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static void cl_on_convs(redisAsyncContext *ac, void *reply, void *priv)
+{
+	struct cl_convs_call *call = priv;
+	struct cluster *c = call->c;
+	const redisReply *r = reply;
+	struct hub_conv_entry e[CL_CONVS_MAX];
+	char rooms[CL_CONVS_MAX][PROTO_ROOM_MAX + 1];
+	size_t i, n = 0;
+	int ok = r && r->type == REDIS_REPLY_ARRAY && r->elements % 3 == 0;
+
+	(void)ac;
+	/* Whatever Redis holds is checked before the hub sees it: a room
+	 * that is not a conversation of this user, or a bad number, is left
+	 * out (and logged), never passed on. */
+	for (i = 0; ok && i < r->elements && n < CL_CONVS_MAX; i += 3) {
+		const redisReply *rm = r->element[i];
+		const char *peer;
+		size_t plen;
+
+		if (rm->type != REDIS_REPLY_STRING || rm->len > PROTO_ROOM_MAX ||
+		    !proto_dm_peer(rm->str, rm->len, call->name, &peer, &plen) || !peer ||
+		    cl_reply_u64(r->element[i + 1], &e[n].seq) || cl_reply_u64(r->element[i + 2], &e[n].read)) {
+			log_warn(NULL, "cluster: %s's conversations index holds a bad entry; skipped", call->name);
+			continue;
+		}
+		memcpy(rooms[n], rm->str, rm->len);
+		rooms[n][rm->len] = '\0';
+		e[n].room = rooms[n];
+		n++;
+	}
+	if (r && r->type == REDIS_REPLY_ERROR)
+		log_warn(NULL, "cluster: listing conversations failed: %s", r->str);
+	if (!c->closing)
+		hub_conversations_listed(c->hub, call->name, e, n, ok);
+	free(call);
+}
+
+int cl_conversations_list(void *ctx, const char *name, uint32_t max)
+{
+	struct cluster *c = ctx;
+	struct cl_convs_call *call;
+	char key[CL_KEY_MAX], mx[24];
+	const char *keys[1] = { key };
+	const char *args[3] = { c->prefix, name, mx };
+
+	if (!c->up || strlen(name) > PROTO_NAME_MAX || !(call = calloc(1, sizeof(*call))))
+		return -1;
+	call->c = c;
+	strcpy(call->name, name);
+	cl_user_key(c, key, sizeof(key), name, strlen(name), "convs");
+	cl_fmt_u64(mx, max < CL_CONVS_MAX ? max : CL_CONVS_MAX);
+	if (cl_eval(c, cl_on_convs, call, cl_lua_convs, 1, keys, 3, args, NULL)) {
+		free(call);
+		return -1;
+	}
+	return 0;
 }

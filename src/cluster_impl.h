@@ -47,6 +47,8 @@ _Static_assert(CONFIG_KEY_PREFIX_MAX + sizeof("room:") + PROTO_ROOM_MAX + sizeof
 	       "room keys fit");
 _Static_assert(CONFIG_KEY_PREFIX_MAX + sizeof("node:") + 64 + sizeof(":rooms") <= CL_KEY_MAX,
 	       "node keys fit");
+_Static_assert(CONFIG_KEY_PREFIX_MAX + sizeof("user:") + PROTO_NAME_MAX + sizeof(":convs") <= CL_KEY_MAX,
+	       "user keys fit");
 
 /* Seqs and timestamps are JSON numbers in the stream: exact integers up
  * to 2^53. Anything else (0, negative, fractional, huge, NaN) is refused
@@ -61,6 +63,11 @@ extern const char cl_lua_erase[];
 extern const char cl_lua_delta[];
 extern const char cl_lua_dm[];
 extern const char cl_lua_cleanup[];
+extern const char cl_lua_convs[];
+
+/* Conversations indexed per user in Redis (the hub lists at most 500). */
+#define CL_CONVS_MAX 500
+#define CL_CONVS_MAX_STR "500"
 
 /* A counted string key: "node\x1froom\x1fname", "room\x1fname", ... */
 struct cl_count {
@@ -153,6 +160,8 @@ int cl_cmdv(struct cluster *c, redisCallbackFn *fn, void *priv, int argc, const 
 int cl_eval(struct cluster *c, redisCallbackFn *fn, void *priv, const char *script,
 	    int nkeys, const char **keys, int nargs, const char **args, const size_t *arglens);
 void cl_room_key(const struct cluster *c, char *out, size_t cap, const char *room, const char *what);
+void cl_user_key(const struct cluster *c, char *out, size_t cap, const char *name, size_t len,
+		 const char *what);
 char *cl_fmt_u64(char *out, uint64_t v);      /* out: 21 bytes; snprintf costs more per send */
 char *cl_fmt_hex64(char *out, uint64_t v);    /* out: 17 bytes */
 void cl_ev_begin(struct cluster *c, struct jsonw *w, const char *t);
@@ -175,6 +184,7 @@ void cl_on_message(redisAsyncContext *ac, void *reply, void *priv);
 
 /* cluster_conv.c */
 void cl_typing(void *ctx, const char *room, const char *name, int on);
+int cl_conversations_list(void *ctx, const char *name, uint32_t max);
 void cl_marker(void *ctx, const char *room, const char *name, uint64_t seq);
 void cl_ev_conv(struct cluster *c, const cJSON *j, int typing);
 void cl_load_markers(struct cluster *c, const char *room, const redisReply *reads);

@@ -5,8 +5,12 @@
  */
 #include "cluster_impl.h"
 
-/* KEYS seq epoch hist dedup dedupq; ARGV room from id body ts histmax
- * dedupmax channel epoch-candidate kind target. -> {stored?, seq, epoch}
+/* KEYS seq epoch hist dedup dedupq [convs-of-a convs-of-b]; ARGV room from
+ * id body ts histmax dedupmax channel epoch-candidate kind target.
+ * -> {stored?, seq, epoch}
+ * The two convs keys are given for a DM conversation "@a:b": each user's
+ * index of conversations (sorted set, score = last activity in ms), so that
+ * any node can list them (cl_lua_convs); the newest CL_CONVS_MAX are kept.
  * kind (enum hub_kind) > 0: an edit, delete or react about target; a
  * delete (2) also blanks the text of target and its edits (kind 1) in the
  * history list (at most histmax entries, decoded once per deletion). */
@@ -38,8 +42,28 @@ const char cl_lua_send[] =
 	"  redis.call('HSET', KEYS[4], dk, seq); redis.call('RPUSH', KEYS[5], dk)\n"
 	"  while redis.call('LLEN', KEYS[5]) > dmax do redis.call('HDEL', KEYS[4], redis.call('LPOP', KEYS[5])) end\n"
 	"end\n"
+	"if KEYS[7] then\n"
+	"  for i = 6, 7 do\n"
+	"    redis.call('ZADD', KEYS[i], tonumber(ARGV[5]), ARGV[1])\n"
+	"    redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -" CL_CONVS_MAX_STR " - 1)\n"
+	"  end\n"
+	"end\n"
 	"redis.call('PUBLISH', ARGV[8], m)\n"
 	"return {1, seq, epoch}\n";
+
+/* KEYS convs; ARGV prefix name max -> {room, seq, read, room, seq, read,
+ * ...}: name's conversations, the most recently active first, each with
+ * its latest seq and name's read marker. The room keys are built here from
+ * the prefix (one standalone Redis holds them all). */
+const char cl_lua_convs[] =
+	"local out = {}\n"
+	"for _, r in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)) do\n"
+	"  local base = ARGV[1] .. 'room:' .. r .. ':'\n"
+	"  out[#out + 1] = r\n"
+	"  out[#out + 1] = redis.call('GET', base .. 'seq') or '0'\n"
+	"  out[#out + 1] = redis.call('HGET', base .. 'reads', ARGV[2]) or '0'\n"
+	"end\n"
+	"return out\n";
 
 /* KEYS seq epoch hist members state reads; ARGV epoch-candidate
  * -> {seq, epoch, hist, members, state, reads} (state: the room's roles,

@@ -62,6 +62,19 @@ void cl_room_key(const struct cluster *c, char *out, size_t cap, const char *roo
 	out[n] = '\0';
 }
 
+/* prefix "user:" name ":" what (name: len bytes), cut at cap. */
+void cl_user_key(const struct cluster *c, char *out, size_t cap, const char *name, size_t len,
+		 const char *what)
+{
+	char n[PROTO_NAME_MAX + 1];
+
+	if (len > PROTO_NAME_MAX)
+		len = PROTO_NAME_MAX;
+	memcpy(n, name, len);
+	n[len] = '\0';
+	snprintf(out, cap, "%suser:%s:%s", c->prefix, n, what);
+}
+
 /* v in decimal into out (at least 21 bytes); returns out. */
 char *cl_fmt_u64(char *out, uint64_t v)
 {

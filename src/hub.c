@@ -515,6 +515,7 @@ void hub_free(struct hub *h)
 	}
 	hub_markers_free(h);
 	hub_convs_free(h);
+	hub_conv_asks_free(h);
 	hub_token_free(h);
 	free(h);
 	queue_pool_drain();

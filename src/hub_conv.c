@@ -217,52 +217,175 @@ void hub_conv_dm(struct hub *h, struct session *s, const struct proto_cmd *c)
 
 struct hub_conv_list {
 	struct hub *h;
-	struct session *s;
+	const char *name;
 	struct jsonw *w;
-	uint64_t mark;
 	char seen[HUB_CONV_MAX][PROTO_ROOM_MAX + 1];
 	uint32_t n;
 };
 
-static void hub_conv_emit(void *arg, const char *room, uint64_t stored)
+/* One line of the list, once per room: its seq is the newest of what the
+ * room here and the engine know, and likewise the user's marker. */
+static void hub_conv_put(struct hub_conv_list *l, const char *room, uint64_t stored,
+			 uint64_t stored_read)
 {
-	struct hub_conv_list *l = arg;
 	struct room *r = hub_room_find(l->h, room, strlen(room));
 	uint64_t seq = r && !r->loading && r->seq > stored ? r->seq : stored, read;
 	const char *peer;
 	size_t len;
 	uint32_t i;
 
-	if (l->n >= HUB_CONV_MAX || !proto_dm_peer(room, strlen(room), l->s->name, &peer, &len) || !peer)
+	if (l->n >= HUB_CONV_MAX || !proto_dm_peer(room, strlen(room), l->name, &peer, &len) || !peer)
 		return;
 	for (i = 0; i < l->n; i++)
 		if (!strcmp(l->seen[i], room))
 			return;
 	snprintf(l->seen[l->n++], sizeof(l->seen[0]), "%s", room);
-	read = hub_marker_get(l->h, room, l->s->name);
+	read = hub_marker_get(l->h, room, l->name);
+	if (stored_read > read)
+		read = stored_read;
 	proto_w_conversation(l->w, room, peer, len, seq, read);
 }
 
-void hub_cmd_conversations(struct hub *h, struct session *s, const struct proto_cmd *c)
+static void hub_conv_emit(void *arg, const char *room, uint64_t stored)
+{
+	hub_conv_put(arg, room, stored, 0);
+}
+
+/* The conversations reply for name: the engine's list first (e: NULL
+ * without one), then the rooms seen here that it did not name. */
+static struct msgbuf *hub_conv_reply(struct hub *h, const char *name, const struct hub_conv_entry *e,
+				     size_t n, const struct proto_str *ref)
 {
 	struct hub_conv_list *l = calloc(1, sizeof(*l));
 	struct hub_conv *u = NULL;
 	struct hub_conv_room *x;
+	struct msgbuf *mb;
 	struct jsonw w;
+	size_t i;
 
-	if (!l) {
+	if (!l)
+		return NULL;
+	l->h = h;
+	l->name = name;
+	l->w = &w;
+	proto_w_conversations(&w);
+	for (i = 0; i < n; i++)
+		hub_conv_put(l, e[i].room, e[i].seq, e[i].read);
+	HASH_FIND(hh, h->convs, name, strlen(name), u);
+	for (x = u ? u->rooms : NULL; x; x = x->next)
+		hub_conv_put(l, x->room, 0, 0);
+	if (!e && h->engine.conversations)
+		h->engine.conversations(h->engine.ctx, name, HUB_CONV_MAX, hub_conv_emit, l);
+	mb = proto_encode_conversations_end(&w, ref);
+	free(l);
+	return mb;
+}
+
+/* A conversations command waiting for the engine's list; one ask per
+ * name, however many of its sessions wait. */
+struct hub_conv_waiter {
+	struct hub_conv_waiter *next;
+	uint64_t sess;                   /* session number: it may close meanwhile */
+	char ref[PROTO_REF_MAX + 1];
+	int has_ref;
+};
+
+struct hub_conv_ask {
+	UT_hash_handle hh;
+	char name[PROTO_NAME_MAX + 1];
+	struct hub_conv_waiter *waiting;
+};
+
+static void hub_conv_ask_free(struct hub *h, struct hub_conv_ask *a)
+{
+	struct hub_conv_waiter *w, *next;
+
+	for (w = a->waiting; w; w = next) {
+		next = w->next;
+		free(w);
+	}
+	HASH_DEL(h->conv_asks, a);
+	free(a);
+}
+
+void hub_conv_asks_free(struct hub *h)
+{
+	struct hub_conv_ask *a, *tmp;
+
+	HASH_ITER(hh, h->conv_asks, a, tmp)
+		hub_conv_ask_free(h, a);
+}
+
+/* Park s's command until the engine answers; 0 if parked. */
+static int hub_conv_park(struct hub *h, struct session *s, const struct proto_cmd *c)
+{
+	struct hub_conv_ask *a = NULL;
+	struct hub_conv_waiter *w;
+	size_t len = strlen(s->name);
+
+	if (!(w = calloc(1, sizeof(*w))))
+		return -1;
+	w->sess = s->num;
+	if (c->ref.p) {
+		memcpy(w->ref, c->ref.p, c->ref.len);
+		w->has_ref = 1;
+	}
+	HASH_FIND(hh, h->conv_asks, s->name, len, a);
+	if (a) {
+		LL_APPEND(a->waiting, w);   /* answered in the order asked */
+		return 0;
+	}
+	if (!(a = calloc(1, sizeof(*a)))) {
+		free(w);
+		return -1;
+	}
+	memcpy(a->name, s->name, len);
+	a->waiting = w;
+	HASH_ADD(hh, h->conv_asks, name[0], len, a);
+	if (h->engine.conversations_list(h->engine.ctx, a->name, HUB_CONV_MAX) < 0) {
+		hub_conv_ask_free(h, a);
+		return -1;
+	}
+	return 0;
+}
+
+void hub_conversations_listed(struct hub *h, const char *name, const struct hub_conv_entry *e,
+			      size_t n, int ok)
+{
+	struct hub_conv_ask *a = NULL;
+	struct hub_conv_waiter *w;
+	struct session *s;
+
+	HASH_FIND(hh, h->conv_asks, name, strlen(name), a);
+	if (!a)
+		return;
+	if (!ok)
+		log_warn(NULL, "conversations of %s: the engine could not list them; answered from this node's", name);
+	for (w = a->waiting; w; w = w->next) {
+		struct proto_str ref = { w->has_ref ? w->ref : NULL, strlen(w->ref) };
+		struct msgbuf *mb;
+
+		s = NULL;
+		HASH_FIND(hh, h->sessions, &w->sess, sizeof(w->sess), s);
+		if (!s || s->closing)
+			continue;
+		if ((mb = hub_conv_reply(h, name, ok ? e : NULL, ok ? n : 0, &ref)))
+			hub_reply(h, s, mb);
+		else
+			hub_error(h, s, &ref, PROTO_ERR_INTERNAL, "out of memory");
+	}
+	hub_conv_ask_free(h, a);
+}
+
+void hub_cmd_conversations(struct hub *h, struct session *s, const struct proto_cmd *c)
+{
+	struct msgbuf *mb;
+
+	if (h->engine.conversations_list && hub_conv_park(h, s, c) == 0)
+		return;
+	if (!(mb = hub_conv_reply(h, s->name, NULL, 0, &c->ref))) {
 		hub_error(h, s, &c->ref, PROTO_ERR_INTERNAL, "out of memory");
 		return;
 	}
-	l->h = h;
-	l->s = s;
-	l->w = &w;
-	proto_w_conversations(&w);
-	HASH_FIND(hh, h->convs, s->name, strlen(s->name), u);
-	for (x = u ? u->rooms : NULL; x; x = x->next)
-		hub_conv_emit(l, x->room, 0);
-	if (h->engine.conversations)
-		h->engine.conversations(h->engine.ctx, s->name, HUB_CONV_MAX, hub_conv_emit, l);
-	hub_reply(h, s, proto_encode_conversations_end(&w, &c->ref));
-	free(l);
+	hub_reply(h, s, mb);
 }

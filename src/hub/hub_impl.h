@@ -62,6 +62,7 @@ struct hub {
 	struct session *qb[HUB_QB_BUCKETS];
 	struct hub_marker *markers;  /* read markers held in memory (hub_read.c) */
 	struct hub_conv *convs;      /* each user's DM conversations seen here (hub_conv.c) */
+	struct hub_conv_ask *conv_asks;  /* conversations commands waiting for the engine */
 	/* Token deadlines: a binary min-heap on session.tok_due (hub_token.c). */
 	struct session **theap;
 	uint32_t theap_len, theap_cap;
@@ -208,6 +209,7 @@ void hub_conv_event(struct hub *h, struct room *r, const struct hub_msg *m);
 void hub_conv_dm(struct hub *h, struct session *s, const struct proto_cmd *c);
 void hub_cmd_conversations(struct hub *h, struct session *s, const struct proto_cmd *c);
 void hub_convs_free(struct hub *h);
+void hub_conv_asks_free(struct hub *h);
 void hub_submit(struct hub *h, struct room *r, struct hub_pending *p);
 struct session *hub_sender(struct hub *h, uint64_t num);
 

@@ -142,3 +142,76 @@ def test_dm_across_cluster_nodes_reaches_online_and_offline_users(chatd, tmp_pat
         for srv in chatd.servers:
             srv.stop()
         redis.stop()
+
+
+def redis_array(redis, command):
+    """An inline command's array-of-strings reply, read off a raw socket."""
+    import socket
+    with socket.create_connection(("127.0.0.1", redis.port), timeout=5) as s:
+        s.sendall(command.encode() + b"\r\n")
+        f = s.makefile("rb")
+        head = f.readline()
+        assert head.startswith(b"*"), head
+        out = []
+        for _ in range(int(head[1:])):
+            n = int(f.readline()[1:])
+            out.append(f.read(n + 2)[:-2].decode())
+        return out
+
+
+def test_cluster_conversations_list_on_any_node_and_a_fresh_one(chatd, tmp_path):
+    """The list comes from Redis: a node that never saw the messages (started
+    after them) lists them with their seq and the user's marker, and so does
+    a node that saw them pass without holding the room."""
+    from test_cluster import Redis, node_cfg
+
+    redis = Redis(tmp_path).start()
+    try:
+        n1, n2 = chatd(node_cfg(redis, 1)), chatd(node_cfg(redis, 2))
+
+        async def before():
+            b = await n2.client("bob")
+            for i in range(3):
+                assert (await dm(b, "alice", "b%d" % i, "while you were out %d" % i))["seq"] == i + 1
+            c = await n2.client("carol")
+            assert (await dm(c, "alice", "c0", "from carol"))["room"] == "@alice:carol"
+            a = await n1.client("alice")          # n1 saw both pass, holds neither
+            lst = await a.request({"type": "conversations"}, "conversations")
+            assert lst["conversations"] == [
+                {"room": "@alice:carol", "with": "carol", "seq": 1, "read": 0, "unread": 1},
+                {"room": "@alice:bob", "with": "bob", "seq": 3, "read": 0, "unread": 3}], lst
+            j = await a.join("@alice:bob")
+            assert j["seq"] == 3
+            await a.send({"type": "read", "room": "@alice:bob", "seq": 2})
+            await next_of(a, "read")
+            for x in (a, b, c):
+                await x.close()
+
+        run(before())
+        n3 = chatd(node_cfg(redis, 3))          # started after all of it
+
+        async def fresh():
+            a = await n3.client("alice")
+            # Two commands at once: both wait for the one Redis read.
+            await a.send({"type": "conversations", "ref": "l1"})
+            await a.send({"type": "conversations", "ref": "l2"})
+            for ref in ("l1", "l2"):
+                lst = await next_of(a, "conversations")
+                assert lst["ref"] == ref
+                assert lst["conversations"] == [      # the most recently active first
+                    {"room": "@alice:carol", "with": "carol", "seq": 1, "read": 0, "unread": 1},
+                    {"room": "@alice:bob", "with": "bob", "seq": 3, "read": 2, "unread": 1}], lst
+            d = await n3.client("dave")
+            lst = await d.request({"type": "conversations"}, "conversations")
+            assert lst["conversations"] == []
+            # Redis holds each user's index; the last activity orders it.
+            assert redis_array(redis, "ZREVRANGE chatd:user:alice:convs 0 -1") == \
+                ["@alice:carol", "@alice:bob"]
+            await a.close()
+            await d.close()
+
+        run(fresh())
+    finally:
+        for srv in chatd.servers:
+            srv.stop()
+        redis.stop()
