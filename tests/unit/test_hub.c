@@ -1541,6 +1541,87 @@ static void test_fake_engine_completes_rooms_out_of_order(void **state)
 	assert_string_equal(str(expect(a, "ack"), "id"), "x1");
 }
 
+/* conversations_list: an engine that must ask elsewhere. The asks are
+ * recorded; the test answers them with hub_conversations_listed. */
+static char fe_asked[4][PROTO_NAME_MAX + 1];
+static int fe_nasked;
+static int fe_list_refuse;
+
+static int fe_conversations_list(void *ctx, const char *name, uint32_t max)
+{
+	(void)ctx;
+	assert_int_equal(max, 500);
+	if (fe_list_refuse)
+		return -1;
+	assert_true(fe_nasked < 4);
+	snprintf(fe_asked[fe_nasked++], sizeof fe_asked[0], "%s", name);
+	return 0;
+}
+
+static void test_conversations_wait_for_the_engines_list(void **state)
+{
+	struct hub_engine e = { .submit = fe_submit, .room_load = fe_room_load, .read = fe_read,
+				.oldest = fe_oldest, .conversations_list = fe_conversations_list };
+	const struct hub_conv_entry list[] = {
+		{ "@alice:carol", 7, 2 },
+		{ "@alice:bob", 3, 0 },
+		{ "@bob:carol", 9, 0 },     /* not alice's: left out */
+	};
+	struct session *a, *a2, *a3;
+	const cJSON *c, *x;
+
+	(void)state;
+	memset(&fe, 0, sizeof fe);
+	fe_nasked = fe_list_refuse = 0;
+	cfg.sessions_per_name = 3;
+	start();
+	hub_set_engine(hub, &e);
+	a = login("alice");
+	a2 = login("alice");
+	a3 = login("alice");
+	in(a, "{\"type\":\"conversations\",\"ref\":\"1\"}");
+	in(a2, "{\"type\":\"conversations\",\"ref\":\"2\"}");
+	in(a, "{\"type\":\"conversations\",\"ref\":\"3\"}");
+	in(a3, "{\"type\":\"conversations\",\"ref\":\"4\"}");
+	/* One ask for the name, nothing answered inside the command. */
+	assert_int_equal(fe_nasked, 1);
+	assert_string_equal(fe_asked[0], "alice");
+	expect_none(a);
+	expect_none(a2);
+	hub_session_unregister(hub, a3);      /* gone while waiting: skipped */
+	hub_conversations_listed(hub, "nobody", list, 3, 1);   /* no one waits: ignored */
+	expect_none(a);
+	hub_conversations_listed(hub, "alice", list, 3, 1);
+	c = expect(a, "conversations");
+	assert_string_equal(str(c, "ref"), "1");
+	x = cJSON_GetObjectItem(c, "conversations");
+	assert_int_equal(cJSON_GetArraySize(x), 2);
+	assert_string_equal(str(cJSON_GetArrayItem(x, 0), "room"), "@alice:carol");
+	assert_string_equal(str(cJSON_GetArrayItem(x, 0), "with"), "carol");
+	assert_true(num(cJSON_GetArrayItem(x, 0), "seq") == 7);
+	assert_true(num(cJSON_GetArrayItem(x, 0), "read") == 2);
+	assert_true(num(cJSON_GetArrayItem(x, 0), "unread") == 5);
+	assert_string_equal(str(cJSON_GetArrayItem(x, 1), "room"), "@alice:bob");
+	assert_string_equal(str(expect(a, "conversations"), "ref"), "3");
+	assert_string_equal(str(expect(a2, "conversations"), "ref"), "2");
+	expect_none(a);
+	/* Answered: the next command asks again. A failed list is answered
+	 * from what this hub has seen (nothing here). */
+	in(a, "{\"type\":\"conversations\",\"ref\":\"5\"}");
+	assert_int_equal(fe_nasked, 2);
+	hub_conversations_listed(hub, "alice", NULL, 0, 0);
+	c = expect(a, "conversations");
+	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(c, "conversations")), 0);
+	/* An engine that cannot ask now: answered at once, from memory. */
+	fe_list_refuse = 1;
+	in(a, "{\"type\":\"conversations\",\"ref\":\"6\"}");
+	assert_string_equal(str(expect(a, "conversations"), "ref"), "6");
+	/* A wait still open at hub_free is released (ASan: no leak). */
+	fe_list_refuse = 0;
+	in(a2, "{\"type\":\"conversations\",\"ref\":\"7\"}");
+	assert_int_equal(fe_nasked, 3);
+}
+
 /* A failed append fails its room only: the other room's append completes,
  * the failed seq is given back, and nobody gets the failed message. */
 static void test_fake_engine_fails_an_append_in_one_room_only(void **state)
@@ -2472,6 +2553,7 @@ int main(void)
 		T(test_failed_commit_gives_its_seq_back),
 		T(test_unregister_of_the_largest_queue_under_global_cap_returns),
 		T(test_fake_engine_completes_rooms_out_of_order),
+		T(test_conversations_wait_for_the_engines_list),
 		T(test_fake_engine_fails_an_append_in_one_room_only),
 		T(test_sequencing_engine_in_order_answer_fans_out_once),
 		T(test_sequencing_engine_reports_gaps_and_recovers),
