@@ -1019,17 +1019,16 @@
     // that was accepted before a disconnect then shows up in the replay
     // (and its id is matched) instead of being sent twice.
     if (!c.joined || c.filling || c.top < c.want) return;
-    // In the order they were written: an older one still waiting goes first
-    // (flushPending sends them in order once the conversation is caught up).
-    for (const q of st.pending.values()) {
-      if (q === p) break;
-      if (q.key === p.key && !q.inflight) { flushPending(p.key); return; }
-    }
+    // One message of a conversation in flight at a time, the oldest first:
+    // a later one waits for the earlier one's answer, so a refusal and its
+    // retry (rate_limited, unavailable) never let it overtake, and the seqs
+    // follow the order they were written in.
+    if (firstPending(p.key) !== p) return;
     const cmd = { type: 'send', room: c.room, id: p.id, body: p.body };
     p.inflight = true;
     request(cmd, (f) => {
       p.inflight = false;
-      if (f.type === 'ack') return onAck(p, f);
+      if (f.type === 'ack') { onAck(p, f); sendNext(p.key); return; }
       if (f.code === 'rate_limited' || f.code === 'unavailable' || f.code === 'internal') {
         setTimeout(() => transmit(p), 1000 + Math.random() * 1000);
         return;
@@ -1037,7 +1036,18 @@
       st.pending.delete(p.id);
       setMsgState(p, 'failed', 'Not sent: ' + (f.code === 'not_found' && c.kind === 'dm'
         ? c.name + ' is not online' : (f.message || f.code)) + '.');
+      sendNext(p.key);
     });
+  }
+
+  function firstPending(key) {
+    for (const q of st.pending.values()) if (q.key === key) return q;
+    return null;
+  }
+
+  function sendNext(key) {
+    const q = firstPending(key);
+    if (q) transmit(q);
   }
 
   function onAck(p, f) {
@@ -1053,11 +1063,14 @@
     advance(c, f.seq);
   }
 
-  // Resend unacked messages (same id: the server dedups by name + id).
+  // Resend unacked messages (same id: the server dedups by name + id), the
+  // oldest of each conversation; the rest follow on its answer.
   function flushPending(key) {
+    const keys = new Set();
     for (const p of st.pending.values()) {
-      if (key === null ? p.kind === 'dm' : p.key === key) transmit(p);
+      if (key === null ? p.kind === 'dm' : p.key === key) keys.add(p.key);
     }
+    for (const k of keys) sendNext(k);
   }
 
   // ---- screens and forms -------------------------------------------------
