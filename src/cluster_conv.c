@@ -95,32 +95,6 @@ void cl_ev_conv(struct cluster *c, const cJSON *j, int typing)
 
 /* The room's read markers from a load (its "reads" hash): into the hub's
  * memory, quietly (nobody needs telling what they already knew). */
-void cl_load_markers(struct cluster *c, const char *room, const redisReply *reads)
-{
-	size_t i;
-
-	for (i = 0; i + 1 < reads->elements; i += 2) {
-		const redisReply *k = reads->element[i], *v = reads->element[i + 1];
-		char name[PROTO_NAME_MAX + 1];
-		unsigned long long seq;
-
-		if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
-		    k->len > PROTO_NAME_MAX)
-			continue;
-		memcpy(name, k->str, k->len);
-		name[k->len] = '\0';
-		seq = strtoull(v->str, NULL, 10);
-		if (proto_valid_name(name, k->len) && seq >= 1 && seq <= CL_INT_MAX)
-			hub_load_marker(c->hub, room, name, seq);
-	}
-}
-
-/* A conversations listing in flight: the name it is for. */
-struct cl_convs_call {
-	struct cluster *c;
-	char name[PROTO_NAME_MAX + 1];
-};
-
 /* A decimal string reply within CL_INT_MAX, else -1. */
 static int cl_reply_u64(const redisReply *e, uint64_t *out)
 {
@@ -144,6 +118,30 @@ static int cl_reply_u64(const redisReply *e, uint64_t *out)
 	*out = v;
 	return 0;
 }
+
+void cl_load_markers(struct cluster *c, const char *room, const redisReply *reads)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < reads->elements; i += 2) {
+		const redisReply *k = reads->element[i], *v = reads->element[i + 1];
+		char name[PROTO_NAME_MAX + 1];
+		uint64_t seq;
+
+		if (k->type != REDIS_REPLY_STRING || k->len > PROTO_NAME_MAX || cl_reply_u64(v, &seq))
+			continue;
+		memcpy(name, k->str, k->len);
+		name[k->len] = '\0';
+		if (proto_valid_name(name, k->len) && seq >= 1)
+			hub_load_marker(c->hub, room, name, seq);
+	}
+}
+
+/* A conversations listing in flight: the name it is for. */
+struct cl_convs_call {
+	struct cluster *c;
+	char name[PROTO_NAME_MAX + 1];
+};
 
 static void cl_on_convs(redisAsyncContext *ac, void *reply, void *priv)
 {

@@ -281,29 +281,17 @@ static struct msgbuf *hub_conv_reply(struct hub *h, const char *name, const stru
 	return mb;
 }
 
-/* A conversations command waiting for the engine's list; one ask per
+/* Conversations commands waiting for the engine's list: one ask per
  * name, however many of its sessions wait. */
-struct hub_conv_waiter {
-	struct hub_conv_waiter *next;
-	uint64_t sess;                   /* session number: it may close meanwhile */
-	char ref[PROTO_REF_MAX + 1];
-	int has_ref;
-};
-
 struct hub_conv_ask {
 	UT_hash_handle hh;
 	char name[PROTO_NAME_MAX + 1];
-	struct hub_conv_waiter *waiting;
+	struct hub_retry_wait *waiting;  /* by session number: it may close meanwhile */
 };
 
 static void hub_conv_ask_free(struct hub *h, struct hub_conv_ask *a)
 {
-	struct hub_conv_waiter *w, *next;
-
-	for (w = a->waiting; w; w = next) {
-		next = w->next;
-		free(w);
-	}
+	hub_waiters_free(a->waiting);
 	HASH_DEL(h->conv_asks, a);
 	free(a);
 }
@@ -320,29 +308,17 @@ void hub_conv_asks_free(struct hub *h)
 static int hub_conv_park(struct hub *h, struct session *s, const struct proto_cmd *c)
 {
 	struct hub_conv_ask *a = NULL;
-	struct hub_conv_waiter *w;
 	size_t len = strlen(s->name);
 
-	if (!(w = calloc(1, sizeof(*w))))
-		return -1;
-	w->sess = s->num;
-	if (c->ref.p) {
-		memcpy(w->ref, c->ref.p, c->ref.len);
-		w->has_ref = 1;
-	}
 	HASH_FIND(hh, h->conv_asks, s->name, len, a);
-	if (a) {
-		LL_APPEND(a->waiting, w);   /* answered in the order asked */
-		return 0;
-	}
-	if (!(a = calloc(1, sizeof(*a)))) {
-		free(w);
+	if (a)
+		return hub_waiter_add(&a->waiting, s->num, &c->ref) ? 0 : -1;
+	if (!(a = calloc(1, sizeof(*a))))
 		return -1;
-	}
 	memcpy(a->name, s->name, len);
-	a->waiting = w;
 	HASH_ADD(hh, h->conv_asks, name[0], len, a);
-	if (h->engine.conversations_list(h->engine.ctx, a->name, HUB_CONV_MAX) < 0) {
+	if (!hub_waiter_add(&a->waiting, s->num, &c->ref) ||
+	    h->engine.conversations_list(h->engine.ctx, a->name, HUB_CONV_MAX) < 0) {
 		hub_conv_ask_free(h, a);
 		return -1;
 	}
@@ -353,7 +329,7 @@ void hub_conversations_listed(struct hub *h, const char *name, const struct hub_
 			      size_t n, int ok)
 {
 	struct hub_conv_ask *a = NULL;
-	struct hub_conv_waiter *w;
+	struct hub_retry_wait *w;
 	struct session *s;
 
 	HASH_FIND(hh, h->conv_asks, name, strlen(name), a);
@@ -366,7 +342,7 @@ void hub_conversations_listed(struct hub *h, const char *name, const struct hub_
 		struct msgbuf *mb;
 
 		s = NULL;
-		HASH_FIND(hh, h->sessions, &w->sess, sizeof(w->sess), s);
+		HASH_FIND(hh, h->sessions, &w->sender, sizeof(w->sender), s);
 		if (!s || s->closing)
 			continue;
 		if ((mb = hub_conv_reply(h, name, ok ? e : NULL, ok ? n : 0, &ref)))

@@ -46,20 +46,36 @@ void hub_retry_add(struct room *r, const char *from, const char *id)
 	HASH_ADD(hh, r->inflight, key, t->keylen, t);
 }
 
-int hub_retry_wait(struct hub_retry *t, uint64_t sender, const struct proto_str *ref)
+struct hub_retry_wait *hub_waiter_add(struct hub_retry_wait **list, uint64_t sender,
+				     const struct proto_str *ref)
 {
 	struct hub_retry_wait *w = calloc(1, sizeof(*w));
 
 	if (!w)
-		return -1;
+		return NULL;
 	w->sender = sender;
 	if (ref && ref->p) {
 		memcpy(w->ref, ref->p, ref->len);
 		w->ref[ref->len] = '\0';
 		w->has_ref = 1;
 	}
-	LL_PREPEND(t->waiting, w);
-	return 0;
+	LL_APPEND(*list, w);        /* answered in the order asked */
+	return w;
+}
+
+void hub_waiters_free(struct hub_retry_wait *list)
+{
+	struct hub_retry_wait *w, *next;
+
+	for (w = list; w; w = next) {
+		next = w->next;
+		free(w);
+	}
+}
+
+int hub_retry_wait(struct hub_retry *t, uint64_t sender, const struct proto_str *ref)
+{
+	return hub_waiter_add(&t->waiting, sender, ref) ? 0 : -1;
 }
 
 static void hub_retry_answer(struct hub *h, struct room *r, const struct hub_pending *p,
@@ -81,33 +97,25 @@ static void hub_retry_answer(struct hub *h, struct room *r, const struct hub_pen
 
 /* The pending message p of r completed: answer the retries waiting on it
  * (same sender name and id), with p's final seq. */
+static void hub_retry_free(struct hub_retry *t)
+{
+	hub_waiters_free(t->waiting);
+	free(t);
+}
+
 void hub_retry_done(struct hub *h, struct room *r, const struct hub_pending *p,
 		    enum proto_err status)
 {
 	struct proto_str ids = { p->id, strlen(p->id) };
 	struct hub_retry *t = hub_retry_find(r, p->from, &ids);
-	struct hub_retry_wait *w, *next;
+	struct hub_retry_wait *w;
 
 	if (!t)
 		return;
 	HASH_DEL(r->inflight, t);
-	for (w = t->waiting; w; w = next) {
-		next = w->next;
+	for (w = t->waiting; w; w = w->next)
 		hub_retry_answer(h, r, p, status, w);
-		free(w);
-	}
-	free(t);
-}
-
-static void hub_retry_free(struct hub_retry *t)
-{
-	struct hub_retry_wait *w = t->waiting, *next;
-
-	for (; w; w = next) {
-		next = w->next;
-		free(w);
-	}
-	free(t);
+	hub_retry_free(t);
 }
 
 void hub_retry_free_all(struct room *r)

@@ -170,6 +170,11 @@ void hub_cmd_history(struct hub *h, struct session *s, const struct proto_cmd *c
 struct hub_retry *hub_retry_find(struct room *r, const char *from, const struct proto_str *id);
 void hub_retry_add(struct room *r, const char *from, const char *id);
 int hub_retry_wait(struct hub_retry *t, uint64_t sender, const struct proto_str *ref);
+/* A list of sessions (or API requests) waiting for an answer: a retry's,
+ * or a conversations command's (hub_conv.c). Appended in the order asked. */
+struct hub_retry_wait *hub_waiter_add(struct hub_retry_wait **list, uint64_t sender,
+				     const struct proto_str *ref);
+void hub_waiters_free(struct hub_retry_wait *list);
 void hub_retry_done(struct hub *h, struct room *r, const struct hub_pending *p,
 		    enum proto_err status);
 void hub_retry_free_all(struct room *r);
